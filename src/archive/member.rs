@@ -1,0 +1,361 @@
+//! Decodes an archive one gzip member at a time, knowing exactly where each member starts and
+//! ends in the file, so the scanner can give every entry its member offset. Each member is held
+//! whole (bounded by `MAX_MEMBER_RAW`); the writer keeps them near 1 MiB.
+
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+
+use flate2::bufread::GzDecoder;
+
+use super::MAX_MEMBER_RAW;
+
+/// A decoded member: its byte range in the archive file, and whether its mailpack integrity
+/// field (formats/archive.md section 3.1) vouches for every compressed byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub offset: u64,
+    pub end: u64,
+    /// `Err` says which byte range does not match what the writer recorded.
+    pub integrity: Result<(), String>,
+}
+
+/// Length of the fixed member header mailpack writes, FEXTRA included.
+pub const HEADER_LEN: usize = 24;
+
+/// The member header mailpack writes: gzip magic, deflate, FLG=FEXTRA, MTIME 0, XFL 0, OS 255,
+/// XLEN 12, subfield "MP" of 8 bytes holding the payload length and CRC32.
+pub fn member_header(payload_len: u32, payload_crc: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..10].copy_from_slice(&[0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff]);
+    h[10..12].copy_from_slice(&12u16.to_le_bytes());
+    h[12..14].copy_from_slice(b"MP");
+    h[14..16].copy_from_slice(&8u16.to_le_bytes());
+    h[16..20].copy_from_slice(&payload_len.to_le_bytes());
+    h[20..24].copy_from_slice(&payload_crc.to_le_bytes());
+    h
+}
+
+#[derive(Debug)]
+pub enum MemberError {
+    /// The file ends inside this member: a torn append.
+    Torn { offset: u64, detail: String },
+    /// The member's bytes are wrong (bad header, deflate data, CRC or length).
+    Bad { offset: u64, detail: String },
+    /// Reading the file itself failed.
+    Io(io::Error),
+}
+
+impl MemberError {
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            MemberError::Torn { offset, .. } | MemberError::Bad { offset, .. } => Some(*offset),
+            MemberError::Io(_) => None,
+        }
+    }
+}
+
+/// Counts bytes the decoder consumed, so the end of a member is known exactly even though the
+/// buffer has read ahead.
+struct Counted<R> {
+    inner: BufReader<R>,
+    consumed: u64,
+    member_start: u64,
+    head: Vec<u8>,
+    payload_crc: crc32fast::Hasher,
+}
+
+impl<R> Counted<R> {
+    fn start_member(&mut self) {
+        self.member_start = self.consumed;
+        self.head.clear();
+        self.payload_crc = crc32fast::Hasher::new();
+    }
+
+    fn observe(&mut self, bytes: &[u8]) {
+        observe(
+            bytes,
+            &mut self.consumed,
+            self.member_start,
+            &mut self.head,
+            &mut self.payload_crc,
+        );
+    }
+
+    fn integrity(&self) -> Result<(), String> {
+        let Some(payload_len) = (self.consumed - self.member_start).checked_sub(HEADER_LEN as u64)
+        else {
+            return Err("gzip member is shorter than the header mailpack writes".into());
+        };
+        let expected = member_header(payload_len as u32, self.payload_crc.clone().finalize());
+        if self.head.len() < HEADER_LEN || self.head[..16] != expected[..16] {
+            return Err("gzip member header is not the one mailpack writes".into());
+        }
+        if self.head[16..20] != expected[16..20] {
+            return Err("gzip member length does not match its header".into());
+        }
+        if self.head[20..24] != expected[20..24] {
+            return Err("compressed bytes do not match the member's checksum".into());
+        }
+        Ok(())
+    }
+}
+
+/// Sees every byte the decoder takes: the header is kept, the rest is checksummed.
+fn observe(
+    bytes: &[u8],
+    consumed: &mut u64,
+    member_start: u64,
+    head: &mut Vec<u8>,
+    payload_crc: &mut crc32fast::Hasher,
+) {
+    let into_member = (*consumed - member_start) as usize;
+    let head_room = HEADER_LEN.saturating_sub(into_member).min(bytes.len());
+    head.extend_from_slice(&bytes[..head_room]);
+    payload_crc.update(&bytes[head_room..]);
+    *consumed += bytes.len() as u64;
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.observe(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        let Counted {
+            inner,
+            consumed,
+            member_start,
+            head,
+            payload_crc,
+        } = self;
+        observe(
+            &inner.buffer()[..amt],
+            consumed,
+            *member_start,
+            head,
+            payload_crc,
+        );
+        inner.consume(amt);
+    }
+}
+
+pub struct MemberReader<R> {
+    input: Option<Counted<R>>,
+    start: u64,
+}
+
+impl<R: Read + Seek> MemberReader<R> {
+    /// Starts decoding at byte `offset` of `file`, which must be a member boundary.
+    pub fn new(mut file: R, offset: u64) -> io::Result<Self> {
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(MemberReader {
+            input: Some(Counted {
+                inner: BufReader::with_capacity(256 << 10, file),
+                consumed: offset,
+                member_start: offset,
+                head: Vec::with_capacity(HEADER_LEN),
+                payload_crc: crc32fast::Hasher::new(),
+            }),
+            start: offset,
+        })
+    }
+
+    /// Offset of the next member to decode.
+    pub fn position(&self) -> u64 {
+        self.input.as_ref().map_or(self.start, |c| c.consumed)
+    }
+
+    /// Decodes the next member into `raw` (cleared first). `Ok(None)` at a clean end of file.
+    pub fn next_member(&mut self, raw: &mut Vec<u8>) -> Result<Option<Member>, MemberError> {
+        raw.clear();
+        let input = self
+            .input
+            .as_mut()
+            .expect("member reader used after an error");
+        let offset = input.consumed;
+        match input.fill_buf() {
+            Ok([]) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(MemberError::Io(e)),
+        }
+        let mut counted = self.input.take().expect("checked above");
+        counted.start_member();
+        let mut decoder = GzDecoder::new(counted);
+        let result = (&mut decoder)
+            .take(MAX_MEMBER_RAW as u64 + 1)
+            .read_to_end(raw);
+        let counted = decoder.into_inner();
+        let end = counted.consumed;
+        let integrity = counted.integrity();
+        self.input = Some(counted);
+        match result {
+            Ok(_) if raw.len() > MAX_MEMBER_RAW => Err(MemberError::Bad {
+                offset,
+                detail: format!("member decompresses to more than {MAX_MEMBER_RAW} bytes"),
+            }),
+            Ok(_) => Ok(Some(Member {
+                offset,
+                end,
+                integrity,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(MemberError::Torn {
+                offset,
+                detail: format!("file ends inside the gzip member ({e})"),
+            }),
+            Err(e) => Err(MemberError::Bad {
+                offset,
+                detail: format!("gzip member does not decode: {e}"),
+            }),
+        }
+    }
+
+    /// After an error, finds the next offset after `from` where a whole member decodes, and
+    /// positions the reader there. `None` when no later member decodes.
+    pub fn resync(&mut self, from: u64) -> io::Result<Option<u64>> {
+        let mut file = self
+            .input
+            .take()
+            .map(|c| c.inner.into_inner())
+            .ok_or_else(|| io::Error::other("member reader lost its file"))?;
+        let len = file.seek(SeekFrom::End(0))?;
+        let mut candidate = from + 1;
+        let mut window = vec![0u8; 64 << 10];
+        let mut raw = Vec::new();
+        while candidate + 18 <= len {
+            file.seek(SeekFrom::Start(candidate))?;
+            let n = read_full(&mut file, &mut window)?;
+            let hit = window[..n].windows(3).position(|w| w == [0x1f, 0x8b, 0x08]);
+            match hit {
+                Some(i) => {
+                    let at = candidate + i as u64;
+                    file.seek(SeekFrom::Start(at))?;
+                    let mut probe = MemberReader::new(file, at)?;
+                    if let Ok(Some(_)) = probe.next_member(&mut raw) {
+                        file = probe.into_file();
+                        *self = MemberReader::new(file, at)?;
+                        return Ok(Some(at));
+                    }
+                    file = probe.into_file();
+                    candidate = at + 1;
+                }
+                None if n < 3 => break,
+                None => candidate += (n - 2) as u64,
+            }
+        }
+        *self = MemberReader::new(file, len)?;
+        Ok(None)
+    }
+
+    pub fn into_file(self) -> R {
+        self.input
+            .map(|c| c.inner.into_inner())
+            .expect("member reader lost its file")
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use std::io::{Cursor, Write};
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        crate::archive::writer::compress_member(data, 6).unwrap()
+    }
+
+    #[test]
+    fn foreign_members_decode_but_fail_the_integrity_check() {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        e.write_all(b"plain gzip").unwrap();
+        let plain = e.finish().unwrap();
+        let mut r = MemberReader::new(Cursor::new(plain), 0).unwrap();
+        let mut raw = Vec::new();
+        let m = r.next_member(&mut raw).unwrap().unwrap();
+        assert_eq!(raw, b"plain gzip");
+        assert!(m.integrity.is_err());
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() {
+        let member = gz(&b"some mail text, repeated. ".repeat(200));
+        for i in 0..member.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = member.clone();
+                bad[i] ^= bit;
+                let mut r = MemberReader::new(Cursor::new(bad), 0).unwrap();
+                let mut raw = Vec::new();
+                match r.next_member(&mut raw) {
+                    Ok(Some(m)) => assert!(
+                        m.integrity.is_err(),
+                        "flip of byte {i} bit {bit:#x} unnoticed"
+                    ),
+                    Ok(None) => panic!("member vanished"),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn members_are_found_with_exact_offsets() {
+        let (a, b) = (gz(b"first member"), gz(&vec![b'x'; 300_000]));
+        let file = [a.clone(), b.clone()].concat();
+        let mut r = MemberReader::new(Cursor::new(file), 0).unwrap();
+        let mut raw = Vec::new();
+        let m1 = r.next_member(&mut raw).unwrap().unwrap();
+        assert_eq!(
+            (m1.offset, m1.end, raw.as_slice()),
+            (0, a.len() as u64, &b"first member"[..])
+        );
+        assert_eq!(m1.integrity, Ok(()));
+        let m2 = r.next_member(&mut raw).unwrap().unwrap();
+        assert_eq!(
+            (m2.offset, m2.end, raw.len()),
+            (a.len() as u64, (a.len() + b.len()) as u64, 300_000)
+        );
+        assert!(r.next_member(&mut raw).unwrap().is_none());
+    }
+
+    #[test]
+    fn torn_and_bad_members_are_told_apart_and_resync_skips_damage() {
+        let (a, b) = (gz(b"one"), gz(b"two"));
+        let torn = [a.clone(), b[..b.len() - 3].to_vec()].concat();
+        let mut r = MemberReader::new(Cursor::new(torn), 0).unwrap();
+        let mut raw = Vec::new();
+        r.next_member(&mut raw).unwrap();
+        assert!(matches!(
+            r.next_member(&mut raw),
+            Err(MemberError::Torn { .. })
+        ));
+
+        let mut bad = [a.clone(), b.clone()].concat();
+        bad[a.len() - 6] ^= 0x40; // inside the first member's CRC
+        let mut r = MemberReader::new(Cursor::new(bad), 0).unwrap();
+        assert!(matches!(
+            r.next_member(&mut raw),
+            Err(MemberError::Bad { offset: 0, .. })
+        ));
+        assert_eq!(r.resync(0).unwrap(), Some(a.len() as u64));
+        r.next_member(&mut raw).unwrap().unwrap();
+        assert_eq!(raw, b"two");
+    }
+}

@@ -1,0 +1,149 @@
+//! The archive file: tar entries in a sequence of gzip members (formats/archive.md, sections 3
+//! and 4). This layer knows nothing of Cyrus, the sidecar index or locks; it writes members in
+//! order, scans them back with exact offsets, and reads one entry by seeking to its member.
+
+mod member;
+mod reader;
+pub mod scan;
+mod tar;
+mod writer;
+
+pub use member::{Member, MemberError, MemberReader};
+pub use reader::open_entry;
+pub use scan::{ScanEvent, Scanner};
+pub use writer::{ArchiveWriter, CommittedRun, EntryRejected, RunSummary};
+
+use crate::guid::Guid;
+
+/// Tar bytes per gzip member before the writer starts a new one.
+pub const MEMBER_TARGET: usize = 1 << 20;
+/// A member decompressing to more than this is reported as damaged rather than buffered.
+pub const MAX_MEMBER_RAW: usize = 64 << 20;
+/// Longest entry name or symlink target accepted.
+pub const MAX_NAME: usize = 4096;
+/// Largest commit marker body a reader will hold.
+pub const MAX_MARKER: usize = 64 << 10;
+/// Largest pax extended header a reader will hold.
+pub const MAX_PAX: usize = 1 << 20;
+
+pub const FILES_DIR: &str = "files/";
+pub const RUNS_DIR: &str = "runs/";
+pub const PAX_PREFIX: &str = "MAILPACK.";
+pub const MARKER_FORMAT: &str = "mailpack-archive 1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Symlink,
+}
+
+/// The stat of the file an entry was copied from, recorded so the next run can tell whether the
+/// source changed without opening it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+pub struct SourceStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl SourceStat {
+    pub fn of(meta: &std::fs::Metadata) -> SourceStat {
+        use std::os::unix::fs::MetadataExt;
+        SourceStat {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+/// Where an entry's bytes are: the member holding its first header, that header's offset in the
+/// member's decompressed bytes, and its data's offset counted from the same member start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Placement {
+    pub member: u64,
+    pub header_at: u32,
+    pub data_at: u64,
+}
+
+/// One entry as the index and the scanner describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryRecord {
+    pub name: String,
+    pub kind: EntryKind,
+    pub target: String,
+    pub placement: Placement,
+    pub size: u64,
+    /// SHA-1 of the data; zero for symlinks.
+    pub sha1: Guid,
+    pub stat: Option<SourceStat>,
+}
+
+impl EntryRecord {
+    pub fn is_tombstone(&self) -> bool {
+        self.kind == EntryKind::Symlink && self.target.is_empty()
+    }
+}
+
+/// Checks an entry name against formats/archive.md section 3.3.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!("entry name length {} out of range", name.len()));
+    }
+    if name.contains('\0') {
+        return Err("entry name contains NUL".into());
+    }
+    if name.starts_with('/') {
+        return Err(format!("entry name {name:?} is absolute"));
+    }
+    for part in name.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!(
+                "entry name {name:?} has an empty, '.' or '..' component"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The entry name of a message file.
+pub fn file_entry_name(guid: &Guid) -> String {
+    format!("{FILES_DIR}{guid}")
+}
+
+/// The run number of a commit marker entry name, if it is one.
+pub fn marker_run(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(RUNS_DIR)?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("files/abc").is_ok());
+        assert!(check_name("imap/INBOX/Sent items").is_ok());
+        for bad in ["", "/etc/passwd", "a/../b", "a//b", "./a", "a/", "a\0b"] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn marker_names() {
+        assert_eq!(marker_run("runs/17"), Some(17));
+        assert_eq!(marker_run("runs/017"), None);
+        assert_eq!(marker_run("runs/"), None);
+        assert_eq!(marker_run("runs/1x"), None);
+        assert_eq!(marker_run("files/1"), None);
+    }
+}

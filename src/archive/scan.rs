@@ -1,0 +1,672 @@
+//! Reads an archive front to back (or from a member boundary on) and reports every entry with
+//! its exact placement, every commit marker, and every piece of damage, without stopping at the
+//! first problem. Recovery, reindex and verify are all built on this one pass.
+
+use std::collections::VecDeque;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+
+use sha1::{Digest, Sha1};
+
+use super::member::{Member, MemberError, MemberReader};
+use super::tar::{decode_block, decode_pax, padded, Block, RawHeader, BLOCK};
+use super::{
+    check_name, marker_run, EntryKind, EntryRecord, Placement, SourceStat, FILES_DIR,
+    MARKER_FORMAT, MAX_MARKER, MAX_PAX, PAX_PREFIX,
+};
+use crate::guid::Guid;
+
+#[derive(Debug)]
+pub enum ScanEvent {
+    /// A complete, well-formed entry.
+    Entry(ScannedEntry),
+    /// A complete commit marker, alone in its member.
+    Commit(ScannedMarker),
+    /// Something is wrong at `offset` (a member start); scanning went on after it.
+    Damage(Damage),
+    /// A member decoded completely.
+    MemberEnd(Member),
+}
+
+#[derive(Debug)]
+pub struct ScannedEntry {
+    pub record: EntryRecord,
+    pub run: Option<u64>,
+    pub mtime: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScannedMarker {
+    pub run: u64,
+    pub archive_id: String,
+    pub time: i64,
+    pub start: u64,
+    pub entries: u64,
+    pub fields: Vec<(String, String)>,
+    pub member: Member,
+}
+
+#[derive(Debug, Clone)]
+pub struct Damage {
+    /// Offset of the gzip member where the problem is.
+    pub offset: u64,
+    /// Offset inside the member's decompressed bytes, when known.
+    pub within: Option<u64>,
+    pub entry: Option<String>,
+    pub detail: String,
+    /// The file ends inside a member (a torn append) rather than holding wrong bytes.
+    pub torn: bool,
+}
+
+/// Where in the decompressed stream a member starts.
+#[derive(Clone, Copy)]
+struct MemberPos {
+    offset: u64,
+    stream_start: u64,
+}
+
+struct Partial {
+    name: String,
+    kind: EntryKind,
+    target: String,
+    size: u64,
+    mtime: u64,
+    member: MemberPos,
+    header_stream: u64,
+    data_stream: u64,
+    pax: Vec<(String, String)>,
+}
+
+enum State {
+    Header,
+    PaxBody {
+        remaining: u64,
+        pad: u64,
+    },
+    Data {
+        remaining: u64,
+        pad: u64,
+    },
+    Padding {
+        remaining: u64,
+    },
+    /// After a tar-level error the rest of the member cannot be trusted.
+    SkipMember,
+}
+
+pub struct Scanner<R> {
+    path: PathBuf,
+    members: MemberReader<R>,
+    events: VecDeque<ScanEvent>,
+    raw: Vec<u8>,
+    done: bool,
+    state: State,
+    stream: u64,
+    header: Vec<u8>,
+    pax_buf: Vec<u8>,
+    pending_pax: Option<(Vec<(String, String)>, MemberPos, u64)>,
+    partial: Option<Partial>,
+    hasher: Sha1,
+    marker_body: Vec<u8>,
+    /// A marker whose data ended in this member: committed if nothing follows it in the member.
+    pending_marker: Option<(Partial, Guid)>,
+    entry_after_marker: bool,
+}
+
+impl<R: Read + Seek> Scanner<R> {
+    /// Scans `file` from `offset`, which must be a member boundary (0, or a committed length).
+    pub fn new(file: R, path: &Path, offset: u64) -> std::io::Result<Self> {
+        Ok(Scanner {
+            path: path.to_path_buf(),
+            members: MemberReader::new(file, offset)?,
+            events: VecDeque::new(),
+            raw: Vec::new(),
+            done: false,
+            state: State::Header,
+            stream: 0,
+            header: Vec::with_capacity(BLOCK),
+            pax_buf: Vec::new(),
+            pending_pax: None,
+            partial: None,
+            hasher: Sha1::new(),
+            marker_body: Vec::new(),
+            pending_marker: None,
+            entry_after_marker: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn reset_tar(&mut self) {
+        self.state = State::Header;
+        self.header.clear();
+        self.pending_pax = None;
+        self.partial = None;
+        self.pending_marker = None;
+        self.entry_after_marker = false;
+    }
+
+    fn damage(&mut self, offset: u64, within: Option<u64>, entry: Option<String>, detail: String) {
+        self.events.push_back(ScanEvent::Damage(Damage {
+            offset,
+            within,
+            entry,
+            detail,
+            torn: false,
+        }));
+    }
+
+    fn fill(&mut self) {
+        let mut raw = std::mem::take(&mut self.raw);
+        match self.members.next_member(&mut raw) {
+            Ok(None) => {
+                if self.partial.is_some() || !self.header.is_empty() || self.pending_pax.is_some() {
+                    let at = self.members.position();
+                    self.events.push_back(ScanEvent::Damage(Damage {
+                        offset: at,
+                        within: None,
+                        entry: self.partial.as_ref().map(|p| p.name.clone()),
+                        detail: "archive ends inside an entry".into(),
+                        torn: true,
+                    }));
+                }
+                self.done = true;
+            }
+            Ok(Some(member)) => {
+                let pos = MemberPos {
+                    offset: member.offset,
+                    stream_start: self.stream,
+                };
+                self.feed(pos, &raw);
+                self.stream += raw.len() as u64;
+                self.finish_member(member);
+            }
+            Err(MemberError::Io(e)) => {
+                self.damage(
+                    self.members.position(),
+                    None,
+                    None,
+                    format!("read error: {e}"),
+                );
+                self.done = true;
+            }
+            Err(err) => {
+                let offset = err.offset().unwrap_or(0);
+                let (torn, detail) = match err {
+                    MemberError::Torn { detail, .. } => (true, detail),
+                    MemberError::Bad { detail, .. } => (false, detail),
+                    MemberError::Io(_) => unreachable!(),
+                };
+                self.events.push_back(ScanEvent::Damage(Damage {
+                    offset,
+                    within: None,
+                    entry: self.partial.as_ref().map(|p| p.name.clone()),
+                    detail,
+                    torn,
+                }));
+                self.reset_tar();
+                if torn {
+                    self.done = true;
+                } else {
+                    match self.members.resync(offset) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => self.done = true,
+                        Err(e) => {
+                            self.damage(offset, None, None, format!("read error: {e}"));
+                            self.done = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.raw = raw;
+    }
+
+    fn finish_member(&mut self, member: Member) {
+        if matches!(self.state, State::SkipMember) {
+            self.reset_tar();
+        }
+        if let Some((partial, sha1)) = self.pending_marker.take() {
+            let clean = !self.entry_after_marker
+                && matches!(self.state, State::Header)
+                && self.header.is_empty()
+                && self.pending_pax.is_none()
+                && partial.header_stream == partial.member.stream_start;
+            if clean {
+                match parse_marker(&partial, &self.marker_body) {
+                    Ok(marker) => self.events.push_back(ScanEvent::Commit(ScannedMarker {
+                        member: member.clone(),
+                        ..marker
+                    })),
+                    Err(detail) => self.damage(
+                        member.offset,
+                        Some(partial.header_stream - partial.member.stream_start),
+                        Some(partial.name.clone()),
+                        detail,
+                    ),
+                }
+            } else {
+                self.damage(
+                    member.offset,
+                    None,
+                    Some(partial.name.clone()),
+                    "commit marker does not stand alone in its gzip member".into(),
+                );
+            }
+            let _ = sha1;
+        }
+        self.entry_after_marker = false;
+        self.events.push_back(ScanEvent::MemberEnd(member));
+    }
+
+    fn feed(&mut self, pos: MemberPos, raw: &[u8]) {
+        let mut i = 0usize;
+        while i < raw.len() {
+            let here = pos.stream_start + i as u64;
+            match self.state {
+                State::SkipMember => return,
+                State::Header => {
+                    let want = BLOCK - self.header.len();
+                    let take = want.min(raw.len() - i);
+                    if self.header.is_empty() && self.pending_marker.is_some() {
+                        self.entry_after_marker = true;
+                    }
+                    self.header.extend_from_slice(&raw[i..i + take]);
+                    i += take;
+                    if self.header.len() == BLOCK {
+                        let block: [u8; BLOCK] = self.header[..].try_into().expect("one block");
+                        self.header.clear();
+                        let header_stream = here + take as u64 - BLOCK as u64;
+                        self.on_header(pos, header_stream, &block);
+                    }
+                }
+                State::PaxBody { remaining, pad } => {
+                    let take = (remaining.min((raw.len() - i) as u64)) as usize;
+                    self.pax_buf.extend_from_slice(&raw[i..i + take]);
+                    i += take;
+                    let remaining = remaining - take as u64;
+                    if remaining == 0 {
+                        let records = decode_pax(&self.pax_buf);
+                        self.pax_buf.clear();
+                        match records {
+                            Ok(records) => {
+                                if let Some(p) = &mut self.pending_pax {
+                                    p.0 = records;
+                                }
+                                self.state = State::Padding { remaining: pad };
+                            }
+                            Err(e) => {
+                                let (_, mpos, start) =
+                                    self.pending_pax.take().expect("pax pending");
+                                self.damage(mpos.offset, Some(start - mpos.stream_start), None, e);
+                                self.state = State::SkipMember;
+                            }
+                        }
+                    } else {
+                        self.state = State::PaxBody { remaining, pad };
+                    }
+                }
+                State::Data { remaining, pad } => {
+                    let take = (remaining.min((raw.len() - i) as u64)) as usize;
+                    let chunk = &raw[i..i + take];
+                    self.hasher.update(chunk);
+                    if self.marker_body.len() + chunk.len() <= MAX_MARKER {
+                        self.marker_body.extend_from_slice(chunk);
+                    }
+                    i += take;
+                    let remaining = remaining - take as u64;
+                    if remaining == 0 {
+                        self.state = State::Padding { remaining: pad };
+                        self.finish_entry();
+                    } else {
+                        self.state = State::Data { remaining, pad };
+                    }
+                }
+                State::Padding { remaining } => {
+                    let take = (remaining.min((raw.len() - i) as u64)) as usize;
+                    i += take;
+                    let remaining = remaining - take as u64;
+                    self.state = if remaining == 0 {
+                        State::Header
+                    } else {
+                        State::Padding { remaining }
+                    };
+                }
+            }
+        }
+    }
+
+    fn on_header(&mut self, pos: MemberPos, header_stream: u64, block: &[u8; BLOCK]) {
+        let within = header_stream.saturating_sub(pos.stream_start);
+        let raw = match decode_block(block) {
+            Ok(Block::Zero) => return,
+            Ok(Block::Header(h)) => h,
+            Err(e) => {
+                self.damage(pos.offset, Some(within), None, e);
+                self.pending_pax = None;
+                self.state = State::SkipMember;
+                return;
+            }
+        };
+        if raw.typeflag == b'x' {
+            if self.pending_pax.is_some() {
+                self.damage(
+                    pos.offset,
+                    Some(within),
+                    None,
+                    "two pax headers in a row".into(),
+                );
+            }
+            if raw.size > MAX_PAX as u64 {
+                self.damage(
+                    pos.offset,
+                    Some(within),
+                    None,
+                    format!("pax header of {} bytes", raw.size),
+                );
+                self.state = State::SkipMember;
+                return;
+            }
+            self.pending_pax = Some((Vec::new(), pos, header_stream));
+            self.state = if raw.size == 0 {
+                State::Header
+            } else {
+                State::PaxBody {
+                    remaining: raw.size,
+                    pad: padded(raw.size) - raw.size,
+                }
+            };
+            return;
+        }
+        let (pax, member, start) = match self.pending_pax.take() {
+            Some((records, mpos, start)) => (records, mpos, start),
+            None => (Vec::new(), pos, header_stream),
+        };
+        self.start_entry(raw, pax, member, start, header_stream + BLOCK as u64);
+    }
+
+    fn start_entry(
+        &mut self,
+        raw: RawHeader,
+        pax: Vec<(String, String)>,
+        member: MemberPos,
+        header_stream: u64,
+        data_stream: u64,
+    ) {
+        let mut name = raw.name;
+        let mut target = raw.link;
+        let mut size = raw.size;
+        let mut bad: Option<String> = None;
+        for (k, v) in &pax {
+            match k.as_str() {
+                "path" => name = v.clone(),
+                "linkpath" => target = v.clone(),
+                "size" => match v.parse() {
+                    Ok(s) => size = s,
+                    Err(_) => bad = Some(format!("pax size {v:?} is not a number")),
+                },
+                _ => {}
+            }
+        }
+        let kind = match raw.typeflag {
+            b'0' | 0 => EntryKind::File,
+            b'2' => EntryKind::Symlink,
+            other => {
+                bad = Some(format!("unsupported tar entry type {:?}", other as char));
+                EntryKind::File
+            }
+        };
+        if kind == EntryKind::Symlink && size != 0 {
+            bad = Some("symlink entry with data".into());
+        }
+        if let Err(e) = check_name(&name) {
+            bad = Some(e);
+        }
+        let within = header_stream - member.stream_start;
+        if let Some(detail) = bad {
+            // The size is still known, so the entry can be stepped over.
+            self.damage(member.offset, Some(within), Some(name.clone()), detail);
+        }
+        self.hasher = Sha1::new();
+        self.marker_body.clear();
+        self.partial = Some(Partial {
+            name,
+            kind,
+            target,
+            size,
+            mtime: raw.mtime,
+            member,
+            header_stream,
+            data_stream,
+            pax,
+        });
+        if size == 0 {
+            self.state = State::Header;
+            self.finish_entry();
+        } else {
+            self.state = State::Data {
+                remaining: size,
+                pad: padded(size) - size,
+            };
+        }
+    }
+
+    fn finish_entry(&mut self) {
+        let partial = self.partial.take().expect("an entry is open");
+        let digest = std::mem::replace(&mut self.hasher, Sha1::new()).finalize();
+        let sha1 = if partial.kind == EntryKind::File {
+            Guid(digest.into())
+        } else {
+            Guid::ZERO
+        };
+        let within = partial.header_stream - partial.member.stream_start;
+        let mut problems = Vec::new();
+        if check_name(&partial.name).is_err()
+            || partial.kind == EntryKind::Symlink && partial.size != 0
+        {
+            return; // already reported by start_entry
+        }
+        if let Some(hex) = partial.name.strip_prefix(FILES_DIR) {
+            match hex.parse::<Guid>() {
+                Ok(named) if named == sha1 => {}
+                Ok(_) => problems.push(format!("data hashes to {sha1}, not to its name")),
+                Err(_) => problems.push("files/ entry not named by a SHA-1".to_string()),
+            }
+        }
+        let pax = pax_meta(&partial.pax);
+        match &pax {
+            Ok(meta) => {
+                if let Some(claimed) = meta.sha1 {
+                    if claimed != sha1 {
+                        problems.push(format!("data hashes to {sha1}, pax record says {claimed}"));
+                    }
+                }
+            }
+            Err(e) => problems.push(e.clone()),
+        }
+        if let Some(run) = marker_run(&partial.name) {
+            let _ = run;
+            if partial.kind != EntryKind::File {
+                problems.push("commit marker is not a regular file".into());
+            } else if problems.is_empty() {
+                self.pending_marker = Some((partial, sha1));
+                return;
+            }
+        }
+        if !problems.is_empty() {
+            self.damage(
+                partial.member.offset,
+                Some(within),
+                Some(partial.name.clone()),
+                problems.join("; "),
+            );
+            return;
+        }
+        let meta = pax.expect("checked above");
+        self.events.push_back(ScanEvent::Entry(ScannedEntry {
+            record: EntryRecord {
+                name: partial.name,
+                kind: partial.kind,
+                target: partial.target,
+                placement: Placement {
+                    member: partial.member.offset,
+                    header_at: within as u32,
+                    data_at: partial.data_stream - partial.member.stream_start,
+                },
+                size: partial.size,
+                sha1,
+                stat: meta.stat,
+            },
+            run: meta.run,
+            mtime: partial.mtime,
+        }));
+    }
+}
+
+impl<R: Read + Seek> Iterator for Scanner<R> {
+    type Item = ScanEvent;
+
+    fn next(&mut self) -> Option<ScanEvent> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            self.fill();
+        }
+    }
+}
+
+struct PaxMeta {
+    run: Option<u64>,
+    sha1: Option<Guid>,
+    stat: Option<SourceStat>,
+}
+
+fn pax_meta(records: &[(String, String)]) -> Result<PaxMeta, String> {
+    let mut meta = PaxMeta {
+        run: None,
+        sha1: None,
+        stat: None,
+    };
+    let mut stat = SourceStat::default();
+    let mut stat_fields = 0;
+    for (k, v) in records {
+        let Some(key) = k.strip_prefix(PAX_PREFIX) else {
+            continue;
+        };
+        let bad = || format!("pax record {k}={v:?} is malformed");
+        match key {
+            "run" => meta.run = Some(v.parse().map_err(|_| bad())?),
+            "sha1" => meta.sha1 = Some(v.parse().map_err(|_| bad())?),
+            "dev" => (stat.dev, stat_fields) = (v.parse().map_err(|_| bad())?, stat_fields + 1),
+            "ino" => (stat.ino, stat_fields) = (v.parse().map_err(|_| bad())?, stat_fields + 1),
+            "size" => (stat.size, stat_fields) = (v.parse().map_err(|_| bad())?, stat_fields + 1),
+            "mtime" => {
+                (stat.mtime_ns, stat_fields) = (parse_time(v).ok_or_else(bad)?, stat_fields + 1)
+            }
+            "ctime" => {
+                (stat.ctime_ns, stat_fields) = (parse_time(v).ok_or_else(bad)?, stat_fields + 1)
+            }
+            _ => {}
+        }
+    }
+    match stat_fields {
+        0 => {}
+        5 => meta.stat = Some(stat),
+        _ => return Err("incomplete MAILPACK source stat records".into()),
+    }
+    Ok(meta)
+}
+
+/// `<seconds>.<9 digits>` as written by `format_time`.
+pub(crate) fn parse_time(v: &str) -> Option<i64> {
+    let (secs, nanos) = v.split_once('.')?;
+    if nanos.len() != 9 {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok()?;
+    let nanos: i64 = nanos.parse().ok()?;
+    secs.checked_mul(1_000_000_000)?
+        .checked_add(if secs < 0 { -nanos } else { nanos })
+}
+
+pub(crate) fn format_time(ns: i64) -> String {
+    let sign = if ns < 0 { "-" } else { "" };
+    let abs = ns.unsigned_abs();
+    format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)
+}
+
+fn parse_marker(partial: &Partial, body: &[u8]) -> Result<ScannedMarker, String> {
+    let name_run = marker_run(&partial.name).expect("only markers get here");
+    if partial.size as usize > MAX_MARKER {
+        return Err(format!("commit marker of {} bytes", partial.size));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| "commit marker is not UTF-8".to_string())?;
+    let mut fields = Vec::new();
+    for line in text.lines() {
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("commit marker line {line:?} has no '='"))?;
+        fields.push((k.to_string(), v.to_string()));
+    }
+    let get = |key: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| format!("commit marker lacks {key}"))
+    };
+    if get("format")? != MARKER_FORMAT {
+        return Err(format!(
+            "commit marker format {:?} is not {MARKER_FORMAT:?}",
+            get("format")?
+        ));
+    }
+    let num = |key: &str| -> Result<u64, String> {
+        get(key)?
+            .parse()
+            .map_err(|_| format!("commit marker {key} is not a number"))
+    };
+    let run = num("run")?;
+    if run != name_run {
+        return Err(format!("commit marker runs/{name_run} says run={run}"));
+    }
+    let archive_id = get("archive-id")?.to_string();
+    if archive_id.len() != 32 || !archive_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("commit marker archive-id is malformed".into());
+    }
+    let time: i64 = get("time")?
+        .parse()
+        .map_err(|_| "commit marker time is not a number".to_string())?;
+    Ok(ScannedMarker {
+        run,
+        archive_id,
+        time,
+        start: num("start")?,
+        entries: num("entries")?,
+        fields,
+        member: Member {
+            offset: 0,
+            end: 0,
+            integrity: Ok(()),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        for ns in [0, 1, 1_700_000_000_123_456_789, -5_000_000_001] {
+            assert_eq!(parse_time(&format_time(ns)), Some(ns));
+        }
+        assert_eq!(parse_time("12.5"), None);
+    }
+}

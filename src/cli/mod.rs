@@ -1,0 +1,357 @@
+//! The command line: parses arguments into library options, calls `commands`, prints results
+//! (stdout) and diagnostics (stderr), and picks the exit code: 0 ok, 1 finished with problems or
+//! skipped items, 2 fatal or usage error. Nothing below this module prints.
+
+mod output;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands::{self, PutOptions, Selection};
+use crate::error::Error;
+use crate::store::{LockWait, WriterOptions};
+use output::{Out, Printer};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mailpack",
+    version,
+    about = "Back up Cyrus IMAP mail into per-user append-only tar.gz archives"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the committed entries of an archive (latest version of each name), or every run.
+    Ls(LsArgs),
+    /// Write one entry (a name, or a message SHA-1) to standard output, by seeking to it.
+    Cat(CatArgs),
+    /// Check every byte of one or more archives and report problems with entry and offset.
+    Verify(VerifyArgs),
+    /// Rebuild the sidecar index of an archive from the archive alone.
+    Reindex(ReindexArgs),
+    /// Store files in an archive as one committed run (files/<sha1>, or one file by name).
+    Put(PutArgs),
+}
+
+#[derive(Args, Debug)]
+struct ArchiveArgs {
+    /// Directory holding the per-user archives.
+    #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
+    archive_dir: Option<PathBuf>,
+    /// The Cyrus userid whose archive is meant.
+    #[arg(long, value_name = "U")]
+    user: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct LsArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Path of one archive file, instead of --archive-dir and --user.
+    #[arg(value_name = "ARCHIVE")]
+    file: Option<PathBuf>,
+    /// Every committed run with all its entries, superseded versions and tombstones included.
+    #[arg(long)]
+    all: bool,
+    /// JSON lines on stdout (formats/json-output.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CatArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// [ARCHIVE] ENTRY: an archive file is optional; ENTRY is a name or a 40-digit SHA-1.
+    #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Path of one archive file; without it and without --user, every archive in --archive-dir.
+    #[arg(value_name = "ARCHIVE")]
+    file: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ReindexArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    #[arg(value_name = "ARCHIVE")]
+    file: Option<PathBuf>,
+    /// Wait for a running writer instead of failing with "busy".
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Args, Debug)]
+struct PutArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Store the single FILE under this entry name (with its source stat) instead of files/<sha1>.
+    #[arg(long, value_name = "ENTRY")]
+    name: Option<String>,
+    /// Wait for a running writer instead of failing with "busy".
+    #[arg(long)]
+    wait: bool,
+    /// Compression threads (default: every core).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// gzip compression level, 1 (fast) to 9 (small).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+    level: u32,
+    #[arg(long)]
+    json: bool,
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+}
+
+fn selection(args: &ArchiveArgs, file: Option<PathBuf>) -> Result<Selection, Error> {
+    if let Some(file) = file {
+        if args.user.is_some() {
+            return Err(Error::usage(
+                "give either an archive file or --user, not both",
+            ));
+        }
+        return Ok(Selection::File(file));
+    }
+    let dir = args
+        .archive_dir
+        .clone()
+        .ok_or_else(|| Error::usage("no archive named: pass --archive-dir DIR (or set MAILPACK_ARCHIVE_DIR) with --user U, or an archive file"))?;
+    Ok(Selection::Dir {
+        dir,
+        users: args.user.iter().cloned().collect(),
+    })
+}
+
+fn writer_options(wait: bool, jobs: Option<usize>, level: u32) -> WriterOptions {
+    let mut options = WriterOptions {
+        wait: if wait { LockWait::Yes } else { LockWait::No },
+        level,
+        ..WriterOptions::default()
+    };
+    if let Some(jobs) = jobs {
+        options.threads = jobs.max(1);
+    }
+    options
+}
+
+/// Parses the command line, runs it, and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut printer = Printer::new();
+    let code = match run(cli.command, &mut printer) {
+        Ok(code) => code,
+        Err(err) => {
+            if !printer.stdout_closed() {
+                printer.error(&err);
+            }
+            2
+        }
+    };
+    if printer.stdout_closed() {
+        // A closed pipe (`mailpack ls | head`) is not a failure of ours.
+        return ExitCode::SUCCESS;
+    }
+    ExitCode::from(code)
+}
+
+fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
+    match command {
+        Command::Ls(args) => {
+            let paths = selection(&args.archive, args.file)?.one()?;
+            let listing = commands::ls(&paths, args.all)?;
+            p.notices(&listing.notices);
+            if args.all {
+                for run in &listing.runs {
+                    if args.json {
+                        p.json("run", run)?;
+                    } else {
+                        p.line(&format!(
+                            "run {} time {} bytes {}..{} entries {}",
+                            run.run,
+                            output::utc(run.time),
+                            run.start,
+                            run.end,
+                            run.entries.len()
+                        ))?;
+                        for e in &run.entries {
+                            p.line(&format!("  {}", output::entry_line(e)))?;
+                        }
+                    }
+                }
+            } else {
+                for e in &listing.state {
+                    if args.json {
+                        p.json("entry", e)?;
+                    } else {
+                        p.line(&output::entry_line(e))?;
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Cat(args) => {
+            let (file, spec) = match args.args.as_slice() {
+                [spec] => (None, spec.clone()),
+                [file, spec] => (Some(PathBuf::from(file)), spec.clone()),
+                _ => unreachable!("clap bounds the count"),
+            };
+            let paths = selection(&args.archive, file)?.one()?;
+            let mut notices = Vec::new();
+            let result = {
+                let stdout = io::stdout();
+                let mut out = Out::new(stdout.lock());
+                let r = commands::cat(&paths, &spec, &mut out, &mut notices);
+                if out.closed() {
+                    p.mark_stdout_closed();
+                }
+                r.and_then(|n| {
+                    out.flush()
+                        .map(|_| n)
+                        .map_err(|e| Error::io("write", "standard output", e))
+                })
+            };
+            p.notices(&notices);
+            match result {
+                Err(_) if p.stdout_closed() => Ok(0),
+                r => r.map(|_| 0),
+            }
+        }
+        Command::Verify(args) => {
+            let all = args.file.is_none() && args.archive.user.is_none();
+            let selected = selection(&args.archive, args.file)?;
+            let targets = selected.resolve()?;
+            if targets.is_empty() && all {
+                p.note("no archives found");
+            }
+            let mut code = 0;
+            for paths in &targets {
+                let report = match commands::verify(paths) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        p.error(&e);
+                        code = 2;
+                        continue;
+                    }
+                };
+                p.notices(&report.repaired);
+                if !report.problems.is_empty() {
+                    code = code.max(1);
+                }
+                if args.json {
+                    p.json("verify", &report)?;
+                } else {
+                    for problem in &report.problems {
+                        p.line(&format!(
+                            "{}: byte {}{}{}: {}",
+                            report.archive.display(),
+                            problem.offset,
+                            problem
+                                .within
+                                .map(|w| format!(" (+{w} in member)"))
+                                .unwrap_or_default(),
+                            problem
+                                .entry
+                                .as_ref()
+                                .map(|e| format!(" entry {e}"))
+                                .unwrap_or_default(),
+                            problem.detail
+                        ))?;
+                    }
+                    p.line(&format!(
+                        "{}: {} runs, {} entries, {} members, {} bytes: {}",
+                        report.archive.display(),
+                        report.runs,
+                        report.entries,
+                        report.members,
+                        report.bytes,
+                        if report.problems.is_empty() {
+                            "ok".to_string()
+                        } else {
+                            format!("{} problems", report.problems.len())
+                        }
+                    ))?;
+                }
+            }
+            Ok(code)
+        }
+        Command::Reindex(args) => {
+            let selected = selection(&args.archive, args.file)?;
+            let wait = if args.wait {
+                LockWait::Yes
+            } else {
+                LockWait::No
+            };
+            let mut code = 0;
+            for paths in selected.resolve()? {
+                match commands::reindex(&paths, wait) {
+                    Ok(report) => {
+                        p.notices(&report.notices);
+                        p.line(&format!(
+                            "{}: {} runs, {} entries indexed",
+                            report.archive.display(),
+                            report.runs,
+                            report.entries
+                        ))?;
+                    }
+                    Err(e) => {
+                        p.error(&e);
+                        code = 2;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Command::Put(args) => {
+            let paths = selection(&args.archive, None)?.one()?;
+            let report = commands::put(
+                &paths,
+                &PutOptions {
+                    files: args.files,
+                    name: args.name,
+                    writer: writer_options(args.wait, args.jobs, args.level),
+                },
+            )?;
+            p.notices(&report.notices);
+            if args.json {
+                p.json("put", &report)?;
+            } else {
+                p.line(&format!(
+                    "{}: run {} committed: {} entries added, {} already stored, {} bytes read",
+                    report.archive.display(),
+                    report.run,
+                    report.added.len(),
+                    report.already_stored,
+                    report.bytes_read
+                ))?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+impl Printer {
+    fn line(&mut self, s: &str) -> Result<(), Error> {
+        self.out_line(s);
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn flush_stdout() {
+    let _ = io::stdout().flush();
+}

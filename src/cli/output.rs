@@ -1,0 +1,140 @@
+//! Printing: results on stdout (plain lines or JSON lines), diagnostics on stderr. A closed
+//! stdout pipe is remembered so the command can stop quietly.
+
+use std::io::{self, Write};
+
+use crate::commands::EntryView;
+use crate::error::Error;
+
+pub struct Printer {
+    stdout: io::BufWriter<io::Stdout>,
+    closed: bool,
+}
+
+impl Printer {
+    pub fn new() -> Printer {
+        Printer {
+            stdout: io::BufWriter::new(io::stdout()),
+            closed: false,
+        }
+    }
+
+    pub fn out_line(&mut self, s: &str) {
+        if self.closed {
+            return;
+        }
+        if let Err(e) = writeln!(self.stdout, "{s}").and_then(|_| self.stdout.flush()) {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                self.closed = true;
+            }
+        }
+    }
+
+    /// One JSON line: `{"type": kind, "data": value}` (formats/json-output.md).
+    pub fn json<T: serde::Serialize>(&mut self, kind: &str, value: &T) -> Result<(), Error> {
+        let line = serde_json::to_string(&serde_json::json!({ "type": kind, "data": value }))
+            .map_err(|e| Error::usage(format!("cannot encode JSON: {e}")))?;
+        self.out_line(&line);
+        Ok(())
+    }
+
+    pub fn notices(&mut self, notices: &[String]) {
+        for n in notices {
+            self.note(n);
+        }
+    }
+
+    pub fn note(&mut self, s: &str) {
+        eprintln!("mailpack: {s}");
+    }
+
+    pub fn error(&mut self, e: &Error) {
+        eprintln!("mailpack: error: {e}");
+    }
+
+    pub fn stdout_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn mark_stdout_closed(&mut self) {
+        self.closed = true;
+    }
+}
+
+/// A writer for entry data on stdout that remembers a closed pipe.
+pub struct Out<W: Write> {
+    inner: io::BufWriter<W>,
+    closed: bool,
+}
+
+impl<W: Write> Out<W> {
+    pub fn new(w: W) -> Self {
+        Out {
+            inner: io::BufWriter::with_capacity(256 << 10, w),
+            closed: false,
+        }
+    }
+
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl<W: Write> Write for Out<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                self.closed = true;
+            }
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|e| {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                self.closed = true;
+            }
+        })
+    }
+}
+
+pub fn entry_line(e: &EntryView) -> String {
+    match &e.target {
+        Some(t) if t.is_empty() => format!("run {:<4} tombstone {}", e.run, e.name),
+        Some(t) => format!("run {:<4} link {:>10} {} -> {}", e.run, "", e.name, t),
+        None => format!("run {:<4} file {:>10} {}", e.run, e.size, e.name),
+    }
+}
+
+/// Unix seconds as an RFC 3339 UTC time, without a date crate.
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

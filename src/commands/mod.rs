@@ -1,0 +1,285 @@
+//! One function per subcommand. They take validated options, do the work through `store`, and
+//! return values for the CLI to print; nothing here prints or chooses an exit code.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::archive::{file_entry_name, EntryKind, EntryRecord, RunSummary, SourceStat};
+use crate::error::{Error, Result};
+use crate::guid::Guid;
+use crate::store::{
+    self, Archive, ArchivePaths, LockWait, StoreWriter, VerifyReport, WriterOptions,
+};
+
+/// Which archive(s) a command is about.
+#[derive(Clone, Debug)]
+pub enum Selection {
+    /// One archive file named directly.
+    File(PathBuf),
+    /// The archives of these users in a directory; every archive there when `users` is empty.
+    Dir { dir: PathBuf, users: Vec<String> },
+}
+
+impl Selection {
+    pub fn resolve(&self) -> Result<Vec<ArchivePaths>> {
+        match self {
+            Selection::File(path) => Ok(vec![ArchivePaths::for_archive_file(path)?]),
+            Selection::Dir { dir, users } if users.is_empty() => store::list_archives(dir),
+            Selection::Dir { dir, users } => users
+                .iter()
+                .map(|u| ArchivePaths::for_user(dir, u))
+                .collect(),
+        }
+    }
+
+    /// Exactly one archive, for commands that read one.
+    pub fn one(&self) -> Result<ArchivePaths> {
+        match self {
+            Selection::Dir { users, .. } if users.len() != 1 => Err(Error::usage(
+                "name one archive: --user U, or the path of an archive file",
+            )),
+            _ => Ok(self.resolve()?.remove(0)),
+        }
+    }
+}
+
+/// An entry as `ls` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct EntryView {
+    pub run: u64,
+    pub name: String,
+    pub kind: EntryKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha1: Option<String>,
+    pub member: u64,
+    pub data_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStat>,
+}
+
+impl EntryView {
+    fn new(run: u64, e: &EntryRecord) -> EntryView {
+        EntryView {
+            run,
+            name: e.name.clone(),
+            kind: e.kind,
+            target: (e.kind == EntryKind::Symlink).then(|| e.target.clone()),
+            size: e.size,
+            sha1: (e.kind == EntryKind::File).then(|| e.sha1.to_hex()),
+            member: e.placement.member,
+            data_at: e.placement.data_at,
+            source: e.stat,
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct RunView {
+    pub run: u64,
+    pub time: i64,
+    pub start: u64,
+    pub end: u64,
+    pub entries: Vec<EntryView>,
+}
+
+pub struct Listing {
+    pub archive: PathBuf,
+    /// With `--all`: every run and its entries, tombstones included.
+    pub runs: Vec<RunView>,
+    /// Otherwise: the committed state, latest version of each live name.
+    pub state: Vec<EntryView>,
+    pub notices: Vec<String>,
+}
+
+pub fn ls(paths: &ArchivePaths, all: bool) -> Result<Listing> {
+    let mut notices = Vec::new();
+    let archive = Archive::open(paths, &mut notices)?;
+    let mut listing = Listing {
+        archive: paths.archive.clone(),
+        runs: Vec::new(),
+        state: Vec::new(),
+        notices,
+    };
+    if all {
+        for run in archive.runs() {
+            listing.runs.push(RunView {
+                run: run.run,
+                time: run.time,
+                start: run.start,
+                end: run.end,
+                entries: archive
+                    .entries_of(run)
+                    .iter()
+                    .map(|e| EntryView::new(run.run, e))
+                    .collect(),
+            });
+        }
+    } else {
+        listing.state = archive
+            .state_at(None)
+            .into_iter()
+            .map(|(run, e)| EntryView::new(run, e))
+            .collect();
+    }
+    Ok(listing)
+}
+
+/// Writes the latest committed version of an entry (a name, or a message SHA-1) to `out`.
+pub fn cat(
+    paths: &ArchivePaths,
+    spec: &str,
+    out: &mut dyn Write,
+    notices: &mut Vec<String>,
+) -> Result<u64> {
+    let archive = Archive::open(paths, notices)?;
+    let name = match spec.parse::<Guid>() {
+        Ok(guid) => file_entry_name(&guid),
+        Err(()) => spec.to_string(),
+    };
+    let (_, entry) = archive
+        .latest(&name)
+        .filter(|(_, e)| !e.is_tombstone())
+        .ok_or_else(|| Error::NotFound(format!("{name} in {}", paths.archive.display())))?;
+    if entry.kind == EntryKind::Symlink {
+        writeln!(out, "{}", entry.target).map_err(|e| Error::io("write", "standard output", e))?;
+        return Ok(0);
+    }
+    let mut reader = archive.read_entry(entry)?;
+    io::copy(&mut reader, out).map_err(|e| match e.into_inner() {
+        Some(inner) => match inner.downcast::<Error>() {
+            Ok(err) => *err,
+            Err(other) => Error::io("copy", &paths.archive, io::Error::other(other)),
+        },
+        None => Error::io("copy", &paths.archive, io::Error::other("read failed")),
+    })
+}
+
+pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
+    store::verify(paths)
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ReindexReport {
+    pub archive: PathBuf,
+    pub runs: u64,
+    pub entries: u64,
+    pub notices: Vec<String>,
+}
+
+pub fn reindex(paths: &ArchivePaths, wait: LockWait) -> Result<ReindexReport> {
+    let mut notices = Vec::new();
+    let archive = Archive::reindex(paths, wait, &mut notices)?;
+    Ok(ReindexReport {
+        archive: paths.archive.clone(),
+        runs: archive.runs().len() as u64,
+        entries: archive
+            .runs()
+            .iter()
+            .map(|r| archive.entries_of(r).len() as u64)
+            .sum(),
+        notices,
+    })
+}
+
+/// What `put` stored.
+#[derive(Debug, serde::Serialize)]
+pub struct PutReport {
+    pub archive: PathBuf,
+    pub run: u64,
+    pub added: Vec<String>,
+    /// Message files the archive already held.
+    pub already_stored: u64,
+    pub bytes_read: u64,
+    pub notices: Vec<String>,
+}
+
+pub struct PutOptions {
+    pub files: Vec<PathBuf>,
+    /// Store the single file under this entry name instead of `files/<sha1>`.
+    pub name: Option<String>,
+    pub writer: WriterOptions,
+}
+
+/// Stores files in one committed run: as `files/<sha1>` (once per archive), or one file under
+/// an explicit name. Each file is read once, hashed while it is copied.
+pub fn put(paths: &ArchivePaths, options: &PutOptions) -> Result<PutReport> {
+    if options.name.is_some() && options.files.len() != 1 {
+        return Err(Error::usage("--name takes exactly one file"));
+    }
+    let mut notices = Vec::new();
+    let mut store = StoreWriter::open(paths, &options.writer, &mut notices)?;
+    let mut report = PutReport {
+        archive: paths.archive.clone(),
+        run: 0,
+        added: Vec::new(),
+        already_stored: 0,
+        bytes_read: 0,
+        notices: Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for path in &options.files {
+        let (guid, size) = hash_file(path)?;
+        report.bytes_read += size;
+        let name = match &options.name {
+            Some(n) => n.clone(),
+            None => {
+                if !seen.insert(guid) || store.archive().has_file(&guid) {
+                    report.already_stored += 1;
+                    continue;
+                }
+                file_entry_name(&guid)
+            }
+        };
+        let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let stat = options.name.as_ref().map(|_| SourceStat::of(&meta));
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        match store
+            .writer()
+            .append_reader(&name, &mut file, meta.len(), Some(guid), stat, mtime)?
+        {
+            Ok(_) => report.added.push(name),
+            Err(rejected) => {
+                return Err(Error::Changed {
+                    path: path.clone(),
+                    detail: rejected.0,
+                })
+            }
+        }
+    }
+    let summary = RunSummary {
+        time: now(),
+        host: hostname(),
+        counts: vec![("files".into(), report.added.len() as u64)],
+    };
+    report.run = store.commit(&summary)?.run;
+    report.notices = notices;
+    Ok(report)
+}
+
+fn hash_file(path: &Path) -> Result<(Guid, u64)> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut reader = crate::guid::HashingReader::new(io::BufReader::with_capacity(256 << 10, file));
+    io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::io("read", path, e))?;
+    Ok(reader.finish())
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

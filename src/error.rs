@@ -1,0 +1,104 @@
+//! The one error type of the library. Every variant names the file (and, for damaged input, the
+//! byte offset) so an operator can act on it; there is no blanket `From<io::Error>` because that
+//! would lose the path.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+pub enum Error {
+    /// An operating-system call failed on `path`.
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// `path` is damaged at byte `offset` (for archives: the offset of the gzip member, with the
+    /// position inside the member's decompressed bytes in `detail` where it helps).
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    /// A file in a format or version this build does not read.
+    Unsupported { path: PathBuf, detail: String },
+    /// Another writer holds the archive's lock.
+    Busy { path: PathBuf },
+    /// A source file changed while it was being copied; the caller may retry.
+    Changed { path: PathBuf, detail: String },
+    /// A name, entry or archive that does not exist.
+    NotFound(String),
+    /// An earlier write or fsync failed; the writer must be reopened, which repairs the tail.
+    Poisoned(PathBuf),
+    /// The request itself is wrong (bad name, bad argument).
+    Usage(String),
+}
+
+impl Error {
+    pub fn io(op: &'static str, path: impl AsRef<Path>, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn corrupt(path: impl AsRef<Path>, offset: u64, detail: impl Into<String>) -> Error {
+        Error::Corrupt {
+            path: path.as_ref().to_path_buf(),
+            offset,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn usage(detail: impl Into<String>) -> Error {
+        Error::Usage(detail.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
+            Error::Corrupt {
+                path,
+                offset,
+                detail,
+            } => write!(
+                f,
+                "{} is damaged at byte {offset}: {detail}",
+                path.display()
+            ),
+            Error::Unsupported { path, detail } => {
+                write!(f, "{}: unsupported: {detail}", path.display())
+            }
+            Error::Busy { path } => write!(
+                f,
+                "{} is locked by another writer; retry later or pass --wait",
+                path.display()
+            ),
+            Error::Changed { path, detail } => {
+                write!(f, "{} changed while being read: {detail}", path.display())
+            }
+            Error::NotFound(what) => write!(f, "not found: {what}"),
+            Error::Poisoned(path) => write!(
+                f,
+                "an earlier write to {} failed; reopen the archive to repair it",
+                path.display()
+            ),
+            Error::Usage(detail) => f.write_str(detail),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! File plumbing shared by the writers: files that can be made to fail on purpose (so crash
+//! safety is proven by fault injection, not hoped for), directory fsync, atomic replacement.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// Which operations a `Faults` plan counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultOn {
+    Write,
+    Sync,
+    Any,
+}
+
+/// A countdown shared by every file a writer touches: the Nth counted operation fails. A failing
+/// write first writes half of its buffer, as a torn write at power loss would. Production code
+/// passes `Faults::none()`, which costs one branch per call.
+#[derive(Clone, Default)]
+pub struct Faults(Option<Arc<FaultPlan>>);
+
+struct FaultPlan {
+    on: FaultOn,
+    remaining: AtomicU64,
+    seen: AtomicU64,
+}
+
+impl Faults {
+    pub fn none() -> Faults {
+        Faults(None)
+    }
+
+    /// Fail the `n`th (1-based) operation of kind `on`.
+    pub fn fail_nth(n: u64, on: FaultOn) -> Faults {
+        Faults(Some(Arc::new(FaultPlan {
+            on,
+            remaining: AtomicU64::new(n),
+            seen: AtomicU64::new(0),
+        })))
+    }
+
+    /// How many counted operations happened so far (to size a sweep).
+    pub fn seen(&self) -> u64 {
+        self.0.as_ref().map_or(0, |p| p.seen.load(Ordering::SeqCst))
+    }
+
+    fn fires(&self, op: FaultOn) -> bool {
+        let Some(plan) = &self.0 else { return false };
+        if plan.on != FaultOn::Any && plan.on != op {
+            return false;
+        }
+        plan.seen.fetch_add(1, Ordering::SeqCst);
+        plan.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
+            .map(|before| before == 1)
+            .unwrap_or(false)
+    }
+}
+
+fn injected() -> io::Error {
+    io::Error::other("injected fault")
+}
+
+/// A file whose writes and fsyncs go through a fault plan.
+pub struct DurableFile {
+    file: File,
+    path: PathBuf,
+    faults: Faults,
+}
+
+impl DurableFile {
+    pub fn new(file: File, path: &Path, faults: Faults) -> DurableFile {
+        DurableFile {
+            file,
+            path: path.to_path_buf(),
+            faults,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn sync(&mut self) -> Result<()> {
+        if self.faults.fires(FaultOn::Sync) {
+            return Err(Error::io("fsync", &self.path, injected()));
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync", &self.path, e))
+    }
+
+    pub fn write_all_at_end(&mut self, buf: &[u8]) -> Result<()> {
+        self.write_all(buf)
+            .map_err(|e| Error::io("write", &self.path, e))
+    }
+
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .map_err(|e| Error::io("truncate", &self.path, e))?;
+        self.file
+            .seek(SeekFrom::Start(len))
+            .map_err(|e| Error::io("seek", &self.path, e))?;
+        Ok(())
+    }
+
+    pub fn len(&self) -> Result<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::io("stat", &self.path, e))
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Write for DurableFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.faults.fires(FaultOn::Write) {
+            let half = buf.len() / 2;
+            if half > 0 {
+                self.file.write_all(&buf[..half])?;
+            }
+            return Err(injected());
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Read for DurableFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Seek for DurableFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+/// Opens `path` for reading and appending, creating it with mode 0600 if absent. Returns whether
+/// it was created, so the caller can fsync the directory.
+pub fn open_private(path: &Path) -> Result<(File, bool)> {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => Ok((f, true)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map(|f| (f, false))
+            .map_err(|e| Error::io("open", path, e)),
+        Err(e) => Err(Error::io("create", path, e)),
+    }
+}
+
+/// Makes the directory entries under `dir` durable (a created or renamed file survives a crash).
+pub fn fsync_dir(dir: &Path, faults: &Faults) -> Result<()> {
+    if faults.fires(FaultOn::Sync) {
+        return Err(Error::io("fsync", dir, injected()));
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync", dir, e))
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file: write a
+/// temporary file beside it, fsync, rename over, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
+    let dir = parent_dir(path);
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        let mut file = DurableFile::new(file, &tmp, faults.clone());
+        file.write_all_at_end(bytes)?;
+        file.sync()?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+        fsync_dir(&dir, faults)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// 16 random bytes from the kernel, for archive ids.
+pub fn random_id() -> Result<[u8; 16]> {
+    let mut id = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut id))
+        .map_err(|e| Error::io("read", "/dev/urandom", e))?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_plan_fires_once_on_the_nth_matching_op() {
+        let f = Faults::fail_nth(3, FaultOn::Write);
+        assert!(!f.fires(FaultOn::Write));
+        assert!(!f.fires(FaultOn::Sync));
+        assert!(!f.fires(FaultOn::Write));
+        assert!(f.fires(FaultOn::Write));
+        assert!(!f.fires(FaultOn::Write));
+        assert_eq!(f.seen(), 4);
+    }
+}

@@ -1,0 +1,412 @@
+//! The sidecar index `<user>.idx` (formats/archive.md section 5): a log of one checksummed block
+//! per committed run. It is only a cache of what a scan of the archive yields, so every way it
+//! can be wrong (missing, torn, rotten, stale) ends in a rebuild, never in lost data.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use byteorder::{ByteOrder, LittleEndian as LE, ReadBytesExt, WriteBytesExt};
+
+use crate::archive::{CommittedRun, EntryKind, EntryRecord, Placement, SourceStat, MAX_NAME};
+use crate::error::{Error, Result};
+use crate::guid::Guid;
+use crate::io::{fsync_dir, write_atomic, DurableFile, Faults};
+
+pub const MAGIC: &[u8; 8] = b"MAILPKIX";
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 32;
+pub const MAX_BLOCK: u32 = 256 << 20;
+
+pub enum IndexRead {
+    Missing,
+    /// Unusable as a whole; the reason is for the operator.
+    Invalid(String),
+    Valid {
+        archive_id: [u8; 16],
+        runs: Vec<CommittedRun>,
+        /// Bytes of the file that hold good blocks; anything after is a torn append.
+        good_len: u64,
+        file_len: u64,
+    },
+}
+
+pub fn encode_header(archive_id: &[u8; 16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN);
+    out.extend_from_slice(MAGIC);
+    out.write_u32::<LE>(VERSION).expect("vec write");
+    out.write_u32::<LE>(0).expect("vec write");
+    out.extend_from_slice(archive_id);
+    out
+}
+
+pub fn encode_block(run: &CommittedRun) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64 + run.entries.len() * 96);
+    body.write_u64::<LE>(run.run).expect("vec write");
+    body.write_u64::<LE>(run.start).expect("vec write");
+    body.write_u64::<LE>(run.marker_offset).expect("vec write");
+    body.write_u64::<LE>(run.end).expect("vec write");
+    body.write_i64::<LE>(run.time).expect("vec write");
+    body.write_u32::<LE>(run.entries.len() as u32)
+        .expect("vec write");
+    for e in &run.entries {
+        body.push(match e.kind {
+            EntryKind::File => 1,
+            EntryKind::Symlink => 2,
+        });
+        body.write_u16::<LE>(e.name.len() as u16)
+            .expect("vec write");
+        body.extend_from_slice(e.name.as_bytes());
+        body.write_u16::<LE>(e.target.len() as u16)
+            .expect("vec write");
+        body.extend_from_slice(e.target.as_bytes());
+        body.write_u64::<LE>(e.placement.member).expect("vec write");
+        body.write_u32::<LE>(e.placement.header_at)
+            .expect("vec write");
+        body.write_u64::<LE>(e.placement.data_at)
+            .expect("vec write");
+        body.write_u64::<LE>(e.size).expect("vec write");
+        body.extend_from_slice(&e.sha1.0);
+        match &e.stat {
+            None => body.push(0),
+            Some(s) => {
+                body.push(1);
+                body.write_u64::<LE>(s.dev).expect("vec write");
+                body.write_u64::<LE>(s.ino).expect("vec write");
+                body.write_u64::<LE>(s.size).expect("vec write");
+                body.write_i64::<LE>(s.mtime_ns).expect("vec write");
+                body.write_i64::<LE>(s.ctime_ns).expect("vec write");
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.write_u32::<LE>(body.len() as u32).expect("vec write");
+    out.extend_from_slice(&body);
+    out.write_u32::<LE>(crc32fast::hash(&body))
+        .expect("vec write");
+    out
+}
+
+fn decode_block(body: &[u8]) -> io::Result<CommittedRun> {
+    let mut r = body;
+    let run = r.read_u64::<LE>()?;
+    let start = r.read_u64::<LE>()?;
+    let marker_offset = r.read_u64::<LE>()?;
+    let end = r.read_u64::<LE>()?;
+    let time = r.read_i64::<LE>()?;
+    let count = r.read_u32::<LE>()?;
+    // Each record is at least 50 bytes: a count larger than the body allows is damage.
+    if count as usize > body.len() / 50 {
+        return Err(bad("entry count larger than the block"));
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let kind = match r.read_u8()? {
+            1 => EntryKind::File,
+            2 => EntryKind::Symlink,
+            _ => return Err(bad("unknown entry kind")),
+        };
+        let name = read_str(&mut r)?;
+        let target = read_str(&mut r)?;
+        let member = r.read_u64::<LE>()?;
+        let header_at = r.read_u32::<LE>()?;
+        let data_at = r.read_u64::<LE>()?;
+        let size = r.read_u64::<LE>()?;
+        let mut sha1 = [0u8; 20];
+        r.read_exact(&mut sha1)?;
+        let stat = match r.read_u8()? {
+            0 => None,
+            1 => Some(SourceStat {
+                dev: r.read_u64::<LE>()?,
+                ino: r.read_u64::<LE>()?,
+                size: r.read_u64::<LE>()?,
+                mtime_ns: r.read_i64::<LE>()?,
+                ctime_ns: r.read_i64::<LE>()?,
+            }),
+            _ => return Err(bad("bad stat flag")),
+        };
+        entries.push(EntryRecord {
+            name,
+            kind,
+            target,
+            placement: Placement {
+                member,
+                header_at,
+                data_at,
+            },
+            size,
+            sha1: Guid(sha1),
+            stat,
+        });
+    }
+    if !r.is_empty() {
+        return Err(bad("trailing bytes in block"));
+    }
+    Ok(CommittedRun {
+        run,
+        start,
+        marker_offset,
+        end,
+        time,
+        entries,
+    })
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+fn read_str(r: &mut &[u8]) -> io::Result<String> {
+    let len = r.read_u16::<LE>()? as usize;
+    if len > MAX_NAME || len > r.len() {
+        return Err(bad("name length out of range"));
+    }
+    let (s, rest) = r.split_at(len);
+    *r = rest;
+    String::from_utf8(s.to_vec()).map_err(|_| bad("name is not UTF-8"))
+}
+
+/// Reads and checks the whole index.
+pub fn read(path: &Path) -> Result<IndexRead> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(IndexRead::Missing),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let file_len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    let mut header = [0u8; HEADER_LEN];
+    if file.read_exact(&mut header).is_err() {
+        return Ok(IndexRead::Invalid("index header is short".into()));
+    }
+    if &header[..8] != MAGIC {
+        return Ok(IndexRead::Invalid("index magic is wrong".into()));
+    }
+    let version = LE::read_u32(&header[8..12]);
+    if version != VERSION {
+        return Ok(IndexRead::Invalid(format!(
+            "index version {version} is not {VERSION}"
+        )));
+    }
+    let archive_id: [u8; 16] = header[16..32].try_into().expect("16 bytes");
+    let mut runs: Vec<CommittedRun> = Vec::new();
+    let mut pos = HEADER_LEN as u64;
+    let mut reader = io::BufReader::new(file);
+    loop {
+        let body_len = match reader.read_u32::<LE>() {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let is_last_possible = |needed: u64| pos + needed >= file_len;
+        if body_len > MAX_BLOCK || pos + 8 + body_len as u64 > file_len {
+            if is_last_possible(8 + body_len as u64) {
+                break; // torn append
+            }
+            return Ok(IndexRead::Invalid(format!(
+                "index block at byte {pos} is too long"
+            )));
+        }
+        let mut body = vec![0u8; body_len as usize];
+        let mut crc = [0u8; 4];
+        reader
+            .read_exact(&mut body)
+            .and_then(|_| reader.read_exact(&mut crc))
+            .map_err(|e| Error::io("read", path, e))?;
+        let block_end = pos + 8 + body_len as u64;
+        if crc32fast::hash(&body) != LE::read_u32(&crc) {
+            if block_end == file_len {
+                break; // the last block is torn
+            }
+            return Ok(IndexRead::Invalid(format!(
+                "index block at byte {pos} fails its CRC"
+            )));
+        }
+        let run = match decode_block(&body) {
+            Ok(run) => run,
+            Err(e) => {
+                return Ok(IndexRead::Invalid(format!(
+                    "index block at byte {pos}: {e}"
+                )))
+            }
+        };
+        if let Some(prev) = runs.last() {
+            if run.run != prev.run + 1 || run.start != prev.end {
+                return Ok(IndexRead::Invalid(format!(
+                    "index block at byte {pos} does not follow run {}",
+                    prev.run
+                )));
+            }
+        }
+        runs.push(run);
+        pos = block_end;
+    }
+    Ok(IndexRead::Valid {
+        archive_id,
+        runs,
+        good_len: pos,
+        file_len,
+    })
+}
+
+/// Replaces the index with one holding `runs` (after a rebuild).
+pub fn write_full(
+    path: &Path,
+    archive_id: &[u8; 16],
+    runs: &[CommittedRun],
+    faults: &Faults,
+) -> Result<()> {
+    let mut bytes = encode_header(archive_id);
+    for run in runs {
+        bytes.extend_from_slice(&encode_block(run));
+    }
+    write_atomic(path, &bytes, faults)
+}
+
+/// Appends one run's block, cutting off a torn block first, and fsyncs. `good_len` is the length
+/// of the index's valid part; 0 means the index does not exist yet.
+pub fn append(
+    path: &Path,
+    archive_id: &[u8; 16],
+    good_len: u64,
+    run: &CommittedRun,
+    faults: &Faults,
+) -> Result<u64> {
+    let created = good_len == 0;
+    let file = if created {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode_private()
+            .open(path)
+    } else {
+        OpenOptions::new().write(true).open(path)
+    }
+    .map_err(|e| Error::io("open", path, e))?;
+    let mut file = DurableFile::new(file, path, faults.clone());
+    let mut bytes = Vec::new();
+    if created {
+        bytes.extend_from_slice(&encode_header(archive_id));
+    } else {
+        file.truncate(good_len)?;
+    }
+    file.seek(SeekFrom::Start(if created { 0 } else { good_len }))
+        .map_err(|e| Error::io("seek", path, e))?;
+    bytes.extend_from_slice(&encode_block(run));
+    file.write_all_at_end(&bytes)?;
+    file.sync()?;
+    if created {
+        fsync_dir(&crate::io::parent_dir(path), faults)?;
+    }
+    Ok(if created { 0 } else { good_len } + bytes.len() as u64)
+}
+
+trait PrivateMode {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl PrivateMode for OpenOptions {
+    fn mode_private(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_run(run: u64, start: u64) -> CommittedRun {
+        CommittedRun {
+            run,
+            start,
+            marker_offset: start + 100,
+            end: start + 200,
+            time: 1_700_000_000,
+            entries: vec![
+                EntryRecord {
+                    name: "folders/u1/cyrus.index".into(),
+                    kind: EntryKind::File,
+                    target: String::new(),
+                    placement: Placement {
+                        member: start,
+                        header_at: 0,
+                        data_at: 1536,
+                    },
+                    size: 42,
+                    sha1: Guid::of(b"x"),
+                    stat: Some(SourceStat {
+                        dev: 1,
+                        ino: 2,
+                        size: 42,
+                        mtime_ns: 3,
+                        ctime_ns: -4,
+                    }),
+                },
+                EntryRecord {
+                    name: "imap/INBOX".into(),
+                    kind: EntryKind::Symlink,
+                    target: "folders/u1".into(),
+                    placement: Placement {
+                        member: start,
+                        header_at: 2048,
+                        data_at: 2560,
+                    },
+                    size: 0,
+                    sha1: Guid::ZERO,
+                    stat: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn blocks_round_trip_and_a_torn_tail_is_ignored() {
+        let dir = tempdir();
+        let path = dir.join("u.idx");
+        let id = [9u8; 16];
+        let r1 = sample_run(1, 0);
+        let r2 = sample_run(2, 200);
+        let len1 = append(&path, &id, 0, &r1, &Faults::none()).unwrap();
+        let len2 = append(&path, &id, len1, &r2, &Faults::none()).unwrap();
+        let IndexRead::Valid {
+            runs,
+            good_len,
+            archive_id,
+            ..
+        } = read(&path).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((runs.len(), good_len, archive_id), (2, len2, id));
+        assert_eq!(runs[1].entries, r2.entries);
+        // Cut the last block anywhere: the first block survives.
+        let full = std::fs::read(&path).unwrap();
+        for cut in len1..len2 {
+            std::fs::write(&path, &full[..cut as usize]).unwrap();
+            let IndexRead::Valid { runs, good_len, .. } = read(&path).unwrap() else {
+                panic!("cut {cut}")
+            };
+            assert_eq!((runs.len(), good_len), (1, len1), "cut {cut}");
+        }
+        // A flipped byte in the first block makes the whole index invalid.
+        let mut rotten = full.clone();
+        rotten[HEADER_LEN + 10] ^= 1;
+        std::fs::write(&path, &rotten).unwrap();
+        assert!(matches!(read(&path).unwrap(), IndexRead::Invalid(_)));
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "mailpack-idx-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

@@ -1,0 +1,174 @@
+//! Maps a Cyrus userid to the file names of its archive, index and lock (formats/archive.md
+//! section 2). The mapping is one-to-one: every userid has exactly one encoding and every valid
+//! encoding decodes to exactly one userid.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+pub const ARCHIVE_SUFFIX: &str = ".tar.gz";
+pub const INDEX_SUFFIX: &str = ".idx";
+pub const LOCK_SUFFIX: &str = ".lock";
+pub const MAX_ENCODED: usize = 200;
+
+fn kept(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'@')
+}
+
+pub fn encode_user(user: &str) -> Result<String> {
+    if user.is_empty() {
+        return Err(Error::usage("user name is empty"));
+    }
+    let mut out = String::with_capacity(user.len());
+    for (i, &b) in user.as_bytes().iter().enumerate() {
+        if kept(b) && !(i == 0 && b == b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.len() > MAX_ENCODED {
+        return Err(Error::usage(format!(
+            "user name {user:?} encodes to {} bytes, more than {MAX_ENCODED}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+pub fn decode_user(encoded: &str) -> Option<String> {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
+            {
+                return None;
+            }
+            let b = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            // An encoded byte that did not need encoding would give a second spelling.
+            if kept(b) && !(out.is_empty() && b == b'.') {
+                return None;
+            }
+            out.push(b);
+            i += 3;
+        } else if kept(bytes[i]) && !(i == 0 && bytes[i] == b'.') {
+            out.push(bytes[i]);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    let user = String::from_utf8(out).ok()?;
+    (!user.is_empty()).then_some(user)
+}
+
+/// The three files of one user's archive.
+#[derive(Clone, Debug)]
+pub struct ArchivePaths {
+    pub archive: PathBuf,
+    pub index: PathBuf,
+    pub lock: PathBuf,
+    /// The userid, when the archive's file name decodes to one.
+    pub user: Option<String>,
+}
+
+impl ArchivePaths {
+    pub fn for_user(dir: &Path, user: &str) -> Result<ArchivePaths> {
+        let enc = encode_user(user)?;
+        Ok(ArchivePaths {
+            archive: dir.join(format!("{enc}{ARCHIVE_SUFFIX}")),
+            index: dir.join(format!("{enc}{INDEX_SUFFIX}")),
+            lock: dir.join(format!("{enc}{LOCK_SUFFIX}")),
+            user: Some(user.to_string()),
+        })
+    }
+
+    /// The paths for an archive file named directly on the command line.
+    pub fn for_archive_file(path: &Path) -> Result<ArchivePaths> {
+        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            Error::usage(format!("{} is not an archive file name", path.display()))
+        })?;
+        let stem = name.strip_suffix(ARCHIVE_SUFFIX).ok_or_else(|| {
+            Error::usage(format!(
+                "{} does not end in {ARCHIVE_SUFFIX}",
+                path.display()
+            ))
+        })?;
+        let dir = crate::io::parent_dir(path);
+        Ok(ArchivePaths {
+            archive: path.to_path_buf(),
+            index: dir.join(format!("{stem}{INDEX_SUFFIX}")),
+            lock: dir.join(format!("{stem}{LOCK_SUFFIX}")),
+            user: decode_user(stem),
+        })
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        crate::io::parent_dir(&self.archive)
+    }
+}
+
+/// Every archive in `dir`, sorted by file name.
+pub fn list_archives(dir: &Path) -> Result<Vec<ArchivePaths>> {
+    let mut out = Vec::new();
+    let read = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in read {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(ARCHIVE_SUFFIX) {
+            out.push(ArchivePaths::for_archive_file(&entry.path())?);
+        }
+    }
+    out.sort_by(|a, b| a.archive.cmp(&b.archive));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn examples_from_the_spec() {
+        for (user, enc) in [
+            ("jane.doe@example.com", "jane.doe@example.com"),
+            ("josé", "jos%C3%A9"),
+            (".x", "%2Ex"),
+            ("a/b", "a%2Fb"),
+            ("100%", "100%25"),
+            ("..", "%2E."),
+        ] {
+            assert_eq!(encode_user(user).unwrap(), enc);
+            assert_eq!(decode_user(enc).as_deref(), Some(user));
+        }
+    }
+
+    #[test]
+    fn every_userid_has_one_spelling() {
+        for bad in ["", "%61", "%2e", "%2", "a%zz", "/", "%C3", ".x", "a b"] {
+            assert_eq!(decode_user(bad), None, "{bad:?} decoded");
+        }
+        assert!(encode_user("").is_err());
+        assert!(encode_user(&"é".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn round_trip_of_awkward_names() {
+        for user in [
+            "user^with^carets",
+            "über.müller@exämple.org",
+            "%%",
+            "tab\there",
+            "日本",
+        ] {
+            let enc = encode_user(user).unwrap();
+            assert!(enc.bytes().all(|b| kept(b) || b == b'%'));
+            assert_eq!(decode_user(&enc).as_deref(), Some(user));
+        }
+    }
+}

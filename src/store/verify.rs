@@ -1,0 +1,177 @@
+//! `verify`: reads every byte of an archive and reports each problem with the entry and byte
+//! offset: member integrity fields and gzip CRCs, tar header checksums, entry names, message
+//! SHA-1s, commit markers, and agreement between the sidecar index and the archive.
+
+use std::path::PathBuf;
+
+use super::index::{self, IndexRead};
+use super::{scan_runs, Archive, ArchivePaths};
+use crate::error::Result;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Problem {
+    /// Byte offset in the archive file of the gzip member concerned.
+    pub offset: u64,
+    /// Offset within that member's decompressed bytes, when known.
+    pub within: Option<u64>,
+    /// The entry concerned, or the first entry the index places in that member.
+    pub entry: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct VerifyReport {
+    pub archive: PathBuf,
+    pub user: Option<String>,
+    pub runs: u64,
+    pub entries: u64,
+    pub members: u64,
+    pub bytes: u64,
+    pub problems: Vec<Problem>,
+    /// Repairs made while opening (truncated tail, rebuilt index).
+    pub repaired: Vec<String>,
+}
+
+pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
+    let mut repaired = Vec::new();
+    // Opening repairs what may be repaired; damage inside committed data makes it fail, and the
+    // scan below then names every problem.
+    let opened = Archive::open(paths, &mut repaired);
+    if let Err(crate::Error::NotFound(what)) = &opened {
+        return Err(crate::Error::NotFound(what.clone()));
+    }
+    let outcome = scan_runs(&paths.archive, 0, None, None)?;
+    let index = index::read(&paths.index)?;
+
+    // Entries by member, to name what a damaged member holds.
+    let mut members: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
+    let index_runs = match &index {
+        IndexRead::Valid { runs, .. } => Some(runs),
+        _ => None,
+    };
+    for run in index_runs.into_iter().flatten().chain(outcome.runs.iter()) {
+        for e in &run.entries {
+            members
+                .entry(e.placement.member)
+                .or_insert_with(|| e.name.clone());
+        }
+        members
+            .entry(run.marker_offset)
+            .or_insert_with(|| format!("runs/{}", run.run));
+    }
+
+    let mut problems: Vec<Problem> = outcome
+        .damage
+        .iter()
+        .map(|d| Problem {
+            offset: d.offset,
+            within: d.within,
+            entry: d.entry.clone().or_else(|| members.get(&d.offset).cloned()),
+            detail: d.detail.clone(),
+        })
+        .collect();
+
+    let tail = outcome.file_len.saturating_sub(outcome.committed_end);
+    if tail > 0
+        && outcome
+            .damage
+            .iter()
+            .all(|d| d.offset < outcome.committed_end)
+    {
+        problems.push(Problem {
+            offset: outcome.committed_end,
+            within: None,
+            entry: None,
+            detail: format!("{tail} bytes after the last commit belong to no committed run (a writer may be running)"),
+        });
+    }
+
+    match &index {
+        IndexRead::Missing => {
+            if !outcome.runs.is_empty() {
+                problems.push(index_problem(0, "the index is missing".into()))
+            }
+        }
+        IndexRead::Invalid(reason) => {
+            problems.push(index_problem(0, format!("the index is unusable: {reason}")))
+        }
+        IndexRead::Valid { runs, .. } => {
+            for (i, scanned) in outcome.runs.iter().enumerate() {
+                let Some(indexed) = runs.get(i) else {
+                    problems.push(index_problem(
+                        scanned.marker_offset,
+                        format!("the index lacks run {}", scanned.run),
+                    ));
+                    continue;
+                };
+                let same_frame = (
+                    indexed.run,
+                    indexed.start,
+                    indexed.marker_offset,
+                    indexed.end,
+                    indexed.time,
+                ) == (
+                    scanned.run,
+                    scanned.start,
+                    scanned.marker_offset,
+                    scanned.end,
+                    scanned.time,
+                );
+                if !same_frame || indexed.entries.len() != scanned.entries.len() {
+                    problems.push(index_problem(
+                        scanned.marker_offset,
+                        format!(
+                            "the index's run {} disagrees with the archive's run {}",
+                            indexed.run, scanned.run
+                        ),
+                    ));
+                    continue;
+                }
+                for (a, b) in indexed.entries.iter().zip(&scanned.entries) {
+                    if a != b {
+                        problems.push(Problem {
+                            offset: b.placement.member,
+                            within: Some(b.placement.header_at as u64),
+                            entry: Some(b.name.clone()),
+                            detail: format!(
+                                "the index disagrees with the archive about this entry (run {})",
+                                scanned.run
+                            ),
+                        });
+                    }
+                }
+            }
+            if runs.len() > outcome.runs.len() {
+                problems.push(index_problem(
+                    outcome.committed_end,
+                    format!(
+                        "the index lists {} runs, the archive holds {}",
+                        runs.len(),
+                        outcome.runs.len()
+                    ),
+                ));
+            }
+        }
+    }
+    problems.sort_by_key(|p| (p.offset, p.within));
+
+    Ok(VerifyReport {
+        archive: paths.archive.clone(),
+        user: paths.user.clone(),
+        runs: outcome.runs.len() as u64,
+        entries: outcome.runs.iter().map(|r| r.entries.len() as u64).sum(),
+        members: outcome.members,
+        bytes: outcome.file_len,
+        problems,
+        repaired,
+    })
+}
+
+fn index_problem(offset: u64, detail: String) -> Problem {
+    Problem {
+        offset,
+        within: None,
+        entry: None,
+        detail,
+    }
+}
