@@ -1,1 +1,5 @@
+//! The one integration-test binary: library-level archive tests and CLI tests.
+
 mod archive;
+mod cli;
+mod util;
