@@ -110,13 +110,6 @@ impl DurableFile {
         Ok(())
     }
 
-    pub fn len(&self) -> Result<u64> {
-        self.file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| Error::io("stat", &self.path, e))
-    }
-
     pub fn file(&self) -> &File {
         &self.file
     }

@@ -77,6 +77,8 @@ struct Partial {
     pax: Vec<(String, String)>,
 }
 
+type PendingPax = (Vec<(String, String)>, MemberPos, u64);
+
 enum State {
     Header,
     PaxBody {
@@ -104,7 +106,8 @@ pub struct Scanner<R> {
     stream: u64,
     header: Vec<u8>,
     pax_buf: Vec<u8>,
-    pending_pax: Option<(Vec<(String, String)>, MemberPos, u64)>,
+    /// Records of a pax header waiting for its entry, where that header started.
+    pending_pax: Option<PendingPax>,
     partial: Option<Partial>,
     hasher: Sha1,
     marker_body: Vec<u8>,

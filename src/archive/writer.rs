@@ -50,6 +50,31 @@ pub struct CommittedRun {
 #[derive(Debug)]
 pub struct EntryRejected(pub String);
 
+/// The header-relevant facts of an entry about to be appended.
+struct NewEntry<'a> {
+    name: &'a str,
+    kind: EntryKind,
+    target: &'a str,
+    size: u64,
+    sha1: Guid,
+    stat: Option<SourceStat>,
+    mtime: u64,
+}
+
+impl<'a> NewEntry<'a> {
+    fn file(name: &'a str, size: u64, sha1: Guid, stat: Option<SourceStat>, mtime: u64) -> Self {
+        NewEntry {
+            name,
+            kind: EntryKind::File,
+            target: "",
+            size,
+            sha1,
+            stat,
+            mtime,
+        }
+    }
+}
+
 struct PendingEntry {
     record: EntryRecord,
     seq: u64,
@@ -128,15 +153,16 @@ impl ArchiveWriter {
         if !target.is_empty() {
             check_name(target).map_err(Error::usage)?;
         }
-        let r = self.append_small(
+        let entry = NewEntry {
             name,
-            EntryKind::Symlink,
+            kind: EntryKind::Symlink,
             target,
-            &[],
-            Guid::ZERO,
-            None,
+            size: 0,
+            sha1: Guid::ZERO,
+            stat: None,
             mtime,
-        );
+        };
+        let r = self.append_small(entry, &[]);
         self.poison_on_err(r)
     }
 
@@ -155,7 +181,8 @@ impl ArchiveWriter {
         let r = if self.entry_len(name, "", data.len() as u64, stat.is_some())
             <= MEMBER_TARGET as u64
         {
-            self.append_small(name, EntryKind::File, "", data, sha1, stat, mtime)
+            let entry = NewEntry::file(name, data.len() as u64, sha1, stat, mtime);
+            self.append_small(entry, data)
         } else {
             self.append_large(
                 name,
@@ -209,7 +236,8 @@ impl ArchiveWriter {
             if let Err(e) = check_files_name(name, &sha1) {
                 return Ok(Err(EntryRejected(e.to_string())));
             }
-            let r = self.append_small(name, EntryKind::File, "", &data, sha1, stat, mtime);
+            let entry = NewEntry::file(name, size, sha1, stat, mtime);
+            let r = self.append_small(entry, &data);
             return self.poison_on_err(r).map(|_| Ok(sha1));
         }
         let r = self.append_large(name, source, size, expect, stat, mtime);
@@ -247,25 +275,17 @@ impl ArchiveWriter {
         pax
     }
 
-    fn headers(
-        &self,
-        name: &str,
-        kind: EntryKind,
-        target: &str,
-        size: u64,
-        sha1: Option<Guid>,
-        stat: Option<SourceStat>,
-        mtime: u64,
-    ) -> Vec<u8> {
+    fn headers(&self, e: &NewEntry) -> Vec<u8> {
+        let sha_for_pax = (e.kind == EntryKind::File).then_some(e.sha1);
         let mut out = Vec::with_capacity(1024);
         encode_headers(
             &HeaderSpec {
-                name,
-                kind,
-                target,
-                size,
-                mtime,
-                pax: self.pax_for(name, sha1, stat),
+                name: e.name,
+                kind: e.kind,
+                target: e.target,
+                size: e.size,
+                mtime: e.mtime,
+                pax: self.pax_for(e.name, sha_for_pax, e.stat),
             },
             &mut out,
         );
@@ -275,40 +295,21 @@ impl ArchiveWriter {
     /// Upper bound of an entry's encoded length, to choose the small or the streaming path.
     fn entry_len(&self, name: &str, target: &str, size: u64, has_stat: bool) -> u64 {
         let probe_stat = has_stat.then(SourceStat::default);
-        let headers = self.headers(
+        let headers = self.headers(&NewEntry {
             name,
-            EntryKind::File,
+            kind: EntryKind::File,
             target,
             size,
-            Some(Guid::ZERO),
-            probe_stat,
-            0,
-        );
+            sha1: Guid::ZERO,
+            stat: probe_stat,
+            mtime: 0,
+        });
         // Stat values may be longer than the probe's zeros: one more block covers them.
         headers.len() as u64 + 512 + padded(size)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn append_small(
-        &mut self,
-        name: &str,
-        kind: EntryKind,
-        target: &str,
-        data: &[u8],
-        sha1: Guid,
-        stat: Option<SourceStat>,
-        mtime: u64,
-    ) -> Result<()> {
-        let sha_for_pax = (kind == EntryKind::File).then_some(sha1);
-        let headers = self.headers(
-            name,
-            kind,
-            target,
-            data.len() as u64,
-            sha_for_pax,
-            stat,
-            mtime,
-        );
+    fn append_small(&mut self, e: NewEntry, data: &[u8]) -> Result<()> {
+        let headers = self.headers(&e);
         let total = headers.len() + padded(data.len() as u64) as usize;
         if !self.member.is_empty() && self.member.len() + total > MEMBER_TARGET {
             self.close_member()?;
@@ -319,17 +320,17 @@ impl ArchiveWriter {
         self.member.resize(header_at + total, 0);
         self.entries.push(PendingEntry {
             record: EntryRecord {
-                name: name.to_string(),
-                kind,
-                target: target.to_string(),
+                name: e.name.to_string(),
+                kind: e.kind,
+                target: e.target.to_string(),
                 placement: Placement {
                     member: 0,
                     header_at: header_at as u32,
                     data_at: (header_at + headers.len()) as u64,
                 },
-                size: data.len() as u64,
-                sha1,
-                stat,
+                size: e.size,
+                sha1: e.sha1,
+                stat: e.stat,
             },
             seq: self.seq,
         });
@@ -367,7 +368,15 @@ impl ArchiveWriter {
                 "{name}: entries over {MEMBER_TARGET} bytes outside {FILES_DIR} need their SHA-1 up front"
             ))));
         }
-        let headers = self.headers(name, EntryKind::File, "", size, sha_for_pax, stat, mtime);
+        let headers = self.headers(&NewEntry {
+            name,
+            kind: EntryKind::File,
+            target: "",
+            size,
+            sha1: sha_for_pax.unwrap_or(Guid::ZERO),
+            stat,
+            mtime,
+        });
         let first_seq = self.seq;
         self.member.extend_from_slice(&headers);
         let mut hasher = Sha1::new();

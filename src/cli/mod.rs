@@ -114,6 +114,7 @@ struct PutArgs {
     level: u32,
     #[arg(long)]
     json: bool,
+    /// Files to store; directories are walked.
     #[arg(value_name = "FILE", required = true)]
     files: Vec<PathBuf>,
 }
@@ -349,9 +350,4 @@ impl Printer {
         self.out_line(s);
         Ok(())
     }
-}
-
-#[allow(dead_code)]
-fn flush_stdout() {
-    let _ = io::stdout().flush();
 }

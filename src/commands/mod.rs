@@ -221,7 +221,8 @@ pub fn put(paths: &ArchivePaths, options: &PutOptions) -> Result<PutReport> {
         notices: Vec::new(),
     };
     let mut seen = std::collections::HashSet::new();
-    for path in &options.files {
+    for path in expand_files(&options.files)? {
+        let path = &path;
         let (guid, size) = hash_file(path)?;
         report.bytes_read += size;
         let name = match &options.name {
@@ -263,6 +264,23 @@ pub fn put(paths: &ArchivePaths, options: &PutOptions) -> Result<PutReport> {
     report.run = store.commit(&summary)?.run;
     report.notices = notices;
     Ok(report)
+}
+
+/// The regular files named, with directories walked in name order (symlinks not followed).
+fn expand_files(roots: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for root in roots {
+        for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+            let entry = entry.map_err(|e| {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                Error::io("walk", path, e.into())
+            })?;
+            if entry.file_type().is_file() {
+                out.push(entry.into_path());
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn hash_file(path: &Path) -> Result<(Guid, u64)> {

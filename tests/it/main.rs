@@ -2,4 +2,5 @@
 
 mod archive;
 mod cli;
+mod fixtures;
 mod util;
