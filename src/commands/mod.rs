@@ -135,20 +135,18 @@ pub fn cat(
     out: &mut dyn Write,
     notices: &mut Vec<String>,
 ) -> Result<u64> {
-    let archive = Archive::open(paths, notices)?;
     let name = match spec.parse::<Guid>() {
         Ok(guid) => file_entry_name(&guid),
         Err(()) => spec.to_string(),
     };
-    let (_, entry) = archive
-        .latest(&name)
+    let (_, entry) = store::find_latest(paths, &name, notices)?
         .filter(|(_, e)| !e.is_tombstone())
         .ok_or_else(|| Error::NotFound(format!("{name} in {}", paths.archive.display())))?;
     if entry.kind == EntryKind::Symlink {
         writeln!(out, "{}", entry.target).map_err(|e| Error::io("write", "standard output", e))?;
         return Ok(0);
     }
-    let mut reader = archive.read_entry(entry)?;
+    let mut reader = store::read_entry(paths, &entry)?;
     io::copy(&mut reader, out).map_err(|e| match e.into_inner() {
         Some(inner) => match inner.downcast::<Error>() {
             Ok(err) => *err,
@@ -184,6 +182,9 @@ pub fn reindex(paths: &ArchivePaths, wait: LockWait) -> Result<ReindexReport> {
         notices,
     })
 }
+
+/// Files up to this size are read into memory once; larger ones are read twice (hash, copy).
+const SMALL_FILE: u64 = 512 << 10;
 
 /// What `put` stored.
 #[derive(Debug, serde::Serialize)]
@@ -223,8 +224,25 @@ pub fn put(paths: &ArchivePaths, options: &PutOptions) -> Result<PutReport> {
     let mut seen = std::collections::HashSet::new();
     for path in expand_files(&options.files)? {
         let path = &path;
-        let (guid, size) = hash_file(path)?;
-        report.bytes_read += size;
+        let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let stat = options.name.as_ref().map(|_| SourceStat::of(&meta));
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        // The entry name holds the SHA-1, which the tar header needs before the data: small
+        // files are read once into memory, large ones hashed first and then streamed.
+        let small = meta.len() <= SMALL_FILE;
+        let mut data = Vec::new();
+        let guid = if small {
+            io::Read::read_to_end(&mut file, &mut data).map_err(|e| Error::io("read", path, e))?;
+            Guid::of(&data)
+        } else {
+            hash_file(path)?.0
+        };
+        report.bytes_read += meta.len();
         let name = match &options.name {
             Some(n) => n.clone(),
             None => {
@@ -235,26 +253,20 @@ pub fn put(paths: &ArchivePaths, options: &PutOptions) -> Result<PutReport> {
                 file_entry_name(&guid)
             }
         };
-        let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-        let stat = options.name.as_ref().map(|_| SourceStat::of(&meta));
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
-        match store
-            .writer()
-            .append_reader(&name, &mut file, meta.len(), Some(guid), stat, mtime)?
-        {
-            Ok(_) => report.added.push(name),
-            Err(rejected) => {
-                return Err(Error::Changed {
-                    path: path.clone(),
-                    detail: rejected.0,
-                })
-            }
+        let appended = if small {
+            Ok(store.writer().append_bytes(&name, &data, stat, mtime)?)
+        } else {
+            store
+                .writer()
+                .append_reader(&name, &mut file, meta.len(), Some(guid), stat, mtime)?
+        };
+        if let Err(rejected) = appended {
+            return Err(Error::Changed {
+                path: path.clone(),
+                detail: rejected.0,
+            });
         }
+        report.added.push(name);
     }
     let summary = RunSummary {
         time: now(),

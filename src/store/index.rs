@@ -101,43 +101,7 @@ fn decode_block(body: &[u8]) -> io::Result<CommittedRun> {
     }
     let mut entries = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let kind = match r.read_u8()? {
-            1 => EntryKind::File,
-            2 => EntryKind::Symlink,
-            _ => return Err(bad("unknown entry kind")),
-        };
-        let name = read_str(&mut r)?;
-        let target = read_str(&mut r)?;
-        let member = r.read_u64::<LE>()?;
-        let header_at = r.read_u32::<LE>()?;
-        let data_at = r.read_u64::<LE>()?;
-        let size = r.read_u64::<LE>()?;
-        let mut sha1 = [0u8; 20];
-        r.read_exact(&mut sha1)?;
-        let stat = match r.read_u8()? {
-            0 => None,
-            1 => Some(SourceStat {
-                dev: r.read_u64::<LE>()?,
-                ino: r.read_u64::<LE>()?,
-                size: r.read_u64::<LE>()?,
-                mtime_ns: r.read_i64::<LE>()?,
-                ctime_ns: r.read_i64::<LE>()?,
-            }),
-            _ => return Err(bad("bad stat flag")),
-        };
-        entries.push(EntryRecord {
-            name,
-            kind,
-            target,
-            placement: Placement {
-                member,
-                header_at,
-                data_at,
-            },
-            size,
-            sha1: Guid(sha1),
-            stat,
-        });
+        entries.push(decode_entry(&mut r)?);
     }
     if !r.is_empty() {
         return Err(bad("trailing bytes in block"));
@@ -149,6 +113,46 @@ fn decode_block(body: &[u8]) -> io::Result<CommittedRun> {
         end,
         time,
         entries,
+    })
+}
+
+fn decode_entry(r: &mut &[u8]) -> io::Result<EntryRecord> {
+    let kind = match r.read_u8()? {
+        1 => EntryKind::File,
+        2 => EntryKind::Symlink,
+        _ => return Err(bad("unknown entry kind")),
+    };
+    let name = read_str(r)?;
+    let target = read_str(r)?;
+    let member = r.read_u64::<LE>()?;
+    let header_at = r.read_u32::<LE>()?;
+    let data_at = r.read_u64::<LE>()?;
+    let size = r.read_u64::<LE>()?;
+    let mut sha1 = [0u8; 20];
+    r.read_exact(&mut sha1)?;
+    let stat = match r.read_u8()? {
+        0 => None,
+        1 => Some(SourceStat {
+            dev: r.read_u64::<LE>()?,
+            ino: r.read_u64::<LE>()?,
+            size: r.read_u64::<LE>()?,
+            mtime_ns: r.read_i64::<LE>()?,
+            ctime_ns: r.read_i64::<LE>()?,
+        }),
+        _ => return Err(bad("bad stat flag")),
+    };
+    Ok(EntryRecord {
+        name,
+        kind,
+        target,
+        placement: Placement {
+            member,
+            header_at,
+            data_at,
+        },
+        size,
+        sha1: Guid(sha1),
+        stat,
     })
 }
 
@@ -249,6 +253,188 @@ pub fn read(path: &Path) -> Result<IndexRead> {
         good_len: pos,
         file_len,
     })
+}
+
+/// What `find_latest` saw: the newest committed version of a name, and the last run's frame so
+/// the caller can check the index is current before trusting the answer.
+pub struct Lookup {
+    pub archive_id: [u8; 16],
+    pub found: Option<(u64, EntryRecord)>,
+    pub last: Option<CommittedRun>,
+}
+
+/// Finds the latest version of `name` by streaming through the index in constant memory: the
+/// cost is one sequential read of the index file, with no per-entry allocation. A hit is trusted
+/// only after its block's CRC checks out. `None` when the index is missing or not fully valid
+/// (the caller then falls back to a full open).
+pub fn find_latest(path: &Path, name: &str) -> Result<Option<Lookup>> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let mut header = [0u8; HEADER_LEN];
+    if file.read_exact(&mut header).is_err()
+        || &header[..8] != MAGIC
+        || LE::read_u32(&header[8..12]) != VERSION
+    {
+        return Ok(None);
+    }
+    let archive_id: [u8; 16] = header[16..32].try_into().expect("16 bytes");
+    let mut lookup = Lookup {
+        archive_id,
+        found: None,
+        last: None,
+    };
+    let mut chunks = Chunks {
+        file,
+        buf: vec![0; LOOKUP_CHUNK],
+        start: 0,
+        end: 0,
+        block_left: 0,
+        crc: crc32fast::Hasher::new(),
+    };
+    while let Some(len) = chunks.raw(4).map_err(|e| Error::io("read", path, e))? {
+        let body_len = LE::read_u32(&len);
+        if body_len > MAX_BLOCK {
+            return Ok(None);
+        }
+        match scan_block_for(&mut chunks, body_len, name.as_bytes()) {
+            Ok(Some((frame, hit))) => {
+                if let Some(prev) = &lookup.last {
+                    if frame.run != prev.run + 1 || frame.start != prev.end {
+                        return Ok(None);
+                    }
+                }
+                if let Some(entry) = hit {
+                    lookup.found = Some((frame.run, entry));
+                }
+                lookup.last = Some(frame);
+            }
+            // Torn, damaged or trailing bytes: let the full open sort it out.
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    Ok(Some(lookup))
+}
+
+const LOOKUP_CHUNK: usize = 256 << 10;
+/// The longest entry record: both names at their maximum, plus the stat.
+const MAX_RECORD: usize = 1 + 2 + MAX_NAME + 2 + MAX_NAME + 48 + 1 + 40;
+
+/// A window over the index file. Bytes of the current block go through the CRC as they are
+/// loaded into the window, so each chunk is checksummed once.
+struct Chunks {
+    file: File,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Bytes of the current block body not yet loaded into the window.
+    block_left: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl Chunks {
+    /// Makes at least `want` bytes of the current block available, if the block has them.
+    fn fill(&mut self, want: usize) -> io::Result<bool> {
+        if self.end - self.start >= want {
+            return Ok(true);
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        while self.end - self.start < want && self.block_left > 0 {
+            let room = (self.buf.len() - self.end).min(self.block_left as usize);
+            let n = self.file.read(&mut self.buf[self.end..self.end + room])?;
+            if n == 0 {
+                return Ok(false);
+            }
+            self.crc.update(&self.buf[self.end..self.end + n]);
+            self.end += n;
+            self.block_left -= n as u64;
+        }
+        Ok(self.end - self.start >= want)
+    }
+
+    /// `n` bytes outside any block body (lengths and CRCs), `None` at a clean end of file.
+    fn raw(&mut self, n: usize) -> io::Result<Option<Vec<u8>>> {
+        debug_assert_eq!(self.end, self.start, "block fully consumed");
+        let mut out = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            let k = self.file.read(&mut out[got..])?;
+            if k == 0 {
+                return Ok(None);
+            }
+            got += k;
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Reads one block body of `body_len` bytes and its CRC: the frame (without entries) and the
+/// last entry named `name`. `Ok(None)` when the block is torn or damaged.
+fn scan_block_for(
+    c: &mut Chunks,
+    body_len: u32,
+    name: &[u8],
+) -> io::Result<Option<(CommittedRun, Option<EntryRecord>)>> {
+    c.start = 0;
+    c.end = 0;
+    c.block_left = body_len as u64;
+    c.crc = crc32fast::Hasher::new();
+    if !c.fill(44)? {
+        return Ok(None);
+    }
+    let mut f = &c.buf[c.start..c.start + 44];
+    let frame = CommittedRun {
+        run: f.read_u64::<LE>()?,
+        start: f.read_u64::<LE>()?,
+        marker_offset: f.read_u64::<LE>()?,
+        end: f.read_u64::<LE>()?,
+        time: f.read_i64::<LE>()?,
+        entries: Vec::new(),
+    };
+    let count = f.read_u32::<LE>()?;
+    c.start += 44;
+    let mut hit = None;
+    for _ in 0..count {
+        let window = MAX_RECORD.min((c.end - c.start) + c.block_left as usize);
+        if !c.fill(window)? {
+            return Ok(None);
+        }
+        let rec = &c.buf[c.start..c.end];
+        let Some(len) = record_len(rec) else {
+            return Ok(None);
+        };
+        let name_len = LE::read_u16(&rec[1..3]) as usize;
+        if &rec[3..3 + name_len] == name {
+            match decode_entry(&mut &rec[..len]) {
+                Ok(e) => hit = Some(e),
+                Err(_) => return Ok(None),
+            }
+        }
+        c.start += len;
+    }
+    if c.start != c.end || c.block_left != 0 {
+        return Ok(None);
+    }
+    let crc = std::mem::replace(&mut c.crc, crc32fast::Hasher::new()).finalize();
+    match c.raw(4)? {
+        Some(stored) if LE::read_u32(&stored) == crc => Ok(Some((frame, hit))),
+        _ => Ok(None),
+    }
+}
+
+/// Length of the entry record at the start of `rec`, if all of it is there.
+fn record_len(rec: &[u8]) -> Option<usize> {
+    let name_len = LE::read_u16(rec.get(1..3)?) as usize;
+    let t = 3 + name_len;
+    let target_len = LE::read_u16(rec.get(t..t + 2)?) as usize;
+    let stat_flag = t + 2 + target_len + 48;
+    let len = stat_flag + 1 + if *rec.get(stat_flag)? == 1 { 40 } else { 0 };
+    (name_len <= MAX_NAME && target_len <= MAX_NAME && len <= rec.len()).then_some(len)
 }
 
 /// Replaces the index with one holding `runs` (after a rebuild).

@@ -45,6 +45,8 @@ pub struct Archive {
     entries: Vec<EntryRecord>,
     /// Length of the index file's valid part, 0 when the next commit must create it.
     index_len: u64,
+    /// SHA-1s of the stored message files, built on first use.
+    files: std::cell::OnceCell<std::collections::HashSet<Guid>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -419,6 +421,7 @@ impl Archive {
             runs: Vec::with_capacity(runs.len()),
             entries: Vec::new(),
             index_len,
+            files: std::cell::OnceCell::new(),
         };
         for run in runs {
             archive.push_run(run);
@@ -427,6 +430,9 @@ impl Archive {
     }
 
     fn push_run(&mut self, run: CommittedRun) {
+        if let Some(files) = self.files.get_mut() {
+            files.extend(run.entries.iter().filter_map(message_guid));
+        }
         let first = self.entries.len();
         self.entries.extend(run.entries);
         self.runs.push(RunInfo {
@@ -500,37 +506,71 @@ impl Archive {
 
     /// Whether a message file with this SHA-1 is stored.
     pub fn has_file(&self, guid: &Guid) -> bool {
-        let name = crate::archive::file_entry_name(guid);
-        self.entries.iter().any(|e| e.name == name)
+        self.files
+            .get_or_init(|| self.entries.iter().filter_map(message_guid).collect())
+            .contains(guid)
     }
 
-    /// The data of `entry`, read by seeking to its member. The SHA-1 is checked as the last byte
-    /// is read: a mismatch is an error rather than a silently wrong copy.
+    /// The data of `entry`, read by seeking to its member (see `read_entry`).
     pub fn read_entry<'a>(&'a self, entry: &'a EntryRecord) -> Result<impl Read + 'a> {
-        if entry.kind != EntryKind::File {
-            return Err(Error::usage(format!(
-                "{} is a symlink, not a file",
-                entry.name
-            )));
-        }
-        let path = &self.paths.archive;
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let inner = open_entry(file, &entry.placement, entry.size).map_err(|e| {
-            Error::corrupt(
-                path,
-                entry.placement.member,
-                format!("entry {}: {e}", entry.name),
-            )
-        })?;
-        Ok(CheckedEntry {
-            inner: HashingReader::new(inner),
-            expected: entry.sha1,
-            size: entry.size,
-            name: &entry.name,
-            path,
-            member: entry.placement.member,
-        })
+        read_entry(&self.paths, entry)
     }
+}
+
+/// The latest committed version of `name` and the run that wrote it (tombstones included). When
+/// the index is current this streams through it without building it in memory, so the cost does
+/// not depend on how much else the archive holds; otherwise it opens the archive fully (which
+/// repairs what needs repairing).
+pub fn find_latest(
+    paths: &ArchivePaths,
+    name: &str,
+    notices: &mut Vec<String>,
+) -> Result<Option<(u64, EntryRecord)>> {
+    if let Some(lookup) = index::find_latest(&paths.index, name)? {
+        if let Some(last) = &lookup.last {
+            // Read after the index: a commit in between shows up as a longer archive.
+            let len = std::fs::metadata(&paths.archive)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if len == last.end && marker_matches(&paths.archive, last, &lookup.archive_id) {
+                return Ok(lookup.found);
+            }
+        }
+    }
+    let archive = Archive::open(paths, notices)?;
+    Ok(archive.latest(name).map(|(run, e)| (run, e.clone())))
+}
+
+/// The data of `entry`, read by seeking to its member. The SHA-1 is checked as the last byte is
+/// read: a mismatch is an error rather than a silently wrong copy.
+pub fn read_entry<'a>(paths: &'a ArchivePaths, entry: &'a EntryRecord) -> Result<impl Read + 'a> {
+    if entry.kind != EntryKind::File {
+        return Err(Error::usage(format!(
+            "{} is a symlink, not a file",
+            entry.name
+        )));
+    }
+    let path = &paths.archive;
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let inner = open_entry(file, &entry.placement, entry.size).map_err(|e| {
+        Error::corrupt(
+            path,
+            entry.placement.member,
+            format!("entry {}: {e}", entry.name),
+        )
+    })?;
+    Ok(CheckedEntry {
+        inner: HashingReader::new(inner),
+        expected: entry.sha1,
+        size: entry.size,
+        name: &entry.name,
+        path,
+        member: entry.placement.member,
+    })
+}
+
+fn message_guid(e: &EntryRecord) -> Option<Guid> {
+    e.name.strip_prefix(crate::archive::FILES_DIR)?.parse().ok()
 }
 
 fn damaged(path: &Path, d: &crate::archive::scan::Damage) -> Error {

@@ -847,3 +847,67 @@ fn archives_of_awkward_user_names_live_side_by_side() {
             .starts_with('.'));
     }
 }
+
+#[test]
+fn the_streaming_lookup_agrees_with_the_full_index_and_falls_back_when_stale() {
+    use mailpack::store::find_latest;
+    let dir = TempDir::new("lookup");
+    let paths = ArchivePaths::for_user(dir.path(), "u").unwrap();
+    three_runs(&paths, &mut Rng::new(12), 2);
+    let (archive, _) = open(&paths);
+    let mut names: Vec<String> = archive
+        .runs()
+        .iter()
+        .flat_map(|r| archive.entries_of(r).iter().map(|e| e.name.clone()))
+        .collect();
+    names.push("files/0000000000000000000000000000000000000000".into());
+    let expect =
+        |archive: &Archive, name: &str| archive.latest(name).map(|(run, e)| (run, e.clone()));
+    for name in &names {
+        assert_eq!(
+            find_latest(&paths, name, &mut Vec::new()).unwrap(),
+            expect(&archive, name),
+            "{name}"
+        );
+    }
+    // Stale index (one run behind): the lookup must see the newer version, through the full open.
+    let index_3 = std::fs::read(&paths.index).unwrap();
+    let mut model = Model::new();
+    for (_, e) in archive.state_at(None) {
+        if e.kind == mailpack::archive::EntryKind::File {
+            let mut data = Vec::new();
+            archive
+                .read_entry(e)
+                .unwrap()
+                .read_to_end(&mut data)
+                .unwrap();
+            model.insert(e.name.clone(), Want::File(data));
+        } else {
+            model.insert(e.name.clone(), Want::Link(e.target.clone()));
+        }
+    }
+    write_run(
+        &paths,
+        &[Op::File(
+            "folders/u-1/cyrus.index".into(),
+            b"newest".to_vec(),
+        )],
+        &options(1, Faults::none()),
+        &mut model,
+    )
+    .unwrap();
+    std::fs::write(&paths.index, &index_3).unwrap();
+    let (run, entry) = find_latest(&paths, "folders/u-1/cyrus.index", &mut Vec::new())
+        .unwrap()
+        .unwrap();
+    assert_eq!((run, entry.size), (4, 6));
+    // A damaged index: same answer again.
+    let mut rotten = std::fs::read(&paths.index).unwrap();
+    let at = rotten.len() / 2;
+    rotten[at] ^= 0x40;
+    std::fs::write(&paths.index, &rotten).unwrap();
+    let (run, _) = find_latest(&paths, "folders/u-1/cyrus.index", &mut Vec::new())
+        .unwrap()
+        .unwrap();
+    assert_eq!(run, 4);
+}

@@ -22,11 +22,26 @@ fn blessing() -> bool {
 
 /// Writes the sound fixture: three runs with messages, metadata, links and a tombstone.
 fn make_ok(paths: &ArchivePaths) {
-    let opts = WriterOptions { wait: LockWait::No, level: 6, threads: 1, faults: Faults::none() };
+    let opts = WriterOptions {
+        wait: LockWait::No,
+        level: 6,
+        threads: 1,
+        faults: Faults::none(),
+    };
     let mut rng = Rng::new(42);
     let runs: Vec<Vec<(&str, Vec<u8>)>> = vec![
-        vec![("msg", rng.mail_text(700)), ("msg", rng.mail_text(1200)), ("index", rng.noise(300)), ("link", b"imap/INBOX".to_vec())],
-        vec![("msg", rng.mail_text(400)), ("index", rng.noise(320)), ("tomb", b"imap/INBOX".to_vec()), ("link", b"imap/Inbox-renamed".to_vec())],
+        vec![
+            ("msg", rng.mail_text(700)),
+            ("msg", rng.mail_text(1200)),
+            ("index", rng.noise(300)),
+            ("link", b"imap/INBOX".to_vec()),
+        ],
+        vec![
+            ("msg", rng.mail_text(400)),
+            ("index", rng.noise(320)),
+            ("tomb", b"imap/INBOX".to_vec()),
+            ("link", b"imap/Inbox-renamed".to_vec()),
+        ],
         vec![],
     ];
     for (i, ops) in runs.iter().enumerate() {
@@ -36,18 +51,45 @@ fn make_ok(paths: &ArchivePaths) {
             match *kind {
                 "msg" => {
                     let g = Guid::of(data);
-                    w.append_bytes(&file_entry_name(&g), data, None, 1_763_000_000).unwrap();
+                    w.append_bytes(&file_entry_name(&g), data, None, 1_763_000_000)
+                        .unwrap();
                 }
                 "index" => {
-                    let stat = SourceStat { dev: 2049, ino: 77, size: data.len() as u64, mtime_ns: 1_763_000_000_000_000_000 + i as i64, ctime_ns: 1_763_000_000_000_000_000 + i as i64 };
-                    w.append_bytes("folders/5f0c8a8e-0d4e-4c1e-9d8c-000000000001/cyrus.index", data, Some(stat), 1_763_000_000).unwrap();
+                    let stat = SourceStat {
+                        dev: 2049,
+                        ino: 77,
+                        size: data.len() as u64,
+                        mtime_ns: 1_763_000_000_000_000_000 + i as i64,
+                        ctime_ns: 1_763_000_000_000_000_000 + i as i64,
+                    };
+                    w.append_bytes(
+                        "folders/5f0c8a8e-0d4e-4c1e-9d8c-000000000001/cyrus.index",
+                        data,
+                        Some(stat),
+                        1_763_000_000,
+                    )
+                    .unwrap();
                 }
-                "link" => w.append_symlink(std::str::from_utf8(data).unwrap(), "folders/5f0c8a8e-0d4e-4c1e-9d8c-000000000001", 1_763_000_000).unwrap(),
-                "tomb" => w.append_symlink(std::str::from_utf8(data).unwrap(), "", 1_763_000_000).unwrap(),
+                "link" => w
+                    .append_symlink(
+                        std::str::from_utf8(data).unwrap(),
+                        "folders/5f0c8a8e-0d4e-4c1e-9d8c-000000000001",
+                        1_763_000_000,
+                    )
+                    .unwrap(),
+                "tomb" => w
+                    .append_symlink(std::str::from_utf8(data).unwrap(), "", 1_763_000_000)
+                    .unwrap(),
                 _ => unreachable!(),
             }
         }
-        store.commit(&RunSummary { time: 1_763_000_000 + 86_400 * i as i64, host: "imap1.example.com".into(), counts: vec![] }).unwrap();
+        store
+            .commit(&RunSummary {
+                time: 1_763_000_000 + 86_400 * i as i64,
+                host: "imap1.example.com".into(),
+                counts: vec![],
+            })
+            .unwrap();
     }
 }
 
@@ -58,22 +100,57 @@ fn render(paths: &ArchivePaths) -> String {
     match Archive::open(paths, &mut notices) {
         Ok(archive) => {
             for run in archive.runs() {
-                writeln!(out, "run {} time {} bytes {}..{} marker {}", run.run, run.time, run.start, run.end, run.marker_offset).unwrap();
+                writeln!(
+                    out,
+                    "run {} time {} bytes {}..{} marker {}",
+                    run.run, run.time, run.start, run.end, run.marker_offset
+                )
+                .unwrap();
                 for e in archive.entries_of(run) {
-                    writeln!(out, "  {:?} {} -> {:?} size {} sha1 {} at {}+{}/{}", e.kind, e.name, e.target, e.size, e.sha1, e.placement.member, e.placement.header_at, e.placement.data_at).unwrap();
+                    writeln!(
+                        out,
+                        "  {:?} {} -> {:?} size {} sha1 {} at {}+{}/{}",
+                        e.kind,
+                        e.name,
+                        e.target,
+                        e.size,
+                        e.sha1,
+                        e.placement.member,
+                        e.placement.header_at,
+                        e.placement.data_at
+                    )
+                    .unwrap();
                 }
             }
         }
-        Err(e) => writeln!(out, "open: {}", e.to_string().replace(paths.archive.to_str().unwrap(), "ARCHIVE")).unwrap(),
+        Err(e) => writeln!(
+            out,
+            "open: {}",
+            e.to_string()
+                .replace(paths.archive.to_str().unwrap(), "ARCHIVE")
+        )
+        .unwrap(),
     }
     for n in notices {
-        let n = n.replace(paths.archive.to_str().unwrap(), "ARCHIVE").replace(paths.index.to_str().unwrap(), "INDEX");
+        let n = n
+            .replace(paths.archive.to_str().unwrap(), "ARCHIVE")
+            .replace(paths.index.to_str().unwrap(), "INDEX");
         writeln!(out, "notice: {n}").unwrap();
     }
     let report = verify(paths).unwrap();
-    writeln!(out, "verify: {} runs, {} entries, {} members, {} bytes", report.runs, report.entries, report.members, report.bytes).unwrap();
+    writeln!(
+        out,
+        "verify: {} runs, {} entries, {} members, {} bytes",
+        report.runs, report.entries, report.members, report.bytes
+    )
+    .unwrap();
     for p in report.problems {
-        writeln!(out, "problem: byte {} within {:?} entry {:?}: {}", p.offset, p.within, p.entry, p.detail).unwrap();
+        writeln!(
+            out,
+            "problem: byte {} within {:?} entry {:?}: {}",
+            p.offset, p.within, p.entry, p.detail
+        )
+        .unwrap();
     }
     out
 }
@@ -93,8 +170,14 @@ fn check(name: &str, make: &dyn Fn(&Path)) {
     if blessing() {
         std::fs::write(&expected, &got).unwrap();
     }
-    let want = std::fs::read_to_string(&expected).unwrap_or_else(|e| panic!("{}: {e}", expected.display()));
-    assert_eq!(got, want, "{name}: output differs from {}", expected.display());
+    let want = std::fs::read_to_string(&expected)
+        .unwrap_or_else(|e| panic!("{}: {e}", expected.display()));
+    assert_eq!(
+        got,
+        want,
+        "{name}: output differs from {}",
+        expected.display()
+    );
 }
 
 fn ok_bytes() -> Vec<u8> {

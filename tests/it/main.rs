@@ -2,5 +2,7 @@
 
 mod archive;
 mod cli;
+mod cyrus;
+mod cyrus_smoke;
 mod fixtures;
 mod util;
