@@ -51,7 +51,7 @@ if [ ! -f "$w/big/bench.tar.gz" ]; then
   mkdir -p "$w/big" && "$mp" put --archive-dir "$w/big" --user bench "$w/mail-big" > /dev/null
 fi
 if [ ! -f "$w/small/bench.tar.gz" ]; then
-  [ -d "$w/mail-10m" ] || python3 bench/make-mail.py "$w/mail-10m" 700 3
+  [ -d "$w/mail-10m" ] || python3 bench/make-mail.py "$w/mail-10m" 600 5
   mkdir -p "$w/small" && "$mp" put --archive-dir "$w/small" --user bench "$w/mail-10m" > /dev/null
 fi
 for size in small big; do

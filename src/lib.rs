@@ -13,6 +13,7 @@ pub mod commands;
 pub mod error;
 pub mod guid;
 pub mod io;
+pub mod spool;
 pub mod store;
 
 pub use error::{Error, Result};
