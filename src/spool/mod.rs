@@ -9,6 +9,9 @@ pub mod cyrusdb;
 pub mod dlist;
 pub mod header;
 pub mod index;
+pub mod layout;
+pub mod lock;
+pub mod name;
 
 use std::fmt;
 use std::path::Path;
