@@ -1,0 +1,8 @@
+//! Any bytes as a cyrus.header file: an error, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = mailpack::spool::header::parse(data);
+});
