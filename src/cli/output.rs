@@ -106,6 +106,47 @@ pub fn entry_line(e: &EntryView) -> String {
     }
 }
 
+pub fn mailbox_line(m: &crate::commands::spool::MailboxView) -> String {
+    if m.tombstone {
+        return format!("{} (gone: {})", m.name, m.mbtype);
+    }
+    let mut line = format!(
+        "{} {} {} v{} messages {} expunged {}",
+        m.name,
+        m.uniqueid.as_deref().unwrap_or("-"),
+        m.mbtype,
+        m.index_version.map_or("?".into(), |v| v.to_string()),
+        m.messages.map_or("?".into(), |v| v.to_string()),
+        m.expunged.map_or("?".into(), |v| v.to_string()),
+    );
+    if let Some(path) = &m.path {
+        line.push_str(&format!(" {}", path.display()));
+    }
+    if let Some(problem) = &m.problem {
+        line.push_str(&format!(" PROBLEM: {problem}"));
+    }
+    line
+}
+
+pub fn record_line(r: &crate::commands::spool::RecordView) -> String {
+    let state = if r.unlinked {
+        " unlinked"
+    } else if r.expunged {
+        " expunged"
+    } else {
+        ""
+    };
+    format!(
+        "uid {} {} {} size {} modseq {} ({}){state}",
+        r.uid,
+        r.guid,
+        utc(r.internaldate),
+        r.size,
+        r.modseq,
+        r.flags.join(" ")
+    )
+}
+
 /// Unix seconds as an RFC 3339 UTC time, without a date crate.
 pub fn utc(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

@@ -1,6 +1,8 @@
 //! One function per subcommand. They take validated options, do the work through `store`, and
 //! return values for the CLI to print; nothing here prints or chooses an exit code.
 
+pub mod spool;
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

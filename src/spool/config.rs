@@ -62,7 +62,7 @@ impl Config {
             if p.is_absolute() {
                 p.to_path_buf()
             } else {
-                base.join(p)
+                normalize(&base.join(p))
             }
         };
         let get = |k: &str| raw.get(k).map(|s| s.as_str());
@@ -70,7 +70,10 @@ impl Config {
             match get(k) {
                 None => Ok(default),
                 Some(v) => parse_bool(v).ok_or_else(|| {
-                    Error::usage(format!("{}: {k}: {v:?} is not a yes/no value", path.display()))
+                    Error::usage(format!(
+                        "{}: {k}: {v:?} is not a yes/no value",
+                        path.display()
+                    ))
                 }),
             }
         };
@@ -85,7 +88,10 @@ impl Config {
         };
         let partitions = prefixed("partition-");
         if partitions.is_empty() {
-            return Err(Error::usage(format!("{}: no partition-<name> is set", path.display())));
+            return Err(Error::usage(format!(
+                "{}: no partition-<name> is set",
+                path.display()
+            )));
         }
         let virtdomains = match get("virtdomains").map(|v| v.to_ascii_lowercase()) {
             None => VirtDomains::Off,
@@ -106,7 +112,9 @@ impl Config {
             mboxname_lockpath: get("mboxname_lockpath")
                 .map(resolve)
                 .unwrap_or_else(|| configdirectory.join("lock")),
-            sievedir: get("sievedir").map(resolve).unwrap_or_else(|| PathBuf::from("/usr/sieve")),
+            sievedir: get("sievedir")
+                .map(resolve)
+                .unwrap_or_else(|| PathBuf::from("/usr/sieve")),
             configdirectory,
             metapartitions: prefixed("metapartition-"),
             archivepartitions: prefixed("archivepartition-"),
@@ -118,7 +126,9 @@ impl Config {
             hashimapspool: flag("hashimapspool", false)?,
             fulldirhash: flag("fulldirhash", false)?,
             virtdomains,
-            defaultdomain: get("defaultdomain").filter(|v| !v.is_empty()).map(str::to_string),
+            defaultdomain: get("defaultdomain")
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
             unixhierarchysep: flag("unixhierarchysep", true)?,
             altnamespace: flag("altnamespace", true)?,
             mailbox_legacy_dirs: flag("mailbox_legacy_dirs", false)?,
@@ -140,6 +150,24 @@ impl Config {
     }
 }
 
+/// Removes `.` and `..` components without touching the disk (the paths need not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Cyrus's boolean spellings (libconfig `config_parsebool`-compatible).
 pub fn parse_bool(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
@@ -151,11 +179,18 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 
 fn read_into(path: &Path, raw: &mut BTreeMap<String, String>, depth: usize) -> Result<()> {
     if depth > MAX_INCLUDE_DEPTH {
-        return Err(Error::usage(format!("{}: @include nested too deeply", path.display())));
+        return Err(Error::usage(format!(
+            "{}: @include nested too deeply",
+            path.display()
+        )));
     }
     let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
     if meta.len() > MAX_CONFIG_BYTES {
-        return Err(Error::usage(format!("{}: {} bytes is too large for imapd.conf", path.display(), meta.len())));
+        return Err(Error::usage(format!(
+            "{}: {} bytes is too large for imapd.conf",
+            path.display(),
+            meta.len()
+        )));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
     let text = String::from_utf8_lossy(&bytes);
@@ -168,7 +203,11 @@ fn read_into(path: &Path, raw: &mut BTreeMap<String, String>, depth: usize) -> R
             continue;
         }
         let Some((key, value)) = line.split_once(':') else {
-            return Err(Error::corrupt(path, at, format!("line {line:?} has no ':'")));
+            return Err(Error::corrupt(
+                path,
+                at,
+                format!("line {line:?} has no ':'"),
+            ));
         };
         let key = key.trim().to_ascii_lowercase();
         let value = value.trim().to_string();
@@ -184,8 +223,16 @@ fn read_into(path: &Path, raw: &mut BTreeMap<String, String>, depth: usize) -> R
             read_into(&included, raw, depth + 1)?;
             continue;
         }
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            return Err(Error::corrupt(path, at, format!("{key:?} is not an option name")));
+        if key.is_empty()
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(Error::corrupt(
+                path,
+                at,
+                format!("{key:?} is not an option name"),
+            ));
         }
         raw.insert(key, value);
     }
@@ -197,11 +244,19 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config> {
-        let dir = std::env::temp_dir().join(format!("mailpack-conf-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let dir = std::env::temp_dir().join(format!(
+            "mailpack-conf-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("imapd.conf");
         std::fs::write(&path, text).unwrap();
-        std::fs::write(dir.join("extra.conf"), "partition-second: spool2\nhashimapspool: yes\n").unwrap();
+        std::fs::write(
+            dir.join("extra.conf"),
+            "partition-second: spool2\nhashimapspool: yes\n",
+        )
+        .unwrap();
         let c = Config::read(&path);
         let _ = std::fs::remove_dir_all(&dir);
         c
@@ -222,8 +277,14 @@ mod tests {
         assert!(c.metapartitions["default"].ends_with("meta"));
         assert!(c.hashimapspool && !c.unixhierarchysep && c.altnamespace);
         assert_eq!(c.virtdomains, VirtDomains::UserId);
-        assert_eq!(c.meta_root("default", "index").unwrap(), c.metapartitions["default"]);
-        assert_eq!(c.meta_root("default", "annotations").unwrap(), Path::new("/var/spool/cyrus/mail"));
+        assert_eq!(
+            c.meta_root("default", "index").unwrap(),
+            c.metapartitions["default"]
+        );
+        assert_eq!(
+            c.meta_root("default", "annotations").unwrap(),
+            Path::new("/var/spool/cyrus/mail")
+        );
         assert_eq!(c.sievedir, PathBuf::from("/usr/sieve"));
     }
 
@@ -231,8 +292,14 @@ mod tests {
     fn bad_files_are_named_with_their_offset() {
         let e = parse("configdirectory: /x\npartition-default: /y\nnot a setting\n").unwrap_err();
         assert!(e.to_string().contains("at byte 42"), "{e}");
-        assert!(parse("partition-default: /y\n").unwrap_err().to_string().contains("configdirectory"));
-        assert!(parse("configdirectory: /x\n").unwrap_err().to_string().contains("partition"));
+        assert!(parse("partition-default: /y\n")
+            .unwrap_err()
+            .to_string()
+            .contains("configdirectory"));
+        assert!(parse("configdirectory: /x\n")
+            .unwrap_err()
+            .to_string()
+            .contains("partition"));
         assert!(parse("configdirectory: /x\npartition-a: /y\nhashimapspool: maybe\n").is_err());
     }
 }

@@ -41,7 +41,11 @@ pub fn legacy_relative(config: &Config, name: &MboxName) -> PathBuf {
         path.push(domain);
     }
     if config.hashimapspool {
-        let idx = if name.parts.len() >= 2 { &name.parts[1] } else { &name.parts[0] };
+        let idx = if name.parts.len() >= 2 {
+            &name.parts[1]
+        } else {
+            &name.parts[0]
+        };
         path.push(dir_hash(idx, config.fulldirhash));
     }
     for part in &name.parts {
@@ -55,11 +59,19 @@ pub fn uuid_relative(uniqueid: &str) -> PathBuf {
     let mut chars = uniqueid.chars();
     let c0 = chars.next().unwrap_or('_');
     let c1 = chars.next().unwrap_or('_');
-    Path::new("uuid").join(c0.to_string()).join(c1.to_string()).join(uniqueid)
+    Path::new("uuid")
+        .join(c0.to_string())
+        .join(c1.to_string())
+        .join(uniqueid)
 }
 
 /// The mailbox's directory below a partition-like root.
-pub fn mailbox_relative(config: &Config, name: &MboxName, uniqueid: Option<&str>, legacy: bool) -> Option<PathBuf> {
+pub fn mailbox_relative(
+    config: &Config,
+    name: &MboxName,
+    uniqueid: Option<&str>,
+    legacy: bool,
+) -> Option<PathBuf> {
     if legacy {
         Some(legacy_relative(config, name))
     } else {
@@ -69,7 +81,12 @@ pub fn mailbox_relative(config: &Config, name: &MboxName, uniqueid: Option<&str>
 
 /// The name lock file of a mailbox: keyed by uniqueid for by-uniqueid mailboxes, by name for
 /// legacy ones, laid out like a legacy mailbox path below `mboxname_lockpath`.
-pub fn mailbox_lock(config: &Config, name: &MboxName, uniqueid: Option<&str>, legacy: bool) -> Option<PathBuf> {
+pub fn mailbox_lock(
+    config: &Config,
+    name: &MboxName,
+    uniqueid: Option<&str>,
+    legacy: bool,
+) -> Option<PathBuf> {
     let lock_name = if legacy {
         name.clone()
     } else {
@@ -78,7 +95,9 @@ pub fn mailbox_lock(config: &Config, name: &MboxName, uniqueid: Option<&str>, le
             parts: vec![uniqueid?.to_string()],
         }
     };
-    let mut path = config.mboxname_lockpath.join(legacy_relative(config, &lock_name));
+    let mut path = config
+        .mboxname_lockpath
+        .join(legacy_relative(config, &lock_name));
     let mut file = path.file_name()?.to_os_string();
     file.push(".lock");
     path.set_file_name(file);
@@ -110,7 +129,12 @@ pub fn uuid_user_file(config: &Config, inbox_uniqueid: &str, suffix: &str) -> Pa
 }
 
 /// The user's sieve directory (compiled scripts, `defaultbc`, and before 3.6 the sources).
-pub fn sieve_dir(config: &Config, userid: &str, inbox_uniqueid: Option<&str>, legacy: bool) -> PathBuf {
+pub fn sieve_dir(
+    config: &Config,
+    userid: &str,
+    inbox_uniqueid: Option<&str>,
+    legacy: bool,
+) -> PathBuf {
     if let (false, Some(id)) = (legacy, inbox_uniqueid) {
         return config.sievedir.join(uuid_relative(id));
     }
@@ -185,29 +209,53 @@ mod tests {
         // Observed on a real 3.6.1 (shared/reference/cyrus-real-server.md section 3).
         let hashed = config(&[("hashimapspool", "yes")]);
         let sent = MboxName::from_internal("user.alice.Sent");
-        assert_eq!(legacy_relative(&hashed, &sent), PathBuf::from("a/user/alice/Sent"));
+        assert_eq!(
+            legacy_relative(&hashed, &sent),
+            PathBuf::from("a/user/alice/Sent")
+        );
         let deleted = MboxName::from_internal("DELETED.user.alice.Scratch.6B0234C3");
-        assert_eq!(legacy_relative(&hashed, &deleted), PathBuf::from("u/DELETED/user/alice/Scratch/6B0234C3"));
-        assert_eq!(mailbox_lock(&hashed, &sent, None, true).unwrap(), PathBuf::from("/l/a/user/alice/Sent.lock"));
+        assert_eq!(
+            legacy_relative(&hashed, &deleted),
+            PathBuf::from("u/DELETED/user/alice/Scratch/6B0234C3")
+        );
+        assert_eq!(
+            mailbox_lock(&hashed, &sent, None, true).unwrap(),
+            PathBuf::from("/l/a/user/alice/Sent.lock")
+        );
         assert_eq!(
             mailbox_lock(&hashed, &MboxName::from_internal("user.alice"), None, true).unwrap(),
             PathBuf::from("/l/a/user/alice.lock")
         );
         let plain = config(&[]);
-        assert_eq!(uuid_relative("6erctn9iiw4demxtjmv0qaiq"), PathBuf::from("uuid/6/e/6erctn9iiw4demxtjmv0qaiq"));
+        assert_eq!(
+            uuid_relative("6erctn9iiw4demxtjmv0qaiq"),
+            PathBuf::from("uuid/6/e/6erctn9iiw4demxtjmv0qaiq")
+        );
         assert_eq!(
             mailbox_lock(&plain, &sent, Some("6erctn9iiw4demxtjmv0qaiq"), false).unwrap(),
             PathBuf::from("/l/6erctn9iiw4demxtjmv0qaiq.lock")
         );
-        assert_eq!(legacy_user_file(&plain, "alice", "seen"), PathBuf::from("/c/user/a/alice.seen"));
+        assert_eq!(
+            legacy_user_file(&plain, "alice", "seen"),
+            PathBuf::from("/c/user/a/alice.seen")
+        );
         assert_eq!(
             uuid_user_file(&plain, "6erctn9iiw4demxtjmv0qaiq", "sub"),
             PathBuf::from("/c/user/uuid/6/e/6erctn9iiw4demxtjmv0qaiq/sub.db")
         );
-        assert_eq!(sieve_dir(&plain, "alice", None, true), PathBuf::from("/v/a/alice"));
-        assert_eq!(quota_file(&plain, &MboxName::from_internal("user.alice")), PathBuf::from("/c/quota/a/user.alice"));
+        assert_eq!(
+            sieve_dir(&plain, "alice", None, true),
+            PathBuf::from("/v/a/alice")
+        );
+        assert_eq!(
+            quota_file(&plain, &MboxName::from_internal("user.alice")),
+            PathBuf::from("/c/quota/a/user.alice")
+        );
         let dom = MboxName::from_internal("example.com!user.bob.Sent");
-        assert_eq!(legacy_relative(&plain, &dom), PathBuf::from("domain/example.com/user/bob/Sent"));
+        assert_eq!(
+            legacy_relative(&plain, &dom),
+            PathBuf::from("domain/example.com/user/bob/Sent")
+        );
         assert_eq!(
             legacy_user_file(&plain, "bob@example.com", "sub"),
             PathBuf::from("/c/domain/e/example.com/user/b/bob.sub")

@@ -55,7 +55,12 @@ impl FileLock {
     /// Opens and locks the file at `path`. Afterwards the path is checked to still name the
     /// locked file: Cyrus replaces `cyrus.index` by rename on repack, and a lock on the old
     /// inode protects nothing. `Ok(None)` if the file does not exist.
-    pub fn lock_stable(path: &Path, mode: LockMode, method: LockMethod, wait: LockWait) -> Result<Option<FileLock>> {
+    pub fn lock_stable(
+        path: &Path,
+        mode: LockMode,
+        method: LockMethod,
+        wait: LockWait,
+    ) -> Result<Option<FileLock>> {
         // Bounded: a file replaced on every attempt means something is badly wrong.
         for _ in 0..16 {
             let file = match open_for(path, mode) {
@@ -64,9 +69,14 @@ impl FileLock {
                 Err(e) => return Err(Error::io("open", path, e)),
             };
             let lock = FileLock::acquire(file, path, mode, method, wait)?;
-            let held = lock.file.metadata().map_err(|e| Error::io("stat", path, e))?;
+            let held = lock
+                .file
+                .metadata()
+                .map_err(|e| Error::io("stat", path, e))?;
             match std::fs::metadata(path) {
-                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(Some(lock)),
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(Some(lock))
+                }
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io("stat", path, e)),
@@ -80,7 +90,13 @@ impl FileLock {
 
     /// Locks a Cyrus lock file, creating it (and its folders) if Cyrus has not yet, owned like
     /// the lock directory, so Cyrus can always open it later even when mailpack runs as root.
-    pub fn lock_lockfile(path: &Path, lock_root: &Path, mode: LockMode, method: LockMethod, wait: LockWait) -> Result<FileLock> {
+    pub fn lock_lockfile(
+        path: &Path,
+        lock_root: &Path,
+        mode: LockMode,
+        method: LockMethod,
+        wait: LockWait,
+    ) -> Result<FileLock> {
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => create_like(path, lock_root)?,
@@ -89,7 +105,13 @@ impl FileLock {
         FileLock::acquire(file, path, mode, method, wait)
     }
 
-    fn acquire(file: File, path: &Path, mode: LockMode, method: LockMethod, wait: LockWait) -> Result<FileLock> {
+    fn acquire(
+        file: File,
+        path: &Path,
+        mode: LockMode,
+        method: LockMethod,
+        wait: LockWait,
+    ) -> Result<FileLock> {
         let start = Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
@@ -103,7 +125,9 @@ impl FileLock {
                     })
                 }
                 Err(e) if is_contended(&e) => {
-                    let LockWait::For(limit) = wait else { unreachable!("blocking locks wait") };
+                    let LockWait::For(limit) = wait else {
+                        unreachable!("blocking locks wait")
+                    };
                     if start.elapsed() >= limit {
                         return Err(Error::Busy {
                             path: path.to_path_buf(),
@@ -152,7 +176,11 @@ fn raw_lock(file: &File, method: LockMethod, mode: Option<LockMode>, wait: bool)
                     None => libc::F_UNLCK,
                 } as libc::c_short;
                 fl.l_whence = libc::SEEK_SET as libc::c_short;
-                let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
+                let cmd = if wait {
+                    libc::F_OFD_SETLKW
+                } else {
+                    libc::F_OFD_SETLK
+                };
                 // SAFETY: fd is open for the life of `file`; fl outlives the call.
                 unsafe { libc::fcntl(fd, cmd, &fl as *const libc::flock) }
             }
@@ -182,7 +210,11 @@ fn create_like(path: &Path, root: &Path) -> Result<File> {
     let parent = crate::io::parent_dir(path);
     if !parent.exists() {
         let rel = parent.strip_prefix(root).map_err(|_| {
-            Error::usage(format!("lock file {} is outside {}", path.display(), root.display()))
+            Error::usage(format!(
+                "lock file {} is outside {}",
+                path.display(),
+                root.display()
+            ))
         })?;
         let mut dir = root.to_path_buf();
         for part in rel.components() {
@@ -194,7 +226,13 @@ fn create_like(path: &Path, root: &Path) -> Result<File> {
             }
         }
     }
-    match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path) {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(f) => {
             chown_like(path, &owner)?;
             Ok(f)
@@ -214,7 +252,8 @@ fn chown_like(path: &Path, owner: &std::fs::Metadata) -> Result<()> {
     if me.uid() == owner.uid() && me.gid() == owner.gid() {
         return Ok(());
     }
-    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).map_err(|e| Error::io("chown", path, e))
+    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+        .map_err(|e| Error::io("chown", path, e))
 }
 
 #[cfg(test)]
@@ -233,20 +272,46 @@ mod tests {
         let d = temp("ofd");
         let p = d.join("cyrus.index");
         std::fs::write(&p, b"x").unwrap();
-        let shared = FileLock::lock_stable(&p, LockMode::Shared, LockMethod::Fcntl, LockWait::Forever).unwrap().unwrap();
+        let shared =
+            FileLock::lock_stable(&p, LockMode::Shared, LockMethod::Fcntl, LockWait::Forever)
+                .unwrap()
+                .unwrap();
         // A second shared lock is fine; an exclusive one must wait (classic fcntl locks would
         // let the same process through).
-        let again = FileLock::lock_stable(&p, LockMode::Shared, LockMethod::Fcntl, LockWait::For(Duration::ZERO)).unwrap();
+        let again = FileLock::lock_stable(
+            &p,
+            LockMode::Shared,
+            LockMethod::Fcntl,
+            LockWait::For(Duration::ZERO),
+        )
+        .unwrap();
         assert!(again.is_some());
-        let busy = FileLock::lock_stable(&p, LockMode::Exclusive, LockMethod::Fcntl, LockWait::For(Duration::from_millis(20)));
+        let busy = FileLock::lock_stable(
+            &p,
+            LockMode::Exclusive,
+            LockMethod::Fcntl,
+            LockWait::For(Duration::from_millis(20)),
+        );
         assert!(matches!(busy, Err(Error::Busy { .. })), "{busy:?}");
         // Closing another handle of the same file keeps our locks (the classic fcntl trap).
         drop(File::open(&p).unwrap());
         drop(again);
-        let busy = FileLock::lock_stable(&p, LockMode::Exclusive, LockMethod::Fcntl, LockWait::For(Duration::from_millis(20)));
+        let busy = FileLock::lock_stable(
+            &p,
+            LockMode::Exclusive,
+            LockMethod::Fcntl,
+            LockWait::For(Duration::from_millis(20)),
+        );
         assert!(matches!(busy, Err(Error::Busy { .. })));
         drop(shared);
-        assert!(FileLock::lock_stable(&p, LockMode::Exclusive, LockMethod::Fcntl, LockWait::For(Duration::ZERO)).unwrap().is_some());
+        assert!(FileLock::lock_stable(
+            &p,
+            LockMode::Exclusive,
+            LockMethod::Fcntl,
+            LockWait::For(Duration::ZERO)
+        )
+        .unwrap()
+        .is_some());
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -255,13 +320,29 @@ mod tests {
         let d = temp("replace");
         let p = d.join("cyrus.index");
         std::fs::write(&p, b"old").unwrap();
-        let lock = FileLock::lock_stable(&p, LockMode::Shared, LockMethod::Fcntl, LockWait::Forever).unwrap().unwrap();
+        let lock =
+            FileLock::lock_stable(&p, LockMode::Shared, LockMethod::Fcntl, LockWait::Forever)
+                .unwrap()
+                .unwrap();
         std::fs::write(d.join("cyrus.index.NEW"), b"new").unwrap();
         std::fs::rename(d.join("cyrus.index.NEW"), &p).unwrap();
         drop(lock);
-        let lock = FileLock::lock_stable(&p, LockMode::Shared, LockMethod::Fcntl, LockWait::Forever).unwrap().unwrap();
-        assert_eq!(lock.file().metadata().unwrap().ino(), std::fs::metadata(&p).unwrap().ino());
-        assert!(FileLock::lock_stable(&d.join("absent"), LockMode::Shared, LockMethod::Fcntl, LockWait::Forever).unwrap().is_none());
+        let lock =
+            FileLock::lock_stable(&p, LockMode::Shared, LockMethod::Fcntl, LockWait::Forever)
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            lock.file().metadata().unwrap().ino(),
+            std::fs::metadata(&p).unwrap().ino()
+        );
+        assert!(FileLock::lock_stable(
+            &d.join("absent"),
+            LockMode::Shared,
+            LockMethod::Fcntl,
+            LockWait::Forever
+        )
+        .unwrap()
+        .is_none());
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -269,8 +350,18 @@ mod tests {
     fn missing_lock_files_are_created_with_the_lock_directory_owner() {
         let d = temp("create");
         let p = d.join("user").join("alice").join("Sent.lock");
-        let lock = FileLock::lock_lockfile(&p, &d, LockMode::Shared, LockMethod::Flock, LockWait::Forever).unwrap();
-        let (root, file) = (std::fs::metadata(&d).unwrap(), std::fs::metadata(&p).unwrap());
+        let lock = FileLock::lock_lockfile(
+            &p,
+            &d,
+            LockMode::Shared,
+            LockMethod::Flock,
+            LockWait::Forever,
+        )
+        .unwrap();
+        let (root, file) = (
+            std::fs::metadata(&d).unwrap(),
+            std::fs::metadata(&p).unwrap(),
+        );
         assert_eq!((file.uid(), file.gid()), (root.uid(), root.gid()));
         assert_eq!(file.mode() & 0o777, 0o600);
         drop(lock);

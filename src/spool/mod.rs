@@ -11,7 +11,12 @@ pub mod header;
 pub mod index;
 pub mod layout;
 pub mod lock;
+pub mod mboxlist;
 pub mod name;
+pub mod user;
+mod view;
+
+pub use view::{LockOptions, MailboxSnapshot, MetaFile, Spool};
 
 use std::fmt;
 use std::path::Path;

@@ -127,6 +127,9 @@ mod tests {
         let del = MboxName::from_internal("DELETED.user.alice.Scratch.6B02336D");
         assert!(del.is_deleted("DELETED"));
         assert_eq!(del.owner("DELETED").as_deref(), Some("alice"));
-        assert_eq!(MboxName::from_internal("shared.news").owner("DELETED"), None);
+        assert_eq!(
+            MboxName::from_internal("shared.news").owner("DELETED"),
+            None
+        );
     }
 }

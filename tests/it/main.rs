@@ -5,4 +5,8 @@ mod cli;
 mod cyrus;
 mod cyrus_smoke;
 mod fixtures;
+mod spool_db;
+mod spool_index;
+mod spool_lock;
+mod spool_view;
 mod util;

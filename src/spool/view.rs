@@ -1,0 +1,314 @@
+//! The spool as a whole: configuration and mailbox list, with the rules to find every
+//! mailbox's and user's files.
+
+use std::path::{Path, PathBuf};
+
+use super::config::Config;
+use super::layout;
+use super::mboxlist::{MailboxEntry, Mboxlist};
+use super::name::{self, MboxName};
+use super::user::UserFiles;
+use crate::error::Result;
+
+/// The metadata files of a mailbox that mailpack reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaFile {
+    Header,
+    Index,
+    Annotations,
+}
+
+impl MetaFile {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            MetaFile::Header => "cyrus.header",
+            MetaFile::Index => "cyrus.index",
+            MetaFile::Annotations => "cyrus.annotations",
+        }
+    }
+
+    /// The word `metapartition_files` uses for this file.
+    fn meta_kind(self) -> &'static str {
+        match self {
+            MetaFile::Header => "header",
+            MetaFile::Index => "index",
+            MetaFile::Annotations => "annotations",
+        }
+    }
+
+    pub const ALL: [MetaFile; 3] = [MetaFile::Header, MetaFile::Index, MetaFile::Annotations];
+}
+
+/// A Cyrus server's files as mailpack sees them: configuration and mailbox list, with the rules
+/// to find every mailbox's and user's files.
+pub struct Spool {
+    pub config: Config,
+    pub mboxlist: Mboxlist,
+}
+
+impl Spool {
+    /// Reads `imapd.conf` and the mailbox list it points to.
+    pub fn open(config_path: &Path) -> Result<Spool> {
+        let config = Config::read(config_path)?;
+        let db = config.configdirectory.join("mailboxes.db");
+        let mboxlist = Mboxlist::read(&db)?;
+        Ok(Spool { config, mboxlist })
+    }
+
+    fn owner(&self, e: &MailboxEntry) -> Option<String> {
+        e.name.owner(&self.config.deletedprefix)
+    }
+
+    /// Every user that owns at least one mailbox that exists (deleted-but-kept ones count),
+    /// sorted.
+    pub fn users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .mboxlist
+            .entries
+            .iter()
+            .filter(|e| !e.is_tombstone())
+            .filter_map(|e| self.owner(e))
+            .collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    /// The user's mailboxes in list order: their tree, their `DELETED.` mailboxes, and the
+    /// tombstones of names they used to have.
+    pub fn mailboxes_of<'a>(
+        &'a self,
+        userid: &'a str,
+    ) -> impl Iterator<Item = &'a MailboxEntry> + 'a {
+        self.mboxlist
+            .entries
+            .iter()
+            .filter(move |e| self.owner(e).as_deref() == Some(userid))
+    }
+
+    /// Mailboxes that belong to no user (shared folders).
+    pub fn shared_mailboxes(&self) -> impl Iterator<Item = &MailboxEntry> + '_ {
+        self.mboxlist
+            .entries
+            .iter()
+            .filter(|e| self.owner(e).is_none())
+    }
+
+    pub fn inbox<'a>(&'a self, userid: &'a str) -> Option<&'a MailboxEntry> {
+        self.mailboxes_of(userid)
+            .find(|e| e.name.is_inbox() && !e.is_tombstone())
+    }
+
+    fn relative_dir(&self, e: &MailboxEntry) -> Option<PathBuf> {
+        layout::mailbox_relative(&self.config, &e.name, e.uniqueid.as_deref(), e.legacy_dirs)
+    }
+
+    /// The directory holding the mailbox's message files.
+    pub fn mailbox_dir(&self, e: &MailboxEntry) -> Option<PathBuf> {
+        let root = self.config.partitions.get(e.partition.as_deref()?)?;
+        Some(root.join(self.relative_dir(e)?))
+    }
+
+    /// Where a metadata file of the mailbox lives (metapartitions honoured).
+    pub fn meta_path(&self, e: &MailboxEntry, file: MetaFile) -> Option<PathBuf> {
+        let root = self
+            .config
+            .meta_root(e.partition.as_deref()?, file.meta_kind())?;
+        Some(root.join(self.relative_dir(e)?).join(file.file_name()))
+    }
+
+    /// The mailbox's name lock file under `mboxname_lockpath`.
+    pub fn lock_path(&self, e: &MailboxEntry) -> Option<PathBuf> {
+        layout::mailbox_lock(&self.config, &e.name, e.uniqueid.as_deref(), e.legacy_dirs)
+    }
+
+    /// Where the user's own files are. By-uniqueid users (3.6+) keep them under their INBOX's
+    /// uniqueid; others by name. If the expected file is absent and the other layout's exists
+    /// (a spool mid-way through `relocate_by_id`), the existing one wins.
+    pub fn user_files(&self, userid: &str) -> UserFiles {
+        let inbox = self.inbox(userid);
+        let legacy = inbox.is_none_or(|i| i.legacy_dirs);
+        let uniqueid = inbox.and_then(|i| i.uniqueid.as_deref());
+        let pick = |suffix: &str| {
+            let by_name = layout::legacy_user_file(&self.config, userid, suffix);
+            match uniqueid {
+                Some(id) => {
+                    let by_id = layout::uuid_user_file(&self.config, id, suffix);
+                    let (first, second) = if legacy {
+                        (by_name, by_id)
+                    } else {
+                        (by_id, by_name)
+                    };
+                    if !first.exists() && second.exists() {
+                        second
+                    } else {
+                        first
+                    }
+                }
+                None => by_name,
+            }
+        };
+        let root = MboxName {
+            domain: name::split_userid(userid).1.map(str::to_string),
+            parts: vec!["user".into(), name::split_userid(userid).0.to_string()],
+        };
+        UserFiles {
+            legacy,
+            seen: pick("seen"),
+            sub: pick("sub"),
+            dav: pick("dav"),
+            sieve_dir: layout::sieve_dir(&self.config, userid, uniqueid, legacy),
+            quota: layout::quota_file(&self.config, &root),
+        }
+    }
+}
+
+impl Spool {
+    /// The user's entries in the global `annotations.db`: mailbox METADATA and special-use of
+    /// their mailboxes (matched by uniqueid, or by name before 3.6).
+    pub fn user_annotations(&self, userid: &str) -> Result<Vec<super::user::Annotation>> {
+        let path = self.config.configdirectory.join("annotations.db");
+        let Some(records) = super::user::read_db_if_present(&path)? else {
+            return Ok(Vec::new());
+        };
+        let keys: std::collections::HashSet<String> = self
+            .mailboxes_of(userid)
+            .filter(|e| !e.is_tombstone())
+            .flat_map(|e| {
+                e.uniqueid
+                    .clone()
+                    .into_iter()
+                    .chain(std::iter::once(e.name.internal()))
+            })
+            .collect();
+        Ok(records
+            .iter()
+            .filter_map(super::user::parse_annotation)
+            .filter(|a| keys.contains(&a.mailbox))
+            .collect())
+    }
+}
+
+/// How to take Cyrus's locks.
+#[derive(Clone, Copy, Debug)]
+pub struct LockOptions {
+    pub method: super::lock::LockMethod,
+    pub wait: super::lock::LockWait,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            method: super::lock::LockMethod::Fcntl,
+            wait: super::lock::LockWait::For(std::time::Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A mailbox's metadata read consistently under Cyrus's locks.
+pub struct MailboxSnapshot {
+    pub header_bytes: Vec<u8>,
+    pub index_bytes: Vec<u8>,
+    /// Absent until the mailbox has held a message with an annotation.
+    pub annotations_bytes: Option<Vec<u8>>,
+    pub header: super::header::MailboxHeader,
+    pub index: super::index::IndexFile,
+    /// The stat of each file as read (same order as `MetaFile::ALL`).
+    pub stats: [Option<crate::archive::SourceStat>; 3],
+}
+
+impl Spool {
+    /// Reads the mailbox's `cyrus.header`, `cyrus.index` and `cyrus.annotations` as Cyrus's own
+    /// readers do: mailbox name lock shared, then `cyrus.index` shared (re-checked to be the file
+    /// at the path), read everything, release the index lock. The name lock is returned still
+    /// held: while it is, Cyrus unlinks no message file of the mailbox, so the caller can copy
+    /// message files and then drop it.
+    pub fn read_mailbox(
+        &self,
+        e: &MailboxEntry,
+        locks: &LockOptions,
+    ) -> Result<(MailboxSnapshot, super::lock::FileLock)> {
+        use super::lock::{FileLock, LockMode};
+        use crate::error::Error;
+        use std::io::Read;
+
+        let missing = |what: &str| Error::NotFound(format!("{what} of mailbox {}", e.name));
+        let lock_path = self.lock_path(e).ok_or_else(|| missing("lock file"))?;
+        let name_lock = FileLock::lock_lockfile(
+            &lock_path,
+            &self.config.mboxname_lockpath,
+            LockMode::Shared,
+            locks.method,
+            locks.wait,
+        )?;
+
+        let index_path = self
+            .meta_path(e, MetaFile::Index)
+            .ok_or_else(|| missing("cyrus.index"))?;
+        let index_lock =
+            FileLock::lock_stable(&index_path, LockMode::Shared, locks.method, locks.wait)?
+                .ok_or_else(|| missing("cyrus.index"))?;
+        let mut stats = [None, None, None];
+        let read_locked = |lock: &FileLock| -> Result<(Vec<u8>, crate::archive::SourceStat)> {
+            let meta = lock
+                .file()
+                .metadata()
+                .map_err(|err| Error::io("stat", lock.path(), err))?;
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            let mut f = lock.file();
+            f.read_to_end(&mut bytes)
+                .map_err(|err| Error::io("read", lock.path(), err))?;
+            Ok((bytes, crate::archive::SourceStat::of(&meta)))
+        };
+        let (index_bytes, index_stat) = read_locked(&index_lock)?;
+        stats[1] = Some(index_stat);
+
+        // cyrus.header is only ever replaced under the exclusive index lock we now exclude.
+        let header_path = self
+            .meta_path(e, MetaFile::Header)
+            .ok_or_else(|| missing("cyrus.header"))?;
+        let header_file = std::fs::File::open(&header_path)
+            .map_err(|err| Error::io("open", &header_path, err))?;
+        let header_meta = header_file
+            .metadata()
+            .map_err(|err| Error::io("stat", &header_path, err))?;
+        let mut header_bytes = Vec::with_capacity(header_meta.len() as usize);
+        (&header_file)
+            .read_to_end(&mut header_bytes)
+            .map_err(|err| Error::io("read", &header_path, err))?;
+        stats[0] = Some(crate::archive::SourceStat::of(&header_meta));
+
+        let annotations_path = self
+            .meta_path(e, MetaFile::Annotations)
+            .ok_or_else(|| missing("cyrus.annotations"))?;
+        let annotations_bytes = match FileLock::lock_stable(
+            &annotations_path,
+            LockMode::Shared,
+            locks.method,
+            locks.wait,
+        )? {
+            Some(lock) => {
+                let (bytes, stat) = read_locked(&lock)?;
+                stats[2] = Some(stat);
+                Some(bytes)
+            }
+            None => None,
+        };
+        drop(index_lock);
+
+        let index = super::index::parse(&index_bytes).map_err(|err| err.in_file(&index_path))?;
+        let header =
+            super::header::parse(&header_bytes).map_err(|err| err.in_file(&header_path))?;
+        Ok((
+            MailboxSnapshot {
+                header_bytes,
+                index_bytes,
+                annotations_bytes,
+                header,
+                index,
+                stats,
+            },
+            name_lock,
+        ))
+    }
+}
