@@ -9,4 +9,5 @@ mod spool_db;
 mod spool_index;
 mod spool_lock;
 mod spool_view;
+mod bench_spool;
 mod util;

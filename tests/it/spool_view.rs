@@ -432,7 +432,7 @@ fn bless_fixture_spools() {
 
 /// Copies what a reader needs (configdirectory, partitions, sieve dir) and writes an imapd.conf
 /// with paths relative to itself, so the copy works wherever the repository is.
-fn copy_spool(base: &Path, dst: &Path) {
+pub fn copy_spool(base: &Path, dst: &Path) {
     std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
     let status = std::process::Command::new("cp")
         .arg("-a")
