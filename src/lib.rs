@@ -13,6 +13,7 @@ pub mod commands;
 pub mod error;
 pub mod guid;
 pub mod io;
+pub mod scan;
 pub mod spool;
 pub mod store;
 

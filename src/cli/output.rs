@@ -106,6 +106,45 @@ pub fn entry_line(e: &EntryView) -> String {
     }
 }
 
+pub fn user_summary(r: &crate::scan::UserReport) -> String {
+    if r.gone {
+        return format!(
+            "{}: gone from the server; names tombstoned in run {}",
+            r.user,
+            r.run.unwrap_or(0)
+        );
+    }
+    format!(
+        "{}: run {}: {} mailboxes, {} changed, {} skipped, {} messages added, {} read, {} written, {:.2}s{}",
+        r.user,
+        r.run.unwrap_or(0),
+        r.mailboxes,
+        r.changed,
+        r.skipped,
+        r.messages_added,
+        bytes(r.bytes_read),
+        bytes(r.bytes_written),
+        r.seconds,
+        if r.problems.is_empty() { String::new() } else { format!(", {} problems", r.problems.len()) }
+    )
+}
+
+/// Bytes in binary units, for people.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 pub fn mailbox_line(m: &crate::commands::spool::MailboxView) -> String {
     if m.tombstone {
         return format!("{} (gone: {})", m.name, m.mbtype);

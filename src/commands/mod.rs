@@ -1,6 +1,7 @@
 //! One function per subcommand. They take validated options, do the work through `store`, and
 //! return values for the CLI to print; nothing here prints or chooses an exit code.
 
+pub mod backup;
 pub mod spool;
 
 use std::fs::File;

@@ -37,6 +37,9 @@ pub struct MailboxEntry {
     /// Whether the mailbox lives in the by-name (legacy) layout rather than by uniqueid: always
     /// before 3.6, and in 3.6+ when its type carries `l`.
     pub legacy_dirs: bool,
+    /// 3.6+: the mailbox's `I<uniqueid>` record (name history), exactly as stored.
+    #[serde(skip)]
+    pub id_record: Option<(Vec<u8>, Vec<u8>)>,
     /// The record exactly as stored, so a restore can put it back byte for byte.
     #[serde(skip)]
     pub raw_key: Vec<u8>,
@@ -117,6 +120,21 @@ impl Mboxlist {
             };
             entries.push(entry);
         }
+        if format == MboxlistFormat::ByIdAndName {
+            let by_id: std::collections::HashMap<&[u8], &Record> = records
+                .iter()
+                .filter_map(|r| Some((r.key.strip_prefix(b"I")?, r)))
+                .collect();
+            for e in entries.iter_mut().filter(|e| !e.is_tombstone()) {
+                if let Some(r) = e
+                    .uniqueid
+                    .as_deref()
+                    .and_then(|id| by_id.get(id.as_bytes()))
+                {
+                    e.id_record = Some((r.key.clone(), r.value.clone()));
+                }
+            }
+        }
         Ok(Mboxlist { format, entries })
     }
 }
@@ -171,6 +189,7 @@ fn from_dlist(name: MboxName, r: &Record) -> std::result::Result<MailboxEntry, S
         foldermodseq: number("F"),
         mtime: number("M"),
         legacy_dirs: true,
+        id_record: None,
         raw_key: r.key.clone(),
         raw_value: r.value.clone(),
     })
@@ -210,6 +229,7 @@ fn from_text(name: MboxName, r: &Record) -> std::result::Result<MailboxEntry, St
         foldermodseq: None,
         mtime: None,
         legacy_dirs: true,
+        id_record: None,
         raw_key: r.key.clone(),
         raw_value: r.value.clone(),
     })

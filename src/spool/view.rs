@@ -109,6 +109,12 @@ impl Spool {
         Some(root.join(self.relative_dir(e)?))
     }
 
+    /// The directory holding the mailbox's archived message files (`archivepartition-*`).
+    pub fn archive_dir(&self, e: &MailboxEntry) -> Option<PathBuf> {
+        let root = self.config.archivepartitions.get(e.partition.as_deref()?)?;
+        Some(root.join(self.relative_dir(e)?))
+    }
+
     /// Where a metadata file of the mailbox lives (metapartitions honoured).
     pub fn meta_path(&self, e: &MailboxEntry, file: MetaFile) -> Option<PathBuf> {
         let root = self

@@ -692,6 +692,12 @@ impl StoreWriter {
         &mut self.writer
     }
 
+    /// The committed state and the writer at once: a backup compares against the first while
+    /// appending through the second.
+    pub fn split(&mut self) -> (&Archive, &mut ArchiveWriter) {
+        (&self.archive, &mut self.writer)
+    }
+
     /// Commits the run: marker, fsync of the archive, then the index block and its fsync.
     pub fn commit(&mut self, summary: &RunSummary) -> Result<&RunInfo> {
         if self.poisoned {

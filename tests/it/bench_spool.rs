@@ -12,7 +12,10 @@ use crate::cyrus::{CyrusOptions, CyrusServer, Lmtp};
 fn make_bench_spool() {
     let dest = PathBuf::from(std::env::var("MAILPACK_BENCH_SPOOL").expect("MAILPACK_BENCH_SPOOL"));
     let mail = PathBuf::from(std::env::var("MAILPACK_BENCH_MAIL").expect("MAILPACK_BENCH_MAIL"));
-    let users: usize = std::env::var("MAILPACK_BENCH_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let users: usize = std::env::var("MAILPACK_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let mut files: Vec<PathBuf> = walk(&mail);
     files.sort();
     let mut server = CyrusServer::start(CyrusOptions::default());
@@ -40,7 +43,11 @@ fn make_bench_spool() {
                     let data = std::fs::read(path).unwrap();
                     let user = &names[i % names.len()];
                     let folder = folders[(i / names.len()) % folders.len()];
-                    let rcpt = if folder == "INBOX" { user.clone() } else { format!("{user}+{folder}") };
+                    let rcpt = if folder == "INBOX" {
+                        user.clone()
+                    } else {
+                        format!("{user}+{folder}")
+                    };
                     let mut rcpts = vec![rcpt];
                     if i % 40 == 0 {
                         rcpts.push(names[(i + 1) % names.len()].clone());
@@ -60,7 +67,10 @@ fn make_bench_spool() {
         let info = imap.select("INBOX");
         if info.exists > 0 {
             imap.uid_store("1:*", "+FLAGS", &["\\Seen"]);
-            let every_seventh: Vec<String> = (1..info.uidnext).step_by(7).map(|u| u.to_string()).collect();
+            let every_seventh: Vec<String> = (1..info.uidnext)
+                .step_by(7)
+                .map(|u| u.to_string())
+                .collect();
             imap.uid_store(&every_seventh.join(","), "+FLAGS", &["\\Flagged"]);
         }
         drop(imap);
@@ -68,7 +78,11 @@ fn make_bench_spool() {
     server.stop();
     let _ = std::fs::remove_dir_all(&dest);
     crate::spool_view::copy_spool(server.base_dir(), &dest);
-    eprintln!("bench spool: {} messages for {users} users in {}", files.len(), dest.display());
+    eprintln!(
+        "bench spool: {} messages for {users} users in {}",
+        files.len(),
+        dest.display()
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {

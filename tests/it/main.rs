@@ -1,6 +1,7 @@
 //! The one integration-test binary: library-level archive tests and CLI tests.
 
 mod archive;
+mod bench_spool;
 mod cli;
 mod cyrus;
 mod cyrus_smoke;
@@ -9,5 +10,4 @@ mod spool_db;
 mod spool_index;
 mod spool_lock;
 mod spool_view;
-mod bench_spool;
 mod util;

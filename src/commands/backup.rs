@@ -1,0 +1,169 @@
+//! `mailpack backup`: every user (or those named) of a Cyrus server into per-user archives, one
+//! committed run per user, users in parallel; one user's failure does not stop the others.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::scan::{backup_user, record_user_gone, UserOptions, UserReport};
+use crate::spool::{LockOptions, Spool};
+use crate::store::{list_archives, ArchivePaths, StoreWriter, WriterOptions};
+
+pub struct BackupOptions {
+    pub config: PathBuf,
+    pub archive_dir: PathBuf,
+    /// Only these users; all users of the server (and archives of vanished users) when empty.
+    pub users: Vec<String>,
+    pub jobs: usize,
+    pub locks: LockOptions,
+    pub writer: WriterOptions,
+}
+
+/// One user's result, as it arrives.
+pub enum UserOutcome {
+    Done(UserReport),
+    Failed { user: String, error: String },
+}
+
+pub struct BackupSummary {
+    pub users: usize,
+    pub failed: usize,
+    pub with_problems: usize,
+}
+
+/// Runs the backup; `on_user` sees each user's outcome as it finishes (the CLI prints it).
+pub fn backup(
+    options: &BackupOptions,
+    on_user: &mut dyn FnMut(&UserOutcome, usize, usize),
+) -> Result<BackupSummary> {
+    let spool = Spool::open(&options.config)?;
+    create_archive_dir(&options.archive_dir)?;
+    let annotations_path = spool.config.configdirectory.join("annotations.db");
+    let annotations =
+        crate::spool::user::read_db_if_present(&annotations_path)?.unwrap_or_default();
+
+    let on_server = spool.users();
+    let mut work: Vec<(String, bool)> = if options.users.is_empty() {
+        on_server.iter().map(|u| (u.clone(), false)).collect()
+    } else {
+        options
+            .users
+            .iter()
+            .map(|u| (u.clone(), !on_server.contains(u)))
+            .collect()
+    };
+    if options.users.is_empty() {
+        for paths in list_archives(&options.archive_dir)? {
+            if let Some(user) = paths.user {
+                if !on_server.contains(&user) {
+                    work.push((user, true));
+                }
+            }
+        }
+    }
+    let total = work.len();
+    let jobs = options.jobs.clamp(1, total.max(1));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut writer = options.writer.clone();
+    // Compression threads per archive, so that jobs × threads fills the cores.
+    writer.threads = (cores / jobs).max(1);
+    let user_options = UserOptions {
+        locks: options.locks,
+        retries: 3,
+        host: super::hostname(),
+        time: super::now(),
+    };
+
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<UserOutcome>();
+    let mut summary = BackupSummary {
+        users: total,
+        failed: 0,
+        with_problems: 0,
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let (work, next, spool, annotations, writer, user_options) =
+                (&work, &next, &spool, &annotations, &writer, &user_options);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((user, gone)) = work.get(i) else {
+                    return;
+                };
+                let outcome = match one_user(
+                    options,
+                    spool,
+                    annotations,
+                    writer,
+                    user_options,
+                    user,
+                    *gone,
+                ) {
+                    Ok(Some(report)) => UserOutcome::Done(report),
+                    Ok(None) => continue,
+                    Err(e) => UserOutcome::Failed {
+                        user: user.clone(),
+                        error: e.to_string(),
+                    },
+                };
+                if tx.send(outcome).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        let mut done = 0;
+        for outcome in rx {
+            done += 1;
+            match &outcome {
+                UserOutcome::Done(r) if !r.problems.is_empty() => summary.with_problems += 1,
+                UserOutcome::Failed { .. } => summary.failed += 1,
+                _ => {}
+            }
+            on_user(&outcome, done, total);
+        }
+    });
+    Ok(summary)
+}
+
+fn one_user(
+    options: &BackupOptions,
+    spool: &Spool,
+    annotations: &[crate::spool::cyrusdb::Record],
+    writer: &WriterOptions,
+    user_options: &UserOptions,
+    user: &str,
+    gone: bool,
+) -> Result<Option<UserReport>> {
+    let paths = ArchivePaths::for_user(&options.archive_dir, user)?;
+    if gone && !paths.archive.exists() {
+        return Err(Error::NotFound(format!("user {user} on the server")));
+    }
+    let mut notices = Vec::new();
+    let mut store = StoreWriter::open(&paths, writer, &mut notices)?;
+    let mut report = if gone {
+        match record_user_gone(&mut store, user_options, user)? {
+            Some(r) => r,
+            None => return Ok(None),
+        }
+    } else {
+        backup_user(spool, user, &mut store, annotations, user_options)?
+    };
+    // Repairs made while opening are worth an operator's attention.
+    report.problems.extend(notices);
+    Ok(Some(report))
+}
+
+fn create_archive_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::io("create", dir, e)),
+    }
+}

@@ -1,0 +1,129 @@
+//! Entry names a backup writes (formats/backup-entries.md), and the records format for raw
+//! cyrusdb records.
+
+use crate::spool::cyrusdb::Record;
+use crate::spool::name::MboxName;
+
+pub const IMAP_DIR: &str = "imap/";
+pub const FOLDERS_DIR: &str = "folders/";
+pub const META_DIR: &str = "meta/";
+pub const FOLDER_MAILBOXES_DB: &str = "mailboxes.db";
+pub const FOLDER_ANNOTATIONS_DB: &str = "annotations.db";
+const RECORDS_MAGIC: &str = "mailpack-records 1\n";
+
+pub fn folder_entry(uniqueid: &str, file: &str) -> String {
+    format!("{FOLDERS_DIR}{uniqueid}/{file}")
+}
+
+/// The folder a link target names.
+pub fn folder_target(uniqueid: &str) -> String {
+    format!("{FOLDERS_DIR}{uniqueid}")
+}
+
+pub fn meta_entry(file: &str) -> String {
+    format!("{META_DIR}{file}")
+}
+
+/// `imap/<levels joined by '/'>`, each level escaped so every name has one valid entry name.
+pub fn imap_entry(name: &MboxName) -> String {
+    let mut out = String::from(IMAP_DIR);
+    let mut levels: Vec<String> = name.parts.iter().map(|p| escape_level(p)).collect();
+    if let Some(domain) = &name.domain {
+        if let Some(first) = levels.first_mut() {
+            *first = format!("{}!{first}", escape_level(domain));
+        }
+    }
+    out.push_str(&levels.join("/"));
+    out
+}
+
+fn escape_level(level: &str) -> String {
+    match level {
+        "." => return "%2E".into(),
+        ".." => return "%2E%2E".into(),
+        "" => return "%".into(),
+        _ => {}
+    }
+    level
+        .replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('!', "%21")
+}
+
+/// The records format: a header line, then `<keylen> <vallen>\n<key><value>\n` per record.
+pub fn records_bytes(records: &[&Record]) -> Vec<u8> {
+    let mut out = RECORDS_MAGIC.as_bytes().to_vec();
+    for r in records {
+        out.extend_from_slice(format!("{} {}\n", r.key.len(), r.value.len()).as_bytes());
+        out.extend_from_slice(&r.key);
+        out.extend_from_slice(&r.value);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Reads the records format back (for restore and tests).
+pub fn parse_records(bytes: &[u8]) -> Option<Vec<Record>> {
+    let mut rest = bytes.strip_prefix(RECORDS_MAGIC.as_bytes())?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let nl = rest.iter().position(|&b| b == b'\n')?;
+        let line = std::str::from_utf8(&rest[..nl]).ok()?;
+        let (k, v) = line.split_once(' ')?;
+        let (k, v): (usize, usize) = (k.parse().ok()?, v.parse().ok()?);
+        let body = rest.get(nl + 1..nl + 1 + k.checked_add(v)?.checked_add(1)?)?;
+        if body.last() != Some(&b'\n') {
+            return None;
+        }
+        out.push(Record {
+            key: body[..k].to_vec(),
+            value: body[k..k + v].to_vec(),
+        });
+        rest = &rest[nl + 1 + k + v + 1..];
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imap_names_are_valid_entry_names() {
+        for (name, entry) in [
+            ("user.alice", "imap/user/alice"),
+            ("user.alice.Archive.2023", "imap/user/alice/Archive/2023"),
+            (
+                "DELETED.user.alice.X.6B02336D",
+                "imap/DELETED/user/alice/X/6B02336D",
+            ),
+            ("example.com!user.bob", "imap/example.com!user/bob"),
+        ] {
+            let e = imap_entry(&MboxName::from_internal(name));
+            assert_eq!(e, entry);
+            assert!(crate::archive::check_name(&e).is_ok());
+        }
+        let odd = MboxName {
+            domain: None,
+            parts: vec!["user".into(), "a/b%".into(), "..".into()],
+        };
+        let e = imap_entry(&odd);
+        assert_eq!(e, "imap/user/a%2Fb%25/%2E%2E");
+        assert!(crate::archive::check_name(&e).is_ok());
+    }
+
+    #[test]
+    fn records_round_trip_binary_data() {
+        let a = Record {
+            key: b"Nuser\x1falice".to_vec(),
+            value: b"%(T e)\n\0".to_vec(),
+        };
+        let b = Record {
+            key: vec![],
+            value: vec![0xff; 3],
+        };
+        let bytes = records_bytes(&[&a, &b]);
+        assert_eq!(parse_records(&bytes).unwrap(), vec![a, b]);
+        assert!(parse_records(&bytes[..bytes.len() - 1]).is_none());
+    }
+}
