@@ -1,6 +1,7 @@
 //! The one integration-test binary: library-level archive tests and CLI tests.
 
 mod archive;
+mod backup;
 mod bench_spool;
 mod cli;
 mod cyrus;

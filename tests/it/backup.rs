@@ -1,0 +1,382 @@
+//! `mailpack backup` against a real Cyrus 3.6: the archive's latest state equals the spool, a
+//! second run with no change reads no file, changes (new mail, flags, rename, delete) are picked
+//! up, every committed state stays consistent while a writer works on the server, and a killed
+//! backup loses nothing and the next run completes.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use mailpack::commands::backup::{backup, BackupOptions, UserOutcome};
+use mailpack::scan::{folder_entry, imap_entry, UserReport};
+use mailpack::spool::{LockOptions, MetaFile, Spool};
+use mailpack::store::{Archive, ArchivePaths, WriterOptions};
+
+use crate::cyrus::{CyrusOptions, CyrusServer};
+use crate::spool_view::populate;
+use crate::util::TempDir;
+
+fn run_backup(config: &Path, dir: &Path, users: &[&str]) -> BTreeMap<String, UserReport> {
+    let options = BackupOptions {
+        config: config.to_path_buf(),
+        archive_dir: dir.to_path_buf(),
+        users: users.iter().map(|s| s.to_string()).collect(),
+        jobs: 2,
+        locks: LockOptions::default(),
+        writer: WriterOptions::default(),
+    };
+    let mut reports = BTreeMap::new();
+    backup(&options, &mut |outcome, _, _| match outcome {
+        UserOutcome::Done(r) => drop(reports.insert(r.user.clone(), r.clone())),
+        UserOutcome::Failed { user, error } => panic!("{user}: {error}"),
+    })
+    .unwrap();
+    reports
+}
+
+fn read_all(archive: &Archive, name: &str) -> Option<Vec<u8>> {
+    let (_, e) = archive.latest(name).filter(|(_, e)| !e.is_tombstone())?;
+    let mut out = Vec::new();
+    archive
+        .read_entry(e)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    Some(out)
+}
+
+/// The archive's latest state equals the spool as it is now: names, metadata bytes, messages.
+fn assert_archive_equals_spool(config: &Path, dir: &Path, user: &str) {
+    let spool = Spool::open(config).unwrap();
+    let archive =
+        Archive::open(&ArchivePaths::for_user(dir, user).unwrap(), &mut Vec::new()).unwrap();
+    let mut live_names = Vec::new();
+    for e in spool.mailboxes_of(user).filter(|e| !e.is_tombstone()) {
+        let uid = e.uniqueid.as_deref().unwrap();
+        let link = imap_entry(&e.name);
+        live_names.push(link.clone());
+        let (_, entry) = archive
+            .latest(&link)
+            .unwrap_or_else(|| panic!("{link} missing"));
+        assert_eq!(entry.target, format!("folders/{uid}"), "{link}");
+        for f in MetaFile::ALL {
+            let on_disk = std::fs::read(spool.meta_path(e, f).unwrap()).ok();
+            assert_eq!(
+                read_all(&archive, &folder_entry(uid, f.file_name())),
+                on_disk,
+                "{} {}",
+                e.name,
+                f.file_name()
+            );
+        }
+        let index =
+            mailpack::spool::index::read(&spool.meta_path(e, MetaFile::Index).unwrap()).unwrap();
+        for r in index.records.iter().filter(|r| !r.is_unlinked()) {
+            assert!(
+                archive.has_file(&r.guid),
+                "{} uid {} ({}) not in the archive",
+                e.name,
+                r.uid,
+                r.guid
+            );
+            let data = read_all(&archive, &format!("files/{}", r.guid)).unwrap();
+            assert_eq!(mailpack::Guid::of(&data), r.guid);
+        }
+    }
+    // No live name in the archive that the spool does not have.
+    for run in archive.runs() {
+        for e in archive
+            .entries_of(run)
+            .iter()
+            .filter(|e| e.name.starts_with("imap/"))
+        {
+            let (_, latest) = archive.latest(&e.name).unwrap();
+            assert_eq!(
+                !latest.is_tombstone(),
+                live_names.contains(&e.name),
+                "{}",
+                e.name
+            );
+        }
+    }
+    let files = spool.user_files(user);
+    assert_eq!(
+        read_all(&archive, "meta/sub"),
+        std::fs::read(&files.sub).ok(),
+        "{user} subscriptions"
+    );
+    assert_eq!(
+        read_all(&archive, "meta/seen"),
+        std::fs::read(&files.seen).ok(),
+        "{user} seen"
+    );
+    assert_eq!(
+        read_all(&archive, "meta/quota"),
+        std::fs::read(&files.quota).ok(),
+        "{user} quota"
+    );
+}
+
+#[test]
+fn a_backup_captures_the_spool_and_a_second_run_reads_nothing() {
+    let server = CyrusServer::start(CyrusOptions::default());
+    populate(&server);
+    let dir = TempDir::new("backup");
+    let first = run_backup(&server.config_path(), dir.path(), &[]);
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        ["alice", "bob", "john.doe"]
+    );
+    // Delivered once to alice and bob together: stored once in each archive, and COPY inside
+    // alice's account does not store it twice.
+    assert!(
+        first["alice"].messages_added > 0 && first["alice"].problems.is_empty(),
+        "{:?}",
+        first["alice"]
+    );
+    for user in ["alice", "bob", "john.doe"] {
+        assert_archive_equals_spool(&server.config_path(), dir.path(), user);
+    }
+    let alice = Archive::open(
+        &ArchivePaths::for_user(dir.path(), "alice").unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let messages = alice
+        .state_at(None)
+        .iter()
+        .filter(|(_, e)| e.name.starts_with("files/"))
+        .count() as u64;
+    assert_eq!(
+        messages, first["alice"].messages_added,
+        "each message file stored once"
+    );
+    assert!(alice.latest("meta/sieve/defaultbc").is_some());
+
+    let second = run_backup(&server.config_path(), dir.path(), &[]);
+    for (user, r) in &second {
+        assert_eq!(
+            (
+                r.message_files_read,
+                r.metadata_files_read,
+                r.bytes_read,
+                r.messages_added,
+                r.changed
+            ),
+            (0, 0, 0, 0, 0),
+            "{user}: {r:?}"
+        );
+        let archive = Archive::open(
+            &ArchivePaths::for_user(dir.path(), user).unwrap(),
+            &mut Vec::new(),
+        )
+        .unwrap();
+        let last = archive.runs().last().unwrap();
+        assert_eq!(
+            archive.entries_of(last).len(),
+            0,
+            "{user}: the no-change run wrote more than its commit marker"
+        );
+    }
+}
+
+#[test]
+fn changes_are_picked_up_and_only_new_messages_are_fetched() {
+    let server = CyrusServer::start(CyrusOptions::legacy());
+    populate(&server);
+    let dir = TempDir::new("backup-changes");
+    run_backup(&server.config_path(), dir.path(), &["alice"]);
+    let sep = server.separator();
+    let mut a = server.imap("alice");
+    a.select("INBOX");
+    a.uid_store("7", "+FLAGS", &["\\Flagged"]);
+    a.uid_copy("7:8", "Archive");
+    a.rename("Old Stuff", &format!("Archive{sep}Older"));
+    a.delete("Shared");
+    drop(a);
+    server.lmtp_deliver(
+        "x@example.org",
+        &["alice"],
+        b"Subject: new\r\n\r\nnew mail\r\n",
+    );
+    let report = &run_backup(&server.config_path(), dir.path(), &["alice"])["alice"];
+    // One new message; the copies already had their GUIDs in the archive.
+    assert_eq!(report.messages_added, 1, "{report:?}");
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert_archive_equals_spool(&server.config_path(), dir.path(), "alice");
+    let archive = Archive::open(
+        &ArchivePaths::for_user(dir.path(), "alice").unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let gone = archive.latest("imap/user/alice/Old Stuff").unwrap().1;
+    assert!(gone.is_tombstone());
+    assert!(archive
+        .state_at(None)
+        .iter()
+        .any(|(_, e)| e.name.starts_with("imap/DELETED/user/alice/Shared/")));
+}
+
+/// Every stored version of every cyrus.index parses with valid CRCs and all its retained
+/// messages are in the archive (as of that run).
+fn assert_every_committed_state_consistent(dir: &Path, user: &str) {
+    let archive =
+        Archive::open(&ArchivePaths::for_user(dir, user).unwrap(), &mut Vec::new()).unwrap();
+    let mut files: std::collections::HashSet<String> = Default::default();
+    for run in archive.runs() {
+        for e in archive.entries_of(run) {
+            if e.name.starts_with("files/") {
+                files.insert(e.name.clone());
+            }
+        }
+        for e in archive
+            .entries_of(run)
+            .iter()
+            .filter(|e| e.name.ends_with("/cyrus.index"))
+        {
+            let mut bytes = Vec::new();
+            archive
+                .read_entry(e)
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
+            let index = mailpack::spool::index::parse(&bytes)
+                .unwrap_or_else(|err| panic!("run {} {}: {err}", run.run, e.name));
+            for r in index.records.iter().filter(|r| !r.is_unlinked()) {
+                assert!(
+                    files.contains(&format!("files/{}", r.guid)),
+                    "run {} {}: uid {} missing",
+                    run.run,
+                    e.name,
+                    r.uid
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_committed_state_is_consistent_while_the_server_is_busy() {
+    let server = CyrusServer::start(CyrusOptions::default());
+    for u in ["alice", "bob"] {
+        server.create_user(u);
+    }
+    let dir = TempDir::new("backup-load");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut runs = 0;
+    std::thread::scope(|scope| {
+        let (server, done) = (&server, &done);
+        scope.spawn(move || {
+            // A bounded workload that keeps delivering, flagging, expunging and renaming.
+            let sep = server.separator();
+            let mut imap = server.imap("alice");
+            imap.create("Work");
+            let mut name = "Work".to_string();
+            for i in 0..300 {
+                server.lmtp_deliver(
+                    "x@example.org",
+                    &["alice", "bob"],
+                    format!("Subject: load {i}\r\n\r\n{}\r\n", "x".repeat(i % 97)).as_bytes(),
+                );
+                if i % 5 == 0 {
+                    imap.select("INBOX");
+                    imap.uid_store("1:*", "+FLAGS", &["\\Seen"]);
+                    imap.uid_copy(&format!("{}", i / 5 + 1), &name);
+                }
+                if i % 11 == 0 {
+                    imap.select("INBOX");
+                    imap.uid_store(&format!("{}", i / 2 + 1), "+FLAGS", &["\\Deleted"]);
+                    imap.expunge();
+                }
+                if i % 37 == 0 {
+                    let next = format!("Work{sep}{i}");
+                    imap.unselect();
+                    imap.rename(&name, &next);
+                    name = next;
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        // Back up in a loop for as long as the writer works (bounded by its 300 steps).
+        while !done.load(std::sync::atomic::Ordering::SeqCst) && runs < 1000 {
+            run_backup(&server.config_path(), dir.path(), &["alice", "bob"]);
+            runs += 1;
+        }
+    });
+    assert!(runs >= 3, "only {runs} backups ran during the workload");
+    for user in ["alice", "bob"] {
+        assert_every_committed_state_consistent(dir.path(), user);
+    }
+    // With the server quiet again, one more run makes the archive equal to the spool.
+    run_backup(&server.config_path(), dir.path(), &["alice", "bob"]);
+    for user in ["alice", "bob"] {
+        assert_archive_equals_spool(&server.config_path(), dir.path(), user);
+    }
+}
+
+#[test]
+fn a_killed_backup_loses_nothing_and_the_next_run_completes() {
+    let server = CyrusServer::start(CyrusOptions::default());
+    populate(&server);
+    let big: Vec<Vec<u8>> = (0..60)
+        .map(|i| {
+            format!(
+                "Subject: big {i}\r\n\r\n{}\r\n",
+                "attachment line\r\n".repeat(4000 + i)
+            )
+            .into_bytes()
+        })
+        .collect();
+    server.deliver_many("x@example.org", &["alice"], &big);
+    let dir = TempDir::new("backup-kill");
+    let mut rng = crate::util::Rng::new(99);
+    for round in 0..8 {
+        let mut child = crate::util::bin()
+            .args([
+                "backup",
+                "--config",
+                server.config_path().to_str().unwrap(),
+                "--archive-dir",
+                dir.path().to_str().unwrap(),
+                "--jobs",
+                "1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(150)));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever was committed opens and is consistent.
+        for paths in mailpack::store::list_archives(dir.path()).unwrap() {
+            let user = paths.user.clone().unwrap();
+            assert_every_committed_state_consistent(dir.path(), &user);
+            let report = mailpack::store::verify(&paths).unwrap();
+            assert!(
+                report.problems.is_empty(),
+                "round {round} {user}: {:?}",
+                report.problems
+            );
+        }
+    }
+    run_backup(&server.config_path(), dir.path(), &[]);
+    let fresh = TempDir::new("backup-fresh");
+    run_backup(&server.config_path(), fresh.path(), &[]);
+    for user in ["alice", "bob", "john.doe"] {
+        assert_archive_equals_spool(&server.config_path(), dir.path(), user);
+        let state = |d: &Path| -> Vec<(String, String, String)> {
+            let a =
+                Archive::open(&ArchivePaths::for_user(d, user).unwrap(), &mut Vec::new()).unwrap();
+            a.state_at(None)
+                .into_iter()
+                .map(|(_, e)| (e.name.clone(), e.target.clone(), e.sha1.to_hex()))
+                .collect()
+        };
+        assert_eq!(
+            state(dir.path()),
+            state(fresh.path()),
+            "{user}: interrupted runs left a different result"
+        );
+    }
+}
