@@ -415,13 +415,10 @@ fn capture_once(
     ];
     for (i, (file, bytes)) in files.into_iter().enumerate() {
         let name = folder_entry(uid, file.file_name());
-        match bytes {
-            Some(bytes) => {
-                let mtime =
-                    snap.stats[i].map_or(time, |s| (s.mtime_ns.max(0) / 1_000_000_000) as u64);
-                writer.append_bytes(&name, bytes, snap.stats[i], mtime)?;
-            }
-            None => {} // no annotations file yet; nothing was stored for it either
+        // No annotations file yet means nothing to store for it either.
+        if let Some(bytes) = bytes {
+            let mtime = snap.stats[i].map_or(time, |s| (s.mtime_ns.max(0) / 1_000_000_000) as u64);
+            writer.append_bytes(&name, bytes, snap.stats[i], mtime)?;
         }
     }
     Ok(Capture::Done)
