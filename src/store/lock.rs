@@ -11,7 +11,16 @@ use crate::error::{Error, Result};
 use crate::io::{fsync_dir, open_private, parent_dir, Faults};
 
 pub struct WriterLock {
-    _file: File,
+    file: File,
+}
+
+impl Drop for WriterLock {
+    fn drop(&mut self) {
+        // Unlock explicitly: a flock belongs to the open file description, which a child
+        // forked by another thread shares until it execs, so closing our handle alone could
+        // leave the archive locked for a moment after we are done.
+        let _ = FileExt::unlock(&self.file);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +54,7 @@ impl WriterLock {
                 }
             }
         }
-        Ok(WriterLock { _file: file })
+        Ok(WriterLock { file })
     }
 
     /// Takes the lock if nobody holds it, without creating the lock file. `None` when it is held
@@ -53,6 +62,6 @@ impl WriterLock {
     pub fn try_existing_or_new(path: &Path) -> Option<WriterLock> {
         let (file, _) = open_private(path).ok()?;
         file.try_lock_exclusive().ok()?;
-        Some(WriterLock { _file: file })
+        Some(WriterLock { file })
     }
 }
