@@ -97,3 +97,45 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Changes the benchmark spool as a day of mail would: `MAILPACK_BENCH_NEW` new messages
+/// delivered and as many messages' flags changed, by a real Cyrus running on that spool.
+#[test]
+#[ignore]
+fn change_bench_spool() {
+    let spool = PathBuf::from(std::env::var("MAILPACK_BENCH_SPOOL").expect("MAILPACK_BENCH_SPOOL"));
+    let n: usize = std::env::var("MAILPACK_BENCH_NEW").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    for dir in ["conf/socket", "conf/log", "conf/proc", "conf/db", "run/lock"] {
+        std::fs::create_dir_all(spool.join(dir)).unwrap();
+    }
+    let status = std::process::Command::new("chown").args(["-R", "cyrus:mail"]).arg(&spool).status().unwrap();
+    assert!(status.success());
+    let path = |p: &str| spool.join(p).to_str().unwrap().to_string();
+    let mut server = CyrusServer::start(
+        CyrusOptions::default()
+            .with("configdirectory", &path("conf"))
+            .with("partition-default", &path("spool"))
+            .with("sievedir", &path("sieve"))
+            .with("mboxname_lockpath", &path("run/lock")),
+    );
+    let users: Vec<String> = (0..100).map(|u| format!("user{u:03}")).collect();
+    let mut lmtp = Lmtp::connect(server.lmtp_addr());
+    for i in 0..n {
+        let msg = format!("Subject: new today {i}\r\nMessage-ID: <new.{i}@example.org>\r\n\r\n{}\r\n", "a line of new mail\r\n".repeat(50 + i % 400));
+        for r in lmtp.deliver("bench@example.org", &[users[i % users.len()].as_str()], msg.as_bytes()) {
+            r.unwrap();
+        }
+    }
+    lmtp.quit();
+    let per_user = n / users.len();
+    for u in &users {
+        let mut imap = server.imap(u);
+        let info = imap.select("Archive");
+        if info.exists > 0 {
+            let uids: Vec<String> = (1..info.uidnext).step_by(((info.uidnext as usize) / per_user.max(1)).max(1)).take(per_user).map(|x| x.to_string()).collect();
+            imap.uid_store(&uids.join(","), "+FLAGS", &["$Reviewed"]);
+        }
+    }
+    server.stop();
+    eprintln!("changed: {n} new messages, about {n} flag changes");
+}
