@@ -23,7 +23,7 @@ rm -rf "$s" && cp -a "$w/spool" "$s"
 conf=$s/etc/imapd.conf
 data=(-C "$s" spool conf sieve)
 echo "== spool: $(du -sh "$s/spool" | cut -f1), $(find "$s/spool" -name '*.' -type f | wc -l) message files"
-cat $(find "$s" -type f) > /dev/null
+find "$s" -type f -exec cat {} + > /dev/null
 
 echo "== 1. full backup (median of 2)"
 hyperfine --runs 2 --export-json "$w/full.json" \
@@ -50,7 +50,7 @@ hyperfine --warmup 1 --runs 5 --export-json "$w/nochange.json" \
 
 echo "== 3. after 1% new messages and 1% flag changes"
 MAILPACK_BENCH_SPOOL="$s" MAILPACK_BENCH_NEW=1000 cargo test --release --quiet --test it bench_spool::change_bench_spool -- --ignored --nocapture 2>&1 | tail -2
-cat $(find "$s" -type f -newer "$w/full.tar.gz") > /dev/null 2>&1 || true
+find "$s" -type f -newer "$w/full.tar.gz" -exec cat {} + > /dev/null 2>&1 || true
 /usr/bin/time -f "restic backup after the change: %e s, max RSS %M KiB" restic backup --quiet "$s/spool" "$s/conf" "$s/sieve"
 /usr/bin/time -f "mailpack backup after the change: %e s, max RSS %M KiB" "$mp" backup --config "$conf" --archive-dir "$w/A" --json > "$w/after.json"
 python3 - "$w/after.json" <<'PY'

@@ -5,14 +5,12 @@
 //! the index after it.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use flate2::write::DeflateEncoder;
-use flate2::Compression;
 use sha1::{Digest, Sha1};
 
 use super::member::{member_header, HEADER_LEN};
@@ -706,15 +704,131 @@ impl Drop for Deflater {
 /// field records the length and CRC32 of everything after it, so `verify` can vouch for every
 /// byte of the file (the gzip CRC alone covers only the decompressed bytes).
 pub(crate) fn compress_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(raw.len() / 2 + 64);
-    out.extend_from_slice(&[0u8; HEADER_LEN]);
-    let mut enc = DeflateEncoder::new(out, Compression::new(level));
-    enc.write_all(raw)?;
-    let mut out = enc.finish()?;
+    let strategy = choose_strategy(raw, level);
+    let mut out = vec![0u8; HEADER_LEN + zlib_rs::compress_bound(raw.len()) + 8];
+    let deflated_len = {
+        let (deflated, rc) =
+            zlib_rs::compress_slice(&mut out[HEADER_LEN..], raw, deflate_config(level, strategy));
+        if rc != zlib_rs::ReturnCode::Ok {
+            return Err(io::Error::other(format!("deflate failed: {rc:?}")));
+        }
+        deflated.len()
+    };
+    out.truncate(HEADER_LEN + deflated_len);
     out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
     out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
     let payload = &out[HEADER_LEN..];
     let header = member_header(payload.len() as u32, crc32fast::hash(payload));
     out[..HEADER_LEN].copy_from_slice(&header);
     Ok(out)
+}
+
+fn deflate_config(level: u32, strategy: zlib_rs::Strategy) -> zlib_rs::DeflateConfig {
+    zlib_rs::DeflateConfig {
+        level: level as i32,
+        method: zlib_rs::Method::Deflated,
+        // Negative: raw deflate; the gzip framing is ours.
+        window_bits: -15,
+        mem_level: 8,
+        strategy,
+    }
+}
+
+/// Bytes of a sample tried both ways before a member is Huffman-coded only.
+const STRATEGY_SAMPLE: usize = 64 << 10;
+
+/// Mail attachments are base64 of already-compressed files: their bytes carry about 6 bits of
+/// entropy each and no repeated strings, so string matching (most of deflate's time) gains
+/// nothing over Huffman coding alone. A member that is mostly base64 lines is Huffman-coded only,
+/// unless a sample shows that matching does pay (base64 of text, say). Output stays standard
+/// deflate and depends only on the input.
+fn choose_strategy(raw: &[u8], level: u32) -> zlib_rs::Strategy {
+    use zlib_rs::Strategy;
+    if level < 2 || base64_share(raw) < 0.7 {
+        return Strategy::Default;
+    }
+    let sample = &raw[..raw.len().min(STRATEGY_SAMPLE)];
+    let mut buf = vec![0u8; zlib_rs::compress_bound(sample.len())];
+    let size = |buf: &mut [u8], strategy| {
+        let (out, rc) = zlib_rs::compress_slice(buf, sample, deflate_config(level, strategy));
+        if rc == zlib_rs::ReturnCode::Ok {
+            out.len()
+        } else {
+            usize::MAX
+        }
+    };
+    let huffman = size(&mut buf, Strategy::HuffmanOnly);
+    let matched = size(&mut buf, Strategy::Default);
+    if (matched as f64) < huffman as f64 * 0.97 {
+        Strategy::Default
+    } else {
+        Strategy::HuffmanOnly
+    }
+}
+
+/// The share of `raw` in lines of at least 60 base64 characters (MIME wraps at 76).
+fn base64_share(raw: &[u8]) -> f64 {
+    if raw.is_empty() {
+        return 0.0;
+    }
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
+    let mut in_lines = 0usize;
+    for line in raw.split(|&b| b == b'\n') {
+        let body = line.strip_suffix(b"\r").unwrap_or(line);
+        if body.len() >= 60 && body.iter().all(|&b| is_b64(b)) {
+            in_lines += line.len() + 1;
+        }
+    }
+    in_lines as f64 / raw.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(raw: &[u8]) -> Vec<u8> {
+        let member = compress_member(raw, 6).unwrap();
+        let mut out = Vec::new();
+        let mut d = flate2::read::GzDecoder::new(&member[..]);
+        std::io::Read::read_to_end(&mut d, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn base64_attachments_are_huffman_coded_and_text_is_not() {
+        let mut state = 1u64;
+        let mut noise = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        };
+        let random: Vec<u8> = (0..300_000).map(|_| noise()).collect();
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = Vec::new();
+        for chunk in random.chunks(57) {
+            let mut line = String::new();
+            for group in chunk.chunks(3) {
+                let n = group.iter().fold(0u32, |acc, &b| acc << 8 | b as u32)
+                    << (8 * (3 - group.len()));
+                for i in 0..4 {
+                    line.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            b64.extend_from_slice(line.as_bytes());
+            b64.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(choose_strategy(&b64, 6), zlib_rs::Strategy::HuffmanOnly);
+        assert_eq!(round_trip(&b64), b64);
+        let text = b"Dear team, the quarterly report is attached. Regards, Alice\r\n".repeat(5000);
+        assert_eq!(choose_strategy(&text, 6), zlib_rs::Strategy::Default);
+        assert_eq!(round_trip(&text), text);
+        // Base64 of repetitive text: matching still pays, so it is kept.
+        let repetitive: Vec<u8> =
+            b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWkFCQ0RF\r\n"
+                .repeat(3000)
+                .to_vec();
+        assert_eq!(choose_strategy(&repetitive, 6), zlib_rs::Strategy::Default);
+        assert_eq!(round_trip(&[]), Vec::<u8>::new());
+    }
 }

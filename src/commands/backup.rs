@@ -66,8 +66,10 @@ pub fn backup(
     let jobs = options.jobs.clamp(1, total.max(1));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut writer = options.writer.clone();
-    // Compression threads per archive, so that jobs × threads fills the cores.
-    writer.threads = (cores / jobs).max(1);
+    // Every archive gets a deflate pool as wide as the machine: while one user's thread reads
+    // and hashes files, the pools keep the cores compressing. The pools are bounded (two members
+    // in flight per thread), so memory stays a few MiB per job.
+    writer.threads = cores;
     let user_options = UserOptions {
         locks: options.locks,
         retries: 3,

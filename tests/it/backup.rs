@@ -380,3 +380,176 @@ fn a_killed_backup_loses_nothing_and_the_next_run_completes() {
         );
     }
 }
+
+#[test]
+fn a_corrupt_or_vanished_message_file_skips_only_its_mailbox() {
+    let server = CyrusServer::start(CyrusOptions::default());
+    for u in ["alice", "bob"] {
+        server.create_user(u);
+    }
+    let mut imap = server.imap("alice");
+    imap.create("Other");
+    imap.append("Other", &[], None, b"Subject: fine\r\n\r\nfine\r\n");
+    drop(imap);
+    server.lmtp_deliver(
+        "x@example.org",
+        &["alice"],
+        b"Subject: one\r\n\r\nfirst\r\n",
+    );
+    server.lmtp_deliver(
+        "x@example.org",
+        &["alice"],
+        b"Subject: two\r\n\r\nsecond\r\n",
+    );
+    server.lmtp_deliver("x@example.org", &["bob"], b"Subject: bob\r\n\r\nbob's\r\n");
+    let spool = Spool::open(&server.config_path()).unwrap();
+    let inbox = spool.inbox("alice").unwrap();
+    let dir_of_inbox = spool.mailbox_dir(inbox).unwrap();
+    // Same size, other bytes: the SHA-1 no longer matches the GUID in the index.
+    let one = dir_of_inbox.join("1.");
+    let mut bytes = std::fs::read(&one).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x20;
+    std::fs::write(&one, &bytes).unwrap();
+
+    let dir = TempDir::new("backup-corrupt");
+    let reports = run_backup(&server.config_path(), dir.path(), &[]);
+    let alice = &reports["alice"];
+    assert!(
+        alice
+            .problems
+            .iter()
+            .any(|p| p.contains("uid 1") && p.contains("expected")),
+        "{alice:?}"
+    );
+    assert_eq!(alice.skipped, 1, "{alice:?}");
+    assert!(reports["bob"].problems.is_empty());
+    let archive = Archive::open(
+        &ArchivePaths::for_user(dir.path(), "alice").unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    let uid = inbox.uniqueid.as_deref().unwrap();
+    assert!(
+        archive.latest(&folder_entry(uid, "cyrus.index")).is_none(),
+        "an index whose message is wrong was stored"
+    );
+    let other = spool
+        .mailboxes_of("alice")
+        .find(|e| e.name.parts.last().map(String::as_str) == Some("Other"))
+        .unwrap();
+    assert!(
+        archive
+            .latest(&folder_entry(
+                other.uniqueid.as_deref().unwrap(),
+                "cyrus.index"
+            ))
+            .is_some(),
+        "the sound mailbox was skipped too"
+    );
+    assert!(archive
+        .state_at(None)
+        .iter()
+        .all(|(_, e)| !e.name.starts_with("files/")
+            || mailpack::Guid::of(&read_all(&archive, &e.name).unwrap()).to_hex() == e.name[6..]));
+
+    // A live record whose file is gone: read again a bounded number of times, then skipped.
+    std::fs::write(&one, &bytes[..0]).unwrap();
+    std::fs::remove_file(&one).unwrap();
+    let reports = run_backup(&server.config_path(), dir.path(), &["alice"]);
+    assert!(
+        reports["alice"]
+            .problems
+            .iter()
+            .any(|p| p.contains("changed on every one of")),
+        "{:?}",
+        reports["alice"]
+    );
+}
+
+#[test]
+fn a_user_removed_from_the_server_is_recorded_as_gone() {
+    let server = CyrusServer::start(CyrusOptions::default().with("delete_mode", "immediate"));
+    for u in ["alice", "carol"] {
+        server.create_user(u);
+    }
+    server.lmtp_deliver(
+        "x@example.org",
+        &["alice", "carol"],
+        b"Subject: hi\r\n\r\nhello\r\n",
+    );
+    let dir = TempDir::new("backup-gone");
+    run_backup(&server.config_path(), dir.path(), &[]);
+    let mut admin = server.admin();
+    admin.ok(&format!(
+        "SETACL {} admin x",
+        crate::cyrus::mailbox_arg(&server.user_mailbox("carol"))
+    ));
+    admin.delete(&server.user_mailbox("carol"));
+    drop(admin);
+    let reports = run_backup(&server.config_path(), dir.path(), &[]);
+    assert!(reports["carol"].gone, "{:?}", reports["carol"]);
+    let carol = Archive::open(
+        &ArchivePaths::for_user(dir.path(), "carol").unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert!(
+        carol
+            .state_at(None)
+            .iter()
+            .all(|(_, e)| !e.name.starts_with("imap/")),
+        "names still live"
+    );
+    // History stays: as of the first run, carol's INBOX and message are there.
+    assert!(carol
+        .state_at(Some(1))
+        .iter()
+        .any(|(_, e)| e.name == "imap/user/carol"));
+    // Reported once: a later run has nothing more to record for carol.
+    assert!(!run_backup(&server.config_path(), dir.path(), &[]).contains_key("carol"));
+}
+
+#[test]
+fn a_busy_archive_fails_only_its_own_user() {
+    let server = CyrusServer::start(CyrusOptions::default());
+    for u in ["alice", "bob"] {
+        server.create_user(u);
+    }
+    let dir = TempDir::new("backup-busy");
+    let bob = ArchivePaths::for_user(dir.path(), "bob").unwrap();
+    let _held = mailpack::store::WriterLock::acquire(
+        &bob.lock,
+        mailpack::store::LockWait::No,
+        &mailpack::io::Faults::none(),
+    )
+    .unwrap();
+    let options = BackupOptions {
+        config: server.config_path(),
+        archive_dir: dir.path().to_path_buf(),
+        users: vec![],
+        jobs: 2,
+        locks: LockOptions::default(),
+        writer: WriterOptions::default(),
+    };
+    let mut outcomes = Vec::new();
+    let summary = backup(&options, &mut |o, _, _| {
+        outcomes.push(match o {
+            UserOutcome::Done(r) => (r.user.clone(), None),
+            UserOutcome::Failed { user, error } => (user.clone(), Some(error.clone())),
+        })
+    })
+    .unwrap();
+    outcomes.sort();
+    assert_eq!(summary.failed, 1);
+    assert_eq!(outcomes[0], ("alice".to_string(), None));
+    assert_eq!(outcomes[1].0, "bob");
+    assert!(
+        outcomes[1]
+            .1
+            .as_ref()
+            .unwrap()
+            .contains("locked by another writer"),
+        "{outcomes:?}"
+    );
+}
