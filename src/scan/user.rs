@@ -121,16 +121,15 @@ pub fn backup_user(
             continue;
         }
         report.changed += 1;
-        capture_mailbox(
+        Pass2 {
             spool,
-            e,
-            &uid,
             archive,
             writer,
-            &mut added,
+            added: &mut added,
             options,
-            &mut report,
-        )?;
+            report: &mut report,
+        }
+        .capture_mailbox(e, &uid)?;
     }
 
     // Names: new and renamed mailboxes get a link, vanished names a tombstone.
@@ -265,163 +264,159 @@ enum Capture {
     Again,
 }
 
-/// Pass 2 for one mailbox, with bounded retries.
-#[allow(clippy::too_many_arguments)]
-fn capture_mailbox(
-    spool: &Spool,
-    e: &MailboxEntry,
-    uid: &str,
-    archive: &Archive,
-    writer: &mut ArchiveWriter,
-    added: &mut HashSet<Guid>,
-    options: &UserOptions,
-    report: &mut UserReport,
-) -> Result<()> {
-    for _ in 0..=options.retries {
-        match capture_once(spool, e, uid, archive, writer, added, options, report)? {
-            Capture::Done => return Ok(()),
-            Capture::Again => continue,
-        }
-    }
-    report.skipped += 1;
-    report.problems.push(format!(
-        "{}: changed on every one of {} reads; skipped this run",
-        e.name,
-        options.retries + 1
-    ));
-    Ok(())
+/// What pass 2 of one user's run works with.
+struct Pass2<'a> {
+    spool: &'a Spool,
+    archive: &'a Archive,
+    writer: &'a mut ArchiveWriter,
+    /// Message files appended in this run, not yet committed.
+    added: &'a mut HashSet<Guid>,
+    options: &'a UserOptions,
+    report: &'a mut UserReport,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn capture_once(
-    spool: &Spool,
-    e: &MailboxEntry,
-    uid: &str,
-    archive: &Archive,
-    writer: &mut ArchiveWriter,
-    added: &mut HashSet<Guid>,
-    options: &UserOptions,
-    report: &mut UserReport,
-) -> Result<Capture> {
-    let (snap, name_lock) = match spool.read_mailbox(e, &options.locks) {
-        Ok(x) => x,
-        Err(Error::Busy { path }) => {
-            report.skipped += 1;
-            report.problems.push(format!(
-                "{}: {} stayed locked; skipped this run",
-                e.name,
-                path.display()
-            ));
-            return Ok(Capture::Done);
-        }
-        Err(
-            err @ (Error::Corrupt { .. }
-            | Error::NotFound(_)
-            | Error::Unsupported { .. }
-            | Error::Changed { .. }),
-        ) => {
-            report.skipped += 1;
-            report
-                .problems
-                .push(format!("{}: {err}; skipped this run", e.name));
-            return Ok(Capture::Done);
-        }
-        Err(err) => return Err(err),
-    };
-    report.metadata_files_read += 2 + snap.annotations_bytes.is_some() as u64;
-    report.bytes_read += (snap.header_bytes.len()
-        + snap.index_bytes.len()
-        + snap.annotations_bytes.as_ref().map_or(0, Vec::len)) as u64;
-
-    // Message files first: a stored index must never reference a message the archive lacks.
-    // The shared name lock is held throughout, so Cyrus unlinks none of them meanwhile.
-    let data_dir = spool.mailbox_dir(e);
-    let archive_dir = spool.archive_dir(e);
-    let mut bad = false;
-    for r in snap.index.records.iter().filter(|r| !r.is_unlinked()) {
-        if r.guid.is_zero() || added.contains(&r.guid) || archive.has_file(&r.guid) {
-            continue;
-        }
-        let dir = if r.is_archived() {
-            archive_dir.as_ref()
-        } else {
-            data_dir.as_ref()
-        };
-        let Some(path) = dir.map(|d| d.join(r.message_file_name())) else {
-            report.problems.push(format!(
-                "{}: uid {} has no directory to read from",
-                e.name, r.uid
-            ));
-            bad = true;
-            continue;
-        };
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                if r.is_expunged() {
-                    continue; // cleaned up between the index read and now: nothing to keep
-                }
-                drop(name_lock);
-                return Ok(Capture::Again);
+impl Pass2<'_> {
+    /// Pass 2 for one mailbox, with bounded retries.
+    fn capture_mailbox(&mut self, e: &MailboxEntry, uid: &str) -> Result<()> {
+        for _ in 0..=self.options.retries {
+            match self.capture_once(e, uid)? {
+                Capture::Done => return Ok(()),
+                Capture::Again => continue,
             }
-            Err(err) => {
-                report
+        }
+        self.report.skipped += 1;
+        self.report.problems.push(format!(
+            "{}: changed on every one of {} reads; skipped this run",
+            e.name,
+            self.options.retries + 1
+        ));
+        Ok(())
+    }
+
+    fn capture_once(&mut self, e: &MailboxEntry, uid: &str) -> Result<Capture> {
+        let (snap, name_lock) = match self.spool.read_mailbox(e, &self.options.locks) {
+            Ok(x) => x,
+            Err(Error::Busy { path }) => {
+                self.report.skipped += 1;
+                self.report.problems.push(format!(
+                    "{}: {} stayed locked; skipped this run",
+                    e.name,
+                    path.display()
+                ));
+                return Ok(Capture::Done);
+            }
+            Err(
+                err @ (Error::Corrupt { .. }
+                | Error::NotFound(_)
+                | Error::Unsupported { .. }
+                | Error::Changed { .. }),
+            ) => {
+                self.report.skipped += 1;
+                self.report
                     .problems
-                    .push(Error::io("open", &path, err).to_string());
-                bad = true;
+                    .push(format!("{}: {err}; skipped this run", e.name));
+                return Ok(Capture::Done);
+            }
+            Err(err) => return Err(err),
+        };
+        self.report.metadata_files_read += 2 + snap.annotations_bytes.is_some() as u64;
+        self.report.bytes_read += (snap.header_bytes.len()
+            + snap.index_bytes.len()
+            + snap.annotations_bytes.as_ref().map_or(0, Vec::len))
+            as u64;
+
+        // Message files first: a stored index must never reference a message the self.archive lacks.
+        // The shared name lock is held throughout, so Cyrus unlinks none of them meanwhile.
+        let data_dir = self.spool.mailbox_dir(e);
+        let archive_dir = self.spool.archive_dir(e);
+        let mut bad = false;
+        for r in snap.index.records.iter().filter(|r| !r.is_unlinked()) {
+            if r.guid.is_zero() || self.added.contains(&r.guid) || self.archive.has_file(&r.guid) {
                 continue;
             }
-        };
-        let meta = file
-            .metadata()
-            .map_err(|err| Error::io("stat", &path, err))?;
-        report.message_files_read += 1;
-        report.bytes_read += meta.len();
-        let mtime = (r.internaldate_ns.max(0) / 1_000_000_000) as u64;
-        match writer.append_reader(
-            &file_entry_name(&r.guid),
-            &mut file,
-            meta.len(),
-            Some(r.guid),
-            None,
-            mtime,
-        )? {
-            Ok(_) => {
-                added.insert(r.guid);
-                report.messages_added += 1;
-            }
-            Err(rejected) => {
-                report.problems.push(format!(
-                    "{}: uid {} ({}): {}; the mailbox's metadata is not stored this run",
-                    e.name,
-                    r.uid,
-                    path.display(),
-                    rejected.0
+            let dir = if r.is_archived() {
+                archive_dir.as_ref()
+            } else {
+                data_dir.as_ref()
+            };
+            let Some(path) = dir.map(|d| d.join(r.message_file_name())) else {
+                self.report.problems.push(format!(
+                    "{}: uid {} has no directory to read from",
+                    e.name, r.uid
                 ));
                 bad = true;
+                continue;
+            };
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    if r.is_expunged() {
+                        continue; // cleaned up between the index read and now: nothing to keep
+                    }
+                    drop(name_lock);
+                    return Ok(Capture::Again);
+                }
+                Err(err) => {
+                    self.report
+                        .problems
+                        .push(Error::io("open", &path, err).to_string());
+                    bad = true;
+                    continue;
+                }
+            };
+            let meta = file
+                .metadata()
+                .map_err(|err| Error::io("stat", &path, err))?;
+            self.report.message_files_read += 1;
+            self.report.bytes_read += meta.len();
+            let mtime = (r.internaldate_ns.max(0) / 1_000_000_000) as u64;
+            match self.writer.append_reader(
+                &file_entry_name(&r.guid),
+                &mut file,
+                meta.len(),
+                Some(r.guid),
+                None,
+                mtime,
+            )? {
+                Ok(_) => {
+                    self.added.insert(r.guid);
+                    self.report.messages_added += 1;
+                }
+                Err(rejected) => {
+                    self.report.problems.push(format!(
+                        "{}: uid {} ({}): {}; the mailbox's metadata is not stored this run",
+                        e.name,
+                        r.uid,
+                        path.display(),
+                        rejected.0
+                    ));
+                    bad = true;
+                }
             }
         }
-    }
-    drop(name_lock);
-    if bad {
-        report.skipped += 1;
-        return Ok(Capture::Done);
-    }
-    let time = options.time.max(0) as u64;
-    let files: [(MetaFile, Option<&Vec<u8>>); 3] = [
-        (MetaFile::Header, Some(&snap.header_bytes)),
-        (MetaFile::Index, Some(&snap.index_bytes)),
-        (MetaFile::Annotations, snap.annotations_bytes.as_ref()),
-    ];
-    for (i, (file, bytes)) in files.into_iter().enumerate() {
-        let name = folder_entry(uid, file.file_name());
-        // No annotations file yet means nothing to store for it either.
-        if let Some(bytes) = bytes {
-            let mtime = snap.stats[i].map_or(time, |s| (s.mtime_ns.max(0) / 1_000_000_000) as u64);
-            writer.append_bytes(&name, bytes, snap.stats[i], mtime)?;
+        drop(name_lock);
+        if bad {
+            self.report.skipped += 1;
+            return Ok(Capture::Done);
         }
+        let time = self.options.time.max(0) as u64;
+        let files: [(MetaFile, Option<&Vec<u8>>); 3] = [
+            (MetaFile::Header, Some(&snap.header_bytes)),
+            (MetaFile::Index, Some(&snap.index_bytes)),
+            (MetaFile::Annotations, snap.annotations_bytes.as_ref()),
+        ];
+        for (i, (file, bytes)) in files.into_iter().enumerate() {
+            let name = folder_entry(uid, file.file_name());
+            // No annotations file yet means nothing to store for it either.
+            if let Some(bytes) = bytes {
+                let mtime =
+                    snap.stats[i].map_or(time, |s| (s.mtime_ns.max(0) / 1_000_000_000) as u64);
+                self.writer
+                    .append_bytes(&name, bytes, snap.stats[i], mtime)?;
+            }
+        }
+        Ok(Capture::Done)
     }
-    Ok(Capture::Done)
 }
 
 /// Seen, subscriptions, quota, the sieve index and the sieve directory, each read under a shared
