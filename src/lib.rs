@@ -10,6 +10,7 @@
 pub mod archive;
 pub mod cli;
 pub mod commands;
+pub mod compact;
 pub mod error;
 pub mod guid;
 pub mod io;

@@ -40,6 +40,8 @@ enum Command {
     Put(PutArgs),
     /// Back up every user (or those named) of a Cyrus server, one committed run per user.
     Backup(BackupArgs),
+    /// Compaction policy and plan: what a compaction would keep and drop, and why (--dry-run).
+    Compact(CompactArgs),
     /// Look at a Cyrus spool as mailpack reads it, directly from disk under Cyrus's locks.
     #[command(subcommand)]
     Spool(SpoolCommand),
@@ -73,6 +75,32 @@ struct BackupArgs {
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
     level: u32,
     /// JSON lines on stdout, one per user (formats/json-output.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CompactArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Print what would be kept and dropped, per archive, without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Compact even when the live share is above the threshold.
+    #[arg(long)]
+    force: bool,
+    /// Every metadata version committed within this many days is kept, plus the newest before.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    keep_days: i64,
+    /// A deleted mailbox's data is kept this many days after its deletion.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    keep_deleted_days: i64,
+    /// Live share (percent) under which an archive is compacted, right after a compaction.
+    #[arg(long, default_value_t = 80, value_name = "PERCENT")]
+    threshold_start: u32,
+    /// Points the threshold rises per week since the last compaction.
+    #[arg(long, default_value_t = 1, value_name = "POINTS")]
+    threshold_step: u32,
     #[arg(long)]
     json: bool,
 }
@@ -462,6 +490,65 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
             } else {
                 0
             })
+        }
+        Command::Compact(args) => {
+            if !args.dry_run {
+                return Err(Error::usage(
+                    "compact: rewriting archives is not implemented yet; run with --dry-run to see the plan",
+                ));
+            }
+            let options = crate::compact::PlanOptions {
+                now: commands::now(),
+                keep_days: args.keep_days,
+                keep_deleted_days: args.keep_deleted_days,
+                threshold_start: args.threshold_start,
+                threshold_step: args.threshold_step,
+                force: args.force,
+            };
+            let mut code = 0;
+            for paths in selection(&args.archive, None)?.resolve()? {
+                let mut notices = Vec::new();
+                let result = crate::store::Archive::open(&paths, &mut notices)
+                    .and_then(|a| crate::compact::plan(&a, &options));
+                p.notices(&notices);
+                match result {
+                    Ok(plan) if args.json => p.json(
+                        "plan",
+                        &serde_json::json!({ "archive": paths.archive, "plan": plan }),
+                    )?,
+                    Ok(plan) => {
+                        let d = &plan.dropped;
+                        p.line(&format!(
+                            "{}: {} bytes, live {:.1}% (threshold {}% after {} weeks): {}; about {} bytes after",
+                            paths.archive.display(),
+                            plan.archive_bytes,
+                            plan.live_percent,
+                            plan.threshold_percent,
+                            plan.weeks_since_compaction,
+                            if plan.compact { "would compact" } else { "would leave as is" },
+                            plan.estimated_bytes_after
+                        ))?;
+                        for (what, (n, bytes)) in [
+                            ("old metadata versions", d.old_metadata_versions),
+                            (
+                                "messages expunged beyond retention",
+                                d.expunged_beyond_retention,
+                            ),
+                            ("deleted mailboxes' entries", d.deleted_mailboxes),
+                            ("duplicate copies", d.duplicate_copies),
+                        ] {
+                            if n > 0 {
+                                p.line(&format!("  drop {n} {what} ({bytes} bytes uncompressed)"))?;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        p.error(&e);
+                        code = 2;
+                    }
+                }
+            }
+            Ok(code)
         }
         Command::Spool(SpoolCommand::Ls(args)) => {
             let listing = commands::spool::spool_ls(&commands::spool::SpoolLsOptions {

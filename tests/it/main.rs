@@ -4,6 +4,7 @@ mod archive;
 mod backup;
 mod bench_spool;
 mod cli;
+mod compact;
 mod cyrus;
 mod cyrus_smoke;
 mod fixtures;

@@ -1,0 +1,263 @@
+//! Which entries are live (formats/compaction.md). Live = everything a restore "as of any
+//! committed run within the retention window" needs: every metadata version committed inside
+//! the window plus the newest one before it; every message a kept `cyrus.index` version
+//! references (expunged records included, unlinked ones not); a deleted mailbox's data until
+//! `keep_deleted_days` after its deletion; tombstones until their mailbox's data ages out; every
+//! commit marker. Everything else is dead.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+
+use crate::archive::{EntryKind, EntryRecord, FILES_DIR};
+use crate::error::{Error, Result};
+use crate::guid::Guid;
+use crate::store::Archive;
+
+const DAY: i64 = 86_400;
+const WEEK: i64 = 7 * DAY;
+
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    pub now: i64,
+    pub keep_days: i64,
+    pub keep_deleted_days: i64,
+    /// Live share (percent) under which an archive is compacted, right after a compaction.
+    pub threshold_start: u32,
+    /// Points the threshold rises per week since the last compaction.
+    pub threshold_step: u32,
+    pub force: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            now: 0,
+            keep_days: 30,
+            keep_deleted_days: 30,
+            threshold_start: 80,
+            threshold_step: 1,
+            force: false,
+        }
+    }
+}
+
+/// The threshold in force `weeks` after the last compaction: `start + step × weeks`, at most 100,
+/// so with the defaults every archive with anything dead is compacted within 20 weeks.
+pub fn threshold_percent(start: u32, step: u32, weeks: u64) -> u32 {
+    (start as u64 + step as u64 * weeks).min(100) as u32
+}
+
+/// Counts and bytes (uncompressed tar bytes) of what a compaction would drop, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Dropped {
+    pub old_metadata_versions: (u64, u64),
+    pub expunged_beyond_retention: (u64, u64),
+    pub deleted_mailboxes: (u64, u64),
+    pub duplicate_copies: (u64, u64),
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CompactPlan {
+    pub archive_bytes: u64,
+    /// Uncompressed tar bytes of every entry, and of the live ones.
+    pub total_raw: u64,
+    pub live_raw: u64,
+    pub live_percent: f64,
+    pub threshold_percent: u32,
+    pub weeks_since_compaction: u64,
+    /// Whether the policy (or `force`) says to compact now.
+    pub compact: bool,
+    /// Estimated archive size after compaction (scaled by the live share).
+    pub estimated_bytes_after: u64,
+    pub dropped: Dropped,
+    /// For every run, which of its entries stay (same order as the archive).
+    #[serde(skip)]
+    pub keep: Vec<Vec<bool>>,
+}
+
+fn raw_size(e: &EntryRecord) -> u64 {
+    e.placement.data_at - e.placement.header_at as u64 + e.size.div_ceil(512) * 512
+}
+
+fn folder_of(name: &str) -> Option<&str> {
+    name.strip_prefix("folders/")?.split('/').next()
+}
+
+pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
+    let window_start = options.now - options.keep_days * DAY;
+    let runs = archive.runs();
+
+    // Every version of every name, in commit order: (run position, entry position).
+    let mut versions: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
+    for (r, run) in runs.iter().enumerate() {
+        for (i, e) in archive.entries_of(run).iter().enumerate() {
+            versions.entry(e.name.as_str()).or_default().push((r, i));
+        }
+    }
+    let entry = |(r, i): (usize, usize)| &archive.entries_of(&runs[r])[i];
+
+    // When each folder stopped being named: the run after which no live link points at it.
+    let mut linked_until: HashMap<&str, Option<i64>> = HashMap::new();
+    for (name, vs) in &versions {
+        if !name.starts_with("imap/") {
+            continue;
+        }
+        for (k, &v) in vs.iter().enumerate() {
+            let e = entry(v);
+            let Some(folder) = e.target.strip_prefix("folders/") else {
+                continue;
+            };
+            // This link held from its run until the next version of the name, if any.
+            let until = vs.get(k + 1).map(|&(r, _)| runs[r].time);
+            let slot = linked_until.entry(folder).or_insert(Some(i64::MIN));
+            *slot = match (*slot, until) {
+                (None, _) | (_, None) => None,
+                (Some(a), Some(b)) => Some(a.max(b)),
+            };
+        }
+    }
+    let aged_out = |folder: &str| match linked_until.get(folder) {
+        Some(Some(deleted)) => options.now - deleted > options.keep_deleted_days * DAY,
+        _ => false,
+    };
+
+    let mut keep: Vec<Vec<bool>> = runs
+        .iter()
+        .map(|r| vec![false; archive.entries_of(r).len()])
+        .collect();
+    let mut dropped = Dropped::default();
+    let add = |slot: &mut (u64, u64), e: &EntryRecord| {
+        slot.0 += 1;
+        slot.1 += raw_size(e);
+    };
+
+    // Metadata, names and per-user files.
+    for (name, vs) in &versions {
+        if name.starts_with(FILES_DIR) {
+            continue;
+        }
+        let folder = folder_of(name).or_else(|| {
+            // A name whose every version pointed at aged-out folders goes with them.
+            let targets: Vec<&str> = vs
+                .iter()
+                .filter_map(|&v| entry(v).target.strip_prefix("folders/"))
+                .collect();
+            (name.starts_with("imap/")
+                && !targets.is_empty()
+                && targets.iter().all(|f| aged_out(f)))
+            .then(|| targets[0])
+        });
+        if let Some(f) = folder {
+            if aged_out(f) {
+                for &v in vs {
+                    add(&mut dropped.deleted_mailboxes, entry(v));
+                }
+                continue;
+            }
+        }
+        let newest_before = vs.iter().rposition(|&(r, _)| runs[r].time < window_start);
+        for (k, &(r, i)) in vs.iter().enumerate() {
+            if runs[r].time >= window_start || Some(k) == newest_before {
+                keep[r][i] = true;
+            } else {
+                add(&mut dropped.old_metadata_versions, entry((r, i)));
+            }
+        }
+    }
+
+    // Messages referenced by a kept index version.
+    let mut referenced: HashSet<Guid> = HashSet::new();
+    for (r, run) in runs.iter().enumerate() {
+        for (i, e) in archive.entries_of(run).iter().enumerate() {
+            if keep[r][i] && e.kind == EntryKind::File && e.name.ends_with("/cyrus.index") {
+                let mut bytes = Vec::with_capacity(e.size as usize);
+                archive
+                    .read_entry(e)?
+                    .read_to_end(&mut bytes)
+                    .map_err(|err| Error::io("read", &archive.paths().archive, err))?;
+                let index = crate::spool::index::parse(&bytes).map_err(|err| {
+                    Error::corrupt(
+                        &archive.paths().archive,
+                        e.placement.member,
+                        format!("{}: {err}", e.name),
+                    )
+                })?;
+                referenced.extend(
+                    index
+                        .records
+                        .iter()
+                        .filter(|rec| !rec.is_unlinked())
+                        .map(|rec| rec.guid),
+                );
+            }
+        }
+    }
+    let mut stored: HashSet<&str> = HashSet::new();
+    for (r, run) in runs.iter().enumerate() {
+        for (i, e) in archive.entries_of(run).iter().enumerate() {
+            let Some(hex) = e.name.strip_prefix(FILES_DIR) else {
+                continue;
+            };
+            let guid: Option<Guid> = hex.parse().ok();
+            if !stored.insert(e.name.as_str()) {
+                add(&mut dropped.duplicate_copies, e);
+            } else if guid.is_some_and(|g| referenced.contains(&g)) {
+                keep[r][i] = true;
+            } else {
+                add(&mut dropped.expunged_beyond_retention, e);
+            }
+        }
+    }
+    let total_raw: u64 = runs
+        .iter()
+        .flat_map(|r| archive.entries_of(r))
+        .map(raw_size)
+        .sum();
+    let mut live_raw = 0u64;
+    for (r, run) in runs.iter().enumerate() {
+        for (i, e) in archive.entries_of(run).iter().enumerate() {
+            if keep[r][i] {
+                live_raw += raw_size(e);
+            }
+        }
+    }
+    let live_percent = if total_raw == 0 {
+        100.0
+    } else {
+        live_raw as f64 * 100.0 / total_raw as f64
+    };
+    let since = runs.first().map_or(options.now, |r| r.time);
+    let weeks = ((options.now - since).max(0) / WEEK) as u64;
+    let threshold = threshold_percent(options.threshold_start, options.threshold_step, weeks);
+    let archive_bytes = archive.committed_len();
+    Ok(CompactPlan {
+        archive_bytes,
+        total_raw,
+        live_raw,
+        live_percent,
+        threshold_percent: threshold,
+        weeks_since_compaction: weeks,
+        compact: live_raw < total_raw && (options.force || live_percent < threshold as f64),
+        estimated_bytes_after: if total_raw == 0 {
+            archive_bytes
+        } else {
+            (archive_bytes as u128 * live_raw as u128 / total_raw as u128) as u64
+        },
+        dropped,
+        keep,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_threshold_rises_a_point_a_week_and_stops_at_100() {
+        assert_eq!(threshold_percent(80, 1, 0), 80);
+        assert_eq!(threshold_percent(80, 1, 7), 87);
+        assert_eq!(threshold_percent(80, 1, 20), 100);
+        assert_eq!(threshold_percent(80, 1, 500), 100);
+        assert_eq!(threshold_percent(90, 2, 3), 96);
+    }
+}
