@@ -39,9 +39,7 @@ pub fn backup(
 ) -> Result<BackupSummary> {
     let spool = Spool::open(&options.config)?;
     create_archive_dir(&options.archive_dir)?;
-    let annotations_path = spool.config.configdirectory.join("annotations.db");
-    let annotations =
-        crate::spool::user::read_db_if_present(&annotations_path)?.unwrap_or_default();
+    let annotations = spool.annotations()?;
 
     let on_server = spool.users();
     let mut work: Vec<(String, bool)> = if options.users.is_empty() {
@@ -133,7 +131,7 @@ pub fn backup(
 fn one_user(
     options: &BackupOptions,
     spool: &Spool,
-    annotations: &[crate::spool::cyrusdb::Record],
+    annotations: &crate::spool::user::MailboxAnnotations,
     writer: &WriterOptions,
     user_options: &UserOptions,
     user: &str,

@@ -89,6 +89,8 @@ pub struct SpoolLsOptions {
 
 pub fn spool_ls(options: &SpoolLsOptions) -> Result<SpoolListing> {
     let spool = Spool::open(&options.config)?;
+    // Read once for all users; a damaged annotations.db is a problem of every user, not fatal.
+    let all_annotations = spool.annotations();
     let users = if options.users.is_empty() {
         spool.users()
     } else {
@@ -135,8 +137,9 @@ pub fn spool_ls(options: &SpoolLsOptions) -> Result<SpoolListing> {
                 None
             }
         };
-        let annotations = match spool.user_annotations(&user) {
-            Ok(list) => list
+        let annotations = match &all_annotations {
+            Ok(all) => spool
+                .user_annotations(&user, all)
                 .into_iter()
                 .map(|a| AnnotationView {
                     mailbox: a.mailbox,

@@ -15,6 +15,7 @@ use crate::guid::Guid;
 use crate::spool::cyrusdb::Record;
 use crate::spool::lock::{FileLock, LockMode};
 use crate::spool::mboxlist::MailboxEntry;
+use crate::spool::user::MailboxAnnotations;
 use crate::spool::{LockOptions, MetaFile, Spool};
 use crate::store::{Archive, StoreWriter};
 
@@ -55,7 +56,7 @@ pub fn backup_user(
     spool: &Spool,
     user: &str,
     store: &mut StoreWriter,
-    annotations: &[Record],
+    annotations: &MailboxAnnotations,
     options: &UserOptions,
 ) -> Result<UserReport> {
     let started = Instant::now();
@@ -103,11 +104,7 @@ pub fn backup_user(
             &records_bytes(&db_records.iter().collect::<Vec<_>>()),
             options.time,
         )?;
-        let prefix = annotation_prefix(e, &uid);
-        let mine: Vec<&Record> = annotations
-            .iter()
-            .filter(|r| r.key.starts_with(&prefix))
-            .collect();
+        let mine: Vec<&Record> = annotations.of(&spool.annotation_key(e)).iter().collect();
         store_if_different(
             writer,
             &recorded,
@@ -213,18 +210,6 @@ fn commit(
     report.bytes_written = run.end - start_len;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(())
-}
-
-/// Entries of the global annotations.db that belong to the mailbox: keyed by uniqueid in 3.6+,
-/// by internal name before.
-fn annotation_prefix(e: &MailboxEntry, uid: &str) -> Vec<u8> {
-    let mut key = if e.id_record.is_some() {
-        uid.as_bytes().to_vec()
-    } else {
-        e.name.internal().into_bytes()
-    };
-    key.push(0);
-    key
 }
 
 fn store_if_different(

@@ -7,7 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -226,25 +226,12 @@ fn create_like(path: &Path, root: &Path) -> Result<File> {
             }
         }
     }
-    match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => {
-            chown_like(path, &owner)?;
-            Ok(f)
-        }
-        // Cyrus made it in the meantime.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("open", path, e)),
-        Err(e) => Err(Error::io("create", path, e)),
+    // Cyrus may create it in the meantime; open_private then just opens it.
+    let (file, created) = crate::io::open_private(path)?;
+    if created {
+        chown_like(path, &owner)?;
     }
+    Ok(file)
 }
 
 fn chown_like(path: &Path, owner: &std::fs::Metadata) -> Result<()> {

@@ -183,6 +183,30 @@ pub fn parse_quota(bytes: &[u8]) -> Result<Quota, super::ParseError> {
     })
 }
 
+/// The global `annotations.db` grouped by mailbox (the key's first field: the uniqueid in 3.6+,
+/// the internal name before), read once per run so that looking up one mailbox does not scan
+/// every record of the server.
+#[derive(Default)]
+pub struct MailboxAnnotations {
+    by_mailbox: std::collections::HashMap<Vec<u8>, Vec<Record>>,
+}
+
+impl MailboxAnnotations {
+    pub fn from_records(records: Vec<Record>) -> MailboxAnnotations {
+        let mut by_mailbox: std::collections::HashMap<Vec<u8>, Vec<Record>> = Default::default();
+        for r in records {
+            let mailbox = r.key.split(|&b| b == 0).next().unwrap_or(&[]).to_vec();
+            by_mailbox.entry(mailbox).or_default().push(r);
+        }
+        MailboxAnnotations { by_mailbox }
+    }
+
+    /// The records of one mailbox, in database order.
+    pub fn of(&self, mailbox: &[u8]) -> &[Record] {
+        self.by_mailbox.get(mailbox).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// One entry of the global `annotations.db` (mailbox METADATA, special-use, ...).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Annotation {

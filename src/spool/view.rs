@@ -1,6 +1,7 @@
 //! The spool as a whole: configuration and mailbox list, with the rules to find every
 //! mailbox's and user's files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::config::Config;
@@ -44,6 +45,11 @@ impl MetaFile {
 pub struct Spool {
     pub config: Config,
     pub mboxlist: Mboxlist,
+    /// Positions in `mboxlist.entries` of each user's mailboxes, in list order: computed once,
+    /// because a backup asks for every user's mailboxes.
+    by_owner: HashMap<String, Vec<usize>>,
+    /// Positions of mailboxes that belong to no user.
+    shared: Vec<usize>,
 }
 
 impl Spool {
@@ -52,46 +58,48 @@ impl Spool {
         let config = Config::read(config_path)?;
         let db = config.configdirectory.join("mailboxes.db");
         let mboxlist = Mboxlist::read(&db)?;
-        Ok(Spool { config, mboxlist })
-    }
-
-    fn owner(&self, e: &MailboxEntry) -> Option<String> {
-        e.name.owner(&self.config.deletedprefix)
+        let mut by_owner: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut shared = Vec::new();
+        for (i, e) in mboxlist.entries.iter().enumerate() {
+            match e.name.owner(&config.deletedprefix) {
+                Some(user) => by_owner.entry(user).or_default().push(i),
+                None => shared.push(i),
+            }
+        }
+        Ok(Spool {
+            config,
+            mboxlist,
+            by_owner,
+            shared,
+        })
     }
 
     /// Every user that owns at least one mailbox that exists (deleted-but-kept ones count),
     /// sorted.
     pub fn users(&self) -> Vec<String> {
         let mut users: Vec<String> = self
-            .mboxlist
-            .entries
+            .by_owner
             .iter()
-            .filter(|e| !e.is_tombstone())
-            .filter_map(|e| self.owner(e))
+            .filter(|(_, ids)| {
+                ids.iter()
+                    .any(|&i| !self.mboxlist.entries[i].is_tombstone())
+            })
+            .map(|(user, _)| user.clone())
             .collect();
         users.sort();
-        users.dedup();
         users
     }
 
     /// The user's mailboxes in list order: their tree, their `DELETED.` mailboxes, and the
     /// tombstones of names they used to have.
-    pub fn mailboxes_of<'a>(
-        &'a self,
-        userid: &'a str,
-    ) -> impl Iterator<Item = &'a MailboxEntry> + 'a {
-        self.mboxlist
-            .entries
-            .iter()
-            .filter(move |e| self.owner(e).as_deref() == Some(userid))
+    pub fn mailboxes_of<'a>(&'a self, userid: &str) -> impl Iterator<Item = &'a MailboxEntry> + 'a {
+        let ids = self.by_owner.get(userid).map_or(&[][..], Vec::as_slice);
+        ids.iter().map(|&i| &self.mboxlist.entries[i])
     }
 
     /// Mailboxes that belong to no user (shared folders).
     pub fn shared_mailboxes(&self) -> impl Iterator<Item = &MailboxEntry> + '_ {
-        self.mboxlist
-            .entries
-            .iter()
-            .filter(|e| self.owner(e).is_none())
+        self.shared.iter().map(|&i| &self.mboxlist.entries[i])
     }
 
     pub fn inbox<'a>(&'a self, userid: &'a str) -> Option<&'a MailboxEntry> {
@@ -170,28 +178,33 @@ impl Spool {
 }
 
 impl Spool {
-    /// The user's entries in the global `annotations.db`: mailbox METADATA and special-use of
-    /// their mailboxes (matched by uniqueid, or by name before 3.6).
-    pub fn user_annotations(&self, userid: &str) -> Result<Vec<super::user::Annotation>> {
+    /// The global `annotations.db`, grouped by mailbox.
+    pub fn annotations(&self) -> Result<super::user::MailboxAnnotations> {
         let path = self.config.configdirectory.join("annotations.db");
-        let Some(records) = super::user::read_db_if_present(&path)? else {
-            return Ok(Vec::new());
-        };
-        let keys: std::collections::HashSet<String> = self
-            .mailboxes_of(userid)
+        let records = super::user::read_db_if_present(&path)?.unwrap_or_default();
+        Ok(super::user::MailboxAnnotations::from_records(records))
+    }
+
+    /// How `annotations.db` names the mailbox: its uniqueid from 3.6 on, its name before.
+    pub fn annotation_key(&self, e: &MailboxEntry) -> Vec<u8> {
+        match (&self.mboxlist.format, &e.uniqueid) {
+            (super::mboxlist::MboxlistFormat::ByIdAndName, Some(id)) => id.clone().into_bytes(),
+            _ => e.name.internal().into_bytes(),
+        }
+    }
+
+    /// The user's entries in the global `annotations.db`: mailbox METADATA and special-use of
+    /// their mailboxes.
+    pub fn user_annotations(
+        &self,
+        userid: &str,
+        all: &super::user::MailboxAnnotations,
+    ) -> Vec<super::user::Annotation> {
+        self.mailboxes_of(userid)
             .filter(|e| !e.is_tombstone())
-            .flat_map(|e| {
-                e.uniqueid
-                    .clone()
-                    .into_iter()
-                    .chain(std::iter::once(e.name.internal()))
-            })
-            .collect();
-        Ok(records
-            .iter()
+            .flat_map(|e| all.of(&self.annotation_key(e)))
             .filter_map(super::user::parse_annotation)
-            .filter(|a| keys.contains(&a.mailbox))
-            .collect())
+            .collect()
     }
 }
 

@@ -314,7 +314,7 @@ fn check_live(options: CyrusOptions) {
         (nums[0], Some(nums[1] as i64)),
         "{line}"
     );
-    let annotations = spool.user_annotations("alice").unwrap();
+    let annotations = spool.user_annotations("alice", &spool.annotations().unwrap());
     let uid_of = |rel: &str| {
         spool
             .mailboxes_of("alice")
