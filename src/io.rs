@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 pub enum FaultOn {
     Write,
     Sync,
+    /// Renames and removals: the steps that switch which file a name means.
+    Rename,
     Any,
 }
 
@@ -191,13 +193,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
         let mut file = DurableFile::new(file, &tmp, faults.clone());
         file.write_all_at_end(bytes)?;
         file.sync()?;
-        fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+        rename(&tmp, path, faults)?;
         fsync_dir(&dir, faults)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Renames `from` over `to`, through the fault plan.
+pub fn rename(from: &Path, to: &Path, faults: &Faults) -> Result<()> {
+    if faults.fires(FaultOn::Rename) {
+        return Err(Error::io("rename", from, injected()));
+    }
+    fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
+}
+
+/// Removes `path` if it exists, through the fault plan.
+pub fn remove_if_present(path: &Path, faults: &Faults) -> Result<()> {
+    if faults.fires(FaultOn::Rename) {
+        return Err(Error::io("remove", path, injected()));
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
 }
 
 pub fn parent_dir(path: &Path) -> PathBuf {

@@ -11,6 +11,7 @@ mod writer;
 pub use member::{Member, MemberError, MemberReader};
 pub use reader::open_entry;
 pub use scan::{ScanEvent, Scanner};
+pub use tar::padded;
 pub use writer::{ArchiveWriter, CommittedRun, EntryRejected, RunSummary};
 
 use crate::guid::Guid;

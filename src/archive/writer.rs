@@ -30,6 +30,13 @@ pub struct RunSummary {
     pub host: String,
     /// Written as `count.<name>=<value>`; names are `[a-z0-9.-]+`.
     pub counts: Vec<(String, u64)>,
+    /// The `tool` line; `None` writes this build's. A compaction keeps the original writer's.
+    pub tool: Option<String>,
+    /// When a compaction wrote this marker (the `compacted` key).
+    pub compacted: Option<i64>,
+    /// Further `key=value` lines, kept as they are: a compaction carries over keys it does not
+    /// know, so a newer writer's facts survive an older compactor.
+    pub extra: Vec<(String, String)>,
 }
 
 /// A run made durable by `commit`.
@@ -40,6 +47,8 @@ pub struct CommittedRun {
     pub marker_offset: u64,
     pub end: u64,
     pub time: i64,
+    /// The marker's `compacted` time, when a compaction wrote it.
+    pub compacted: Option<i64>,
     pub entries: Vec<EntryRecord>,
 }
 
@@ -92,6 +101,9 @@ pub struct ArchiveWriter {
     entries: Vec<PendingEntry>,
     deflater: Deflater,
     poisoned: bool,
+    /// Whether `commit` fsyncs. A compaction writes many runs into a temporary file that only
+    /// counts once it is renamed, so one fsync before the rename does for all of them.
+    sync_on_commit: bool,
 }
 
 impl ArchiveWriter {
@@ -119,11 +131,108 @@ impl ArchiveWriter {
             entries: Vec::new(),
             deflater: Deflater::new(level, threads),
             poisoned: false,
+            sync_on_commit: true,
         })
     }
 
     pub fn run(&self) -> u64 {
         self.run
+    }
+
+    /// Stops `commit` from fsyncing; the caller then calls `sync` before relying on the file.
+    pub fn defer_sync(&mut self) {
+        self.sync_on_commit = false;
+    }
+
+    /// fsyncs the archive file.
+    pub fn sync(&mut self) -> Result<()> {
+        self.check()?;
+        let r = self.file.sync();
+        self.poison_on_err(r)
+    }
+
+    /// Bytes written so far, committed or not.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends an entry already encoded as tar bytes (its headers, data and padding, as another
+    /// archive holds them), keeping every header byte. `record` describes it as it stood there;
+    /// only its placement is recomputed. The entry must fit in one member.
+    pub fn append_encoded(&mut self, encoded: &[u8], record: EntryRecord) -> Result<()> {
+        self.check()?;
+        let header_len = record.placement.data_at - record.placement.header_at as u64;
+        if encoded.len() > MEMBER_TARGET
+            || encoded.len() as u64 != header_len + padded(record.size)
+        {
+            return Err(Error::usage(format!(
+                "{}: {} encoded bytes do not fit one member or do not match the record",
+                record.name,
+                encoded.len()
+            )));
+        }
+        let r = (|| {
+            if !self.member.is_empty() && self.member.len() + encoded.len() > MEMBER_TARGET {
+                self.close_member()?;
+            }
+            let header_at = self.member.len();
+            self.member.extend_from_slice(encoded);
+            let mut record = record;
+            record.placement = Placement {
+                member: 0,
+                header_at: header_at as u32,
+                data_at: header_at as u64 + header_len,
+            };
+            self.entries.push(PendingEntry {
+                record,
+                seq: self.seq,
+            });
+            Ok(())
+        })();
+        self.poison_on_err(r)
+    }
+
+    /// Copies `len` bytes of whole gzip members from `source` as they are, without
+    /// recompressing. `records` are the entries whose first header lies in the first copied
+    /// member, with placements relative to it (which a verbatim copy keeps).
+    pub fn append_members_verbatim(
+        &mut self,
+        source: &mut dyn Read,
+        len: u64,
+        records: Vec<EntryRecord>,
+    ) -> Result<()> {
+        self.check()?;
+        let r = (|| {
+            if !self.member.is_empty() {
+                self.close_member()?;
+            }
+            // Members already queued for compression come first in the file.
+            self.drain()?;
+            let seq = self.seq;
+            self.seq += 1;
+            self.first_seq_check(seq);
+            self.member_offsets.push(self.written);
+            let mut buf = vec![0u8; (len.min(MEMBER_TARGET as u64)) as usize];
+            let mut left = len;
+            while left > 0 {
+                let n = (buf.len() as u64).min(left) as usize;
+                source
+                    .read_exact(&mut buf[..n])
+                    .map_err(|e| Error::io("read", self.file.path(), e))?;
+                self.file.write_all_at_end(&buf[..n])?;
+                self.written += n as u64;
+                left -= n as u64;
+            }
+            for record in records {
+                self.entries.push(PendingEntry { record, seq });
+            }
+            Ok(())
+        })();
+        self.poison_on_err(r)
+    }
+
+    fn first_seq_check(&self, seq: u64) {
+        debug_assert_eq!(seq, self.first_seq + self.member_offsets.len() as u64);
     }
 
     fn path(&self) -> PathBuf {
@@ -513,20 +622,28 @@ impl ArchiveWriter {
         body.push_str(&format!("run={}\n", self.run));
         body.push_str(&format!("time={}\n", summary.time));
         body.push_str(&format!("host={}\n", summary.host.replace('\n', " ")));
-        body.push_str(&format!("tool=mailpack {}\n", env!("CARGO_PKG_VERSION")));
+        match &summary.tool {
+            Some(tool) => body.push_str(&format!("tool={}\n", tool.replace('\n', " "))),
+            None => body.push_str(&format!("tool=mailpack {}\n", env!("CARGO_PKG_VERSION"))),
+        }
         body.push_str(&format!("entries={}\n", self.entries.len()));
         body.push_str(&format!("start={}\n", self.run_start));
         for (k, v) in &summary.counts {
-            if k.is_empty()
-                || !k
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-            {
+            if !marker_key_ok(k) {
                 return Err(Error::usage(format!(
                     "counter name {k:?} is not [a-z0-9.-]+"
                 )));
             }
             body.push_str(&format!("count.{k}={v}\n"));
+        }
+        if let Some(t) = summary.compacted {
+            body.push_str(&format!("compacted={t}\n"));
+        }
+        for (k, v) in &summary.extra {
+            if !marker_key_ok(k) || v.contains('\n') {
+                return Err(Error::usage(format!("marker line {k:?}={v:?} is not key=value")));
+            }
+            body.push_str(&format!("{k}={v}\n"));
         }
         let name = format!("{RUNS_DIR}{}", self.run);
         let headers = encode_marker_headers(&name, body.len() as u64, self.run, summary.time);
@@ -537,7 +654,9 @@ impl ArchiveWriter {
         self.close_member()?;
         self.drain()?;
         // The run is committed only once its marker is on stable storage.
-        self.file.sync()?;
+        if self.sync_on_commit {
+            self.file.sync()?;
+        }
 
         let marker_offset = *self.member_offsets.last().expect("the marker was written");
         let entries = std::mem::take(&mut self.entries)
@@ -554,6 +673,7 @@ impl ArchiveWriter {
             marker_offset,
             end: self.written,
             time: summary.time,
+            compacted: summary.compacted,
             entries,
         };
         self.run += 1;
@@ -562,6 +682,13 @@ impl ArchiveWriter {
         self.member_offsets.clear();
         Ok(committed)
     }
+}
+
+/// Marker keys are `[a-z0-9.-]+` (formats/archive.md section 4).
+fn marker_key_ok(k: &str) -> bool {
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
 }
 
 fn encode_marker_headers(name: &str, size: u64, run: u64, time: i64) -> Vec<u8> {

@@ -40,7 +40,9 @@ enum Command {
     Put(PutArgs),
     /// Back up every user (or those named) of a Cyrus server, one committed run per user.
     Backup(BackupArgs),
-    /// Compaction policy and plan: what a compaction would keep and drop, and why (--dry-run).
+    /// Rewrites archives keeping only what restores within the retention window need, when
+    /// their live share is below the policy's threshold (or with --force); --dry-run shows the
+    /// plan: what would be kept and dropped, and why.
     Compact(CompactArgs),
     /// Look at a Cyrus spool as mailpack reads it, directly from disk under Cyrus's locks.
     #[command(subcommand)]
@@ -74,6 +76,11 @@ struct BackupArgs {
     /// gzip compression level, 1 (fast) to 9 (small).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
     level: u32,
+    /// After each user's run commits, compact that archive if the policy says so.
+    #[arg(long)]
+    compact: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// JSON lines on stdout, one per user (formats/json-output.md).
     #[arg(long)]
     json: bool,
@@ -81,14 +88,33 @@ struct BackupArgs {
 
 #[derive(Args, Debug)]
 struct CompactArgs {
-    #[command(flatten)]
-    archive: ArchiveArgs,
+    /// Directory holding the per-user archives.
+    #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
+    archive_dir: Option<PathBuf>,
+    /// Only these users' archives (repeatable); default: every archive in the directory.
+    #[arg(long, value_name = "U")]
+    user: Vec<String>,
     /// Print what would be kept and dropped, per archive, without changing anything.
     #[arg(long)]
     dry_run: bool,
     /// Compact even when the live share is above the threshold.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Wait for a backup writing an archive instead of skipping that archive as busy.
+    #[arg(long)]
+    wait: bool,
+    /// gzip level for the members that are rebuilt, 1 (fast) to 9 (small).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+    level: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The compaction policy, shared by `compact` and `backup --compact`.
+#[derive(Args, Debug)]
+struct PolicyArgs {
     /// Every metadata version committed within this many days is kept, plus the newest before.
     #[arg(long, default_value_t = 30, value_name = "DAYS")]
     keep_days: i64,
@@ -96,13 +122,25 @@ struct CompactArgs {
     #[arg(long, default_value_t = 30, value_name = "DAYS")]
     keep_deleted_days: i64,
     /// Live share (percent) under which an archive is compacted, right after a compaction.
-    #[arg(long, default_value_t = 80, value_name = "PERCENT")]
+    #[arg(long, default_value_t = 80, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u32).range(0..=100))]
     threshold_start: u32,
     /// Points the threshold rises per week since the last compaction.
     #[arg(long, default_value_t = 1, value_name = "POINTS")]
     threshold_step: u32,
-    #[arg(long)]
-    json: bool,
+}
+
+impl PolicyArgs {
+    fn options(&self, force: bool) -> crate::compact::PlanOptions {
+        crate::compact::PlanOptions {
+            now: commands::now(),
+            keep_days: self.keep_days,
+            keep_deleted_days: self.keep_deleted_days,
+            threshold_start: self.threshold_start,
+            threshold_step: self.threshold_step,
+            force,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -440,13 +478,14 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 locks: args.lock_method.options(args.lock_timeout),
                 writer: writer_options(args.wait, None, args.level),
+                compact: args.compact.then(|| args.policy.options(false)),
             };
             let tty = std::io::stderr().is_terminal() && !args.json;
             let started = std::time::Instant::now();
             let mut bytes = 0u64;
             let summary = backup(&options, &mut |outcome, done, total| {
                 match outcome {
-                    UserOutcome::Done(r) => {
+                    UserOutcome::Done(r, compaction) => {
                         bytes += r.bytes_read;
                         if tty {
                             eprint!("\r\x1b[K");
@@ -458,6 +497,24 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
                             for problem in &r.problems {
                                 p.note(&format!("{}: {problem}", r.user));
                             }
+                        }
+                        match compaction {
+                            Some(Ok(outcome)) if args.json => {
+                                let _ = p.json(
+                                    "compaction",
+                                    &serde_json::json!({ "user": r.user, "compaction": outcome }),
+                                );
+                            }
+                            Some(Ok(outcome)) => {
+                                let _ = p.line(&format!(
+                                    "  {}",
+                                    output::compaction_summary(outcome)
+                                ));
+                            }
+                            Some(Err(error)) => {
+                                p.note(&format!("{}: compaction failed: {error}", r.user))
+                            }
+                            None => {}
                         }
                     }
                     UserOutcome::Failed { user, error } => {
@@ -492,63 +549,51 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
             })
         }
         Command::Compact(args) => {
-            if !args.dry_run {
-                return Err(Error::usage(
-                    "compact: rewriting archives is not implemented yet; run with --dry-run to see the plan",
-                ));
-            }
-            let options = crate::compact::PlanOptions {
-                now: commands::now(),
-                keep_days: args.keep_days,
-                keep_deleted_days: args.keep_deleted_days,
-                threshold_start: args.threshold_start,
-                threshold_step: args.threshold_step,
-                force: args.force,
+            use crate::commands::compact::{compact_archives, ArchiveCompaction, CompactCommand};
+            let command = CompactCommand {
+                selection: Selection::Dir {
+                    dir: args.archive_dir.clone().ok_or_else(|| {
+                        Error::usage("pass --archive-dir DIR (or set MAILPACK_ARCHIVE_DIR)")
+                    })?,
+                    users: args.user.clone(),
+                },
+                plan: args.policy.options(args.force),
+                writer: writer_options(args.wait, None, args.level),
+                dry_run: args.dry_run,
             };
-            let mut code = 0;
-            for paths in selection(&args.archive, None)?.resolve()? {
-                let mut notices = Vec::new();
-                let result = crate::store::Archive::open(&paths, &mut notices)
-                    .and_then(|a| crate::compact::plan(&a, &options));
-                p.notices(&notices);
-                match result {
-                    Ok(plan) if args.json => p.json(
-                        "plan",
-                        &serde_json::json!({ "archive": paths.archive, "plan": plan }),
-                    )?,
-                    Ok(plan) => {
-                        let d = &plan.dropped;
-                        p.line(&format!(
-                            "{}: {} bytes, live {:.1}% (threshold {}% after {} weeks): {}; about {} bytes after",
-                            paths.archive.display(),
-                            plan.archive_bytes,
-                            plan.live_percent,
-                            plan.threshold_percent,
-                            plan.weeks_since_compaction,
-                            if plan.compact { "would compact" } else { "would leave as is" },
-                            plan.estimated_bytes_after
-                        ))?;
-                        for (what, (n, bytes)) in [
-                            ("old metadata versions", d.old_metadata_versions),
-                            (
-                                "messages expunged beyond retention",
-                                d.expunged_beyond_retention,
-                            ),
-                            ("deleted mailboxes' entries", d.deleted_mailboxes),
-                            ("duplicate copies", d.duplicate_copies),
-                        ] {
-                            if n > 0 {
-                                p.line(&format!("  drop {n} {what} ({bytes} bytes uncompressed)"))?;
+            let mut failed = false;
+            compact_archives(&command, &mut |paths, result, notices| {
+                p.notices(notices);
+                let shown = match result {
+                    Ok(result) if args.json => {
+                        let (kind, value) = match &result {
+                            ArchiveCompaction::Planned(plan) => ("plan", serde_json::json!(plan)),
+                            ArchiveCompaction::Ran(outcome) => {
+                                ("compaction", serde_json::json!(outcome))
                             }
-                        }
+                        };
+                        p.json(
+                            kind,
+                            &serde_json::json!({ "archive": paths.archive, kind: value }),
+                        )
+                    }
+                    Ok(ArchiveCompaction::Planned(plan)) => {
+                        output::compaction_plan(p, &paths.archive, &plan)
+                    }
+                    Ok(ArchiveCompaction::Ran(outcome)) => {
+                        p.line(&output::compaction_line(&paths.archive, &outcome))
                     }
                     Err(e) => {
                         p.error(&e);
-                        code = 2;
+                        failed = true;
+                        Ok(())
                     }
+                };
+                if shown.is_err() {
+                    failed = true;
                 }
-            }
-            Ok(code)
+            })?;
+            Ok(if failed { 1 } else { 0 })
         }
         Command::Spool(SpoolCommand::Ls(args)) => {
             let listing = commands::spool::spool_ls(&commands::spool::SpoolLsOptions {

@@ -218,3 +218,67 @@ mod tests {
         assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
     }
 }
+
+/// The dry-run report of one archive: the decision, then drops by reason.
+pub fn compaction_plan(
+    p: &mut Printer,
+    archive: &std::path::Path,
+    plan: &crate::compact::CompactPlan,
+) -> Result<(), Error> {
+    p.out_line(&format!(
+        "{}: {}, live {:.1}% (threshold {}% after {} weeks): {}; about {} after",
+        archive.display(),
+        bytes(plan.archive_bytes),
+        plan.live_percent,
+        plan.threshold_percent,
+        plan.weeks_since_compaction,
+        if plan.compact {
+            "would compact"
+        } else {
+            "would leave as is"
+        },
+        bytes(plan.estimated_bytes_after)
+    ));
+    let d = &plan.dropped;
+    for (what, (n, raw)) in [
+        ("old metadata versions", d.old_metadata_versions),
+        (
+            "messages expunged beyond retention",
+            d.expunged_beyond_retention,
+        ),
+        ("deleted mailboxes' entries", d.deleted_mailboxes),
+        ("duplicate copies", d.duplicate_copies),
+    ] {
+        if n > 0 {
+            p.out_line(&format!(
+                "  drop {n} {what} ({} uncompressed)",
+                bytes(raw)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One line for a compaction that ran (or that the policy skipped).
+pub fn compaction_line(archive: &std::path::Path, o: &crate::compact::CompactOutcome) -> String {
+    format!("{}: {}", archive.display(), compaction_summary(o))
+}
+
+pub fn compaction_summary(o: &crate::compact::CompactOutcome) -> String {
+    if o.compacted {
+        format!(
+            "compacted {} -> {} ({} entries kept, {} dropped; {} stretches copied as they were, {} members rebuilt)",
+            bytes(o.bytes_before),
+            bytes(o.bytes_after),
+            o.entries_kept,
+            o.entries_dropped,
+            o.stretches_copied,
+            o.members_rebuilt
+        )
+    } else {
+        format!(
+            "left as is: live {:.1}% is not below the threshold {}% ({} weeks since the last compaction)",
+            o.plan.live_percent, o.plan.threshold_percent, o.plan.weeks_since_compaction
+        )
+    }
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
+use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
 use crate::error::{Error, Result};
 use crate::scan::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::spool::{LockOptions, Spool};
@@ -18,11 +19,15 @@ pub struct BackupOptions {
     pub jobs: usize,
     pub locks: LockOptions,
     pub writer: WriterOptions,
+    /// Run the compaction policy on each archive after its user's run committed.
+    pub compact: Option<PlanOptions>,
 }
 
 /// One user's result, as it arrives.
 pub enum UserOutcome {
-    Done(UserReport),
+    /// The run committed; with `--compact`, what the policy then did (or why it failed: the
+    /// run stays committed either way).
+    Done(UserReport, Option<std::result::Result<CompactOutcome, String>>),
     Failed { user: String, error: String },
 }
 
@@ -101,7 +106,13 @@ pub fn backup(
                     user,
                     *gone,
                 ) {
-                    Ok(Some(report)) => UserOutcome::Done(report),
+                    Ok(Some(report)) => {
+                        let compaction = options.compact.as_ref().map(|plan| {
+                            compact_after_run(&options.archive_dir, user, plan, writer)
+                                .map_err(|e| e.to_string())
+                        });
+                        UserOutcome::Done(report, compaction)
+                    }
                     Ok(None) => continue,
                     Err(e) => UserOutcome::Failed {
                         user: user.clone(),
@@ -118,7 +129,11 @@ pub fn backup(
         for outcome in rx {
             done += 1;
             match &outcome {
-                UserOutcome::Done(r) if !r.problems.is_empty() => summary.with_problems += 1,
+                UserOutcome::Done(r, c)
+                    if !r.problems.is_empty() || matches!(c, Some(Err(_))) =>
+                {
+                    summary.with_problems += 1
+                }
                 UserOutcome::Failed { .. } => summary.failed += 1,
                 _ => {}
             }
@@ -154,6 +169,25 @@ fn one_user(
     // Repairs made while opening are worth an operator's attention.
     report.problems.extend(notices);
     Ok(Some(report))
+}
+
+/// The policy, run once the user's run is committed and its writer gone. It takes the lock
+/// afresh, so a writer that slips in between is simply waited for or reported busy.
+fn compact_after_run(
+    dir: &std::path::Path,
+    user: &str,
+    plan: &PlanOptions,
+    writer: &WriterOptions,
+) -> Result<CompactOutcome> {
+    let paths = ArchivePaths::for_user(dir, user)?;
+    let options = CompactOptions {
+        plan: PlanOptions {
+            now: super::now(),
+            ..plan.clone()
+        },
+        writer: writer.clone(),
+    };
+    compact(&paths, &options, &mut Vec::new())
 }
 
 fn create_archive_dir(dir: &std::path::Path) -> Result<()> {

@@ -2,6 +2,7 @@
 //! return values for the CLI to print; nothing here prints or chooses an exit code.
 
 pub mod backup;
+pub mod compact;
 pub mod spool;
 
 use std::fs::File;
@@ -275,6 +276,7 @@ pub fn put(paths: &ArchivePaths, options: &PutOptions) -> Result<PutReport> {
         time: now(),
         host: hostname(),
         counts: vec![("files".into(), report.added.len() as u64)],
+        ..Default::default()
     };
     report.run = store.commit(&summary)?.run;
     report.notices = notices;

@@ -1,7 +1,9 @@
 //! The compactor (issue 5): decides which entries of an archive a restore within the retention
-//! window can still need (`plan`), read-only, and reports what would be dropped and why. The
-//! rewrite that applies a plan is not written yet; `mailpack compact` runs only with `--dry-run`.
+//! window can still need (`plan`, read-only, also the `--dry-run` report), then rewrites the
+//! archive keeping only those (`compact`), copying untouched members without recompressing.
 
 mod plan;
+mod rewrite;
 
 pub use plan::{plan, threshold_percent, CompactPlan, Dropped, PlanOptions};
+pub use rewrite::{compact, CompactOptions, CompactOutcome};

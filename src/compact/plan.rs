@@ -116,10 +116,17 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
             };
         }
     }
+    // A folder deleted inside the window stays, whatever `keep_deleted_days` says: a restore
+    // at any run in the window must see what that run saw.
     let aged_out = |folder: &str| match linked_until.get(folder) {
-        Some(Some(deleted)) => options.now - deleted > options.keep_deleted_days * DAY,
+        Some(Some(deleted)) => {
+            *deleted < window_start && options.now - deleted > options.keep_deleted_days * DAY
+        }
         _ => false,
     };
+    // A deleted folder still kept is restored by its old name: keep the links that named it.
+    let retained_deleted =
+        |folder: &str| matches!(linked_until.get(folder), Some(Some(_))) && !aged_out(folder);
 
     let mut keep: Vec<Vec<bool>> = runs
         .iter()
@@ -157,7 +164,11 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
         }
         let newest_before = vs.iter().rposition(|&(r, _)| runs[r].time < window_start);
         for (k, &(r, i)) in vs.iter().enumerate() {
-            if runs[r].time >= window_start || Some(k) == newest_before {
+            let names_deleted_folder = entry((r, i))
+                .target
+                .strip_prefix("folders/")
+                .is_some_and(retained_deleted);
+            if runs[r].time >= window_start || Some(k) == newest_before || names_deleted_folder {
                 keep[r][i] = true;
             } else {
                 add(&mut dropped.old_metadata_versions, entry((r, i)));
@@ -165,11 +176,15 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
         }
     }
 
-    // Messages referenced by a kept index version.
+    // Messages referenced by a kept index version, and those only aged-out folders referenced
+    // (so that the report can say why they go).
     let mut referenced: HashSet<Guid> = HashSet::new();
+    let mut referenced_by_deleted: HashSet<Guid> = HashSet::new();
     for (r, run) in runs.iter().enumerate() {
         for (i, e) in archive.entries_of(run).iter().enumerate() {
-            if keep[r][i] && e.kind == EntryKind::File && e.name.ends_with("/cyrus.index") {
+            let is_index = e.kind == EntryKind::File && e.name.ends_with("/cyrus.index");
+            let of_aged_out = folder_of(&e.name).is_some_and(aged_out);
+            if is_index && (keep[r][i] || of_aged_out) {
                 let mut bytes = Vec::with_capacity(e.size as usize);
                 archive
                     .read_entry(e)?
@@ -182,13 +197,16 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
                         format!("{}: {err}", e.name),
                     )
                 })?;
-                referenced.extend(
-                    index
-                        .records
-                        .iter()
-                        .filter(|rec| !rec.is_unlinked())
-                        .map(|rec| rec.guid),
-                );
+                let guids = index
+                    .records
+                    .iter()
+                    .filter(|rec| !rec.is_unlinked())
+                    .map(|rec| rec.guid);
+                if keep[r][i] {
+                    referenced.extend(guids);
+                } else {
+                    referenced_by_deleted.extend(guids);
+                }
             }
         }
     }
@@ -203,6 +221,8 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
                 add(&mut dropped.duplicate_copies, e);
             } else if guid.is_some_and(|g| referenced.contains(&g)) {
                 keep[r][i] = true;
+            } else if guid.is_some_and(|g| referenced_by_deleted.contains(&g)) {
+                add(&mut dropped.deleted_mailboxes, e);
             } else {
                 add(&mut dropped.expunged_beyond_retention, e);
             }
@@ -226,7 +246,12 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
     } else {
         live_raw as f64 * 100.0 / total_raw as f64
     };
-    let since = runs.first().map_or(options.now, |r| r.time);
+    let since = runs
+        .iter()
+        .filter_map(|r| r.compacted)
+        .max()
+        .or(runs.first().map(|r| r.time))
+        .unwrap_or(options.now);
     let weeks = ((options.now - since).max(0) / WEEK) as u64;
     let threshold = threshold_percent(options.threshold_start, options.threshold_step, weeks);
     let archive_bytes = archive.committed_len();

@@ -205,6 +205,7 @@ fn commit(
         time: options.time,
         host: options.host.clone(),
         counts,
+        ..Default::default()
     })?;
     report.run = Some(run.run);
     report.bytes_written = run.end - start_len;

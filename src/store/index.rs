@@ -14,7 +14,9 @@ use crate::guid::Guid;
 use crate::io::{fsync_dir, write_atomic, DurableFile, Faults};
 
 pub const MAGIC: &[u8; 8] = b"MAILPKIX";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Bytes of a block body before its entries.
+const FRAME_LEN: usize = 52;
 pub const HEADER_LEN: usize = 32;
 pub const MAX_BLOCK: u32 = 256 << 20;
 
@@ -47,6 +49,8 @@ pub fn encode_block(run: &CommittedRun) -> Vec<u8> {
     body.write_u64::<LE>(run.marker_offset).expect("vec write");
     body.write_u64::<LE>(run.end).expect("vec write");
     body.write_i64::<LE>(run.time).expect("vec write");
+    body.write_i64::<LE>(run.compacted.unwrap_or(0))
+        .expect("vec write");
     body.write_u32::<LE>(run.entries.len() as u32)
         .expect("vec write");
     for e in &run.entries {
@@ -94,6 +98,7 @@ fn decode_block(body: &[u8]) -> io::Result<CommittedRun> {
     let marker_offset = r.read_u64::<LE>()?;
     let end = r.read_u64::<LE>()?;
     let time = r.read_i64::<LE>()?;
+    let compacted = r.read_i64::<LE>()?;
     let count = r.read_u32::<LE>()?;
     // Each record is at least 50 bytes: a count larger than the body allows is damage.
     if count as usize > body.len() / 50 {
@@ -112,6 +117,7 @@ fn decode_block(body: &[u8]) -> io::Result<CommittedRun> {
         marker_offset,
         end,
         time,
+        compacted: (compacted != 0).then_some(compacted),
         entries,
     })
 }
@@ -384,20 +390,24 @@ fn scan_block_for(
     c.end = 0;
     c.block_left = body_len as u64;
     c.crc = crc32fast::Hasher::new();
-    if !c.fill(44)? {
+    if !c.fill(FRAME_LEN)? {
         return Ok(None);
     }
-    let mut f = &c.buf[c.start..c.start + 44];
+    let mut f = &c.buf[c.start..c.start + FRAME_LEN];
     let frame = CommittedRun {
         run: f.read_u64::<LE>()?,
         start: f.read_u64::<LE>()?,
         marker_offset: f.read_u64::<LE>()?,
         end: f.read_u64::<LE>()?,
         time: f.read_i64::<LE>()?,
+        compacted: match f.read_i64::<LE>()? {
+            0 => None,
+            t => Some(t),
+        },
         entries: Vec::new(),
     };
     let count = f.read_u32::<LE>()?;
-    c.start += 44;
+    c.start += FRAME_LEN;
     let mut hit = None;
     for _ in 0..count {
         let window = MAX_RECORD.min((c.end - c.start) + c.block_left as usize);
@@ -512,6 +522,7 @@ mod tests {
             marker_offset: start + 100,
             end: start + 200,
             time: 1_700_000_000,
+            compacted: (run == 2).then_some(1_700_000_100),
             entries: vec![
                 EntryRecord {
                     name: "folders/u1/cyrus.index".into(),

@@ -5,10 +5,12 @@
 pub mod index;
 mod lock;
 mod naming;
+mod rewrite;
 mod verify;
 
 pub use lock::{LockWait, WriterLock};
 pub use naming::{decode_user, encode_user, list_archives, ArchivePaths};
+pub use rewrite::{marker_fields, Rewriter, REWRITE_SUFFIX};
 pub use verify::{verify, Problem, VerifyReport};
 
 use std::collections::BTreeMap;
@@ -33,6 +35,8 @@ pub struct RunInfo {
     pub marker_offset: u64,
     pub end: u64,
     pub time: i64,
+    /// Set on the newest run of a compaction: when it ran.
+    pub compacted: Option<i64>,
     #[serde(skip)]
     pub entries: Range<usize>,
 }
@@ -183,6 +187,11 @@ pub(crate) fn scan_runs(
                         marker_offset: m.member.offset,
                         end: m.member.end,
                         time: m.time,
+                        compacted: m
+                            .fields
+                            .iter()
+                            .find(|(k, _)| k == "compacted")
+                            .and_then(|(_, v)| v.parse().ok()),
                         entries: std::mem::take(&mut pending),
                     });
                     out.committed_end = m.member.end;
@@ -441,6 +450,7 @@ impl Archive {
             marker_offset: run.marker_offset,
             end: run.end,
             time: run.time,
+            compacted: run.compacted,
             entries: first..self.entries.len(),
         });
     }

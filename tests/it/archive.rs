@@ -43,6 +43,7 @@ fn summary(time: i64) -> RunSummary {
         time,
         host: "test-host".into(),
         counts: vec![("files".into(), 1)],
+        ..Default::default()
     }
 }
 

@@ -24,10 +24,11 @@ fn run_backup(config: &Path, dir: &Path, users: &[&str]) -> BTreeMap<String, Use
         jobs: 2,
         locks: LockOptions::default(),
         writer: WriterOptions::default(),
+        compact: None,
     };
     let mut reports = BTreeMap::new();
     backup(&options, &mut |outcome, _, _| match outcome {
-        UserOutcome::Done(r) => drop(reports.insert(r.user.clone(), r.clone())),
+        UserOutcome::Done(r, _) => drop(reports.insert(r.user.clone(), r.clone())),
         UserOutcome::Failed { user, error } => panic!("{user}: {error}"),
     })
     .unwrap();
@@ -531,11 +532,12 @@ fn a_busy_archive_fails_only_its_own_user() {
         jobs: 2,
         locks: LockOptions::default(),
         writer: WriterOptions::default(),
+        compact: None,
     };
     let mut outcomes = Vec::new();
     let summary = backup(&options, &mut |o, _, _| {
         outcomes.push(match o {
-            UserOutcome::Done(r) => (r.user.clone(), None),
+            UserOutcome::Done(r, _) => (r.user.clone(), None),
             UserOutcome::Failed { user, error } => (user.clone(), Some(error.clone())),
         })
     })
@@ -551,5 +553,77 @@ fn a_busy_archive_fails_only_its_own_user() {
             .unwrap()
             .contains("locked by another writer"),
         "{outcomes:?}"
+    );
+}
+
+#[test]
+fn compaction_after_expunges_and_a_deleted_folder_keeps_what_the_spool_holds() {
+    let server = CyrusServer::start(
+        CyrusOptions::default()
+            .with("expunge_mode", "immediate")
+            .with("delete_mode", "immediate"),
+    );
+    populate(&server);
+    let dir = TempDir::new("backup-compact");
+    run_backup(&server.config_path(), dir.path(), &["alice"]);
+    let mut a = server.imap("alice");
+    a.select("INBOX");
+    a.uid_store("1:3", "+FLAGS", &["\\Deleted"]);
+    assert!(!a.expunge().is_empty());
+    a.unselect();
+    a.delete("Shared");
+    drop(a);
+    run_backup(&server.config_path(), dir.path(), &["alice"]);
+
+    let paths = ArchivePaths::for_user(dir.path(), "alice").unwrap();
+    let plan = mailpack::compact::PlanOptions {
+        // A day on, with nothing retained beyond the latest state: the first run's metadata,
+        // the expunged messages and the deleted folder are all dead.
+        now: mailpack::commands::now() + 86_400,
+        keep_days: 0,
+        keep_deleted_days: 0,
+        force: true,
+        ..Default::default()
+    };
+    let outcome = mailpack::compact::compact(
+        &paths,
+        &mailpack::compact::CompactOptions {
+            plan,
+            writer: WriterOptions::default(),
+        },
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert!(outcome.compacted, "{:?}", outcome.plan);
+    assert!(outcome.plan.dropped.expunged_beyond_retention.0 > 0, "{:?}", outcome.plan.dropped);
+    assert!(outcome.plan.dropped.deleted_mailboxes.0 > 0, "{:?}", outcome.plan.dropped);
+    assert!(outcome.bytes_after < outcome.bytes_before);
+    assert_archive_equals_spool(&server.config_path(), dir.path(), "alice");
+    assert_every_committed_state_consistent(dir.path(), "alice");
+
+    // `backup --compact` runs the policy after the run; with the defaults nothing is due yet.
+    let out = crate::util::run(&[
+        "backup",
+        "--config",
+        server.config_path().to_str().unwrap(),
+        "--archive-dir",
+        dir.path().to_str().unwrap(),
+        "--user",
+        "alice",
+        "--compact",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    let lines = crate::util::stdout(&out);
+    let compaction = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "compaction")
+        .unwrap_or_else(|| panic!("no compaction line in {lines}"));
+    assert_eq!(compaction["data"]["user"], "alice");
+    assert_eq!(compaction["data"]["compaction"]["compacted"], false);
+    assert_eq!(
+        compaction["data"]["compaction"]["plan"]["threshold_percent"], 80,
+        "weeks count from the compaction just made: {compaction}"
     );
 }

@@ -1,13 +1,17 @@
-//! The compaction plan (read-only so far): what a restore within the window still needs stays,
-//! the rest is counted by reason; deleted folders neither come back nor vanish early.
+//! The compactor: what a restore within the window still needs stays, byte for byte, and the
+//! rest is dropped and counted by reason; deleted folders neither come back nor vanish early; a
+//! fault at any write, fsync or rename leaves the old archive or the new one.
 
-use mailpack::archive::{file_entry_name, RunSummary, SourceStat};
-use mailpack::compact::{plan, CompactPlan, PlanOptions};
-use mailpack::io::Faults;
-use mailpack::store::{Archive, ArchivePaths, LockWait, StoreWriter, WriterOptions};
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use mailpack::archive::{file_entry_name, EntryKind, RunSummary, SourceStat};
+use mailpack::compact::{compact, plan, CompactOptions, CompactOutcome, CompactPlan, PlanOptions};
+use mailpack::io::{FaultOn, Faults};
+use mailpack::store::{verify, Archive, ArchivePaths, LockWait, StoreWriter, WriterOptions};
 use mailpack::Guid;
 
-use crate::util::TempDir;
+use crate::util::{Rng, TempDir};
 
 const DAY: i64 = 86_400;
 
@@ -77,6 +81,7 @@ fn run_at(paths: &ArchivePaths, day: i64, ops: &[Op]) {
             time: day * DAY,
             host: "h".into(),
             counts: vec![],
+            ..Default::default()
         })
         .unwrap();
 }
@@ -270,4 +275,334 @@ fn a_deleted_folder_is_kept_for_its_grace_period_then_dropped_and_never_revived(
     // And nothing a restore at any run within the window needs is dropped: at day 40 the window
     // starts at day 10, and as of run 3 the state is Projects -> NEW with NEW's message.
     assert!(p.dropped.deleted_mailboxes.0 >= 1);
+}
+
+/// What a restore as of `run` reads: every name alive then (`imap/`, `meta/`), the folders those
+/// names point at, and the message files their index records reference (expunged ones too).
+type RestoreView = BTreeMap<String, (EntryKind, String, Vec<u8>)>;
+
+fn restore_view(archive: &Archive, run: u64) -> RestoreView {
+    let state = archive.state_at(Some(run));
+    let by_name: BTreeMap<&str, _> = state.iter().map(|(_, e)| (e.name.as_str(), *e)).collect();
+    let read = |e: &mailpack::archive::EntryRecord| {
+        let mut out = Vec::new();
+        if e.kind == EntryKind::File {
+            archive.read_entry(e).unwrap().read_to_end(&mut out).unwrap();
+        }
+        out
+    };
+    let mut view = RestoreView::new();
+    let mut folders = Vec::new();
+    for (_, e) in &state {
+        if e.name.starts_with("imap/") || e.name.starts_with("meta/") {
+            view.insert(e.name.clone(), (e.kind, e.target.clone(), read(e)));
+            if let Some(f) = e.target.strip_prefix("folders/") {
+                folders.push(format!("folders/{f}/"));
+            }
+        }
+    }
+    for (_, e) in &state {
+        if !folders.iter().any(|f| e.name.starts_with(f.as_str())) {
+            continue;
+        }
+        let bytes = read(e);
+        if e.name.ends_with("/cyrus.index") {
+            let index = mailpack::spool::index::parse(&bytes).unwrap();
+            for r in index.records.iter().filter(|r| !r.is_unlinked()) {
+                let name = file_entry_name(&r.guid);
+                let file = by_name
+                    .get(name.as_str())
+                    .unwrap_or_else(|| panic!("run {run}: {name} missing"));
+                view.insert(name, (EntryKind::File, String::new(), read(file)));
+            }
+        }
+        view.insert(e.name.clone(), (e.kind, e.target.clone(), bytes));
+    }
+    view
+}
+
+/// Every run with its entries, as an equality-comparable signature of an archive's content.
+type Signature = Vec<(u64, i64, Vec<(String, EntryKind, String, Guid, u64)>)>;
+
+fn signature(paths: &ArchivePaths) -> Signature {
+    let archive = Archive::open(paths, &mut Vec::new()).unwrap();
+    archive
+        .runs()
+        .iter()
+        .map(|r| {
+            (
+                r.run,
+                r.time,
+                archive
+                    .entries_of(r)
+                    .iter()
+                    .map(|e| (e.name.clone(), e.kind, e.target.clone(), e.sha1, e.size))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn compact_options(now_day: i64, faults: Faults) -> CompactOptions {
+    CompactOptions {
+        plan: PlanOptions {
+            now: now_day * DAY,
+            force: true,
+            ..PlanOptions::default()
+        },
+        writer: WriterOptions {
+            wait: LockWait::No,
+            level: 6,
+            threads: 2,
+            faults,
+        },
+    }
+}
+
+const NOW: i64 = 75;
+
+/// Ten weeks of a user's life, in runs whose members mix live and dead entries: expunges,
+/// messages larger than a member (one kept, one dropped), a folder deleted long ago, a folder
+/// renamed, a folder deleted inside the window and one recreated under the same name.
+fn ten_weeks(paths: &ArchivePaths) {
+    let mut rng = Rng::new(5);
+    let mut m = |len: usize| rng.mail_text(len);
+    let (a, b, c, d, e) = (m(2_500_000), m(1_500_000), m(300_000), m(400_000), m(200_000));
+    let (f, g, h, i) = (m(350_000), m(250_000), m(100_000), m(120_000));
+    let gu = |x: &[u8]| Guid::of(x);
+    run_at(
+        paths,
+        0,
+        &[
+            Op::Message(&a),
+            Op::Message(&c),
+            Op::Message(&b),
+            Op::Message(&e),
+            Op::Index("F", vec![(1, gu(&a), 0), (2, gu(&b), 0)]),
+            Op::Link("imap/user/u", "folders/F"),
+            Op::Index("G", vec![(1, gu(&c), 0)]),
+            Op::Link("imap/user/u/Work", "folders/G"),
+            Op::Index("H", vec![(1, gu(&e), 0)]),
+            Op::Link("imap/user/u/Old", "folders/H"),
+        ],
+    );
+    run_at(
+        paths,
+        10,
+        &[
+            Op::Message(&d),
+            Op::Index("F", vec![(1, gu(&a), EXPUNGED), (2, gu(&b), 0), (3, gu(&d), 0)]),
+        ],
+    );
+    run_at(paths, 20, &[Op::Link("imap/user/u/Work", "")]);
+    run_at(
+        paths,
+        30,
+        &[
+            Op::Link("imap/user/u/New", "folders/H"),
+            Op::Link("imap/user/u/Old", ""),
+        ],
+    );
+    run_at(
+        paths,
+        40,
+        &[
+            Op::Message(&f),
+            Op::Index(
+                "F",
+                vec![(1, gu(&a), EXPUNGED | UNLINKED), (2, gu(&b), 0), (3, gu(&d), EXPUNGED | UNLINKED), (4, gu(&f), 0)],
+            ),
+        ],
+    );
+    run_at(
+        paths,
+        50,
+        &[
+            Op::Message(&g),
+            Op::Message(&h),
+            Op::Index("F", vec![(2, gu(&b), 0), (4, gu(&f), 0), (5, gu(&g), 0)]),
+            Op::Index("P", vec![(1, gu(&h), 0)]),
+            Op::Link("imap/user/u/Projects", "folders/P"),
+        ],
+    );
+    run_at(paths, 60, &[Op::Link("imap/user/u/Projects", "")]);
+    run_at(
+        paths,
+        65,
+        &[
+            Op::Message(&i),
+            Op::Index("P2", vec![(1, gu(&i), 0)]),
+            Op::Link("imap/user/u/Projects", "folders/P2"),
+        ],
+    );
+    run_at(
+        paths,
+        70,
+        &[Op::Index("F", vec![(2, gu(&b), 0), (4, gu(&f), EXPUNGED), (5, gu(&g), 0)])],
+    );
+}
+
+#[test]
+fn every_restore_state_in_the_window_survives_compaction_byte_for_byte() {
+    let dir = TempDir::new("compact-states");
+    let paths = ArchivePaths::for_user(dir.path(), "u").unwrap();
+    ten_weeks(&paths);
+    let before = Archive::open(&paths, &mut Vec::new()).unwrap();
+    let window_start = (NOW - 30) * DAY;
+    let in_window: Vec<u64> = before
+        .runs()
+        .iter()
+        .filter(|r| r.time >= window_start)
+        .map(|r| r.run)
+        .collect();
+    assert_eq!(in_window.len(), 4, "days 50, 60, 65 and 70");
+    let views: Vec<RestoreView> = in_window.iter().map(|&r| restore_view(&before, r)).collect();
+    drop(before);
+
+    let outcome = compact(&paths, &compact_options(NOW, Faults::none()), &mut Vec::new()).unwrap();
+    assert!(outcome.compacted);
+    assert!(outcome.bytes_after < outcome.bytes_before, "{outcome:?}");
+    assert!(outcome.stretches_copied > 0 && outcome.members_rebuilt > 0, "{outcome:?}");
+
+    let after = Archive::open(&paths, &mut Vec::new()).unwrap();
+    for (&run, view) in in_window.iter().zip(&views) {
+        assert_eq!(&restore_view(&after, run), view, "restore as of run {run}");
+    }
+    let names: Vec<&str> = after
+        .runs()
+        .iter()
+        .flat_map(|r| after.entries_of(r))
+        .map(|e| e.name.as_str())
+        .collect();
+    // Work (folder G) was deleted on day 20, before the window and over 30 days ago: gone, name
+    // and tombstone too. Projects' first folder, deleted on day 60, stays with its old name.
+    assert!(!names.iter().any(|n| n.starts_with("folders/G/") || *n == "imap/user/u/Work"));
+    assert!(names.contains(&"folders/P/cyrus.index"));
+    assert_eq!(after.runs().len(), 9, "every run keeps its commit marker");
+    assert_eq!(after.runs().last().unwrap().compacted, Some(NOW * DAY));
+
+    let report = verify(&paths).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    // GNU tar still lists every entry of the rewritten archive.
+    let listed = std::process::Command::new("tar")
+        .args(["-tizf"])
+        .arg(&paths.archive)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).lines().count();
+    assert_eq!(listed, names.len() + after.runs().len());
+
+    // Compacting again finds nothing dead.
+    let again = plan(
+        &after,
+        &PlanOptions {
+            now: NOW * DAY,
+            ..PlanOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(again.live_raw, again.total_raw, "{:?}", again.dropped);
+}
+
+#[test]
+fn a_fault_at_any_write_fsync_or_rename_leaves_the_old_or_the_new_archive() {
+    let dir = TempDir::new("compact-faults");
+    let original = dir.path().join("original");
+    std::fs::create_dir(&original).unwrap();
+    let paths = ArchivePaths::for_user(&original, "u").unwrap();
+    ten_weeks(&paths);
+    let old = signature(&paths);
+
+    let copy = |tag: &str| {
+        let to = dir.path().join(tag);
+        let _ = std::fs::remove_dir_all(&to);
+        std::fs::create_dir(&to).unwrap();
+        for f in std::fs::read_dir(&original).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+        ArchivePaths::for_user(&to, "u").unwrap()
+    };
+    let clean = copy("clean");
+    compact(&clean, &compact_options(NOW, Faults::none()), &mut Vec::new()).unwrap();
+    let new = signature(&clean);
+    assert_ne!(old, new);
+
+    let mut outcomes = (0, 0);
+    for n in 1.. {
+        let paths = copy("faulted");
+        let faults = Faults::fail_nth(n, FaultOn::Any);
+        let result = compact(&paths, &compact_options(NOW, faults.clone()), &mut Vec::new());
+        if faults.seen() < n {
+            result.unwrap();
+            break;
+        }
+        assert!(result.is_err(), "fault {n} went unnoticed");
+        let state = signature(&paths);
+        if state == old {
+            outcomes.0 += 1;
+        } else {
+            assert!(state == new, "fault {n}: neither the old nor the new archive");
+            outcomes.1 += 1;
+        }
+        let report = verify(&paths).unwrap();
+        assert!(report.problems.is_empty(), "fault {n}: {:?}", report.problems);
+        // The next compaction (the nightly one) finishes the job.
+        compact(&paths, &compact_options(NOW, Faults::none()), &mut Vec::new()).unwrap();
+        assert_eq!(signature(&paths), new, "fault {n}: the retry");
+        assert!(!paths.rewrite_tmp().exists());
+    }
+    assert!(outcomes.0 > 10 && outcomes.1 > 0, "{outcomes:?}");
+}
+
+#[test]
+fn a_leftover_copy_from_a_crash_is_replaced_and_a_busy_archive_is_left_alone() {
+    let dir = TempDir::new("compact-leftover");
+    let paths = ArchivePaths::for_user(dir.path(), "u").unwrap();
+    ten_weeks(&paths);
+    let old = signature(&paths);
+    std::fs::write(paths.rewrite_tmp(), b"half a copy from a crashed compaction").unwrap();
+
+    let held = StoreWriter::open(&paths, &WriterOptions::default(), &mut Vec::new()).unwrap();
+    let busy = compact(&paths, &compact_options(NOW, Faults::none()), &mut Vec::new());
+    assert!(
+        matches!(busy, Err(mailpack::Error::Busy { .. })),
+        "{:?}",
+        busy.map(|o| o.compacted)
+    );
+    assert_eq!(signature(&paths), old);
+    drop(held);
+
+    let outcome = compact(&paths, &compact_options(NOW, Faults::none()), &mut Vec::new()).unwrap();
+    assert!(outcome.compacted);
+    assert!(!paths.rewrite_tmp().exists());
+    assert!(verify(&paths).unwrap().problems.is_empty());
+}
+
+#[test]
+fn the_policy_compacts_below_the_threshold_and_counts_weeks_from_the_last_compaction() {
+    let dir = TempDir::new("compact-policy");
+    let paths = ArchivePaths::for_user(dir.path(), "u").unwrap();
+    ten_weeks(&paths);
+    let unforced = |day: i64, start: u32| -> CompactOutcome {
+        let mut options = compact_options(day, Faults::none());
+        options.plan.force = false;
+        options.plan.threshold_start = start;
+        compact(&paths, &options, &mut Vec::new()).unwrap()
+    };
+    // First run on day 0: at day 75 that is 10 weeks, so the threshold is 90% (80 + 10).
+    let first = plan_at(&paths, NOW).0;
+    assert_eq!((first.weeks_since_compaction, first.threshold_percent), (10, 90));
+    let live = first.live_percent;
+    assert!(live < 90.0, "the scenario has enough dead weight: {live}");
+
+    // A threshold start that puts 90 + 10 weeks under the live share leaves it alone.
+    let skipped = unforced(NOW, (live as u32).saturating_sub(10).saturating_sub(1));
+    assert!(!skipped.compacted, "{:?}", skipped.plan);
+    let done = unforced(NOW, 80);
+    assert!(done.compacted);
+
+    // Weeks now count from this compaction: 3 weeks later the threshold is back to 83%.
+    let later = plan_at(&paths, NOW + 21).0;
+    assert_eq!((later.weeks_since_compaction, later.threshold_percent), (3, 83));
 }

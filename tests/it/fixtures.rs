@@ -88,6 +88,7 @@ fn make_ok(paths: &ArchivePaths) {
                 time: 1_763_000_000 + 86_400 * i as i64,
                 host: "imap1.example.com".into(),
                 counts: vec![],
+                ..Default::default()
             })
             .unwrap();
     }

@@ -1,0 +1,45 @@
+//! `mailpack compact`: the compaction policy over the selected archives, or with `dry_run` only
+//! its plan. One archive's failure (busy, damaged) does not stop the others.
+
+use crate::compact::{compact, plan, CompactOptions, CompactOutcome, CompactPlan, PlanOptions};
+use crate::error::Result;
+use crate::store::{Archive, ArchivePaths, WriterOptions};
+
+use super::Selection;
+
+pub struct CompactCommand {
+    pub selection: Selection,
+    pub plan: PlanOptions,
+    pub writer: WriterOptions,
+    pub dry_run: bool,
+}
+
+/// What happened to one archive.
+pub enum ArchiveCompaction {
+    Planned(CompactPlan),
+    Ran(CompactOutcome),
+}
+
+/// Runs the command; `on_archive` sees each archive's result and the repair notices its opening
+/// produced, as each finishes.
+pub fn compact_archives(
+    command: &CompactCommand,
+    on_archive: &mut dyn FnMut(&ArchivePaths, Result<ArchiveCompaction>, &[String]),
+) -> Result<()> {
+    for paths in command.selection.resolve()? {
+        let mut notices = Vec::new();
+        let result = if command.dry_run {
+            Archive::open(&paths, &mut notices)
+                .and_then(|a| plan(&a, &command.plan))
+                .map(ArchiveCompaction::Planned)
+        } else {
+            let options = CompactOptions {
+                plan: command.plan.clone(),
+                writer: command.writer.clone(),
+            };
+            compact(&paths, &options, &mut notices).map(ArchiveCompaction::Ran)
+        };
+        on_archive(&paths, result, &notices);
+    }
+    Ok(())
+}

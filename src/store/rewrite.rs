@@ -1,0 +1,228 @@
+//! Replacing an archive with a rewritten copy (formats/compaction.md, "Rewrite"): the copy is
+//! written beside the archive, checked by a full scan against what the writer says it wrote,
+//! fsynced, and renamed over the original, all under the writer lock. The old index is removed
+//! before the rename, so no crash can pair the new archive with the old index, and rebuilt after.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use super::{
+    hex_id, index, scan_runs, Archive, ArchivePaths, Repair, RunInfo, WriterLock, WriterOptions,
+};
+use crate::archive::{ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
+use crate::error::{Error, Result};
+use crate::io::{fsync_dir, remove_if_present, rename, DurableFile};
+
+/// Suffix of the temporary file a rewrite fills, beside the archive. Its name does not end in
+/// `.tar.gz`, so it is never mistaken for an archive; a crash leaves it behind, and the next
+/// rewrite (which holds the lock, so no other can be writing it) truncates it.
+pub const REWRITE_SUFFIX: &str = ".rewrite";
+
+impl ArchivePaths {
+    pub fn rewrite_tmp(&self) -> PathBuf {
+        let mut name = self.archive.as_os_str().to_owned();
+        name.push(REWRITE_SUFFIX);
+        PathBuf::from(name)
+    }
+}
+
+/// An archive locked for rewriting, with its committed state.
+pub struct Rewriter {
+    archive: Archive,
+    archive_id: [u8; 16],
+    options: WriterOptions,
+    writer: Option<ArchiveWriter>,
+    written: Vec<CommittedRun>,
+    started: bool,
+    finished: bool,
+    _lock: WriterLock,
+}
+
+impl Rewriter {
+    /// Takes the writer lock (waiting or not, as `options.wait` says) and opens the archive,
+    /// repairing it first if needed. Nothing is written until `start`.
+    pub fn begin(
+        paths: &ArchivePaths,
+        options: &WriterOptions,
+        notices: &mut Vec<String>,
+    ) -> Result<Rewriter> {
+        let lock = WriterLock::acquire(&paths.lock, options.wait, &options.faults)?;
+        let archive = Archive::load(paths, Repair::Held, &options.faults, notices)?;
+        let archive_id = archive
+            .archive_id
+            .ok_or_else(|| Error::NotFound(format!("committed runs in {}", paths.archive.display())))?;
+        Ok(Rewriter {
+            archive,
+            archive_id,
+            options: options.clone(),
+            writer: None,
+            written: Vec::new(),
+            started: false,
+            finished: false,
+            _lock: lock,
+        })
+    }
+
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// Creates (or truncates a leftover) temporary file and starts writing the copy at run 1's
+    /// number, keeping the archive-id.
+    pub fn start(&mut self) -> Result<()> {
+        let tmp = self.archive.paths.rewrite_tmp();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        let first_run = self.archive.runs.first().map_or(1, |r| r.run);
+        let mut writer = ArchiveWriter::new(
+            DurableFile::new(file, &tmp, self.options.faults.clone()),
+            0,
+            first_run,
+            hex_id(&self.archive_id),
+            self.options.level,
+            self.options.threads,
+        )?;
+        writer.defer_sync();
+        self.writer = Some(writer);
+        self.started = true;
+        Ok(())
+    }
+
+    /// The committed state being rewritten and the writer of the copy.
+    pub fn split(&mut self) -> (&Archive, &mut ArchiveWriter) {
+        let writer = self.writer.as_mut().expect("start was called");
+        (&self.archive, writer)
+    }
+
+    /// Ends the copy's run, which must be the source's next run in order.
+    pub fn commit(&mut self, summary: &RunSummary) -> Result<()> {
+        let writer = self.writer.as_mut().expect("start was called");
+        let run = writer.commit(summary)?;
+        self.written.push(run);
+        Ok(())
+    }
+
+    /// Checks, makes durable and installs the copy; returns the archive as it now is. A crash
+    /// anywhere in here leaves the old archive or the new one, each openable.
+    pub fn finish(mut self) -> Result<Archive> {
+        let paths = self.archive.paths.clone();
+        let tmp = paths.rewrite_tmp();
+        let faults = self.options.faults.clone();
+        let mut writer = self.writer.take().expect("start was called");
+        if writer.pending_entries() > 0 {
+            return Err(Error::usage("rewrite finished with uncommitted entries"));
+        }
+        writer.sync()?;
+        drop(writer);
+        let runs = self.check_copy(&tmp)?;
+
+        // From here the old index must not outlive the old archive: remove it first (durably),
+        // so whatever a crash leaves is either the old archive without an index (rebuilt on
+        // open) or the new archive without one.
+        remove_if_present(&paths.index, &faults)?;
+        fsync_dir(&paths.dir(), &faults)?;
+        rename(&tmp, &paths.archive, &faults)?;
+        fsync_dir(&paths.dir(), &faults)?;
+        index::write_full(&paths.index, &self.archive_id, &runs, &faults)?;
+        let index_len = std::fs::metadata(&paths.index)
+            .map_err(|e| Error::io("stat", &paths.index, e))?
+            .len();
+        self.finished = true;
+        Ok(Archive::from_runs(paths, Some(self.archive_id), runs, index_len))
+    }
+
+    /// Scans the copy from its first byte (every member's integrity field and CRC, every tar
+    /// header, every message's SHA-1 against its name, every metadata file's against its pax
+    /// record) and compares what it finds with what the writer reported writing.
+    fn check_copy(&self, tmp: &std::path::Path) -> Result<Vec<CommittedRun>> {
+        let outcome = scan_runs(tmp, 0, None, Some(self.archive_id))?;
+        if let Some(d) = outcome.damage.first() {
+            return Err(Error::corrupt(
+                tmp,
+                d.offset,
+                format!("the rewritten copy fails its check: {}", d.detail),
+            ));
+        }
+        if outcome.committed_end != outcome.file_len {
+            return Err(Error::corrupt(
+                tmp,
+                outcome.committed_end,
+                "the rewritten copy has bytes after its last commit",
+            ));
+        }
+        if outcome.runs.len() != self.written.len() {
+            return Err(Error::corrupt(
+                tmp,
+                outcome.committed_end,
+                format!(
+                    "the rewritten copy holds {} runs, {} were written",
+                    outcome.runs.len(),
+                    self.written.len()
+                ),
+            ));
+        }
+        for (found, wrote) in outcome.runs.iter().zip(&self.written) {
+            let same_frame = found.run == wrote.run
+                && found.start == wrote.start
+                && found.marker_offset == wrote.marker_offset
+                && found.end == wrote.end
+                && found.time == wrote.time
+                && found.compacted == wrote.compacted;
+            if !same_frame || found.entries != wrote.entries {
+                let at = found
+                    .entries
+                    .iter()
+                    .zip(&wrote.entries)
+                    .find(|(a, b)| a != b)
+                    .map_or(found.start, |(a, _)| a.placement.member);
+                return Err(Error::corrupt(
+                    tmp,
+                    at,
+                    format!(
+                        "run {} of the rewritten copy differs from what was written",
+                        wrote.run
+                    ),
+                ));
+            }
+        }
+        Ok(outcome.runs)
+    }
+}
+
+impl Drop for Rewriter {
+    fn drop(&mut self) {
+        // An abandoned copy is only clutter (a crash leaves it too, and the next rewrite
+        // truncates it), but there is no reason to keep it.
+        if self.started && !self.finished {
+            self.writer = None;
+            let _ = std::fs::remove_file(self.archive.paths.rewrite_tmp());
+        }
+    }
+}
+
+/// The `key=value` lines of a run's commit marker, read by seeking to its member.
+pub fn marker_fields(paths: &ArchivePaths, run: &RunInfo) -> Result<Vec<(String, String)>> {
+    let path = &paths.archive;
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let scanner =
+        Scanner::new(file, path, run.marker_offset).map_err(|e| Error::io("seek", path, e))?;
+    for event in scanner {
+        match event {
+            ScanEvent::Commit(m) if m.run == run.run => return Ok(m.fields),
+            ScanEvent::Entry(_) => {}
+            _ => break,
+        }
+    }
+    Err(Error::corrupt(
+        path,
+        run.marker_offset,
+        format!("no commit marker of run {} here", run.run),
+    ))
+}
