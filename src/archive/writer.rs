@@ -162,8 +162,7 @@ impl ArchiveWriter {
     pub fn append_encoded(&mut self, encoded: &[u8], record: EntryRecord) -> Result<()> {
         self.check()?;
         let header_len = record.placement.data_at - record.placement.header_at as u64;
-        if encoded.len() > MEMBER_TARGET
-            || encoded.len() as u64 != header_len + padded(record.size)
+        if encoded.len() > MEMBER_TARGET || encoded.len() as u64 != header_len + padded(record.size)
         {
             return Err(Error::usage(format!(
                 "{}: {} encoded bytes do not fit one member or do not match the record",
@@ -641,7 +640,9 @@ impl ArchiveWriter {
         }
         for (k, v) in &summary.extra {
             if !marker_key_ok(k) || v.contains('\n') {
-                return Err(Error::usage(format!("marker line {k:?}={v:?} is not key=value")));
+                return Err(Error::usage(format!(
+                    "marker line {k:?}={v:?} is not key=value"
+                )));
             }
             body.push_str(&format!("{k}={v}\n"));
         }

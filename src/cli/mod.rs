@@ -506,10 +506,8 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
                                 );
                             }
                             Some(Ok(outcome)) => {
-                                let _ = p.line(&format!(
-                                    "  {}",
-                                    output::compaction_summary(outcome)
-                                ));
+                                let _ =
+                                    p.line(&format!("  {}", output::compaction_summary(outcome)));
                             }
                             Some(Err(error)) => {
                                 p.note(&format!("{}: compaction failed: {error}", r.user))

@@ -209,16 +209,6 @@ pub fn utc(secs: i64) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::utc(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
-    }
-}
-
 /// The dry-run report of one archive: the decision, then drops by reason.
 pub fn compaction_plan(
     p: &mut Printer,
@@ -250,10 +240,7 @@ pub fn compaction_plan(
         ("duplicate copies", d.duplicate_copies),
     ] {
         if n > 0 {
-            p.out_line(&format!(
-                "  drop {n} {what} ({} uncompressed)",
-                bytes(raw)
-            ));
+            p.out_line(&format!("  drop {n} {what} ({} uncompressed)", bytes(raw)));
         }
     }
     Ok(())
@@ -280,5 +267,15 @@ pub fn compaction_summary(o: &crate::compact::CompactOutcome) -> String {
             "left as is: live {:.1}% is not below the threshold {}% ({} weeks since the last compaction)",
             o.plan.live_percent, o.plan.threshold_percent, o.plan.weeks_since_compaction
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

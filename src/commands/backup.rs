@@ -27,8 +27,14 @@ pub struct BackupOptions {
 pub enum UserOutcome {
     /// The run committed; with `--compact`, what the policy then did (or why it failed: the
     /// run stays committed either way).
-    Done(UserReport, Option<std::result::Result<CompactOutcome, String>>),
-    Failed { user: String, error: String },
+    Done(
+        UserReport,
+        Option<std::result::Result<Box<CompactOutcome>, String>>,
+    ),
+    Failed {
+        user: String,
+        error: String,
+    },
 }
 
 pub struct BackupSummary {
@@ -109,6 +115,7 @@ pub fn backup(
                     Ok(Some(report)) => {
                         let compaction = options.compact.as_ref().map(|plan| {
                             compact_after_run(&options.archive_dir, user, plan, writer)
+                                .map(Box::new)
                                 .map_err(|e| e.to_string())
                         });
                         UserOutcome::Done(report, compaction)
@@ -129,9 +136,7 @@ pub fn backup(
         for outcome in rx {
             done += 1;
             match &outcome {
-                UserOutcome::Done(r, c)
-                    if !r.problems.is_empty() || matches!(c, Some(Err(_))) =>
-                {
+                UserOutcome::Done(r, c) if !r.problems.is_empty() || matches!(c, Some(Err(_))) => {
                     summary.with_problems += 1
                 }
                 UserOutcome::Failed { .. } => summary.failed += 1,

@@ -20,12 +20,12 @@ pub enum ArchiveCompaction {
     Ran(CompactOutcome),
 }
 
+/// Called with each archive's result and the repair notices its opening produced.
+pub type OnArchive<'a> = dyn FnMut(&ArchivePaths, Result<ArchiveCompaction>, &[String]) + 'a;
+
 /// Runs the command; `on_archive` sees each archive's result and the repair notices its opening
 /// produced, as each finishes.
-pub fn compact_archives(
-    command: &CompactCommand,
-    on_archive: &mut dyn FnMut(&ArchivePaths, Result<ArchiveCompaction>, &[String]),
-) -> Result<()> {
+pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) -> Result<()> {
     for paths in command.selection.resolve()? {
         let mut notices = Vec::new();
         let result = if command.dry_run {

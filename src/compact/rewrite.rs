@@ -79,7 +79,9 @@ pub fn compact(
             while j < entries.len() && entries[j].placement.member == member {
                 j += 1;
             }
-            let end = entries.get(j).map_or(run.marker_offset, |e| e.placement.member);
+            let end = entries
+                .get(j)
+                .map_or(run.marker_offset, |e| e.placement.member);
             let group = &entries[i..j];
             let group_keep = &keep[i..j];
             if group_keep.iter().all(|&k| k) {
@@ -139,7 +141,13 @@ fn decompress_stretch(path: &std::path::Path, from: u64, to: u64) -> Result<Vec<
                     ));
                 }
             }
-            Ok(None) => return Err(Error::corrupt(path, members.position(), "archive ends early")),
+            Ok(None) => {
+                return Err(Error::corrupt(
+                    path,
+                    members.position(),
+                    "archive ends early",
+                ))
+            }
             Err(MemberError::Io(e)) => return Err(Error::io("read", path, e)),
             Err(MemberError::Torn { offset, detail } | MemberError::Bad { offset, detail }) => {
                 return Err(Error::corrupt(path, offset, detail))
@@ -151,7 +159,11 @@ fn decompress_stretch(path: &std::path::Path, from: u64, to: u64) -> Result<Vec<
 
 /// The marker of a rewritten run says what the original said, except for the bookkeeping the
 /// writer recomputes (`start`, `entries`) and, on the newest run, when this compaction ran.
-fn summary_from(run: &RunInfo, fields: &[(String, String)], compacted_now: Option<i64>) -> RunSummary {
+fn summary_from(
+    run: &RunInfo,
+    fields: &[(String, String)],
+    compacted_now: Option<i64>,
+) -> RunSummary {
     let mut summary = RunSummary {
         time: run.time,
         compacted: compacted_now.or(run.compacted),

@@ -49,9 +49,9 @@ impl Rewriter {
     ) -> Result<Rewriter> {
         let lock = WriterLock::acquire(&paths.lock, options.wait, &options.faults)?;
         let archive = Archive::load(paths, Repair::Held, &options.faults, notices)?;
-        let archive_id = archive
-            .archive_id
-            .ok_or_else(|| Error::NotFound(format!("committed runs in {}", paths.archive.display())))?;
+        let archive_id = archive.archive_id.ok_or_else(|| {
+            Error::NotFound(format!("committed runs in {}", paths.archive.display()))
+        })?;
         Ok(Rewriter {
             archive,
             archive_id,
@@ -135,7 +135,12 @@ impl Rewriter {
             .map_err(|e| Error::io("stat", &paths.index, e))?
             .len();
         self.finished = true;
-        Ok(Archive::from_runs(paths, Some(self.archive_id), runs, index_len))
+        Ok(Archive::from_runs(
+            paths,
+            Some(self.archive_id),
+            runs,
+            index_len,
+        ))
     }
 
     /// Scans the copy from its first byte (every member's integrity field and CRC, every tar

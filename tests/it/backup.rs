@@ -595,8 +595,16 @@ fn compaction_after_expunges_and_a_deleted_folder_keeps_what_the_spool_holds() {
     )
     .unwrap();
     assert!(outcome.compacted, "{:?}", outcome.plan);
-    assert!(outcome.plan.dropped.expunged_beyond_retention.0 > 0, "{:?}", outcome.plan.dropped);
-    assert!(outcome.plan.dropped.deleted_mailboxes.0 > 0, "{:?}", outcome.plan.dropped);
+    assert!(
+        outcome.plan.dropped.expunged_beyond_retention.0 > 0,
+        "{:?}",
+        outcome.plan.dropped
+    );
+    assert!(
+        outcome.plan.dropped.deleted_mailboxes.0 > 0,
+        "{:?}",
+        outcome.plan.dropped
+    );
     assert!(outcome.bytes_after < outcome.bytes_before);
     assert_archive_equals_spool(&server.config_path(), dir.path(), "alice");
     assert_every_committed_state_consistent(dir.path(), "alice");

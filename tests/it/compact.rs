@@ -287,7 +287,11 @@ fn restore_view(archive: &Archive, run: u64) -> RestoreView {
     let read = |e: &mailpack::archive::EntryRecord| {
         let mut out = Vec::new();
         if e.kind == EntryKind::File {
-            archive.read_entry(e).unwrap().read_to_end(&mut out).unwrap();
+            archive
+                .read_entry(e)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
         }
         out
     };
@@ -367,7 +371,13 @@ const NOW: i64 = 75;
 fn ten_weeks(paths: &ArchivePaths) {
     let mut rng = Rng::new(5);
     let mut m = |len: usize| rng.mail_text(len);
-    let (a, b, c, d, e) = (m(2_500_000), m(1_500_000), m(300_000), m(400_000), m(200_000));
+    let (a, b, c, d, e) = (
+        m(2_500_000),
+        m(1_500_000),
+        m(300_000),
+        m(400_000),
+        m(200_000),
+    );
     let (f, g, h, i) = (m(350_000), m(250_000), m(100_000), m(120_000));
     let gu = |x: &[u8]| Guid::of(x);
     run_at(
@@ -391,7 +401,10 @@ fn ten_weeks(paths: &ArchivePaths) {
         10,
         &[
             Op::Message(&d),
-            Op::Index("F", vec![(1, gu(&a), EXPUNGED), (2, gu(&b), 0), (3, gu(&d), 0)]),
+            Op::Index(
+                "F",
+                vec![(1, gu(&a), EXPUNGED), (2, gu(&b), 0), (3, gu(&d), 0)],
+            ),
         ],
     );
     run_at(paths, 20, &[Op::Link("imap/user/u/Work", "")]);
@@ -410,7 +423,12 @@ fn ten_weeks(paths: &ArchivePaths) {
             Op::Message(&f),
             Op::Index(
                 "F",
-                vec![(1, gu(&a), EXPUNGED | UNLINKED), (2, gu(&b), 0), (3, gu(&d), EXPUNGED | UNLINKED), (4, gu(&f), 0)],
+                vec![
+                    (1, gu(&a), EXPUNGED | UNLINKED),
+                    (2, gu(&b), 0),
+                    (3, gu(&d), EXPUNGED | UNLINKED),
+                    (4, gu(&f), 0),
+                ],
             ),
         ],
     );
@@ -438,7 +456,10 @@ fn ten_weeks(paths: &ArchivePaths) {
     run_at(
         paths,
         70,
-        &[Op::Index("F", vec![(2, gu(&b), 0), (4, gu(&f), EXPUNGED), (5, gu(&g), 0)])],
+        &[Op::Index(
+            "F",
+            vec![(2, gu(&b), 0), (4, gu(&f), EXPUNGED), (5, gu(&g), 0)],
+        )],
     );
 }
 
@@ -456,13 +477,24 @@ fn every_restore_state_in_the_window_survives_compaction_byte_for_byte() {
         .map(|r| r.run)
         .collect();
     assert_eq!(in_window.len(), 4, "days 50, 60, 65 and 70");
-    let views: Vec<RestoreView> = in_window.iter().map(|&r| restore_view(&before, r)).collect();
+    let views: Vec<RestoreView> = in_window
+        .iter()
+        .map(|&r| restore_view(&before, r))
+        .collect();
     drop(before);
 
-    let outcome = compact(&paths, &compact_options(NOW, Faults::none()), &mut Vec::new()).unwrap();
+    let outcome = compact(
+        &paths,
+        &compact_options(NOW, Faults::none()),
+        &mut Vec::new(),
+    )
+    .unwrap();
     assert!(outcome.compacted);
     assert!(outcome.bytes_after < outcome.bytes_before, "{outcome:?}");
-    assert!(outcome.stretches_copied > 0 && outcome.members_rebuilt > 0, "{outcome:?}");
+    assert!(
+        outcome.stretches_copied > 0 && outcome.members_rebuilt > 0,
+        "{outcome:?}"
+    );
 
     let after = Archive::open(&paths, &mut Vec::new()).unwrap();
     for (&run, view) in in_window.iter().zip(&views) {
@@ -476,7 +508,9 @@ fn every_restore_state_in_the_window_survives_compaction_byte_for_byte() {
         .collect();
     // Work (folder G) was deleted on day 20, before the window and over 30 days ago: gone, name
     // and tombstone too. Projects' first folder, deleted on day 60, stays with its old name.
-    assert!(!names.iter().any(|n| n.starts_with("folders/G/") || *n == "imap/user/u/Work"));
+    assert!(!names
+        .iter()
+        .any(|n| n.starts_with("folders/G/") || *n == "imap/user/u/Work"));
     assert!(names.contains(&"folders/P/cyrus.index"));
     assert_eq!(after.runs().len(), 9, "every run keeps its commit marker");
     assert_eq!(after.runs().last().unwrap().compacted, Some(NOW * DAY));
@@ -524,7 +558,12 @@ fn a_fault_at_any_write_fsync_or_rename_leaves_the_old_or_the_new_archive() {
         ArchivePaths::for_user(&to, "u").unwrap()
     };
     let clean = copy("clean");
-    compact(&clean, &compact_options(NOW, Faults::none()), &mut Vec::new()).unwrap();
+    compact(
+        &clean,
+        &compact_options(NOW, Faults::none()),
+        &mut Vec::new(),
+    )
+    .unwrap();
     let new = signature(&clean);
     assert_ne!(old, new);
 
@@ -532,7 +571,11 @@ fn a_fault_at_any_write_fsync_or_rename_leaves_the_old_or_the_new_archive() {
     for n in 1.. {
         let paths = copy("faulted");
         let faults = Faults::fail_nth(n, FaultOn::Any);
-        let result = compact(&paths, &compact_options(NOW, faults.clone()), &mut Vec::new());
+        let result = compact(
+            &paths,
+            &compact_options(NOW, faults.clone()),
+            &mut Vec::new(),
+        );
         if faults.seen() < n {
             result.unwrap();
             break;
@@ -542,13 +585,25 @@ fn a_fault_at_any_write_fsync_or_rename_leaves_the_old_or_the_new_archive() {
         if state == old {
             outcomes.0 += 1;
         } else {
-            assert!(state == new, "fault {n}: neither the old nor the new archive");
+            assert!(
+                state == new,
+                "fault {n}: neither the old nor the new archive"
+            );
             outcomes.1 += 1;
         }
         let report = verify(&paths).unwrap();
-        assert!(report.problems.is_empty(), "fault {n}: {:?}", report.problems);
+        assert!(
+            report.problems.is_empty(),
+            "fault {n}: {:?}",
+            report.problems
+        );
         // The next compaction (the nightly one) finishes the job.
-        compact(&paths, &compact_options(NOW, Faults::none()), &mut Vec::new()).unwrap();
+        compact(
+            &paths,
+            &compact_options(NOW, Faults::none()),
+            &mut Vec::new(),
+        )
+        .unwrap();
         assert_eq!(signature(&paths), new, "fault {n}: the retry");
         assert!(!paths.rewrite_tmp().exists());
     }
@@ -561,10 +616,18 @@ fn a_leftover_copy_from_a_crash_is_replaced_and_a_busy_archive_is_left_alone() {
     let paths = ArchivePaths::for_user(dir.path(), "u").unwrap();
     ten_weeks(&paths);
     let old = signature(&paths);
-    std::fs::write(paths.rewrite_tmp(), b"half a copy from a crashed compaction").unwrap();
+    std::fs::write(
+        paths.rewrite_tmp(),
+        b"half a copy from a crashed compaction",
+    )
+    .unwrap();
 
     let held = StoreWriter::open(&paths, &WriterOptions::default(), &mut Vec::new()).unwrap();
-    let busy = compact(&paths, &compact_options(NOW, Faults::none()), &mut Vec::new());
+    let busy = compact(
+        &paths,
+        &compact_options(NOW, Faults::none()),
+        &mut Vec::new(),
+    );
     assert!(
         matches!(busy, Err(mailpack::Error::Busy { .. })),
         "{:?}",
@@ -573,7 +636,12 @@ fn a_leftover_copy_from_a_crash_is_replaced_and_a_busy_archive_is_left_alone() {
     assert_eq!(signature(&paths), old);
     drop(held);
 
-    let outcome = compact(&paths, &compact_options(NOW, Faults::none()), &mut Vec::new()).unwrap();
+    let outcome = compact(
+        &paths,
+        &compact_options(NOW, Faults::none()),
+        &mut Vec::new(),
+    )
+    .unwrap();
     assert!(outcome.compacted);
     assert!(!paths.rewrite_tmp().exists());
     assert!(verify(&paths).unwrap().problems.is_empty());
@@ -592,7 +660,10 @@ fn the_policy_compacts_below_the_threshold_and_counts_weeks_from_the_last_compac
     };
     // First run on day 0: at day 75 that is 10 weeks, so the threshold is 90% (80 + 10).
     let first = plan_at(&paths, NOW).0;
-    assert_eq!((first.weeks_since_compaction, first.threshold_percent), (10, 90));
+    assert_eq!(
+        (first.weeks_since_compaction, first.threshold_percent),
+        (10, 90)
+    );
     let live = first.live_percent;
     assert!(live < 90.0, "the scenario has enough dead weight: {live}");
 
@@ -604,5 +675,8 @@ fn the_policy_compacts_below_the_threshold_and_counts_weeks_from_the_last_compac
 
     // Weeks now count from this compaction: 3 weeks later the threshold is back to 83%.
     let later = plan_at(&paths, NOW + 21).0;
-    assert_eq!((later.weeks_since_compaction, later.threshold_percent), (3, 83));
+    assert_eq!(
+        (later.weeks_since_compaction, later.threshold_percent),
+        (3, 83)
+    );
 }
