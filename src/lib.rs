@@ -14,6 +14,7 @@ pub mod compact;
 pub mod error;
 pub mod guid;
 pub mod io;
+pub mod restore;
 pub mod scan;
 pub mod spool;
 pub mod store;

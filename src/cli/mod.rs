@@ -3,6 +3,7 @@
 //! skipped items, 2 fatal or usage error. Nothing below this module prints.
 
 mod output;
+mod restore;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ enum Command {
     /// their live share is below the policy's threshold (or with --force); --dry-run shows the
     /// plan: what would be kept and dropped, and why.
     Compact(CompactArgs),
+    /// Restore a user, mailboxes or one message as of a time: exactly into Cyrus, additively
+    /// over IMAP, or out to Maildir, mbox or .eml files.
+    Restore(restore::RestoreArgs),
     /// Look at a Cyrus spool as mailpack reads it, directly from disk under Cyrus's locks.
     #[command(subcommand)]
     Spool(SpoolCommand),
@@ -207,8 +211,12 @@ struct LsArgs {
     #[arg(value_name = "ARCHIVE")]
     file: Option<PathBuf>,
     /// Every committed run with all its entries, superseded versions and tombstones included.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "at")]
     all: bool,
+    /// The mailboxes and messages as of the newest run at or before TIME (Unix seconds or
+    /// YYYY-MM-DD[THH:MM[:SS]] UTC): what a restore as of TIME brings back.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
     /// JSON lines on stdout (formats/json-output.md).
     #[arg(long)]
     json: bool,
@@ -321,6 +329,53 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
     match command {
+        Command::Ls(args) if args.at.is_some() => {
+            let paths = selection(&args.archive, args.file)?.one()?;
+            let at = crate::restore::parse_time(args.at.as_deref().unwrap_or_default())?;
+            let mut notices = Vec::new();
+            let as_of = commands::restore::as_of(&paths, Some(at), &mut notices)?;
+            p.notices(&notices);
+            if args.json {
+                for m in &as_of.mailboxes {
+                    p.json(
+                        "mailbox",
+                        &serde_json::json!({ "run": as_of.run, "time": as_of.time, "mailbox": m }),
+                    )?;
+                }
+            } else {
+                p.line(&format!(
+                    "as of run {} ({})",
+                    as_of.run,
+                    output::utc(as_of.time)
+                ))?;
+                for m in &as_of.mailboxes {
+                    p.line(&format!(
+                        "{} uniqueid {} uidvalidity {} uidnext {} highestmodseq {}: {} messages",
+                        m.name,
+                        m.uniqueid,
+                        m.uidvalidity,
+                        m.uidnext,
+                        m.highestmodseq,
+                        m.messages.len()
+                    ))?;
+                    for msg in &m.messages {
+                        p.line(&format!(
+                            "  uid {} {} size {} date {} flags ({}){}",
+                            msg.uid,
+                            msg.sha1,
+                            msg.size,
+                            output::utc(msg.internaldate),
+                            msg.flags.join(" "),
+                            if msg.expunged { " expunged" } else { "" }
+                        ))?;
+                    }
+                }
+            }
+            for r in &as_of.refused {
+                p.note(&format!("refused: {r}"));
+            }
+            Ok(if as_of.refused.is_empty() { 0 } else { 1 })
+        }
         Command::Ls(args) => {
             let paths = selection(&args.archive, args.file)?.one()?;
             let listing = commands::ls(&paths, args.all)?;
@@ -593,6 +648,7 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
             })?;
             Ok(if failed { 1 } else { 0 })
         }
+        Command::Restore(args) => restore::run(args, p),
         Command::Spool(SpoolCommand::Ls(args)) => {
             let listing = commands::spool::spool_ls(&commands::spool::SpoolLsOptions {
                 config: args.config,

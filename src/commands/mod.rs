@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod compact;
+pub mod restore;
 pub mod spool;
 
 use std::fs::File;

@@ -3,7 +3,7 @@
 //! what changed, under Cyrus's locks, and streams message files whose GUID the archive lacks,
 //! checking each SHA-1. Reads the spool, writes only through the store's writer.
 
-mod names;
+pub mod names;
 mod user;
 
 pub use names::{

@@ -50,6 +50,48 @@ fn escape_level(level: &str) -> String {
         .replace('!', "%21")
 }
 
+/// The mailbox name an `imap/` entry stands for: `imap_entry` reversed. `None` when the entry
+/// is not one `imap_entry` could have written (an unknown escape, say).
+pub fn parse_imap_entry(entry: &str) -> Option<MboxName> {
+    let rest = entry.strip_prefix(IMAP_DIR)?;
+    let mut levels = rest.split('/');
+    let first = levels.next()?;
+    let (domain, first) = match first.split_once('!') {
+        Some((d, f)) => (Some(unescape_level(d)?), f),
+        None => (None, first),
+    };
+    let mut parts = vec![unescape_level(first)?];
+    for level in levels {
+        parts.push(unescape_level(level)?);
+    }
+    let name = MboxName { domain, parts };
+    (imap_entry(&name) == entry).then_some(name)
+}
+
+fn unescape_level(level: &str) -> Option<String> {
+    match level {
+        "%" => return Some(String::new()),
+        "%2E" => return Some(".".into()),
+        "%2E%2E" => return Some("..".into()),
+        _ => {}
+    }
+    let mut out = String::with_capacity(level.len());
+    let mut rest = level;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3)?;
+        out.push(match code {
+            "25" => '%',
+            "2F" => '/',
+            "21" => '!',
+            _ => return None,
+        });
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 /// The records format: a header line, then `<keylen> <vallen>\n<key><value>\n` per record.
 pub fn records_bytes(records: &[&Record]) -> Vec<u8> {
     let mut out = RECORDS_MAGIC.as_bytes().to_vec();
@@ -110,6 +152,19 @@ mod tests {
         let e = imap_entry(&odd);
         assert_eq!(e, "imap/user/a%2Fb%25/%2E%2E");
         assert!(crate::archive::check_name(&e).is_ok());
+        assert_eq!(parse_imap_entry(&e), Some(odd));
+        for name in ["user.alice", "example.com!user.bob.Sent", "user.x^y.a!b"] {
+            let name = MboxName::from_internal(name);
+            assert_eq!(parse_imap_entry(&imap_entry(&name)), Some(name));
+        }
+        for bad in ["imap/user/%41", "imap/user/%", "files/x", "imap/a/%2"] {
+            if bad == "imap/user/%" {
+                // An empty level is how an empty Cyrus level is written: it parses.
+                assert!(parse_imap_entry(bad).is_some());
+                continue;
+            }
+            assert_eq!(parse_imap_entry(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::cyrus::{CyrusOptions, CyrusServer};
 use crate::spool_view::populate;
 use crate::util::TempDir;
 
-fn run_backup(config: &Path, dir: &Path, users: &[&str]) -> BTreeMap<String, UserReport> {
+pub fn run_backup(config: &Path, dir: &Path, users: &[&str]) -> BTreeMap<String, UserReport> {
     let options = BackupOptions {
         config: config.to_path_buf(),
         archive_dir: dir.to_path_buf(),

@@ -8,6 +8,7 @@ mod compact;
 mod cyrus;
 mod cyrus_smoke;
 mod fixtures;
+mod restore;
 mod spool_db;
 mod spool_index;
 mod spool_lock;

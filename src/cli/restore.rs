@@ -1,0 +1,180 @@
+//! `mailpack restore`: arguments, and the report printed afterwards.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args};
+
+use super::output::{self, Printer};
+use crate::commands::restore::{restore, RestoreOptions, RestoreTarget};
+use crate::error::Error;
+use crate::restore::cyrus::{CyrusTarget, DEFAULT_CYRUS_BIN};
+use crate::restore::imap::ImapTarget;
+use crate::restore::parse_time;
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("target").required(true)
+    .args(["to_cyrus", "imap", "maildir", "mbox", "eml"])))]
+pub struct RestoreArgs {
+    /// Directory holding the per-user archives.
+    #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
+    archive_dir: PathBuf,
+    /// The Cyrus userid whose archive is read.
+    #[arg(long, value_name = "U")]
+    user: String,
+    /// Only this mailbox (repeatable): INBOX, a name under the INBOX with '/' between levels
+    /// (Archive/2023), or a full name (user/alice/Archive). Default: every mailbox of the user.
+    #[arg(long, value_name = "NAME")]
+    mailbox: Vec<String>,
+    /// Restore the state of the newest run at or before TIME: Unix seconds, or
+    /// YYYY-MM-DD[THH:MM[:SS]] in UTC. Default: the newest run.
+    #[arg(long, value_name = "TIME", conflicts_with = "run")]
+    at: Option<String>,
+    /// Restore the state of this run (as `mailpack ls --all` numbers them) instead of a time.
+    #[arg(long, value_name = "N")]
+    run: Option<u64>,
+    /// Only the message with this SHA-1 (Cyrus GUID).
+    #[arg(long, value_name = "SHA1")]
+    sha1: Option<String>,
+    /// Only the message with this UID (with one --mailbox).
+    #[arg(long, value_name = "N", requires = "mailbox")]
+    uid: Option<u32>,
+    /// Only messages present at T1 and expunged (or gone) by T2.
+    #[arg(long, num_args = 2, value_names = ["T1", "T2"])]
+    expunged_between: Option<Vec<String>>,
+    /// Print what would be written and where, and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Exact restore into a Cyrus 3.6 server (running or not) through its files and databases.
+    #[arg(long)]
+    to_cyrus: bool,
+    /// The target server's imapd.conf (with --to-cyrus).
+    #[arg(long, default_value = crate::spool::config::DEFAULT_CONFIG, value_name = "FILE")]
+    config: PathBuf,
+    /// Where Cyrus's tools (cyr_dbtool, quota) are installed (with --to-cyrus).
+    #[arg(long, default_value = DEFAULT_CYRUS_BIN, value_name = "DIR")]
+    cyrus_bin: PathBuf,
+    /// Additive restore into an IMAP server: APPEND with flags and internal dates.
+    #[arg(long, value_name = "HOST:PORT")]
+    imap: Option<String>,
+    /// IMAP login (with --imap).
+    #[arg(long, value_name = "USER", requires = "imap")]
+    imap_user: Option<String>,
+    /// File holding the IMAP password (else the MAILPACK_IMAP_PASSWORD environment variable).
+    #[arg(long, value_name = "FILE", requires = "imap")]
+    imap_password_file: Option<PathBuf>,
+    /// IMAP folder to restore into, levels separated by '/' (default Restored/<date>).
+    #[arg(long, value_name = "FOLDER", requires = "imap")]
+    folder: Option<String>,
+    /// Export to a Maildir++ tree (flags in file names, keywords in dovecot-keywords).
+    #[arg(long, value_name = "DIR")]
+    maildir: Option<PathBuf>,
+    /// Export to an mboxrd file (a directory of them when several mailboxes are restored).
+    #[arg(long, value_name = "FILE")]
+    mbox: Option<PathBuf>,
+    /// Export one .eml file per message, a directory per mailbox.
+    #[arg(long, value_name = "DIR")]
+    eml: Option<PathBuf>,
+    /// A JSON line on stdout (formats/json-output.md).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
+    let at = args.at.as_deref().map(parse_time).transpose()?;
+    let target = if args.to_cyrus {
+        RestoreTarget::Cyrus(CyrusTarget {
+            config: args.config.clone(),
+            cyrus_bin: args.cyrus_bin.clone(),
+        })
+    } else if let Some(addr) = &args.imap {
+        let user = args
+            .imap_user
+            .clone()
+            .ok_or_else(|| Error::usage("--imap needs --imap-user"))?;
+        let password = match &args.imap_password_file {
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| Error::io("read", f, e))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            None => std::env::var("MAILPACK_IMAP_PASSWORD").map_err(|_| {
+                Error::usage("--imap needs --imap-password-file or MAILPACK_IMAP_PASSWORD")
+            })?,
+        };
+        let folder = args.folder.clone().unwrap_or_else(|| {
+            let when = at.unwrap_or_else(crate::commands::now);
+            format!("Restored/{}", &crate::restore::format_utc(when)[..10])
+        });
+        RestoreTarget::Imap(ImapTarget {
+            addr: addr.clone(),
+            user,
+            password,
+            folder,
+        })
+    } else if let Some(d) = &args.maildir {
+        RestoreTarget::Maildir(d.clone())
+    } else if let Some(f) = &args.mbox {
+        RestoreTarget::Mbox(f.clone())
+    } else if let Some(d) = &args.eml {
+        RestoreTarget::Eml(d.clone())
+    } else {
+        unreachable!("clap requires one target")
+    };
+    let expunged_between = match &args.expunged_between {
+        Some(v) => Some((parse_time(&v[0])?, parse_time(&v[1])?)),
+        None => None,
+    };
+    let sha1 = args
+        .sha1
+        .as_deref()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| Error::usage(format!("--sha1 {s:?} is not 40 hex digits")))
+        })
+        .transpose()?;
+    let report = restore(&RestoreOptions {
+        archive_dir: args.archive_dir,
+        user: args.user,
+        mailboxes: args.mailbox,
+        at,
+        at_run: args.run,
+        sha1,
+        uid: args.uid,
+        expunged_between,
+        target,
+        dry_run: args.dry_run,
+    })?;
+    if args.json {
+        p.json("restore", &report)?;
+    } else {
+        if let (Some(run), Some(time)) = (report.run, report.run_time) {
+            p.out_line(&format!(
+                "{}: as of run {run} ({})",
+                report.user,
+                output::utc(time)
+            ));
+        }
+        if report.dry_run {
+            for w in &report.writes {
+                p.out_line(&format!("  would write {w}"));
+            }
+        }
+        p.out_line(&format!(
+            "{} mailbox(es), {} message(s) written, {} already there{}",
+            report.mailboxes.len(),
+            report.messages_written,
+            report.messages_already_there,
+            if report.dry_run { " (dry run)" } else { "" }
+        ));
+    }
+    for r in &report.refused {
+        p.note(&format!("refused: {r}"));
+    }
+    for b in &report.bad {
+        p.note(&format!("not restored: {b}"));
+    }
+    Ok(if report.bad.is_empty() && report.refused.is_empty() {
+        0
+    } else {
+        1
+    })
+}
