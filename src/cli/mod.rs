@@ -47,7 +47,7 @@ enum Command {
     Compact(CompactArgs),
     /// Restore a user, mailboxes or one message as of a time: exactly into Cyrus, additively
     /// over IMAP, or out to Maildir, mbox or .eml files.
-    Restore(restore::RestoreArgs),
+    Restore(Box<restore::RestoreArgs>),
     /// Look at a Cyrus spool as mailpack reads it, directly from disk under Cyrus's locks.
     #[command(subcommand)]
     Spool(SpoolCommand),
@@ -648,7 +648,7 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
             })?;
             Ok(if failed { 1 } else { 0 })
         }
-        Command::Restore(args) => restore::run(args, p),
+        Command::Restore(args) => restore::run(*args, p),
         Command::Spool(SpoolCommand::Ls(args)) => {
             let listing = commands::spool::spool_ls(&commands::spool::SpoolLsOptions {
                 config: args.config,

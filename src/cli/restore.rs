@@ -159,7 +159,7 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
             }
         }
         p.out_line(&format!(
-            "{} mailbox(es), {} message(s) written, {} already there{}",
+            "{} mailboxes, {} messages written, {} already there{}",
             report.mailboxes.len(),
             report.messages_written,
             report.messages_already_there,
