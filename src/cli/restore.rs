@@ -50,6 +50,20 @@ pub struct RestoreArgs {
     /// The target server's imapd.conf (with --to-cyrus).
     #[arg(long, default_value = crate::spool::config::DEFAULT_CONFIG, value_name = "FILE")]
     config: PathBuf,
+    /// With --to-cyrus: overwrite a mailbox that exists on the target as the same mailbox (same
+    /// name and uniqueid), under Cyrus's exclusive locks. Sessions that have it selected should
+    /// select it again afterwards.
+    #[arg(long, requires = "to_cyrus")]
+    replace: bool,
+    /// With --to-cyrus and one --mailbox: restore it under this name (under the user's INBOX,
+    /// '/' between levels) as a new mailbox with a new uniqueid, beside whatever is there.
+    #[arg(
+        long = "as",
+        value_name = "NAME",
+        requires = "to_cyrus",
+        requires = "mailbox"
+    )]
+    as_name: Option<String>,
     /// Where Cyrus's tools (cyr_dbtool, quota) are installed (with --to-cyrus).
     #[arg(long, default_value = DEFAULT_CYRUS_BIN, value_name = "DIR")]
     cyrus_bin: PathBuf,
@@ -85,6 +99,8 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
         RestoreTarget::Cyrus(CyrusTarget {
             config: args.config.clone(),
             cyrus_bin: args.cyrus_bin.clone(),
+            replace: args.replace,
+            rename_to: args.as_name.clone(),
         })
     } else if let Some(addr) = &args.imap {
         let user = args

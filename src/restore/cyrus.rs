@@ -3,7 +3,7 @@
 //! `mailboxes.db` records (`I<uniqueid>` first, then `N<name>`, which makes it visible) and its
 //! `annotations.db` rows are written through Cyrus's `cyr_dbtool batch`, which locks the
 //! databases as Cyrus does and is binary-safe; then `quota -f` recounts usage. A mailbox that
-//! exists on the target is never touched.
+//! exists on the target is touched only with `replace`, and then under Cyrus's exclusive locks.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{folder_records, read_all, read_mailbox, restorable, MailboxAt, Messages};
+use super::{folder_records, read_all, restorable, MailboxAt, Messages};
 use crate::archive::EntryKind;
 use crate::error::{Error, Result};
 use crate::scan::names::{FOLDER_ANNOTATIONS_DB, FOLDER_MAILBOXES_DB};
@@ -27,6 +27,12 @@ pub const DEFAULT_CYRUS_BIN: &str = "/usr/lib/cyrus/bin";
 pub struct CyrusTarget {
     pub config: PathBuf,
     pub cyrus_bin: PathBuf,
+    /// Overwrite a mailbox that exists on the target as the same mailbox (same name and
+    /// uniqueid), under Cyrus's exclusive locks.
+    pub replace: bool,
+    /// Restore the one selected mailbox under this name (relative to the user's INBOX, `/`
+    /// between levels) as a new mailbox with a new uniqueid.
+    pub rename_to: Option<String>,
 }
 
 /// What a restore into Cyrus wrote (or, dry, would write).
@@ -115,16 +121,133 @@ fn place(path: &Path, bytes: &[u8], mtime_ns: Option<i64>, owner: Owner) -> Resu
     fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))
 }
 
-/// One mailbox ready to place: its target entry (parsed from the stored records) and paths.
+/// How a planned mailbox meets the target.
+enum Mode {
+    /// Nothing there under its name or uniqueid.
+    Fresh,
+    /// The same mailbox is there (same name and uniqueid): replaced in place.
+    Replace(MailboxEntry),
+}
+
+/// One mailbox ready to place: its target entry, records and metadata (rewritten when it is
+/// restored under a new name), and paths.
 struct Planned<'a> {
     source: &'a MailboxAt,
     entry: MailboxEntry,
+    mode: Mode,
     records: Vec<Record>,
+    annotation_rows: Vec<Record>,
+    header: Vec<u8>,
+    index: Vec<u8>,
     data_dir: PathBuf,
     archive_dir: Option<PathBuf>,
 }
 
-fn plan_mailbox<'a>(archive: &Archive, spool: &Spool, m: &'a MailboxAt) -> Result<Planned<'a>> {
+/// 24 random `[0-9a-z]`, the form Cyrus gives uniqueids when built without libuuid.
+fn new_uniqueid() -> Result<String> {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = String::new();
+    for half in 0..2 {
+        let bytes = crate::io::random_id()?;
+        out.extend(
+            bytes[..12]
+                .iter()
+                .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char),
+        );
+        let _ = half;
+    }
+    Ok(out)
+}
+
+/// Replaces the values of `keys` at the top level of a dlist key/value list.
+fn with_values(bytes: &[u8], changes: &[(&str, &str)]) -> std::result::Result<Vec<u8>, String> {
+    use crate::spool::dlist::{self, Dlist};
+    let trailing_newline = bytes.ends_with(b"\n");
+    let mut value = dlist::parse(bytes).map_err(|e| e.to_string())?;
+    let Dlist::Kv(entries) = &mut value else {
+        return Err("not a key/value list".into());
+    };
+    for (key, new) in changes {
+        let slot = entries
+            .iter_mut()
+            .find(|(k, _)| k == key.as_bytes())
+            .ok_or_else(|| format!("no {key} field"))?;
+        slot.1 = Dlist::Atom(new.as_bytes().to_vec());
+    }
+    let mut out = dlist::write(&value);
+    if trailing_newline {
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// The index with `header_file_crc` (offset 96) set for a new `cyrus.header`, and the index
+/// header's own CRC (its last four bytes) recomputed.
+fn reseal_index(index: &[u8], header: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let parsed = crate::spool::index::parse(index).map_err(|e| e.to_string())?;
+    if parsed.header.minor_version < 12 {
+        return Err(format!(
+            "index version {} has no header CRCs to reseal",
+            parsed.header.minor_version
+        ));
+    }
+    let size = parsed.header.start_offset as usize;
+    let mut out = index.to_vec();
+    out[96..100].copy_from_slice(&crc32fast::hash(header).to_be_bytes());
+    let crc = crc32fast::hash(&out[..size - 4]);
+    out[size - 4..size].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
+}
+
+/// The header, index and records of a mailbox restored as `name` with a fresh uniqueid: the
+/// name and uniqueid fields of cyrus.header and of both mailboxes.db records, the annotation
+/// keys, and the index's copy of the header's CRC all follow.
+fn renamed(p: &mut Planned, name: crate::spool::name::MboxName, archive_path: &Path) -> Result<()> {
+    let corrupt = |detail: String| Error::corrupt(archive_path, 0, detail);
+    let old_uid = p.source.uniqueid.clone();
+    let uid = new_uniqueid()?;
+    let internal = name.internal();
+    let dbname = name.dbname();
+    let magic_end = p.header.iter().position(|&b| b == b'%').ok_or_else(|| {
+        corrupt(format!(
+            "{}: cyrus.header is not the 3.6 format",
+            p.entry.name
+        ))
+    })?;
+    let (magic, line) = p.header.split_at(magic_end);
+    let line = with_values(line, &[("N", &internal), ("I", &uid)])
+        .map_err(|e| corrupt(format!("{}: cyrus.header: {e}", p.entry.name)))?;
+    p.header = [magic, &line].concat();
+    p.index = reseal_index(&p.index, &p.header)
+        .map_err(|e| corrupt(format!("{}: cyrus.index: {e}", p.entry.name)))?;
+    for r in &mut p.records {
+        if r.key.starts_with(b"N") {
+            r.key = [b"N".as_slice(), dbname.as_bytes()].concat();
+            r.value = with_values(&r.value, &[("I", &uid)])
+                .map_err(|e| corrupt(format!("{}: N record: {e}", p.entry.name)))?;
+        } else {
+            r.key = [b"I".as_slice(), uid.as_bytes()].concat();
+            r.value = with_values(&r.value, &[("N", &dbname)])
+                .map_err(|e| corrupt(format!("{}: I record: {e}", p.entry.name)))?;
+        }
+    }
+    for r in &mut p.annotation_rows {
+        if let Some(rest) = r.key.strip_prefix(old_uid.as_bytes()) {
+            r.key = [uid.as_bytes(), rest].concat();
+        }
+    }
+    p.entry.name = name;
+    p.entry.uniqueid = Some(uid);
+    Ok(())
+}
+
+fn plan_mailbox<'a>(
+    archive: &Archive,
+    spool: &Spool,
+    m: &'a MailboxAt,
+    target: &CyrusTarget,
+    user: &str,
+) -> Result<Planned<'a>> {
     let records = folder_records(archive, m, FOLDER_MAILBOXES_DB)?;
     let path = &archive.paths().archive;
     let list = Mboxlist::from_records(path, &records)?;
@@ -153,42 +276,93 @@ fn plan_mailbox<'a>(archive: &Archive, spool: &Spool, m: &'a MailboxAt) -> Resul
             ),
         ));
     }
-    if let Some(existing) = spool
+    let file = |name: &str| -> Result<Vec<u8>> {
+        let e = m
+            .file(name)
+            .ok_or_else(|| Error::NotFound(format!("{name} of {}", m.name)))?;
+        read_all(archive, e)
+    };
+    let mut p = Planned {
+        source: m,
+        entry: entry.clone(),
+        mode: Mode::Fresh,
+        records,
+        annotation_rows: folder_records(archive, m, FOLDER_ANNOTATIONS_DB)?,
+        header: file("cyrus.header")?,
+        index: file("cyrus.index")?,
+        data_dir: PathBuf::new(),
+        archive_dir: None,
+    };
+    if let Some(new_name) = &target.rename_to {
+        let (local, domain) = crate::spool::name::split_userid(user);
+        let mut parts = vec!["user".to_string(), local.to_string()];
+        parts.extend(new_name.split('/').map(str::to_string));
+        let name = crate::spool::name::MboxName {
+            domain: domain.map(str::to_string),
+            parts,
+        };
+        crate::restore::safe_levels(&name).map_err(Error::usage)?;
+        renamed(&mut p, name, path)?;
+    }
+    let live = |e: &&MailboxEntry| !e.is_tombstone();
+    let by_name = spool
         .mboxlist
         .entries
         .iter()
-        .filter(|e| !e.is_tombstone())
-        .find(|e| e.name == entry.name || e.uniqueid == entry.uniqueid)
-    {
-        return Err(Error::usage(format!(
-            "{} exists on the target as {} (uniqueid {}); a restore into Cyrus never overwrites a \
-             mailbox: export it instead (--maildir, --mbox, --eml), or restore it additively with \
-             --imap",
-            entry.name,
-            existing.name,
-            existing.uniqueid.as_deref().unwrap_or("?")
-        )));
-    }
-    let data_dir = spool.mailbox_dir(&entry).ok_or_else(|| {
+        .filter(live)
+        .find(|e| e.name == p.entry.name);
+    let by_id = spool
+        .mboxlist
+        .entries
+        .iter()
+        .filter(live)
+        .find(|e| e.uniqueid == p.entry.uniqueid);
+    p.mode = match (by_name, by_id) {
+        (None, None) => Mode::Fresh,
+        (Some(n), Some(i)) if n.name == i.name && target.replace => Mode::Replace(n.clone()),
+        (Some(existing), _) | (None, Some(existing)) => {
+            let what = if existing.name == p.entry.name && existing.uniqueid == p.entry.uniqueid {
+                "exists on the target; --replace overwrites it".to_string()
+            } else if existing.name == p.entry.name {
+                format!(
+                    "exists on the target as another mailbox (uniqueid {}); delete it first, or \
+                     restore with --as NAME",
+                    existing.uniqueid.as_deref().unwrap_or("?")
+                )
+            } else {
+                format!(
+                    "exists on the target under the name {} (same uniqueid); rename it back \
+                     first, or restore with --as NAME",
+                    existing.name
+                )
+            };
+            return Err(Error::usage(format!(
+                "{}: {what}; or export it (--maildir, --mbox, --eml) or restore it additively \
+                 (--imap)",
+                p.entry.name
+            )));
+        }
+    };
+    p.data_dir = spool.mailbox_dir(&p.entry).ok_or_else(|| {
         Error::usage(format!(
             "{}: the target has no partition {:?}",
-            entry.name,
-            entry.partition.as_deref().unwrap_or("")
+            p.entry.name,
+            p.entry.partition.as_deref().unwrap_or("")
         ))
     })?;
-    let archive_dir = spool.archive_dir(&entry);
-    Ok(Planned {
-        source: m,
-        entry,
-        records,
-        data_dir,
-        archive_dir,
-    })
+    p.archive_dir = spool.archive_dir(&p.entry);
+    Ok(p)
 }
 
-/// The `cyr_dbtool batch` input that sets `records`: IMAP literals, binary-safe.
-fn batch_input(records: &[&Record]) -> Vec<u8> {
+/// The `cyr_dbtool batch` input that sets `records` and deletes `deletes`: IMAP literals,
+/// binary-safe.
+fn batch_input(records: &[&Record], deletes: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
+    for key in deletes {
+        out.extend_from_slice(format!("DELETE {{{}+}}\r\n", key.len()).as_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(b"\r\n");
+    }
     for r in records {
         out.extend_from_slice(format!("SET {{{}+}}\r\n", r.key.len()).as_bytes());
         out.extend_from_slice(&r.key);
@@ -197,6 +371,20 @@ fn batch_input(records: &[&Record]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// Message files in a mailbox directory (`<uid>.`), by uid.
+fn message_files(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let Ok(read) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.filter_map(|e| {
+        let e = e.ok()?;
+        let name = e.file_name();
+        let uid = name.to_str()?.strip_suffix('.')?.parse().ok()?;
+        Some((uid, e.path()))
+    })
+    .collect()
 }
 
 impl CyrusTarget {
@@ -236,8 +424,14 @@ impl CyrusTarget {
         Ok(())
     }
 
-    fn set_records(&self, owner: Owner, db: &Path, records: &[&Record]) -> Result<()> {
-        if records.is_empty() {
+    fn update_db(
+        &self,
+        owner: Owner,
+        db: &Path,
+        records: &[&Record],
+        deletes: &[Vec<u8>],
+    ) -> Result<()> {
+        if records.is_empty() && deletes.is_empty() {
             return Ok(());
         }
         let mut cmd = self.tool(owner, "cyr_dbtool");
@@ -246,14 +440,14 @@ impl CyrusTarget {
         cmd.arg("-n").arg(db).arg("twoskip").arg("batch");
         self.run(
             cmd,
-            &batch_input(records),
+            &batch_input(records, deletes),
             &format!("cyr_dbtool {}", db.display()),
         )
     }
 
     /// Restores `mailboxes` (and, with `user_files`, the user's seen state, subscriptions,
     /// sieve scripts and quota) as the archive held them. Checks every mailbox before writing
-    /// anything: one that exists on the target stops the restore.
+    /// anything: one that exists on the target stops the restore unless `replace` allows it.
     #[allow(clippy::too_many_arguments)]
     pub fn restore(
         &self,
@@ -274,49 +468,33 @@ impl CyrusTarget {
                 detail: "restore into Cyrus supports the 3.6 mailboxes.db layout only".into(),
             });
         }
+        if self.rename_to.is_some() && (mailboxes.len() != 1 || user_files) {
+            return Err(Error::usage("--as restores exactly one --mailbox"));
+        }
         let owner = Owner::of(&spool.config.configdirectory)?;
         let planned = mailboxes
             .iter()
-            .map(|m| plan_mailbox(archive, &spool, m))
+            .map(|m| plan_mailbox(archive, &spool, m, self, user))
             .collect::<Result<Vec<_>>>()?;
         let mut out = CyrusOutcome::default();
+        let annotations = if planned.iter().any(|p| matches!(p.mode, Mode::Replace(_))) {
+            Some(spool.annotations()?)
+        } else {
+            None
+        };
+        let mut annotation_deletes: Vec<Vec<u8>> = Vec::new();
 
         for p in &planned {
             out.mailboxes.push(p.entry.name.to_string());
-            let data = read_mailbox(archive, p.source)?;
-            for r in data.index.records.iter().filter(|r| restorable(r, true)) {
-                let dir = match (&p.archive_dir, r.is_archived()) {
-                    (Some(a), true) => a,
-                    _ => &p.data_dir,
-                };
-                let path = dir.join(r.message_file_name());
-                out.writes.push(path.display().to_string());
-                if dry_run {
-                    continue;
-                }
-                match messages.read(&r.guid) {
-                    Ok(bytes) => {
-                        place(&path, &bytes, Some(r.internaldate_ns), owner)?;
-                        out.messages_written += 1;
-                    }
-                    Err(e) => out
-                        .bad_messages
-                        .push(format!("{} uid {}: {e}", p.entry.name, r.uid)),
-                }
-            }
-            // The index last: Cyrus trusts what it lists, so everything it lists comes first.
-            for file in [MetaFile::Header, MetaFile::Annotations, MetaFile::Index] {
-                let Some(e) = p.source.file(file.file_name()) else {
-                    continue;
-                };
-                let path = spool.meta_path(&p.entry, file).ok_or_else(|| {
-                    Error::usage(format!("{}: no metadata path on the target", p.entry.name))
-                })?;
-                out.writes.push(path.display().to_string());
-                if !dry_run {
-                    let bytes = read_all(archive, e)?;
-                    place(&path, &bytes, e.stat.map(|s| s.mtime_ns), owner)?;
-                }
+            self.place_mailbox(archive, messages, &spool, p, owner, dry_run, &mut out)?;
+            if let (Mode::Replace(existing), Some(all)) = (&p.mode, &annotations) {
+                let key = spool.annotation_key(existing);
+                annotation_deletes.extend(
+                    all.of(&key)
+                        .iter()
+                        .filter(|r| !p.annotation_rows.iter().any(|k| k.key == r.key))
+                        .map(|r| r.key.clone()),
+                );
             }
         }
 
@@ -334,16 +512,21 @@ impl CyrusTarget {
                 }
             }
         }
-        let mut annotation_rows = Vec::new();
-        for p in &planned {
-            annotation_rows.extend(folder_records(archive, p.source, FOLDER_ANNOTATIONS_DB)?);
-        }
+        let annotation_rows: Vec<&Record> =
+            planned.iter().flat_map(|p| &p.annotation_rows).collect();
         let annotations_db = spool.config.configdirectory.join("annotations.db");
-        for (db, records) in [
-            (&annotations_db, annotation_rows.iter().collect::<Vec<_>>()),
-            (&mboxlist_db, ids),
-            (&mboxlist_db, names),
+        for (db, records, deletes) in [
+            (&annotations_db, annotation_rows, annotation_deletes),
+            (&mboxlist_db, ids, Vec::new()),
+            (&mboxlist_db, names, Vec::new()),
         ] {
+            for key in &deletes {
+                out.writes.push(format!(
+                    "{} delete {}",
+                    db.display(),
+                    String::from_utf8_lossy(key).replace(['\u{1f}', '\0'], "/")
+                ));
+            }
             for r in &records {
                 out.writes.push(format!(
                     "{} record {}",
@@ -352,7 +535,7 @@ impl CyrusTarget {
                 ));
             }
             if !dry_run {
-                self.set_records(owner, db, &records)?;
+                self.update_db(owner, db, &records, &deletes)?;
             }
         }
 
@@ -366,6 +549,144 @@ impl CyrusTarget {
             self.run(cmd, b"", "quota -f")?;
         }
         Ok(out)
+    }
+
+    /// Message files, then cyrus.annotations, cyrus.header and cyrus.index last: Cyrus trusts
+    /// what the index lists, so everything it lists comes first. A mailbox being replaced is
+    /// held under Cyrus's exclusive name and index locks throughout, its stale cache removed
+    /// (Cyrus rebuilds entries from the message files) and its files that the restored index
+    /// does not list removed.
+    #[allow(clippy::too_many_arguments)]
+    fn place_mailbox(
+        &self,
+        archive: &Archive,
+        messages: &Messages,
+        spool: &Spool,
+        p: &Planned,
+        owner: Owner,
+        dry_run: bool,
+        out: &mut CyrusOutcome,
+    ) -> Result<()> {
+        use crate::spool::lock::{FileLock, LockMethod, LockMode, LockWait};
+        let meta = |file: MetaFile| {
+            spool.meta_path(&p.entry, file).ok_or_else(|| {
+                Error::usage(format!("{}: no metadata path on the target", p.entry.name))
+            })
+        };
+        let mut _locks = Vec::new();
+        if let (Mode::Replace(existing), false) = (&p.mode, dry_run) {
+            let lock_path = spool.lock_path(existing).ok_or_else(|| {
+                Error::usage(format!("{}: no lock path on the target", p.entry.name))
+            })?;
+            _locks.push(FileLock::lock_lockfile(
+                &lock_path,
+                &spool.config.mboxname_lockpath,
+                LockMode::Exclusive,
+                LockMethod::Fcntl,
+                LockWait::Forever,
+            )?);
+            if let Some(l) = FileLock::lock_stable(
+                &meta(MetaFile::Index)?,
+                LockMode::Exclusive,
+                LockMethod::Fcntl,
+                LockWait::Forever,
+            )? {
+                _locks.push(l);
+            }
+        }
+        let data = crate::spool::index::parse(&p.index).map_err(|e| {
+            Error::corrupt(
+                &archive.paths().archive,
+                0,
+                format!("{}: cyrus.index: {e}", p.entry.name),
+            )
+        })?;
+        let mut listed = std::collections::HashSet::new();
+        for r in data.records.iter().filter(|r| restorable(r, true)) {
+            let dir = match (&p.archive_dir, r.is_archived()) {
+                (Some(a), true) => a,
+                _ => &p.data_dir,
+            };
+            let path = dir.join(r.message_file_name());
+            listed.insert(path.clone());
+            out.writes.push(path.display().to_string());
+            if dry_run {
+                continue;
+            }
+            if matches!(p.mode, Mode::Replace(_))
+                && fs::metadata(&path).is_ok_and(|m| m.len() == r.size)
+            {
+                continue; // a message file never changes under its uid
+            }
+            match messages.read(&r.guid) {
+                Ok(bytes) => {
+                    place(&path, &bytes, Some(r.internaldate_ns), owner)?;
+                    out.messages_written += 1;
+                }
+                Err(e) => out
+                    .bad_messages
+                    .push(format!("{} uid {}: {e}", p.entry.name, r.uid)),
+            }
+        }
+        if let Mode::Replace(_) = p.mode {
+            for dir in std::iter::once(&p.data_dir).chain(p.archive_dir.as_ref()) {
+                for (_, path) in message_files(dir) {
+                    if !listed.contains(&path) {
+                        out.writes.push(format!("remove {}", path.display()));
+                        if !dry_run {
+                            fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                        }
+                    }
+                }
+            }
+        }
+        let annotations = p
+            .source
+            .file(MetaFile::Annotations.file_name())
+            .map(|e| read_all(archive, e).map(|b| (b, e.stat.map(|s| s.mtime_ns))))
+            .transpose()?;
+        let header_mtime = p
+            .source
+            .file(MetaFile::Header.file_name())
+            .and_then(|e| e.stat.map(|s| s.mtime_ns));
+        let index_mtime = p
+            .source
+            .file(MetaFile::Index.file_name())
+            .and_then(|e| e.stat.map(|s| s.mtime_ns));
+        let annotations_path = meta(MetaFile::Annotations)?;
+        out.writes.push(annotations_path.display().to_string());
+        if !dry_run {
+            match &annotations {
+                Some((bytes, mtime)) => place(&annotations_path, bytes, *mtime, owner)?,
+                None => match fs::remove_file(&annotations_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", &annotations_path, e)),
+                },
+            }
+        }
+        let header_path = meta(MetaFile::Header)?;
+        out.writes.push(header_path.display().to_string());
+        if !dry_run {
+            place(&header_path, &p.header, header_mtime, owner)?;
+        }
+        if let Mode::Replace(_) = p.mode {
+            let cache = crate::io::parent_dir(&meta(MetaFile::Index)?).join("cyrus.cache");
+            out.writes.push(format!("remove {}", cache.display()));
+            if !dry_run {
+                match fs::remove_file(&cache) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("remove", &cache, e)),
+                }
+            }
+        }
+        let index_path = meta(MetaFile::Index)?;
+        out.writes.push(index_path.display().to_string());
+        if !dry_run {
+            place(&index_path, &p.index, index_mtime, owner)?;
+        }
+        Ok(())
     }
 
     /// seen, subscriptions, sieve scripts and the quota file, where the target keeps them for

@@ -1,7 +1,8 @@
 //! Cyrus's "dlist" text syntax (formats/cyrus.md, "dlist"), as found in `cyrus.header` since
 //! Cyrus 3.6 and in `mailboxes.db` values since 2.5: atoms, quoted strings, IMAP literals, `NIL`,
-//! lists `( )` and key/value lists `%( )`. This module only parses bytes already in memory; it
-//! never touches a file, and it never writes.
+//! lists `( )` and key/value lists `%( )`. This module parses bytes already in memory and
+//! serialises values the way Cyrus does (for a restore under a new name); it never touches a
+//! file.
 //!
 //! Cyrus writes one space between items and prefers, in order, a bare atom, a quoted string
 //! without escapes, and a literal. The reader here accepts what Cyrus's own readers accept
@@ -9,6 +10,66 @@
 //! and is bounded: nesting is limited to `MAX_DEPTH` and no allocation exceeds the input.
 
 use crate::spool::ParseError;
+
+/// Serialises as Cyrus's `dlist_printbuf` does: a bare atom when the bytes allow it, else a
+/// quoted string, else a literal `{N+}\r\n`; one space between items.
+pub fn write(value: &Dlist) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_into(value, &mut out);
+    out
+}
+
+fn write_string(bytes: &[u8], out: &mut Vec<u8>) {
+    let atom_ok = !bytes.is_empty()
+        && bytes.len() < 1024
+        && bytes != b"NIL"
+        && bytes
+            .iter()
+            .all(|&b| b > b' ' && b < 0x7f && !b"{()\"%*\\".contains(&b));
+    let quote_ok = bytes.len() < 1024
+        && bytes
+            .iter()
+            .all(|&b| b >= b' ' && b < 0x7f && !b"\"%\\".contains(&b));
+    if atom_ok {
+        out.extend_from_slice(bytes);
+    } else if quote_ok {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(format!("{{{}+}}\r\n", bytes.len()).as_bytes());
+        out.extend_from_slice(bytes);
+    }
+}
+
+fn write_into(value: &Dlist, out: &mut Vec<u8>) {
+    match value {
+        Dlist::Atom(b) | Dlist::Str(b) | Dlist::Literal(b) => write_string(b, out),
+        Dlist::Nil => out.extend_from_slice(b"NIL"),
+        Dlist::List(items) => {
+            out.push(b'(');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                write_into(item, out);
+            }
+            out.push(b')');
+        }
+        Dlist::Kv(entries) => {
+            out.extend_from_slice(b"%(");
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                write_string(k, out);
+                out.push(b' ');
+                write_into(v, out);
+            }
+            out.push(b')');
+        }
+    }
+}
 
 /// Deepest nesting of lists accepted. Cyrus's own values nest three levels at most; the bound
 /// exists so that hostile input cannot exhaust the stack of the recursive parser.
@@ -320,6 +381,18 @@ mod tests {
 
     fn atom(s: &str) -> Dlist {
         Dlist::Atom(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn cyrus_values_serialise_back_to_their_bytes() {
+        for line in [
+            &b"%(T el N user.cassandane I c5575115-d09d-4d87-b74f-7d6b7a335dce A %(cassandane lrswipkxtecdan admin lrswipkxtecdan anyone p))"[..],
+            b"%(T e I a6enf P default V 1795311870 C 1 F 11 M 1795311884 A %(alice lrswipkxtecdan bob lrsw))",
+            b"%(T e N \"user.alice.Old Stuff\" U (NIL $Label1) H ())",
+            b"%(K {3+}\r\na\"b)",
+        ] {
+            assert_eq!(write(&parse(line).unwrap()), line, "{}", String::from_utf8_lossy(line));
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ struct FullFacts {
     facts: UserFacts,
     quota: Vec<String>,
     metadata: BTreeMap<String, BTreeMap<String, String>>,
+    /// ENVELOPE and BODYSTRUCTURE of every message: served from cyrus.cache, which a restore
+    /// must make the server rebuild correctly.
+    structure: BTreeMap<String, Vec<String>>,
     sieve: Vec<(String, bool, String)>,
 }
 
@@ -37,9 +40,18 @@ fn full_facts(server: &CyrusServer, user: &str) -> FullFacts {
         .filter(|l| l.starts_with("* QUOTA "))
         .collect();
     let mut metadata = BTreeMap::new();
-    for name in facts.mailboxes.keys() {
+    let mut structure = BTreeMap::new();
+    for (name, m) in &facts.mailboxes {
         let server_name = name.replace('/', &sep.to_string());
         metadata.insert(name.clone(), imap.get_all_metadata(&server_name));
+        if !m.messages.is_empty() {
+            imap.examine(&server_name);
+            structure.insert(
+                name.clone(),
+                imap.raw("UID FETCH 1:* (ENVELOPE BODYSTRUCTURE)"),
+            );
+            imap.unselect();
+        }
     }
     drop(imap);
     let sieve = server
@@ -54,6 +66,7 @@ fn full_facts(server: &CyrusServer, user: &str) -> FullFacts {
         facts,
         quota,
         metadata,
+        structure,
         sieve,
     }
 }
@@ -96,6 +109,8 @@ fn to_cyrus(server: &CyrusServer) -> RestoreTarget {
     RestoreTarget::Cyrus(CyrusTarget {
         config: server.config_path(),
         cyrus_bin: DEFAULT_CYRUS_BIN.into(),
+        replace: false,
+        rename_to: None,
     })
 }
 
@@ -537,4 +552,87 @@ open(sys.argv[1], "wb").write(gzip.compress(buf.getvalue()))
     assert!(!target.exists());
     assert!(!Path::new("/tmp/mailpack-absolute").exists());
     assert!(!work.path().parent().unwrap().join("escape").exists());
+}
+
+#[test]
+fn replace_puts_back_an_older_state_in_place_and_as_restores_beside_under_a_new_name() {
+    let server = CyrusServer::start(CyrusOptions::default());
+    populate(&server);
+    let dir = TempDir::new("restore-replace");
+    run_backup(&server.config_path(), dir.path(), &["alice"]);
+    let first = full_facts(&server, "alice");
+    change(&server);
+    run_backup(&server.config_path(), dir.path(), &["alice"]);
+    let second = full_facts(&server, "alice");
+    assert_ne!(
+        first.facts.mailboxes["INBOX"],
+        second.facts.mailboxes["INBOX"]
+    );
+
+    let cyrus = |replace: bool, rename_to: Option<&str>| {
+        RestoreTarget::Cyrus(CyrusTarget {
+            config: server.config_path(),
+            cyrus_bin: DEFAULT_CYRUS_BIN.into(),
+            replace,
+            rename_to: rename_to.map(str::to_string),
+        })
+    };
+    // Without --replace the live INBOX stops the restore.
+    let mut o = options(dir.path(), "alice", cyrus(false, None));
+    o.at_run = Some(1);
+    o.mailboxes = vec!["INBOX".into()];
+    let refused = restore(&o).unwrap_err().to_string();
+    assert!(refused.contains("--replace"), "{refused}");
+
+    // --replace: the INBOX is as at the first backup, the rest as now.
+    let mut o = options(dir.path(), "alice", cyrus(true, None));
+    o.at_run = Some(1);
+    o.mailboxes = vec!["INBOX".into()];
+    run_restore(&o);
+    let now = full_facts(&server, "alice");
+    assert_eq!(now.facts.mailboxes["INBOX"], first.facts.mailboxes["INBOX"]);
+    assert_eq!(now.metadata["INBOX"], first.metadata["INBOX"]);
+    assert_eq!(now.structure["INBOX"], first.structure["INBOX"]);
+    for (name, m) in &second.facts.mailboxes {
+        if name != "INBOX" {
+            assert_eq!(&now.facts.mailboxes[name], m, "{name} untouched");
+        }
+    }
+    assert_reconstruct_clean(&server, "alice");
+
+    // --as: the first backup's Archive beside today's, under a new name and uniqueid.
+    let mut o = options(
+        dir.path(),
+        "alice",
+        cyrus(false, Some("Archive from run 1")),
+    );
+    o.at_run = Some(1);
+    o.mailboxes = vec!["Archive".into()];
+    let report = run_restore(&o);
+    assert_eq!(report.mailboxes, vec!["user.alice.Archive from run 1"]);
+    let now = full_facts(&server, "alice");
+    let copy = &now.facts.mailboxes["Archive from run 1"];
+    assert_eq!(copy, &first.facts.mailboxes["Archive"]);
+    assert_eq!(
+        now.facts.mailboxes["Archive"],
+        second.facts.mailboxes["Archive"]
+    );
+    let mut imap = server.imap("alice");
+    let ids: Vec<String> = ["Archive", "Archive from run 1"]
+        .iter()
+        .map(|m| {
+            imap.raw(&format!(
+                "STATUS {} (MAILBOXID)",
+                crate::cyrus::mailbox_arg(m)
+            ))
+            .join(" ")
+        })
+        .collect();
+    drop(imap);
+    assert_ne!(
+        ids[0].split("MAILBOXID").nth(1),
+        ids[1].split("MAILBOXID").nth(1),
+        "{ids:?}"
+    );
+    assert_reconstruct_clean(&server, "alice");
 }
