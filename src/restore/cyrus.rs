@@ -126,7 +126,7 @@ enum Mode {
     /// Nothing there under its name or uniqueid.
     Fresh,
     /// The same mailbox is there (same name and uniqueid): replaced in place.
-    Replace(MailboxEntry),
+    Replace(Box<MailboxEntry>),
 }
 
 /// One mailbox ready to place: its target entry, records and metadata (rewritten when it is
@@ -319,7 +319,7 @@ fn plan_mailbox<'a>(
         .find(|e| e.uniqueid == p.entry.uniqueid);
     p.mode = match (by_name, by_id) {
         (None, None) => Mode::Fresh,
-        (Some(n), Some(i)) if n.name == i.name && target.replace => Mode::Replace(n.clone()),
+        (Some(n), Some(i)) if n.name == i.name && target.replace => Mode::Replace(Box::new(n.clone())),
         (Some(existing), _) | (None, Some(existing)) => {
             let what = if existing.name == p.entry.name && existing.uniqueid == p.entry.uniqueid {
                 "exists on the target; --replace overwrites it".to_string()

@@ -29,7 +29,7 @@ fn write_string(bytes: &[u8], out: &mut Vec<u8>) {
     let quote_ok = bytes.len() < 1024
         && bytes
             .iter()
-            .all(|&b| b >= b' ' && b < 0x7f && !b"\"%\\".contains(&b));
+            .all(|&b| (b' '..0x7f).contains(&b) && !b"\"%\\".contains(&b));
     if atom_ok {
         out.extend_from_slice(bytes);
     } else if quote_ok {
