@@ -87,11 +87,14 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
     let window_start = options.now - options.keep_days * DAY;
     let runs = archive.runs();
 
-    // Every version of every name, in commit order: (run position, entry position).
+    // Every version of every name other than a message's, in commit order: (run position,
+    // entry position). Messages, most of the entries, are decided by reference below.
     let mut versions: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
     for (r, run) in runs.iter().enumerate() {
         for (i, e) in archive.entries_of(run).iter().enumerate() {
-            versions.entry(e.name.as_str()).or_default().push((r, i));
+            if !e.name.starts_with(FILES_DIR) {
+                versions.entry(e.name.as_str()).or_default().push((r, i));
+            }
         }
     }
     let entry = |(r, i): (usize, usize)| &archive.entries_of(&runs[r])[i];
@@ -140,9 +143,6 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
 
     // Metadata, names and per-user files.
     for (name, vs) in &versions {
-        if name.starts_with(FILES_DIR) {
-            continue;
-        }
         let folder = folder_of(name).or_else(|| {
             // A name whose every version pointed at aged-out folders goes with them.
             let targets: Vec<&str> = vs

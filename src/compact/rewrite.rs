@@ -112,9 +112,8 @@ pub fn compact(
         let compacted_now = (r == last).then_some(options.plan.now);
         rewriter.commit(&summary_from(run, &fields, compacted_now))?;
     }
-    let archive = rewriter.finish()?;
+    outcome.bytes_after = rewriter.finish()?;
     outcome.compacted = true;
-    outcome.bytes_after = archive.committed_len();
     outcome.entries_kept = kept;
     outcome.entries_dropped = total - kept;
     Ok(outcome)

@@ -100,6 +100,24 @@ pub(crate) fn scan_runs(
     prev: Option<(u64, u64)>,
     archive_id: Option<[u8; 16]>,
 ) -> Result<ScanOutcome> {
+    let mut runs = Vec::new();
+    let mut outcome = scan_runs_with(path, from, prev, archive_id, &mut |run| {
+        runs.push(run);
+        Ok(())
+    })?;
+    outcome.runs = runs;
+    Ok(outcome)
+}
+
+/// As `scan_runs`, but hands each complete run to `on_run` as it is found instead of keeping
+/// it, so memory holds one run's entries at a time.
+pub(crate) fn scan_runs_with(
+    path: &Path,
+    from: u64,
+    prev: Option<(u64, u64)>,
+    archive_id: Option<[u8; 16]>,
+    on_run: &mut dyn FnMut(CommittedRun) -> Result<()>,
+) -> Result<ScanOutcome> {
     use crate::archive::scan::Damage;
     let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let file_len = file
@@ -181,7 +199,7 @@ pub(crate) fn scan_runs(
                     ));
                 }
                 if problems.is_empty() {
-                    out.runs.push(CommittedRun {
+                    on_run(CommittedRun {
                         run: m.run,
                         start: m.start,
                         marker_offset: m.member.offset,
@@ -193,7 +211,7 @@ pub(crate) fn scan_runs(
                             .find(|(k, _)| k == "compacted")
                             .and_then(|(_, v)| v.parse().ok()),
                         entries: std::mem::take(&mut pending),
-                    });
+                    })?;
                     out.committed_end = m.member.end;
                 } else {
                     out.damage.push(Damage {

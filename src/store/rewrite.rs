@@ -5,10 +5,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{
-    hex_id, index, scan_runs, Archive, ArchivePaths, Repair, RunInfo, WriterLock, WriterOptions,
+    hex_id, index, scan_runs_with, Archive, ArchivePaths, Repair, RunInfo, WriterLock,
+    WriterOptions,
 };
 use crate::archive::{ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
@@ -33,7 +34,9 @@ pub struct Rewriter {
     archive_id: [u8; 16],
     options: WriterOptions,
     writer: Option<ArchiveWriter>,
-    written: Vec<CommittedRun>,
+    /// Each run written: its number and a digest of its index block (frame and every entry
+    /// with its placement), so the check compares everything while holding 28 bytes a run.
+    written: Vec<(u64, [u8; 20])>,
     started: bool,
     finished: bool,
     _lock: WriterLock,
@@ -105,15 +108,16 @@ impl Rewriter {
     pub fn commit(&mut self, summary: &RunSummary) -> Result<()> {
         let writer = self.writer.as_mut().expect("start was called");
         let run = writer.commit(summary)?;
-        self.written.push(run);
+        self.written.push((run.run, block_digest(&run)));
         Ok(())
     }
 
-    /// Checks, makes durable and installs the copy; returns the archive as it now is. A crash
+    /// Checks, makes durable and installs the copy; returns the new committed length. A crash
     /// anywhere in here leaves the old archive or the new one, each openable.
-    pub fn finish(mut self) -> Result<Archive> {
+    pub fn finish(mut self) -> Result<u64> {
         let paths = self.archive.paths.clone();
         let tmp = paths.rewrite_tmp();
+        let index_tmp = index_tmp(&paths);
         let faults = self.options.faults.clone();
         let mut writer = self.writer.take().expect("start was called");
         if writer.pending_entries() > 0 {
@@ -121,7 +125,7 @@ impl Rewriter {
         }
         writer.sync()?;
         drop(writer);
-        let runs = self.check_copy(&tmp)?;
+        let len = self.check_copy(&tmp, &index_tmp)?;
 
         // From here the old index must not outlive the old archive: remove it first (durably),
         // so whatever a crash leaves is either the old archive without an index (rebuilt on
@@ -130,24 +134,46 @@ impl Rewriter {
         fsync_dir(&paths.dir(), &faults)?;
         rename(&tmp, &paths.archive, &faults)?;
         fsync_dir(&paths.dir(), &faults)?;
-        index::write_full(&paths.index, &self.archive_id, &runs, &faults)?;
-        let index_len = std::fs::metadata(&paths.index)
-            .map_err(|e| Error::io("stat", &paths.index, e))?
-            .len();
+        rename(&index_tmp, &paths.index, &faults)?;
+        fsync_dir(&paths.dir(), &faults)?;
         self.finished = true;
-        Ok(Archive::from_runs(
-            paths,
-            Some(self.archive_id),
-            runs,
-            index_len,
-        ))
+        Ok(len)
     }
 
     /// Scans the copy from its first byte (every member's integrity field and CRC, every tar
     /// header, every message's SHA-1 against its name, every metadata file's against its pax
-    /// record) and compares what it finds with what the writer reported writing.
-    fn check_copy(&self, tmp: &std::path::Path) -> Result<Vec<CommittedRun>> {
-        let outcome = scan_runs(tmp, 0, None, Some(self.archive_id))?;
+    /// record) and compares each run found, entries and placements included, with what the
+    /// writer reported writing. Writes the copy's index to `index_tmp` as it goes, so memory
+    /// holds one run at a time.
+    fn check_copy(&self, tmp: &Path, index_tmp: &Path) -> Result<u64> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(index_tmp)
+            .map_err(|e| Error::io("create", index_tmp, e))?;
+        let mut index_file = DurableFile::new(file, index_tmp, self.options.faults.clone());
+        index_file.write_all_at_end(&index::encode_header(&self.archive_id))?;
+        let mut k = 0;
+        let written = &self.written;
+        let outcome = scan_runs_with(tmp, 0, None, Some(self.archive_id), &mut |found| {
+            let same = written
+                .get(k)
+                .is_some_and(|(run, digest)| *run == found.run && *digest == block_digest(&found));
+            if !same {
+                return Err(Error::corrupt(
+                    tmp,
+                    found.start,
+                    format!(
+                        "run {} of the rewritten copy differs from what was written",
+                        found.run
+                    ),
+                ));
+            }
+            k += 1;
+            index_file.write_all_at_end(&index::encode_block(&found))
+        })?;
         if let Some(d) = outcome.damage.first() {
             return Err(Error::corrupt(
                 tmp,
@@ -155,50 +181,33 @@ impl Rewriter {
                 format!("the rewritten copy fails its check: {}", d.detail),
             ));
         }
-        if outcome.committed_end != outcome.file_len {
-            return Err(Error::corrupt(
-                tmp,
-                outcome.committed_end,
-                "the rewritten copy has bytes after its last commit",
-            ));
-        }
-        if outcome.runs.len() != self.written.len() {
+        if outcome.committed_end != outcome.file_len || k != self.written.len() {
             return Err(Error::corrupt(
                 tmp,
                 outcome.committed_end,
                 format!(
-                    "the rewritten copy holds {} runs, {} were written",
-                    outcome.runs.len(),
+                    "the rewritten copy holds {k} complete runs and {} bytes after them; {} runs \
+                     were written",
+                    outcome.file_len - outcome.committed_end,
                     self.written.len()
                 ),
             ));
         }
-        for (found, wrote) in outcome.runs.iter().zip(&self.written) {
-            let same_frame = found.run == wrote.run
-                && found.start == wrote.start
-                && found.marker_offset == wrote.marker_offset
-                && found.end == wrote.end
-                && found.time == wrote.time
-                && found.compacted == wrote.compacted;
-            if !same_frame || found.entries != wrote.entries {
-                let at = found
-                    .entries
-                    .iter()
-                    .zip(&wrote.entries)
-                    .find(|(a, b)| a != b)
-                    .map_or(found.start, |(a, _)| a.placement.member);
-                return Err(Error::corrupt(
-                    tmp,
-                    at,
-                    format!(
-                        "run {} of the rewritten copy differs from what was written",
-                        wrote.run
-                    ),
-                ));
-            }
-        }
-        Ok(outcome.runs)
+        index_file.sync()?;
+        Ok(outcome.committed_end)
     }
+}
+
+/// Where the copy's index is written before it is renamed into place.
+fn index_tmp(paths: &ArchivePaths) -> PathBuf {
+    let mut name = paths.index.as_os_str().to_owned();
+    name.push(REWRITE_SUFFIX);
+    PathBuf::from(name)
+}
+
+fn block_digest(run: &CommittedRun) -> [u8; 20] {
+    use sha1::Digest;
+    sha1::Sha1::digest(index::encode_block(run)).into()
 }
 
 impl Drop for Rewriter {
@@ -208,6 +217,7 @@ impl Drop for Rewriter {
         if self.started && !self.finished {
             self.writer = None;
             let _ = std::fs::remove_file(self.archive.paths.rewrite_tmp());
+            let _ = std::fs::remove_file(index_tmp(&self.archive.paths));
         }
     }
 }
