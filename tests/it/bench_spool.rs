@@ -16,6 +16,12 @@ fn make_bench_spool() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
+    // The first FIXED messages go to a folder "Fixed" of the first user, so that archives of
+    // different sizes share one mailbox of known size (the restore benchmark).
+    let fixed: usize = std::env::var("MAILPACK_BENCH_FIXED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut files: Vec<PathBuf> = walk(&mail);
     files.sort();
     let mut server = CyrusServer::start(CyrusOptions::default());
@@ -24,7 +30,7 @@ fn make_bench_spool() {
     for name in &names {
         server.create_user(name);
         let mut imap = server.imap(name);
-        for f in &folders[1..] {
+        for f in folders[1..].iter().chain((fixed > 0).then_some(&"Fixed")) {
             imap.create(f);
             // Lets LMTP file `user+Folder` straight into the folder.
             imap.ok(&format!("SETACL {f} anyone p"));
@@ -41,8 +47,14 @@ fn make_bench_spool() {
                 let mut lmtp = Lmtp::connect(addr);
                 for (i, path) in files.iter().enumerate().skip(w).step_by(workers) {
                     let data = std::fs::read(path).unwrap();
-                    let user = &names[i % names.len()];
-                    let folder = folders[(i / names.len()) % folders.len()];
+                    let (user, folder) = if i < fixed {
+                        (&names[0], "Fixed")
+                    } else {
+                        (
+                            &names[i % names.len()],
+                            folders[(i / names.len()) % folders.len()],
+                        )
+                    };
                     let rcpt = if folder == "INBOX" {
                         user.clone()
                     } else {

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Issue-6 benchmark (BENCHMARKS.md, "Restore"): restoring one message (by SHA-1) and one
+# 1,000-message mailbox from a small and a ~1 GB archive of real Cyrus backups, and a full-user
+# restore against `tar -xzf` of the same archive. Builds two one-user spools with a real Cyrus
+# (bench/make-spool.sh's generator), backs them up, then times with hyperfine. Work files go to
+# bench/work/restore (about 4 GB).
+#   usage: bench/restore.sh [MESSAGES_SMALL] [MESSAGES_BIG]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n_small=${1:-4000}
+n_big=${2:-50000}
+command -v hyperfine >/dev/null || { apt-get update -qq && apt-get install -y -qq hyperfine >/dev/null; }
+scripts/setup
+cargo build --release --quiet
+mp=$PWD/target/release/mailpack
+w=$PWD/bench/work/restore
+mkdir -p "$w"
+
+echo "== machine"
+echo "cores: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "$(tar --version | head -1); $(hyperfine --version); mailpack $($mp --version | awk '{print $2}')"
+
+for n in "$n_small" "$n_big"; do
+  if [ ! -f "$w/a-$n/user000.tar.gz" ]; then
+    [ -d "$w/mail-$n" ] || python3 bench/make-mail.py "$w/mail-$n" "$n" 7
+    MAILPACK_BENCH_SPOOL="$w/spool-$n" MAILPACK_BENCH_MAIL="$w/mail-$n" MAILPACK_BENCH_USERS=1 \
+      MAILPACK_BENCH_FIXED=1000 \
+      cargo test --release --test it bench_spool::make_bench_spool -- --ignored --nocapture
+    rm -rf "$w/a-$n"
+    "$mp" backup --config "$w/spool-$n/etc/imapd.conf" --archive-dir "$w/a-$n" > /dev/null
+    rm -rf "$w/spool-$n" "$w/mail-$n"
+  fi
+  echo "archive of $n messages: $(stat -c %s "$w/a-$n/user000.tar.gz") bytes"
+done
+
+sha() { "$mp" ls --archive-dir "$w/a-$1" --user user000 --at "$(date -u +%s)" | awk '/^user.user000.Fixed /{f=1;next} f && /uid 500 /{print $3; exit}'; }
+echo "== one message by SHA-1, and the 1,000-message mailbox to Maildir"
+hyperfine --warmup 2 --runs 10 --export-json "$w/small-ops.json" \
+  --prepare "rm -rf '$w/out'" \
+  -n "sha1, $n_small msgs" "$mp restore --archive-dir '$w/a-$n_small' --user user000 --sha1 $(sha $n_small) --eml '$w/out'" \
+  -n "sha1, $n_big msgs" "$mp restore --archive-dir '$w/a-$n_big' --user user000 --sha1 $(sha $n_big) --eml '$w/out'" \
+  -n "Fixed, $n_small msgs" "$mp restore --archive-dir '$w/a-$n_small' --user user000 --mailbox Fixed --maildir '$w/out'" \
+  -n "Fixed, $n_big msgs" "$mp restore --archive-dir '$w/a-$n_big' --user user000 --mailbox Fixed --maildir '$w/out'"
+
+echo "== full-user restore of the $n_big-message archive"
+cat "$w/a-$n_big/user000.tar.gz" > /dev/null
+hyperfine --warmup 1 --runs 3 --export-json "$w/full.json" \
+  --prepare "rm -rf '$w/out'; mkdir -p '$w/out'" \
+  -n "mailpack restore --maildir" "$mp restore --archive-dir '$w/a-$n_big' --user user000 --maildir '$w/out/m' > /dev/null" \
+  -n "tar -xzf" "tar -xzf '$w/a-$n_big/user000.tar.gz' -C '$w/out' --warning=no-unknown-keyword"
+python3 - "$w/full.json" <<'PY'
+import json, sys
+r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
+mp = r["mailpack restore --maildir"]
+print(f"tar -xzf / mailpack: {r['tar -xzf'] / mp:.2f}x (above 1: mailpack is faster)")
+PY
+rm -rf "$w/out"
