@@ -7,6 +7,7 @@
 //! - `archive`: gzip members and tar entries, with no knowledge of Cyrus or the index;
 //! - foundation: `error`, `guid`, `io`.
 
+pub mod agent;
 pub mod archive;
 pub mod cli;
 pub mod commands;

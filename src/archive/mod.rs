@@ -41,7 +41,7 @@ pub enum EntryKind {
 
 /// The stat of the file an entry was copied from, recorded so the next run can tell whether the
 /// source changed without opening it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SourceStat {
     pub dev: u64,
     pub ino: u64,

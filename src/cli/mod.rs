@@ -48,16 +48,40 @@ enum Command {
     /// Restore a user, mailboxes or one message as of a time: exactly into Cyrus, additively
     /// over IMAP, or out to Maildir, mbox or .eml files.
     Restore(Box<restore::RestoreArgs>),
+    /// Serve this host's spool, read-only, to `mailpack backup --remote` over stdin/stdout
+    /// (normally started by ssh; formats/protocol.md).
+    Agent(AgentArgs),
     /// Look at a Cyrus spool as mailpack reads it, directly from disk under Cyrus's locks.
     #[command(subcommand)]
     Spool(SpoolCommand),
 }
 
 #[derive(Args, Debug)]
-struct BackupArgs {
+struct AgentArgs {
     /// The server's imapd.conf.
     #[arg(long, default_value = crate::spool::config::DEFAULT_CONFIG, value_name = "FILE")]
     config: PathBuf,
+    /// How the server was built to lock: fcntl (Cyrus's default) or flock.
+    #[arg(long, value_enum, default_value_t = LockMethodArg::Fcntl)]
+    lock_method: LockMethodArg,
+    /// Seconds to wait for a lock Cyrus holds before answering that the mailbox is busy.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    lock_timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    /// The server's imapd.conf.
+    #[arg(long, default_value = crate::spool::config::DEFAULT_CONFIG, value_name = "FILE",
+          conflicts_with = "remote")]
+    config: PathBuf,
+    /// Read the spool through an agent on the mail host: a command run with `sh -c` that starts
+    /// one, e.g. 'ssh cyrus@imap1 mailpack agent' (one session per job).
+    #[arg(long, value_name = "COMMAND")]
+    remote: Option<String>,
+    /// Compress the agent sessions' traffic (deflate), for slow links.
+    #[arg(long, requires = "remote")]
+    remote_compress: bool,
     /// Directory holding the per-user archives (created if missing, mode 0700).
     #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
     archive_dir: PathBuf,
@@ -525,7 +549,15 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
             use crate::commands::backup::{backup, BackupOptions, UserOutcome};
             use std::io::IsTerminal;
             let options = BackupOptions {
-                config: args.config,
+                spool: match args.remote {
+                    Some(command) => crate::commands::backup::SpoolAccess::Remote {
+                        command,
+                        compress: args.remote_compress,
+                    },
+                    None => crate::commands::backup::SpoolAccess::Local {
+                        config: args.config,
+                    },
+                },
                 archive_dir: args.archive_dir,
                 users: args.user,
                 jobs: args
@@ -649,6 +681,17 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
             Ok(if failed { 1 } else { 0 })
         }
         Command::Restore(args) => restore::run(*args, p),
+        Command::Agent(args) => {
+            let spool = crate::spool::Spool::open(&args.config)?;
+            let annotations = spool.annotations()?;
+            let mut source = crate::agent::LocalSource::new(
+                &spool,
+                &annotations,
+                args.lock_method.options(args.lock_timeout),
+            );
+            crate::agent::serve(&mut source, io::stdin().lock(), io::stdout().lock())?;
+            Ok(0)
+        }
         Command::Spool(SpoolCommand::Ls(args)) => {
             let listing = commands::spool::spool_ls(&commands::spool::SpoolLsOptions {
                 config: args.config,

@@ -7,12 +7,22 @@ use std::sync::mpsc;
 
 use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
 use crate::error::{Error, Result};
+use crate::agent::{LocalSource, RemoteSource, Source};
 use crate::scan::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::spool::{LockOptions, Spool};
 use crate::store::{list_archives, ArchivePaths, StoreWriter, WriterOptions};
 
+/// Where the spool is read: here, or through an agent on the mail host.
+#[derive(Clone, Debug)]
+pub enum SpoolAccess {
+    Local { config: PathBuf },
+    /// A command that starts an agent (`ssh cyrus@imap1 mailpack agent`), run with `sh -c`
+    /// once per worker.
+    Remote { command: String, compress: bool },
+}
+
 pub struct BackupOptions {
-    pub config: PathBuf,
+    pub spool: SpoolAccess,
     pub archive_dir: PathBuf,
     /// Only these users; all users of the server (and archives of vanished users) when empty.
     pub users: Vec<String>,
@@ -48,11 +58,29 @@ pub fn backup(
     options: &BackupOptions,
     on_user: &mut dyn FnMut(&UserOutcome, usize, usize),
 ) -> Result<BackupSummary> {
-    let spool = Spool::open(&options.config)?;
+    // Local: the spool and its annotations are read once and shared by the workers' sources.
+    let local = match &options.spool {
+        SpoolAccess::Local { config } => {
+            let spool = Spool::open(config)?;
+            let annotations = spool.annotations()?;
+            Some((spool, annotations))
+        }
+        SpoolAccess::Remote { .. } => None,
+    };
     create_archive_dir(&options.archive_dir)?;
-    let annotations = spool.annotations()?;
+    let open_source = || -> Result<Box<dyn Source + '_>> {
+        Ok(match (&options.spool, &local) {
+            (SpoolAccess::Local { .. }, Some((spool, annotations))) => {
+                Box::new(LocalSource::new(spool, annotations, options.locks))
+            }
+            (SpoolAccess::Remote { command, compress }, _) => {
+                Box::new(RemoteSource::spawn(command, *compress)?)
+            }
+            _ => unreachable!("a local spool is opened above"),
+        })
+    };
 
-    let on_server = spool.users();
+    let on_server = open_source()?.users()?;
     let mut work: Vec<(String, bool)> = if options.users.is_empty() {
         on_server.iter().map(|u| (u.clone(), false)).collect()
     } else {
@@ -80,7 +108,6 @@ pub fn backup(
     // in flight per thread), so memory stays a few MiB per job.
     writer.threads = cores;
     let user_options = UserOptions {
-        locks: options.locks,
         retries: 3,
         host: super::hostname(),
         time: super::now(),
@@ -96,38 +123,44 @@ pub fn backup(
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             let tx = tx.clone();
-            let (work, next, spool, annotations, writer, user_options) =
-                (&work, &next, &spool, &annotations, &writer, &user_options);
-            scope.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some((user, gone)) = work.get(i) else {
-                    return;
-                };
-                let outcome = match one_user(
-                    options,
-                    spool,
-                    annotations,
-                    writer,
-                    user_options,
-                    user,
-                    *gone,
-                ) {
-                    Ok(Some(report)) => {
-                        let compaction = options.compact.as_ref().map(|plan| {
-                            compact_after_run(&options.archive_dir, user, plan, writer)
-                                .map(Box::new)
-                                .map_err(|e| e.to_string())
-                        });
-                        UserOutcome::Done(report, compaction)
+            let (work, next, writer, user_options, open_source) =
+                (&work, &next, &writer, &user_options, &open_source);
+            scope.spawn(move || {
+                // One source per worker: an agent session serves one request at a time. A
+                // session that failed is replaced for the next user.
+                let mut source: Option<Box<dyn Source + '_>> = None;
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some((user, gone)) = work.get(i) else {
+                        return;
+                    };
+                    let result = (|| {
+                        if source.is_none() && !*gone {
+                            source = Some(open_source()?);
+                        }
+                        one_user(options, source.as_deref_mut(), writer, user_options, user, *gone)
+                    })();
+                    let outcome = match result {
+                        Ok(Some(report)) => {
+                            let compaction = options.compact.as_ref().map(|plan| {
+                                compact_after_run(&options.archive_dir, user, plan, writer)
+                                    .map(Box::new)
+                                    .map_err(|e| e.to_string())
+                            });
+                            UserOutcome::Done(report, compaction)
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            source = None;
+                            UserOutcome::Failed {
+                                user: user.clone(),
+                                error: e.to_string(),
+                            }
+                        }
+                    };
+                    if tx.send(outcome).is_err() {
+                        return;
                     }
-                    Ok(None) => continue,
-                    Err(e) => UserOutcome::Failed {
-                        user: user.clone(),
-                        error: e.to_string(),
-                    },
-                };
-                if tx.send(outcome).is_err() {
-                    return;
                 }
             });
         }
@@ -136,7 +169,9 @@ pub fn backup(
         for outcome in rx {
             done += 1;
             match &outcome {
-                UserOutcome::Done(r, c) if !r.problems.is_empty() || matches!(c, Some(Err(_))) => {
+                UserOutcome::Done(r, c)
+                    if !r.problems.is_empty() || matches!(c, Some(Err(_))) =>
+                {
                     summary.with_problems += 1
                 }
                 UserOutcome::Failed { .. } => summary.failed += 1,
@@ -150,8 +185,7 @@ pub fn backup(
 
 fn one_user(
     options: &BackupOptions,
-    spool: &Spool,
-    annotations: &crate::spool::user::MailboxAnnotations,
+    source: Option<&mut (dyn Source + '_)>,
     writer: &WriterOptions,
     user_options: &UserOptions,
     user: &str,
@@ -163,13 +197,13 @@ fn one_user(
     }
     let mut notices = Vec::new();
     let mut store = StoreWriter::open(&paths, writer, &mut notices)?;
-    let mut report = if gone {
-        match record_user_gone(&mut store, user_options, user)? {
+    let mut report = match (gone, source) {
+        (true, _) => match record_user_gone(&mut store, user_options, user)? {
             Some(r) => r,
             None => return Ok(None),
-        }
-    } else {
-        backup_user(spool, user, &mut store, annotations, user_options)?
+        },
+        (false, Some(source)) => backup_user(source, user, &mut store, user_options)?,
+        (false, None) => unreachable!("a source is opened for every user on the server"),
     };
     // Repairs made while opening are worth an operator's attention.
     report.problems.extend(notices);

@@ -2,26 +2,19 @@
 //! unknown message files), names, per-user files, commit.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
-use std::io;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::names::{self, folder_entry, folder_target, imap_entry, meta_entry, records_bytes};
+use super::names::{self, folder_entry, folder_target, imap_entry, records_bytes};
 use super::{same_file, Recorded};
-use crate::archive::{file_entry_name, ArchiveWriter, RunSummary, SourceStat};
+use crate::agent::{MailboxListing, Source, UserFileListing};
+use crate::archive::{file_entry_name, ArchiveWriter, RunSummary};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
-use crate::spool::cyrusdb::Record;
-use crate::spool::lock::{FileLock, LockMode};
-use crate::spool::mboxlist::MailboxEntry;
-use crate::spool::user::MailboxAnnotations;
-use crate::spool::{LockOptions, MetaFile, Spool};
+use crate::spool::MetaFile;
 use crate::store::{Archive, StoreWriter};
 
 #[derive(Clone, Debug)]
 pub struct UserOptions {
-    pub locks: LockOptions,
     /// How often a mailbox that changed under us is read again before it is skipped.
     pub retries: u32,
     pub host: String,
@@ -49,14 +42,14 @@ pub struct UserReport {
     pub problems: Vec<String>,
 }
 
-/// Backs up one user into `store` as one committed run. Problems with single mailboxes or
-/// messages are reported and skipped; an error is returned only when the archive itself could
-/// not be written (then nothing of this run is committed).
+/// Backs up one user into `store` as one committed run, reading through `source` (the spool
+/// in process, or an agent on the mail host). Problems with single mailboxes or messages are
+/// reported and skipped; an error is returned only when the archive could not be written or
+/// the source failed as a whole (then nothing of this run is committed).
 pub fn backup_user(
-    spool: &Spool,
+    source: &mut dyn Source,
     user: &str,
     store: &mut StoreWriter,
-    annotations: &MailboxAnnotations,
     options: &UserOptions,
 ) -> Result<UserReport> {
     let started = Instant::now();
@@ -65,68 +58,55 @@ pub fn backup_user(
         user: user.to_string(),
         ..Default::default()
     };
+    let listing = source.list_user(user)?;
     let (archive, writer) = store.split();
     let recorded = Recorded::of(archive);
     let mut added: HashSet<Guid> = HashSet::new();
     let mut desired_links: BTreeMap<String, String> = BTreeMap::new();
 
-    let mailboxes: Vec<&MailboxEntry> = spool
-        .mailboxes_of(user)
-        .filter(|e| !e.is_tombstone() && !e.is_remote())
-        .collect();
-    for e in mailboxes {
+    for m in &listing.mailboxes {
         report.mailboxes += 1;
-        let Some(uid) = e.uniqueid.clone() else {
+        let Some(uid) = m.uniqueid.clone() else {
             report.skipped += 1;
             report.problems.push(format!(
                 "{}: no uniqueid in the mailbox list (pre-2.5 server); skipped",
-                e.name
+                m.name
             ));
             continue;
         };
-        desired_links.insert(imap_entry(&e.name), folder_target(&uid));
+        desired_links.insert(imap_entry(&m.name), folder_target(&uid));
 
-        // The mailbox list record and mailbox annotations: cheap, no lock, stored on change.
-        let mut db_records = vec![Record {
-            key: e.raw_key.clone(),
-            value: e.raw_value.clone(),
-        }];
-        if let Some((k, v)) = &e.id_record {
-            db_records.push(Record {
-                key: k.clone(),
-                value: v.clone(),
-            });
-        }
+        // The mailbox list records and mailbox annotations came with the listing: stored when
+        // they differ from the last stored copy.
         store_if_different(
             writer,
             &recorded,
             &folder_entry(&uid, names::FOLDER_MAILBOXES_DB),
-            &records_bytes(&db_records.iter().collect::<Vec<_>>()),
+            &records_bytes(&m.records.iter().collect::<Vec<_>>()),
             options.time,
         )?;
-        let mine: Vec<&Record> = annotations.of(&spool.annotation_key(e)).iter().collect();
         store_if_different(
             writer,
             &recorded,
             &folder_entry(&uid, names::FOLDER_ANNOTATIONS_DB),
-            &records_bytes(&mine),
+            &records_bytes(&m.annotations.iter().collect::<Vec<_>>()),
             options.time,
         )?;
 
-        // Pass 1: stat only.
-        if !metadata_changed(spool, e, &uid, &recorded) {
+        // Pass 1: the stats the listing carries.
+        if !metadata_changed(m, &uid, &recorded) {
             continue;
         }
         report.changed += 1;
         Pass2 {
-            spool,
+            source: &mut *source,
             archive,
             writer,
             added: &mut added,
             options,
             report: &mut report,
         }
-        .capture_mailbox(e, &uid)?;
+        .capture_mailbox(user, m, &uid)?;
     }
 
     // Names: new and renamed mailboxes get a link, vanished names a tombstone.
@@ -142,7 +122,15 @@ pub fn backup_user(
         }
     }
 
-    backup_user_files(spool, user, &recorded, writer, options, &mut report)?;
+    backup_user_files(
+        source,
+        user,
+        &listing.user_files,
+        &recorded,
+        writer,
+        options,
+        &mut report,
+    )?;
     drop(recorded);
     commit(store, options, &mut report, start_len, started)?;
     Ok(report)
@@ -227,16 +215,11 @@ fn store_if_different(
     Ok(())
 }
 
-fn stat_path(path: &Path) -> Option<SourceStat> {
-    std::fs::metadata(path).ok().map(|m| SourceStat::of(&m))
-}
-
 /// Pass 1: has any metadata file of the mailbox changed since it was stored?
-fn metadata_changed(spool: &Spool, e: &MailboxEntry, uid: &str, recorded: &Recorded) -> bool {
-    MetaFile::ALL.iter().any(|&f| {
-        let now = spool.meta_path(e, f).and_then(|p| stat_path(&p));
+fn metadata_changed(m: &MailboxListing, uid: &str, recorded: &Recorded) -> bool {
+    MetaFile::ALL.iter().enumerate().any(|(i, f)| {
         let then = recorded.stat(&folder_entry(uid, f.file_name()));
-        match (now, then) {
+        match (m.stats[i], then) {
             (Some(a), Some(b)) => !same_file(&a, &b),
             (None, None) => false,
             _ => true,
@@ -252,7 +235,7 @@ enum Capture {
 
 /// What pass 2 of one user's run works with.
 struct Pass2<'a> {
-    spool: &'a Spool,
+    source: &'a mut dyn Source,
     archive: &'a Archive,
     writer: &'a mut ArchiveWriter,
     /// Message files appended in this run, not yet committed.
@@ -261,11 +244,25 @@ struct Pass2<'a> {
     report: &'a mut UserReport,
 }
 
+/// Errors that concern one mailbox or file on the mail host: reported, and the run goes on.
+/// Anything else (the archive, or the agent session itself) ends the user's run.
+fn is_local_problem(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Busy { .. }
+            | Error::Corrupt { .. }
+            | Error::NotFound(_)
+            | Error::Unsupported { .. }
+            | Error::Changed { .. }
+            | Error::Io { .. }
+    )
+}
+
 impl Pass2<'_> {
     /// Pass 2 for one mailbox, with bounded retries.
-    fn capture_mailbox(&mut self, e: &MailboxEntry, uid: &str) -> Result<()> {
+    fn capture_mailbox(&mut self, user: &str, m: &MailboxListing, uid: &str) -> Result<()> {
         for _ in 0..=self.options.retries {
-            match self.capture_once(e, uid)? {
+            match self.capture_once(user, m, uid)? {
                 Capture::Done => return Ok(()),
                 Capture::Again => continue,
             }
@@ -273,214 +270,178 @@ impl Pass2<'_> {
         self.report.skipped += 1;
         self.report.problems.push(format!(
             "{}: changed on every one of {} reads; skipped this run",
-            e.name,
+            m.name,
             self.options.retries + 1
         ));
         Ok(())
     }
 
-    fn capture_once(&mut self, e: &MailboxEntry, uid: &str) -> Result<Capture> {
-        let (snap, name_lock) = match self.spool.read_mailbox(e, &self.options.locks) {
+    fn capture_once(&mut self, user: &str, m: &MailboxListing, uid: &str) -> Result<Capture> {
+        let opened = match self.source.open_mailbox(user, uid) {
             Ok(x) => x,
             Err(Error::Busy { path }) => {
                 self.report.skipped += 1;
                 self.report.problems.push(format!(
                     "{}: {} stayed locked; skipped this run",
-                    e.name,
+                    m.name,
                     path.display()
                 ));
                 return Ok(Capture::Done);
             }
-            Err(
-                err @ (Error::Corrupt { .. }
-                | Error::NotFound(_)
-                | Error::Unsupported { .. }
-                | Error::Changed { .. }),
-            ) => {
+            Err(err) if is_local_problem(&err) => {
                 self.report.skipped += 1;
                 self.report
                     .problems
-                    .push(format!("{}: {err}; skipped this run", e.name));
+                    .push(format!("{}: {err}; skipped this run", m.name));
                 return Ok(Capture::Done);
             }
             Err(err) => return Err(err),
         };
-        self.report.metadata_files_read += 2 + snap.annotations_bytes.is_some() as u64;
-        self.report.bytes_read += (snap.header_bytes.len()
-            + snap.index_bytes.len()
-            + snap.annotations_bytes.as_ref().map_or(0, Vec::len))
+        self.report.metadata_files_read += 2 + opened.annotations.is_some() as u64;
+        self.report.bytes_read += (opened.header.len()
+            + opened.index.len()
+            + opened.annotations.as_ref().map_or(0, Vec::len))
             as u64;
+        let index = match crate::spool::index::parse(&opened.index) {
+            Ok(index) => index,
+            Err(err) => {
+                self.source.close_mailbox()?;
+                self.report.skipped += 1;
+                self.report.problems.push(format!(
+                    "{}: cyrus.index: {err}; skipped this run",
+                    m.name
+                ));
+                return Ok(Capture::Done);
+            }
+        };
 
-        // Message files first: a stored index must never reference a message the self.archive lacks.
-        // The shared name lock is held throughout, so Cyrus unlinks none of them meanwhile.
-        let data_dir = self.spool.mailbox_dir(e);
-        let archive_dir = self.spool.archive_dir(e);
+        // Message files first: a stored index must never reference a message the archive
+        // lacks. The source holds the shared name lock meanwhile, so Cyrus unlinks none.
         let mut bad = false;
-        for r in snap.index.records.iter().filter(|r| !r.is_unlinked()) {
+        for r in index.records.iter().filter(|r| !r.is_unlinked()) {
             if r.guid.is_zero() || self.added.contains(&r.guid) || self.archive.has_file(&r.guid) {
                 continue;
             }
-            let dir = if r.is_archived() {
-                archive_dir.as_ref()
-            } else {
-                data_dir.as_ref()
-            };
-            let Some(path) = dir.map(|d| d.join(r.message_file_name())) else {
-                self.report.problems.push(format!(
-                    "{}: uid {} has no directory to read from",
-                    e.name, r.uid
-                ));
-                bad = true;
-                continue;
-            };
-            let mut file = match File::open(&path) {
+            let fetched = match self.source.fetch_message(r.uid, &r.guid, r.is_archived()) {
                 Ok(f) => f,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    if r.is_expunged() {
-                        continue; // cleaned up between the index read and now: nothing to keep
-                    }
-                    drop(name_lock);
-                    return Ok(Capture::Again);
-                }
-                Err(err) => {
+                Err(err) if is_local_problem(&err) => {
                     self.report
                         .problems
-                        .push(Error::io("open", &path, err).to_string());
+                        .push(format!("{}: uid {}: {err}", m.name, r.uid));
                     bad = true;
                     continue;
                 }
+                Err(err) => return Err(err),
             };
-            let meta = file
-                .metadata()
-                .map_err(|err| Error::io("stat", &path, err))?;
+            if fetched.is_none() {
+                drop(fetched);
+                if r.is_expunged() {
+                    continue; // cleaned up between the index read and now: nothing to keep
+                }
+                self.source.close_mailbox()?;
+                return Ok(Capture::Again);
+            }
+            let mut file = fetched.expect("checked above");
             self.report.message_files_read += 1;
-            self.report.bytes_read += meta.len();
+            self.report.bytes_read += file.size;
             let mtime = (r.internaldate_ns.max(0) / 1_000_000_000) as u64;
-            match self.writer.append_reader(
+            let appended = self.writer.append_reader(
                 &file_entry_name(&r.guid),
-                &mut file,
-                meta.len(),
+                &mut file.reader,
+                file.size,
                 Some(r.guid),
                 None,
                 mtime,
-            )? {
+            )?;
+            drop(file);
+            match appended {
                 Ok(_) => {
                     self.added.insert(r.guid);
                     self.report.messages_added += 1;
                 }
                 Err(rejected) => {
                     self.report.problems.push(format!(
-                        "{}: uid {} ({}): {}; the mailbox's metadata is not stored this run",
-                        e.name,
-                        r.uid,
-                        path.display(),
-                        rejected.0
+                        "{}: uid {}: {}; the mailbox's metadata is not stored this run",
+                        m.name, r.uid, rejected.0
                     ));
                     bad = true;
                 }
             }
         }
-        drop(name_lock);
+        self.source.close_mailbox()?;
         if bad {
             self.report.skipped += 1;
             return Ok(Capture::Done);
         }
         let time = self.options.time.max(0) as u64;
         let files: [(MetaFile, Option<&Vec<u8>>); 3] = [
-            (MetaFile::Header, Some(&snap.header_bytes)),
-            (MetaFile::Index, Some(&snap.index_bytes)),
-            (MetaFile::Annotations, snap.annotations_bytes.as_ref()),
+            (MetaFile::Header, Some(&opened.header)),
+            (MetaFile::Index, Some(&opened.index)),
+            (MetaFile::Annotations, opened.annotations.as_ref()),
         ];
         for (i, (file, bytes)) in files.into_iter().enumerate() {
             let name = folder_entry(uid, file.file_name());
             // No annotations file yet means nothing to store for it either.
             if let Some(bytes) = bytes {
                 let mtime =
-                    snap.stats[i].map_or(time, |s| (s.mtime_ns.max(0) / 1_000_000_000) as u64);
+                    opened.stats[i].map_or(time, |s| (s.mtime_ns.max(0) / 1_000_000_000) as u64);
                 self.writer
-                    .append_bytes(&name, bytes, snap.stats[i], mtime)?;
+                    .append_bytes(&name, bytes, opened.stats[i], mtime)?;
             }
         }
         Ok(Capture::Done)
     }
 }
 
-/// Seen, subscriptions, quota, the sieve index and the sieve directory, each read under a shared
-/// lock when its stat changed.
+/// Seen, subscriptions, quota, the sieve index and the sieve directory: each read (under a
+/// shared lock, by the source) when its stat changed since it was stored.
 fn backup_user_files(
-    spool: &Spool,
+    source: &mut dyn Source,
     user: &str,
+    listed: &[UserFileListing],
     recorded: &Recorded,
     writer: &mut ArchiveWriter,
     options: &UserOptions,
     report: &mut UserReport,
 ) -> Result<()> {
-    let files = spool.user_files(user);
-    let mut present: Vec<(String, PathBuf)> = vec![
-        (meta_entry("seen"), files.seen.clone()),
-        (meta_entry("sub"), files.sub.clone()),
-        (meta_entry("quota"), files.quota.clone()),
-        (meta_entry("dav.db"), files.dav.clone()),
-    ];
-    if let Ok(dir) = std::fs::read_dir(&files.sieve_dir) {
-        for entry in dir.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if crate::archive::check_name(&name).is_ok() {
-                present.push((meta_entry(&format!("sieve/{name}")), entry.path()));
-            }
-        }
-    }
     let mut seen_names = HashSet::new();
-    for (entry, path) in present {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+    for f in listed {
+        if crate::archive::check_name(&f.entry).is_err() || !f.entry.starts_with(names::META_DIR)
+        {
+            report
+                .problems
+                .push(format!("{user}: {:?} is not a per-user file name", f.entry));
             continue;
-        };
-        seen_names.insert(entry.clone());
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| Error::io("readlink", &path, e))?;
-            let target = target.to_string_lossy().into_owned();
-            let old = recorded.get(&entry).map(|e| e.target.clone());
+        }
+        seen_names.insert(f.entry.clone());
+        if let Some(target) = &f.link {
+            let old = recorded.get(&f.entry).map(|e| e.target.clone());
             if old.as_deref() != Some(target.as_str())
-                && crate::archive::check_name(&target).is_ok()
+                && crate::archive::check_name(target).is_ok()
             {
-                writer.append_symlink(&entry, &target, options.time.max(0) as u64)?;
+                writer.append_symlink(&f.entry, target, options.time.max(0) as u64)?;
             }
             continue;
         }
-        let now = SourceStat::of(&meta);
         if recorded
-            .stat(&entry)
-            .is_some_and(|then| same_file(&now, &then))
+            .stat(&f.entry)
+            .is_some_and(|then| same_file(&f.stat, &then))
         {
             continue;
         }
-        let lock = match FileLock::lock_stable(
-            &path,
-            LockMode::Shared,
-            options.locks.method,
-            options.locks.wait,
-        ) {
-            Ok(Some(lock)) => lock,
+        let (bytes, stat) = match source.read_user_file(user, &f.entry) {
+            Ok(Some(x)) => x,
             Ok(None) => continue,
-            Err(err) => {
+            Err(err) if is_local_problem(&err) => {
                 report.problems.push(format!("{user}: {err}"));
                 continue;
             }
+            Err(err) => return Err(err),
         };
-        let stat = SourceStat::of(
-            &lock
-                .file()
-                .metadata()
-                .map_err(|e| Error::io("stat", &path, e))?,
-        );
-        let mut bytes = Vec::with_capacity(stat.size as usize);
-        io::Read::read_to_end(&mut lock.file(), &mut bytes)
-            .map_err(|e| Error::io("read", &path, e))?;
-        drop(lock);
         report.metadata_files_read += 1;
         report.bytes_read += bytes.len() as u64;
         writer.append_bytes(
-            &entry,
+            &f.entry,
             &bytes,
             Some(stat),
             (stat.mtime_ns.max(0) / 1_000_000_000) as u64,

@@ -105,6 +105,21 @@ impl FileLock {
         FileLock::acquire(file, path, mode, method, wait)
     }
 
+    /// Locks a Cyrus lock file only if it exists: a reader that must not write to the spool
+    /// (the agent) opens lock files and never creates them. `Ok(None)` when it is missing.
+    pub fn lock_existing_lockfile(
+        path: &Path,
+        mode: LockMode,
+        method: LockMethod,
+        wait: LockWait,
+    ) -> Result<Option<FileLock>> {
+        match open_for(path, mode) {
+            Ok(file) => FileLock::acquire(file, path, mode, method, wait).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("open", path, e)),
+        }
+    }
+
     fn acquire(
         file: File,
         path: &Path,

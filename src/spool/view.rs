@@ -247,19 +247,37 @@ impl Spool {
         e: &MailboxEntry,
         locks: &LockOptions,
     ) -> Result<(MailboxSnapshot, super::lock::FileLock)> {
+        let (snap, lock) = self.read_mailbox_locked(e, locks, true)?;
+        Ok((snap, lock.expect("a created lock file is always locked")))
+    }
+
+    /// `read_mailbox`, creating a missing name lock file only if `create_lockfile` says so. A
+    /// reader that must not write (the agent) passes false and, when the file is missing
+    /// (no Cyrus process has locked the mailbox since its lock folder was made), reads under the
+    /// index lock alone; the name lock then returned is `None`.
+    pub fn read_mailbox_locked(
+        &self,
+        e: &MailboxEntry,
+        locks: &LockOptions,
+        create_lockfile: bool,
+    ) -> Result<(MailboxSnapshot, Option<super::lock::FileLock>)> {
         use super::lock::{FileLock, LockMode};
         use crate::error::Error;
         use std::io::Read;
 
         let missing = |what: &str| Error::NotFound(format!("{what} of mailbox {}", e.name));
         let lock_path = self.lock_path(e).ok_or_else(|| missing("lock file"))?;
-        let name_lock = FileLock::lock_lockfile(
-            &lock_path,
-            &self.config.mboxname_lockpath,
-            LockMode::Shared,
-            locks.method,
-            locks.wait,
-        )?;
+        let name_lock = if create_lockfile {
+            Some(FileLock::lock_lockfile(
+                &lock_path,
+                &self.config.mboxname_lockpath,
+                LockMode::Shared,
+                locks.method,
+                locks.wait,
+            )?)
+        } else {
+            FileLock::lock_existing_lockfile(&lock_path, LockMode::Shared, locks.method, locks.wait)?
+        };
 
         let index_path = self
             .meta_path(e, MetaFile::Index)

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use mailpack::commands::backup::{backup, BackupOptions, UserOutcome};
+use mailpack::commands::backup::{backup, BackupOptions, SpoolAccess, UserOutcome};
 use mailpack::scan::{folder_entry, imap_entry, UserReport};
 use mailpack::spool::{LockOptions, MetaFile, Spool};
 use mailpack::store::{Archive, ArchivePaths, WriterOptions};
@@ -18,7 +18,9 @@ use crate::util::TempDir;
 
 pub fn run_backup(config: &Path, dir: &Path, users: &[&str]) -> BTreeMap<String, UserReport> {
     let options = BackupOptions {
-        config: config.to_path_buf(),
+        spool: SpoolAccess::Local {
+            config: config.to_path_buf(),
+        },
         archive_dir: dir.to_path_buf(),
         users: users.iter().map(|s| s.to_string()).collect(),
         jobs: 2,
@@ -526,7 +528,9 @@ fn a_busy_archive_fails_only_its_own_user() {
     )
     .unwrap();
     let options = BackupOptions {
-        config: server.config_path(),
+        spool: SpoolAccess::Local {
+            config: server.config_path(),
+        },
         archive_dir: dir.path().to_path_buf(),
         users: vec![],
         jobs: 2,

@@ -1,0 +1,190 @@
+//! Frames (formats/protocol.md section 2): a big-endian u32 length, a kind byte, a payload of at
+//! most `MAX_FRAME` bytes, checked before anything is allocated. Plus the JSON and base64
+//! helpers the payloads use, and the optional deflate layer.
+
+use std::io::{self, Read, Write};
+
+use crate::error::Error;
+
+/// Largest payload of one frame.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Largest `DATA` payload the agent sends.
+pub const CHUNK: usize = 256 << 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Hello = 1,
+    Request = 2,
+    Reply = 3,
+    Data = 4,
+    End = 5,
+    Error = 6,
+    Abort = 7,
+}
+
+impl FrameKind {
+    fn from_byte(b: u8) -> Option<FrameKind> {
+        Some(match b {
+            1 => FrameKind::Hello,
+            2 => FrameKind::Request,
+            3 => FrameKind::Reply,
+            4 => FrameKind::Data,
+            5 => FrameKind::End,
+            6 => FrameKind::Error,
+            7 => FrameKind::Abort,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub payload: Vec<u8>,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The peer closed the stream between frames.
+    Closed,
+    /// Bytes that are not a frame: too long, empty, unknown kind, or cut short.
+    Protocol(String),
+    Io(io::Error),
+}
+
+impl FrameError {
+    pub fn into_error(self, peer: &str) -> Error {
+        match self {
+            FrameError::Closed => Error::usage(format!("{peer} closed the connection")),
+            FrameError::Protocol(detail) => Error::usage(format!("{peer}: protocol error: {detail}")),
+            FrameError::Io(e) => Error::usage(format!("{peer}: {e}")),
+        }
+    }
+}
+
+/// Reads one frame. The length is checked against `MAX_FRAME` before the payload is allocated.
+pub fn read_frame(r: &mut impl Read) -> std::result::Result<Frame, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Protocol("stream ends inside a frame length".into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME + 1 {
+        return Err(FrameError::Protocol(format!(
+            "frame of {len} bytes (the limit is {})",
+            MAX_FRAME + 1
+        )));
+    }
+    let mut kind = [0u8; 1];
+    r.read_exact(&mut kind).map_err(cut)?;
+    let kind = FrameKind::from_byte(kind[0])
+        .ok_or_else(|| FrameError::Protocol(format!("unknown frame kind {}", kind[0])))?;
+    let mut payload = vec![0u8; len - 1];
+    r.read_exact(&mut payload).map_err(cut)?;
+    Ok(Frame { kind, payload })
+}
+
+fn cut(e: io::Error) -> FrameError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        FrameError::Protocol("stream ends inside a frame".into())
+    } else {
+        FrameError::Io(e)
+    }
+}
+
+pub fn write_frame(w: &mut impl Write, kind: FrameKind, payload: &[u8]) -> io::Result<()> {
+    debug_assert!(payload.len() <= MAX_FRAME);
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&((payload.len() + 1) as u32).to_be_bytes());
+    head[4] = kind as u8;
+    w.write_all(&head)?;
+    w.write_all(payload)
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn base64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub fn unbase64(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if s.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for chunk in s.chunks(4) {
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            let v = if i >= 4 - pad {
+                0
+            } else {
+                B64.iter().position(|&x| x == c)? as u32
+            };
+            n |= v << (18 - 6 * i);
+        }
+        for i in 0..3 - pad {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar", &[0, 255, 31]] {
+            assert_eq!(unbase64(&base64(data)).unwrap(), data);
+        }
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert!(unbase64("Zm8").is_none() && unbase64("Z===").is_none() && unbase64("Zm!=").is_none());
+    }
+
+    #[test]
+    fn frames_are_bounded_before_allocation() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameKind::Reply, b"{}").unwrap();
+        let f = read_frame(&mut &buf[..]).unwrap();
+        assert_eq!((f.kind, f.payload.as_slice()), (FrameKind::Reply, &b"{}"[..]));
+        // A length of 4 GiB is refused from its four bytes alone.
+        let huge = [0xff, 0xff, 0xff, 0xff, 3];
+        assert!(matches!(read_frame(&mut &huge[..]), Err(FrameError::Protocol(_))));
+        let unknown = [0, 0, 0, 1, 99];
+        match read_frame(&mut &unknown[..]) {
+            Err(FrameError::Protocol(m)) => assert!(m.contains("unknown frame kind 99")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(read_frame(&mut &buf[..3]), Err(FrameError::Protocol(_))));
+        assert!(matches!(read_frame(&mut &[][..]), Err(FrameError::Closed)));
+    }
+}

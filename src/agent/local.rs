@@ -1,0 +1,288 @@
+//! The one implementation of reading a spool for a backup: pass 1 (stat), pass 2 (Cyrus's
+//! locks), message files, per-user files. Read-only: it opens only files inside the folders
+//! imapd.conf names, creates nothing (not even a missing Cyrus lock file) and writes nothing.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
+use crate::archive::SourceStat;
+use crate::error::{Error, Result};
+use crate::guid::Guid;
+use crate::spool::cyrusdb::Record;
+use crate::spool::lock::{FileLock, LockMode};
+use crate::spool::mboxlist::MailboxEntry;
+use crate::spool::user::MailboxAnnotations;
+use crate::spool::{LockOptions, MetaFile, Spool};
+
+/// The mailbox pass 2 has open: its name lock (when Cyrus had made the lock file) and where its
+/// message files are.
+struct Open {
+    _name_lock: Option<FileLock>,
+    data_dir: Option<PathBuf>,
+    archive_dir: Option<PathBuf>,
+}
+
+pub struct LocalSource<'a> {
+    spool: &'a Spool,
+    annotations: &'a MailboxAnnotations,
+    locks: LockOptions,
+    /// The folders imapd.conf names, resolved: nothing outside them is opened.
+    roots: Vec<PathBuf>,
+    open: Option<Open>,
+}
+
+fn stat_of(path: &Path) -> Option<SourceStat> {
+    std::fs::metadata(path).ok().map(|m| SourceStat::of(&m))
+}
+
+/// A user name that cannot be turned into a path outside the user's own folders.
+fn check_user(user: &str) -> Result<()> {
+    if user.is_empty() || user.contains('/') || user.contains('\0') || user.starts_with('.') {
+        return Err(Error::usage(format!("{user:?} is not a user name")));
+    }
+    Ok(())
+}
+
+impl<'a> LocalSource<'a> {
+    pub fn new(
+        spool: &'a Spool,
+        annotations: &'a MailboxAnnotations,
+        locks: LockOptions,
+    ) -> LocalSource<'a> {
+        let c = &spool.config;
+        let roots = [&c.configdirectory, &c.sievedir, &c.mboxname_lockpath]
+            .into_iter()
+            .chain(c.partitions.values())
+            .chain(c.metapartitions.values())
+            .chain(c.archivepartitions.values())
+            .filter_map(|p| p.canonicalize().ok())
+            .collect();
+        LocalSource {
+            spool,
+            annotations,
+            locks,
+            roots,
+            open: None,
+        }
+    }
+
+    /// Refuses a path that does not lie, symlinks resolved, inside the spool's folders.
+    fn allowed(&self, path: &Path) -> Result<PathBuf> {
+        let real = match path.canonicalize() {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(path.display().to_string()))
+            }
+            Err(e) => return Err(Error::io("resolve", path, e)),
+        };
+        if self.roots.iter().any(|r| real.starts_with(r)) {
+            Ok(real)
+        } else {
+            Err(Error::Unsupported {
+                path: path.to_path_buf(),
+                detail: "outside the folders imapd.conf names; refused".into(),
+            })
+        }
+    }
+
+    fn mailbox(&self, user: &str, uniqueid: &str) -> Result<&'a MailboxEntry> {
+        self.spool
+            .mailboxes_of(user)
+            .find(|e| !e.is_tombstone() && e.uniqueid.as_deref() == Some(uniqueid))
+            .ok_or_else(|| Error::NotFound(format!("mailbox {uniqueid} of {user}")))
+    }
+
+    fn user_file_paths(&self, user: &str) -> Vec<(String, PathBuf)> {
+        let files = self.spool.user_files(user);
+        let mut out = vec![
+            ("meta/seen".to_string(), files.seen.clone()),
+            ("meta/sub".to_string(), files.sub.clone()),
+            ("meta/quota".to_string(), files.quota.clone()),
+            ("meta/dav.db".to_string(), files.dav.clone()),
+        ];
+        if let Ok(dir) = std::fs::read_dir(&files.sieve_dir) {
+            let mut sieve: Vec<(String, PathBuf)> = dir
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name().to_str()?.to_string();
+                    crate::archive::check_name(&name).ok()?;
+                    Some((format!("meta/sieve/{name}"), entry.path()))
+                })
+                .collect();
+            sieve.sort();
+            out.extend(sieve);
+        }
+        out
+    }
+}
+
+impl Source for LocalSource<'_> {
+    fn users(&mut self) -> Result<Vec<String>> {
+        Ok(self.spool.users())
+    }
+
+    fn list_user(&mut self, user: &str) -> Result<UserListing> {
+        check_user(user)?;
+        let mut listing = UserListing::default();
+        for e in self
+            .spool
+            .mailboxes_of(user)
+            .filter(|e| !e.is_tombstone() && !e.is_remote())
+        {
+            let mut records = vec![Record {
+                key: e.raw_key.clone(),
+                value: e.raw_value.clone(),
+            }];
+            if let Some((k, v)) = &e.id_record {
+                records.push(Record {
+                    key: k.clone(),
+                    value: v.clone(),
+                });
+            }
+            let mut stats = [None, None, None];
+            for (i, f) in MetaFile::ALL.iter().enumerate() {
+                stats[i] = self.spool.meta_path(e, *f).and_then(|p| stat_of(&p));
+            }
+            listing.mailboxes.push(MailboxListing {
+                name: e.name.clone(),
+                uniqueid: e.uniqueid.clone(),
+                records,
+                annotations: self
+                    .annotations
+                    .of(&self.spool.annotation_key(e))
+                    .to_vec(),
+                stats,
+            });
+        }
+        for (entry, path) in self.user_file_paths(user) {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let link = if meta.file_type().is_symlink() {
+                let target =
+                    std::fs::read_link(&path).map_err(|e| Error::io("readlink", &path, e))?;
+                Some(target.to_string_lossy().into_owned())
+            } else {
+                None
+            };
+            listing.user_files.push(UserFileListing {
+                entry,
+                stat: SourceStat::of(&meta),
+                link,
+            });
+        }
+        Ok(listing)
+    }
+
+    fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox> {
+        check_user(user)?;
+        self.open = None;
+        let e = self.mailbox(user, uniqueid)?;
+        for f in MetaFile::ALL {
+            if let Some(p) = self.spool.meta_path(e, f).filter(|p| p.exists()) {
+                self.allowed(&p)?;
+            }
+        }
+        let (snap, name_lock) = self.spool.read_mailbox_locked(e, &self.locks, false)?;
+        // The folders are checked once; a message file is then `<digits>.` inside one of them,
+        // opened without following a symlink, so it cannot lead elsewhere either.
+        let checked = |dir: Option<PathBuf>| -> Result<Option<PathBuf>> {
+            match dir {
+                Some(d) => match self.allowed(&d) {
+                    Ok(real) => Ok(Some(real)),
+                    Err(Error::NotFound(_)) => Ok(None),
+                    Err(e) => Err(e),
+                },
+                None => Ok(None),
+            }
+        };
+        self.open = Some(Open {
+            _name_lock: name_lock,
+            data_dir: checked(self.spool.mailbox_dir(e))?,
+            archive_dir: checked(self.spool.archive_dir(e))?,
+        });
+        Ok(OpenedMailbox {
+            header: snap.header_bytes,
+            index: snap.index_bytes,
+            annotations: snap.annotations_bytes,
+            stats: snap.stats,
+        })
+    }
+
+    fn fetch_message(
+        &mut self,
+        uid: u32,
+        _guid: &Guid,
+        archived: bool,
+    ) -> Result<Option<MessageFile<'_>>> {
+        let open = self
+            .open
+            .as_ref()
+            .ok_or_else(|| Error::usage("fetch without an open mailbox"))?;
+        let dir = if archived {
+            open.archive_dir.as_ref()
+        } else {
+            open.data_dir.as_ref()
+        };
+        let Some(dir) = dir else {
+            return Err(Error::NotFound(format!("a folder for uid {uid}")));
+        };
+        let path = dir.join(format!("{uid}."));
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &path, e)),
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .len();
+        Ok(Some(MessageFile {
+            size,
+            reader: Box::new(file),
+        }))
+    }
+
+    fn close_mailbox(&mut self) -> Result<()> {
+        self.open = None;
+        Ok(())
+    }
+
+    fn read_user_file(&mut self, user: &str, entry: &str) -> Result<Option<(Vec<u8>, SourceStat)>> {
+        check_user(user)?;
+        let Some((_, path)) = self
+            .user_file_paths(user)
+            .into_iter()
+            .find(|(e, _)| e == entry)
+        else {
+            return Ok(None);
+        };
+        match self.allowed(&path) {
+            Ok(_) => {}
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let Some(lock) =
+            FileLock::lock_stable(&path, LockMode::Shared, self.locks.method, self.locks.wait)?
+        else {
+            return Ok(None);
+        };
+        let stat = SourceStat::of(
+            &lock
+                .file()
+                .metadata()
+                .map_err(|e| Error::io("stat", &path, e))?,
+        );
+        let mut bytes = Vec::with_capacity(stat.size as usize);
+        let mut f = lock.file();
+        f.read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", &path, e))?;
+        Ok(Some((bytes, stat)))
+    }
+}

@@ -1,0 +1,90 @@
+//! The agent (issue 7, formats/protocol.md): everything a backup reads from a mail host, behind
+//! one interface, `Source`. `LocalSource` is the one implementation of scanning and locking;
+//! a local backup calls it in process, and `mailpack agent` serves it over frames on
+//! stdin/stdout to a `RemoteSource` on the backup host.
+
+mod frame;
+mod local;
+mod remote;
+mod server;
+
+pub use frame::{Frame, FrameKind, MAX_FRAME};
+pub use local::LocalSource;
+pub use remote::RemoteSource;
+pub use server::serve;
+
+use std::io::Read;
+
+use crate::archive::SourceStat;
+use crate::error::Result;
+use crate::guid::Guid;
+use crate::spool::cyrusdb::Record;
+use crate::spool::name::MboxName;
+
+/// One mailbox as pass 1 sees it: enough to decide, without opening anything, whether it
+/// changed since the last run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxListing {
+    pub name: MboxName,
+    /// `None` on pre-2.5 servers, whose mailboxes cannot be backed up.
+    pub uniqueid: Option<String>,
+    /// The raw mailboxes.db records (`N` and `I` on 3.6, the one record before).
+    pub records: Vec<Record>,
+    /// The mailbox's rows of the global annotations.db.
+    pub annotations: Vec<Record>,
+    /// cyrus.header, cyrus.index, cyrus.annotations (absent: `None`).
+    pub stats: [Option<SourceStat>; 3],
+}
+
+/// A per-user file (seen, subscriptions, quota, dav.db, sieve scripts) as pass 1 sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserFileListing {
+    /// The archive entry it is stored as (`meta/seen`, `meta/sieve/main.bc`, ...).
+    pub entry: String,
+    pub stat: SourceStat,
+    /// For a symlink (sieve's `defaultbc`): its target.
+    pub link: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserListing {
+    pub mailboxes: Vec<MailboxListing>,
+    pub user_files: Vec<UserFileListing>,
+}
+
+/// A mailbox's metadata read under Cyrus's locks (pass 2). The source keeps the mailbox's name
+/// lock until `close_mailbox`, so the message files its index lists stay.
+pub struct OpenedMailbox {
+    pub header: Vec<u8>,
+    pub index: Vec<u8>,
+    pub annotations: Option<Vec<u8>>,
+    pub stats: [Option<SourceStat>; 3],
+}
+
+/// A message file being read: exactly `size` bytes.
+pub struct MessageFile<'a> {
+    pub size: u64,
+    pub reader: Box<dyn Read + 'a>,
+}
+
+/// What a backup reads from a mail host.
+pub trait Source {
+    /// Every user with at least one existing mailbox, sorted.
+    fn users(&mut self) -> Result<Vec<String>>;
+    /// Pass 1 for a whole user: mailboxes with their records and metadata stats, and per-user
+    /// files with theirs. Opens no mailbox.
+    fn list_user(&mut self, user: &str) -> Result<UserListing>;
+    /// Pass 2: the mailbox's metadata under Cyrus's locks; its name lock stays held.
+    fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox>;
+    /// A message file of the open mailbox; `None` when it is gone.
+    fn fetch_message(
+        &mut self,
+        uid: u32,
+        guid: &Guid,
+        archived: bool,
+    ) -> Result<Option<MessageFile<'_>>>;
+    /// Releases the open mailbox's name lock.
+    fn close_mailbox(&mut self) -> Result<()>;
+    /// A per-user file read under a shared lock, with its stat as read; `None` when gone.
+    fn read_user_file(&mut self, user: &str, entry: &str) -> Result<Option<(Vec<u8>, SourceStat)>>;
+}

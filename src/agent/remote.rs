@@ -1,0 +1,468 @@
+//! The backup host's side of the protocol (formats/protocol.md): a `Source` whose every call is
+//! a request to an agent, normally `ssh host mailpack agent` started with `sh -c`.
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::frame::{read_frame, unbase64, write_frame, Frame, FrameKind};
+use super::server::{error_from_json, Inbound, Outbound, MAX_LISTING, PROTOCOL, VERSION};
+use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
+use crate::archive::SourceStat;
+use crate::error::{Error, Result};
+use crate::guid::Guid;
+use crate::spool::cyrusdb::Record;
+use crate::spool::name::MboxName;
+
+type BoxRead = Box<dyn Read + Send>;
+type BoxWrite = Box<dyn Write + Send>;
+
+/// Counts the bytes that pass, for the wire-traffic report.
+struct Counted<T> {
+    inner: T,
+    count: Arc<AtomicU64>,
+}
+
+impl<T: Read> Read for Counted<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Counted<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub struct RemoteSource {
+    inbound: Inbound<BoxRead>,
+    out: Outbound<BoxWrite>,
+    child: Option<Child>,
+    peer: String,
+    received: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    /// Set when a reply could not be read to its end: the stream is out of step.
+    broken: bool,
+}
+
+fn stat_from(v: &Value) -> Result<Option<SourceStat>> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    serde_json::from_value(v.clone())
+        .map(Some)
+        .map_err(|e| Error::usage(format!("agent sent a bad stat: {e}")))
+}
+
+fn records_from(v: &Value) -> Result<Vec<Record>> {
+    let bad = || Error::usage("agent sent a bad record list");
+    v.as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|pair| {
+            let key = unbase64(pair.get(0).and_then(Value::as_str).ok_or_else(bad)?).ok_or_else(bad)?;
+            let value =
+                unbase64(pair.get(1).and_then(Value::as_str).ok_or_else(bad)?).ok_or_else(bad)?;
+            Ok(Record { key, value })
+        })
+        .collect()
+}
+
+pub(crate) fn listing_from(v: &Value) -> Result<UserListing> {
+    let bad = |what: &str| Error::usage(format!("agent sent a bad listing: {what}"));
+    let mut out = UserListing::default();
+    for m in v["mailboxes"].as_array().ok_or_else(|| bad("mailboxes"))? {
+        let parts = m["parts"]
+            .as_array()
+            .ok_or_else(|| bad("parts"))?
+            .iter()
+            .map(|p| p.as_str().map(str::to_string).ok_or_else(|| bad("part")))
+            .collect::<Result<Vec<_>>>()?;
+        let stats = m["stats"].as_array().ok_or_else(|| bad("stats"))?;
+        if stats.len() != 3 {
+            return Err(bad("stats"));
+        }
+        out.mailboxes.push(MailboxListing {
+            name: MboxName {
+                domain: m["domain"].as_str().map(str::to_string),
+                parts,
+            },
+            uniqueid: m["uniqueid"].as_str().map(str::to_string),
+            records: records_from(&m["records"])?,
+            annotations: records_from(&m["annotations"])?,
+            stats: [
+                stat_from(&stats[0])?,
+                stat_from(&stats[1])?,
+                stat_from(&stats[2])?,
+            ],
+        });
+    }
+    for f in v["user_files"].as_array().ok_or_else(|| bad("user_files"))? {
+        out.user_files.push(UserFileListing {
+            entry: f["entry"].as_str().ok_or_else(|| bad("entry"))?.to_string(),
+            stat: stat_from(&f["stat"])?.ok_or_else(|| bad("stat"))?,
+            link: f["link"].as_str().map(str::to_string),
+        });
+    }
+    Ok(out)
+}
+
+impl RemoteSource {
+    /// Starts `command` with `sh -c` (normally `ssh user@host mailpack agent`) and greets it.
+    /// The agent's stderr goes to ours.
+    pub fn spawn(command: &str, compress: bool) -> Result<RemoteSource> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| Error::usage(format!("cannot start {command:?}: {e}")))?;
+        let input = child.stdout.take().expect("piped");
+        let output = child.stdin.take().expect("piped");
+        let mut source =
+            RemoteSource::over(Box::new(input), Box::new(output), command, compress)?;
+        source.child = Some(child);
+        Ok(source)
+    }
+
+    /// Speaks to an agent over any pair of streams (tests use in-memory pipes).
+    pub fn over(
+        input: BoxRead,
+        output: BoxWrite,
+        peer: &str,
+        compress: bool,
+    ) -> Result<RemoteSource> {
+        let received = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
+        let input: BoxRead = Box::new(Counted {
+            inner: input,
+            count: received.clone(),
+        });
+        let output: BoxWrite = Box::new(Counted {
+            inner: output,
+            count: sent.clone(),
+        });
+        let mut s = RemoteSource {
+            inbound: Inbound::Plain(BufReader::new(input)),
+            out: Outbound::Plain(BufWriter::new(output)),
+            child: None,
+            peer: format!("agent {peer:?}"),
+            received,
+            sent,
+            broken: false,
+        };
+        s.send(
+            FrameKind::Hello,
+            &json!({
+                "protocol": PROTOCOL,
+                "versions": [VERSION],
+                "compress": if compress { "deflate" } else { "none" },
+            }),
+        )?;
+        let hello = s.frame()?;
+        if hello.kind != FrameKind::Hello {
+            return Err(s.unexpected(&hello));
+        }
+        let v: Value = serde_json::from_slice(&hello.payload).unwrap_or(Value::Null);
+        if v["version"].as_u64() != Some(VERSION) {
+            return Err(Error::usage(format!(
+                "{} does not speak {PROTOCOL} version {VERSION}",
+                s.peer
+            )));
+        }
+        if compress {
+            if v["compress"] != "deflate" {
+                return Err(Error::usage(format!("{} refused compression", s.peer)));
+            }
+            s.inbound = std::mem::replace(
+                &mut s.inbound,
+                Inbound::Plain(BufReader::new(Box::new(io::empty()))),
+            )
+            .into_deflate();
+            s.out = std::mem::replace(
+                &mut s.out,
+                Outbound::Plain(BufWriter::new(Box::new(io::sink()))),
+            )
+            .into_deflate();
+        }
+        Ok(s)
+    }
+
+    /// Bytes received from and sent to the agent so far (after compression, as on the wire).
+    pub fn traffic(&self) -> (u64, u64) {
+        (
+            self.received.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+        )
+    }
+
+    fn send(&mut self, kind: FrameKind, v: &Value) -> Result<()> {
+        let peer = self.peer.clone();
+        write_frame(&mut self.out, kind, v.to_string().as_bytes())
+            .and_then(|_| self.out.flush())
+            .map_err(|e| Error::usage(format!("{peer}: {e}")))
+    }
+
+    fn frame(&mut self) -> Result<Frame> {
+        if self.broken {
+            return Err(Error::usage(format!("{}: the session is out of step", self.peer)));
+        }
+        read_frame(&mut self.inbound).map_err(|e| {
+            self.broken = true;
+            e.into_error(&self.peer)
+        })
+    }
+
+    fn unexpected(&mut self, f: &Frame) -> Error {
+        self.broken = true;
+        match f.kind {
+            FrameKind::Abort => Error::usage(format!(
+                "{} aborted: {}",
+                self.peer,
+                String::from_utf8_lossy(&f.payload)
+            )),
+            kind => Error::usage(format!("{}: unexpected {kind:?} frame", self.peer)),
+        }
+    }
+
+    /// Sends a request; returns its `REPLY`, or the agent's error.
+    fn request(&mut self, req: Value) -> Result<Value> {
+        self.send(FrameKind::Request, &req)?;
+        let f = self.frame()?;
+        match f.kind {
+            FrameKind::Reply => serde_json::from_slice(&f.payload)
+                .map_err(|e| Error::usage(format!("{}: bad REPLY: {e}", self.peer))),
+            FrameKind::Error => Err(error_from_json(
+                &serde_json::from_slice(&f.payload).unwrap_or(Value::Null),
+            )),
+            _ => Err(self.unexpected(&f)),
+        }
+    }
+
+    /// Reads a whole file of at most `max` bytes and checks its `END`.
+    fn read_file(&mut self, max: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut stream = FileStream::new(self, max);
+        stream
+            .read_to_end(&mut out)
+            .map_err(|e| Error::usage(format!("{e}")))?;
+        Ok(out)
+    }
+}
+
+/// A file arriving as `DATA` frames; the `END` frame is checked (size and SHA-1 of what
+/// arrived) before the reader reports end of file. Dropped early, it reads on to the `END` so
+/// the session stays in step.
+struct FileStream<'a> {
+    source: &'a mut RemoteSource,
+    hasher: sha1::Sha1,
+    count: u64,
+    buf: Vec<u8>,
+    at: usize,
+    done: bool,
+    max: u64,
+}
+
+impl<'a> FileStream<'a> {
+    fn new(source: &'a mut RemoteSource, max: u64) -> FileStream<'a> {
+        FileStream {
+            source,
+            hasher: sha1::Sha1::default(),
+            count: 0,
+            buf: Vec::new(),
+            at: 0,
+            done: false,
+            max,
+        }
+    }
+
+    fn next_frame(&mut self) -> io::Result<()> {
+        let f = self.source.frame().map_err(io::Error::other)?;
+        match f.kind {
+            FrameKind::Data => {
+                sha1::Digest::update(&mut self.hasher, &f.payload);
+                self.count += f.payload.len() as u64;
+                if self.count > self.max {
+                    self.source.broken = true;
+                    return Err(io::Error::other(format!(
+                        "{}: a file longer than {} bytes",
+                        self.source.peer, self.max
+                    )));
+                }
+                self.buf = f.payload;
+                self.at = 0;
+                Ok(())
+            }
+            FrameKind::End => {
+                self.done = true;
+                let v: Value = serde_json::from_slice(&f.payload).unwrap_or(Value::Null);
+                let sha1 = v["sha1"].as_str().unwrap_or_default();
+                let digest =
+                    Guid(sha1::Digest::finalize(std::mem::take(&mut self.hasher)).into()).to_string();
+                if v["size"].as_u64() != Some(self.count) || sha1 != digest {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: the file arrived as {} bytes with SHA-1 {digest}; the agent sent {} with {sha1}",
+                            self.source.peer,
+                            self.count,
+                            v["size"]
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            FrameKind::Error => {
+                self.done = true;
+                let v: Value = serde_json::from_slice(&f.payload).unwrap_or(Value::Null);
+                Err(io::Error::other(error_from_json(&v)))
+            }
+            _ => {
+                let e = self.source.unexpected(&f);
+                Err(io::Error::other(e))
+            }
+        }
+    }
+}
+
+impl Read for FileStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.next_frame()?;
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Drop for FileStream<'_> {
+    fn drop(&mut self) {
+        while !self.done && !self.source.broken {
+            self.at = self.buf.len();
+            if self.next_frame().is_err() && !self.done {
+                self.source.broken = true;
+            }
+        }
+    }
+}
+
+impl Source for RemoteSource {
+    fn users(&mut self) -> Result<Vec<String>> {
+        let v = self.request(json!({ "op": "users" }))?;
+        v["users"]
+            .as_array()
+            .ok_or_else(|| Error::usage("agent sent no user list"))?
+            .iter()
+            .map(|u| {
+                u.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::usage("agent sent a bad user name"))
+            })
+            .collect()
+    }
+
+    fn list_user(&mut self, user: &str) -> Result<UserListing> {
+        self.request(json!({ "op": "list-user", "user": user }))?;
+        let doc = self.read_file(MAX_LISTING)?;
+        let v: Value = serde_json::from_slice(&doc)
+            .map_err(|e| Error::usage(format!("{}: bad listing: {e}", self.peer)))?;
+        listing_from(&v)
+    }
+
+    fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox> {
+        let v = self.request(json!({
+            "op": "open-mailbox", "user": user, "uniqueid": uniqueid,
+        }))?;
+        let stats = v["stats"]
+            .as_array()
+            .filter(|s| s.len() == 3)
+            .ok_or_else(|| Error::usage("agent sent bad stats"))?;
+        let stats = [
+            stat_from(&stats[0])?,
+            stat_from(&stats[1])?,
+            stat_from(&stats[2])?,
+        ];
+        let max = crate::archive::MAX_MEMBER_RAW as u64;
+        let header = self.read_file(max)?;
+        let index = self.read_file(u32::MAX as u64)?;
+        let annotations = match stats[2] {
+            Some(_) => Some(self.read_file(u32::MAX as u64)?),
+            None => None,
+        };
+        Ok(OpenedMailbox {
+            header,
+            index,
+            annotations,
+            stats,
+        })
+    }
+
+    fn fetch_message(
+        &mut self,
+        uid: u32,
+        guid: &Guid,
+        archived: bool,
+    ) -> Result<Option<MessageFile<'_>>> {
+        let reply = self.request(json!({
+            "op": "fetch", "uid": uid, "guid": guid.to_string(), "archived": archived,
+        }));
+        let v = match reply {
+            Ok(v) => v,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let size = v["size"]
+            .as_u64()
+            .ok_or_else(|| Error::usage("agent sent no size"))?;
+        Ok(Some(MessageFile {
+            size,
+            reader: Box::new(FileStream::new(self, size)),
+        }))
+    }
+
+    fn close_mailbox(&mut self) -> Result<()> {
+        self.request(json!({ "op": "close-mailbox" })).map(|_| ())
+    }
+
+    fn read_user_file(&mut self, user: &str, entry: &str) -> Result<Option<(Vec<u8>, SourceStat)>> {
+        let v = match self.request(json!({ "op": "read-user-file", "user": user, "entry": entry })) {
+            Ok(v) => v,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let stat = stat_from(&v["stat"])?.ok_or_else(|| Error::usage("agent sent no stat"))?;
+        let bytes = self.read_file(u32::MAX as u64)?;
+        Ok(Some((bytes, stat)))
+    }
+}
+
+impl Drop for RemoteSource {
+    fn drop(&mut self) {
+        if !self.broken {
+            let _ = self.request(json!({ "op": "bye" }));
+        }
+        if let Some(mut child) = self.child.take() {
+            // Closing our ends lets an agent that is still reading see end of file.
+            self.out = Outbound::Plain(BufWriter::new(Box::new(io::sink())));
+            let _ = child.wait();
+        }
+    }
+}
