@@ -57,7 +57,9 @@ impl FrameError {
     pub fn into_error(self, peer: &str) -> Error {
         match self {
             FrameError::Closed => Error::usage(format!("{peer} closed the connection")),
-            FrameError::Protocol(detail) => Error::usage(format!("{peer}: protocol error: {detail}")),
+            FrameError::Protocol(detail) => {
+                Error::usage(format!("{peer}: protocol error: {detail}"))
+            }
             FrameError::Io(e) => Error::usage(format!("{peer}: {e}")),
         }
     }
@@ -70,7 +72,11 @@ pub fn read_frame(r: &mut impl Read) -> std::result::Result<Frame, FrameError> {
     while got < 4 {
         match r.read(&mut len[got..]) {
             Ok(0) if got == 0 => return Err(FrameError::Closed),
-            Ok(0) => return Err(FrameError::Protocol("stream ends inside a frame length".into())),
+            Ok(0) => {
+                return Err(FrameError::Protocol(
+                    "stream ends inside a frame length".into(),
+                ))
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(FrameError::Io(e)),
@@ -131,7 +137,7 @@ pub fn base64(bytes: &[u8]) -> String {
 
 pub fn unbase64(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(s.len() / 4 * 3);
@@ -162,12 +168,23 @@ mod tests {
 
     #[test]
     fn base64_round_trips() {
-        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar", &[0, 255, 31]] {
+        for data in [
+            &b""[..],
+            b"f",
+            b"fo",
+            b"foo",
+            b"foob",
+            b"fooba",
+            b"foobar",
+            &[0, 255, 31],
+        ] {
             assert_eq!(unbase64(&base64(data)).unwrap(), data);
         }
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64(b"fo"), "Zm8=");
-        assert!(unbase64("Zm8").is_none() && unbase64("Z===").is_none() && unbase64("Zm!=").is_none());
+        assert!(
+            unbase64("Zm8").is_none() && unbase64("Z===").is_none() && unbase64("Zm!=").is_none()
+        );
     }
 
     #[test]
@@ -175,16 +192,25 @@ mod tests {
         let mut buf = Vec::new();
         write_frame(&mut buf, FrameKind::Reply, b"{}").unwrap();
         let f = read_frame(&mut &buf[..]).unwrap();
-        assert_eq!((f.kind, f.payload.as_slice()), (FrameKind::Reply, &b"{}"[..]));
+        assert_eq!(
+            (f.kind, f.payload.as_slice()),
+            (FrameKind::Reply, &b"{}"[..])
+        );
         // A length of 4 GiB is refused from its four bytes alone.
         let huge = [0xff, 0xff, 0xff, 0xff, 3];
-        assert!(matches!(read_frame(&mut &huge[..]), Err(FrameError::Protocol(_))));
+        assert!(matches!(
+            read_frame(&mut &huge[..]),
+            Err(FrameError::Protocol(_))
+        ));
         let unknown = [0, 0, 0, 1, 99];
         match read_frame(&mut &unknown[..]) {
             Err(FrameError::Protocol(m)) => assert!(m.contains("unknown frame kind 99")),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(read_frame(&mut &buf[..3]), Err(FrameError::Protocol(_))));
+        assert!(matches!(
+            read_frame(&mut &buf[..3]),
+            Err(FrameError::Protocol(_))
+        ));
         assert!(matches!(read_frame(&mut &[][..]), Err(FrameError::Closed)));
     }
 }

@@ -2,8 +2,8 @@
 //! locks), message files, per-user files. Read-only: it opens only files inside the folders
 //! imapd.conf names, creates nothing (not even a missing Cyrus lock file) and writes nothing.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
@@ -149,10 +149,7 @@ impl Source for LocalSource<'_> {
                 name: e.name.clone(),
                 uniqueid: e.uniqueid.clone(),
                 records,
-                annotations: self
-                    .annotations
-                    .of(&self.spool.annotation_key(e))
-                    .to_vec(),
+                annotations: self.annotations.of(&self.spool.annotation_key(e)).to_vec(),
                 stats,
             });
         }

@@ -71,7 +71,8 @@ fn records_from(v: &Value) -> Result<Vec<Record>> {
         .ok_or_else(bad)?
         .iter()
         .map(|pair| {
-            let key = unbase64(pair.get(0).and_then(Value::as_str).ok_or_else(bad)?).ok_or_else(bad)?;
+            let key =
+                unbase64(pair.get(0).and_then(Value::as_str).ok_or_else(bad)?).ok_or_else(bad)?;
             let value =
                 unbase64(pair.get(1).and_then(Value::as_str).ok_or_else(bad)?).ok_or_else(bad)?;
             Ok(Record { key, value })
@@ -108,7 +109,10 @@ pub(crate) fn listing_from(v: &Value) -> Result<UserListing> {
             ],
         });
     }
-    for f in v["user_files"].as_array().ok_or_else(|| bad("user_files"))? {
+    for f in v["user_files"]
+        .as_array()
+        .ok_or_else(|| bad("user_files"))?
+    {
         out.user_files.push(UserFileListing {
             entry: f["entry"].as_str().ok_or_else(|| bad("entry"))?.to_string(),
             stat: stat_from(&f["stat"])?.ok_or_else(|| bad("stat"))?,
@@ -132,8 +136,7 @@ impl RemoteSource {
             .map_err(|e| Error::usage(format!("cannot start {command:?}: {e}")))?;
         let input = child.stdout.take().expect("piped");
         let output = child.stdin.take().expect("piped");
-        let mut source =
-            RemoteSource::over(Box::new(input), Box::new(output), command, compress)?;
+        let mut source = RemoteSource::over(Box::new(input), Box::new(output), command, compress)?;
         source.child = Some(child);
         Ok(source)
     }
@@ -218,7 +221,10 @@ impl RemoteSource {
 
     fn frame(&mut self) -> Result<Frame> {
         if self.broken {
-            return Err(Error::usage(format!("{}: the session is out of step", self.peer)));
+            return Err(Error::usage(format!(
+                "{}: the session is out of step",
+                self.peer
+            )));
         }
         read_frame(&mut self.inbound).map_err(|e| {
             self.broken = true;
@@ -310,8 +316,8 @@ impl<'a> FileStream<'a> {
                 self.done = true;
                 let v: Value = serde_json::from_slice(&f.payload).unwrap_or(Value::Null);
                 let sha1 = v["sha1"].as_str().unwrap_or_default();
-                let digest =
-                    Guid(sha1::Digest::finalize(std::mem::take(&mut self.hasher)).into()).to_string();
+                let digest = Guid(sha1::Digest::finalize(std::mem::take(&mut self.hasher)).into())
+                    .to_string();
                 if v["size"].as_u64() != Some(self.count) || sha1 != digest {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -443,7 +449,8 @@ impl Source for RemoteSource {
     }
 
     fn read_user_file(&mut self, user: &str, entry: &str) -> Result<Option<(Vec<u8>, SourceStat)>> {
-        let v = match self.request(json!({ "op": "read-user-file", "user": user, "entry": entry })) {
+        let v = match self.request(json!({ "op": "read-user-file", "user": user, "entry": entry }))
+        {
             Ok(v) => v,
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),

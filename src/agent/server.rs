@@ -73,7 +73,12 @@ pub(crate) fn error_json(e: &Error) -> Value {
 
 /// The error an `ERROR` frame describes, as the agent's own would have been.
 pub(crate) fn error_from_json(v: &Value) -> Error {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let path = || PathBuf::from(s("path"));
     match s("kind").as_str() {
         "busy" => Error::Busy { path: path() },
@@ -197,7 +202,12 @@ pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) ->
     let mut out = Outbound::Plain(BufWriter::new(output));
     let hello = match read_frame(&mut inbound) {
         Ok(f) if f.kind == FrameKind::Hello => f,
-        Ok(f) => return Err(abort(&mut out, &format!("expected HELLO, got {:?}", f.kind))),
+        Ok(f) => {
+            return Err(abort(
+                &mut out,
+                &format!("expected HELLO, got {:?}", f.kind),
+            ))
+        }
         Err(FrameError::Closed) => return Ok(()),
         Err(FrameError::Protocol(m)) => return Err(abort(&mut out, &m)),
         Err(FrameError::Io(e)) => return Err(io_err(e)),
@@ -250,9 +260,9 @@ pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) ->
         let op = req["op"].as_str().unwrap_or_default().to_string();
         let text = |k: &str| req[k].as_str().unwrap_or_default().to_string();
         let result: Result<()> = match op.as_str() {
-            "users" => source
-                .users()
-                .and_then(|users| send_json(&mut out, FrameKind::Reply, &json!({ "users": users }))),
+            "users" => source.users().and_then(|users| {
+                send_json(&mut out, FrameKind::Reply, &json!({ "users": users }))
+            }),
             "list-user" => source.list_user(&text("user")).and_then(|l| {
                 send_json(&mut out, FrameKind::Reply, &json!({}))?;
                 let doc = listing_json(&l).to_string().into_bytes();
@@ -278,12 +288,10 @@ pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) ->
                 let guid = text("guid").parse().unwrap_or(crate::guid::Guid::ZERO);
                 let archived = req["archived"].as_bool().unwrap_or(false);
                 match source.fetch_message(uid, &guid, archived) {
-                    Ok(Some(mut m)) => send_json(
-                        &mut out,
-                        FrameKind::Reply,
-                        &json!({ "size": m.size }),
-                    )
-                    .and_then(|_| send_file(&mut out, &mut m.reader, m.size)),
+                    Ok(Some(mut m)) => {
+                        send_json(&mut out, FrameKind::Reply, &json!({ "size": m.size }))
+                            .and_then(|_| send_file(&mut out, &mut m.reader, m.size))
+                    }
                     Ok(None) => Err(Error::NotFound(format!("message file of uid {uid}"))),
                     Err(e) => Err(e),
                 }

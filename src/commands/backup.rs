@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
+use crate::agent::{LocalSource, RemoteSource, Source};
 use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
 use crate::error::{Error, Result};
-use crate::agent::{LocalSource, RemoteSource, Source};
 use crate::scan::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::spool::{LockOptions, Spool};
 use crate::store::{list_archives, ArchivePaths, StoreWriter, WriterOptions};
@@ -15,10 +15,15 @@ use crate::store::{list_archives, ArchivePaths, StoreWriter, WriterOptions};
 /// Where the spool is read: here, or through an agent on the mail host.
 #[derive(Clone, Debug)]
 pub enum SpoolAccess {
-    Local { config: PathBuf },
+    Local {
+        config: PathBuf,
+    },
     /// A command that starts an agent (`ssh cyrus@imap1 mailpack agent`), run with `sh -c`
     /// once per worker.
-    Remote { command: String, compress: bool },
+    Remote {
+        command: String,
+        compress: bool,
+    },
 }
 
 pub struct BackupOptions {
@@ -138,7 +143,14 @@ pub fn backup(
                         if source.is_none() && !*gone {
                             source = Some(open_source()?);
                         }
-                        one_user(options, source.as_deref_mut(), writer, user_options, user, *gone)
+                        one_user(
+                            options,
+                            source.as_deref_mut(),
+                            writer,
+                            user_options,
+                            user,
+                            *gone,
+                        )
                     })();
                     let outcome = match result {
                         Ok(Some(report)) => {
@@ -169,9 +181,7 @@ pub fn backup(
         for outcome in rx {
             done += 1;
             match &outcome {
-                UserOutcome::Done(r, c)
-                    if !r.problems.is_empty() || matches!(c, Some(Err(_))) =>
-                {
+                UserOutcome::Done(r, c) if !r.problems.is_empty() || matches!(c, Some(Err(_))) => {
                     summary.with_problems += 1
                 }
                 UserOutcome::Failed { .. } => summary.failed += 1,

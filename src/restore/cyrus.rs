@@ -319,7 +319,9 @@ fn plan_mailbox<'a>(
         .find(|e| e.uniqueid == p.entry.uniqueid);
     p.mode = match (by_name, by_id) {
         (None, None) => Mode::Fresh,
-        (Some(n), Some(i)) if n.name == i.name && target.replace => Mode::Replace(Box::new(n.clone())),
+        (Some(n), Some(i)) if n.name == i.name && target.replace => {
+            Mode::Replace(Box::new(n.clone()))
+        }
         (Some(existing), _) | (None, Some(existing)) => {
             let what = if existing.name == p.entry.name && existing.uniqueid == p.entry.uniqueid {
                 "exists on the target; --replace overwrites it".to_string()

@@ -307,10 +307,9 @@ impl Pass2<'_> {
             Err(err) => {
                 self.source.close_mailbox()?;
                 self.report.skipped += 1;
-                self.report.problems.push(format!(
-                    "{}: cyrus.index: {err}; skipped this run",
-                    m.name
-                ));
+                self.report
+                    .problems
+                    .push(format!("{}: cyrus.index: {err}; skipped this run", m.name));
                 return Ok(Capture::Done);
             }
         };
@@ -406,8 +405,7 @@ fn backup_user_files(
 ) -> Result<()> {
     let mut seen_names = HashSet::new();
     for f in listed {
-        if crate::archive::check_name(&f.entry).is_err() || !f.entry.starts_with(names::META_DIR)
-        {
+        if crate::archive::check_name(&f.entry).is_err() || !f.entry.starts_with(names::META_DIR) {
             report
                 .problems
                 .push(format!("{user}: {:?} is not a per-user file name", f.entry));
@@ -416,8 +414,7 @@ fn backup_user_files(
         seen_names.insert(f.entry.clone());
         if let Some(target) = &f.link {
             let old = recorded.get(&f.entry).map(|e| e.target.clone());
-            if old.as_deref() != Some(target.as_str())
-                && crate::archive::check_name(target).is_ok()
+            if old.as_deref() != Some(target.as_str()) && crate::archive::check_name(target).is_ok()
             {
                 writer.append_symlink(&f.entry, target, options.time.max(0) as u64)?;
             }

@@ -276,7 +276,12 @@ impl Spool {
                 locks.wait,
             )?)
         } else {
-            FileLock::lock_existing_lockfile(&lock_path, LockMode::Shared, locks.method, locks.wait)?
+            FileLock::lock_existing_lockfile(
+                &lock_path,
+                LockMode::Shared,
+                locks.method,
+                locks.wait,
+            )?
         };
 
         let index_path = self

@@ -1,5 +1,6 @@
 //! The one integration-test binary: library-level archive tests and CLI tests.
 
+mod agent;
 mod archive;
 mod backup;
 mod bench_spool;

@@ -1,0 +1,516 @@
+//! The agent: driven through in-memory pipes (every request, malformed and oversized frames,
+//! unknown kinds, paths outside the spool, a peer that vanishes mid-transfer) and end to end
+//! through a real sshd on 127.0.0.1 against a real Cyrus 3.6. A remote backup must give an
+//! archive identical in content to a local backup of the same server state.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use mailpack::agent::{serve, LocalSource, RemoteSource, Source};
+use mailpack::archive::{EntryKind, SourceStat};
+use mailpack::scan::{backup_user, UserOptions, UserReport};
+use mailpack::spool::{LockOptions, Spool};
+use mailpack::store::{Archive, ArchivePaths, StoreWriter, WriterOptions};
+use mailpack::Guid;
+
+use crate::cyrus::{CyrusOptions, CyrusServer};
+use crate::spool_view::populate;
+use crate::util::TempDir;
+
+/// A copy of the committed real-Cyrus fixture spool (two users, many kinds of mailbox).
+fn fixture_spool(dir: &Path) -> PathBuf {
+    let spool = dir.join("spool");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/spools/uuid"))
+        .arg(&spool)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    spool.join("etc/imapd.conf")
+}
+
+type Content = Vec<(String, EntryKind, String, Guid, u64, Option<SourceStat>)>;
+
+/// An archive's latest state: every name with its kind, target, SHA-1, size and source stat.
+fn content(dir: &Path, user: &str) -> Content {
+    let archive =
+        Archive::open(&ArchivePaths::for_user(dir, user).unwrap(), &mut Vec::new()).unwrap();
+    archive
+        .state_at(None)
+        .into_iter()
+        .map(|(_, e)| {
+            (
+                e.name.clone(),
+                e.kind,
+                e.target.clone(),
+                e.sha1,
+                e.size,
+                e.stat,
+            )
+        })
+        .collect()
+}
+
+fn user_options() -> UserOptions {
+    UserOptions {
+        retries: 3,
+        host: "test".into(),
+        time: mailpack::commands::now(),
+    }
+}
+
+fn backup_through(source: &mut dyn Source, dir: &Path, user: &str) -> mailpack::Result<UserReport> {
+    let paths = ArchivePaths::for_user(dir, user).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let mut store = StoreWriter::open(&paths, &WriterOptions::default(), &mut Vec::new())?;
+    backup_user(source, user, &mut store, &user_options())
+}
+
+fn local_backup(config: &Path, dir: &Path, user: &str) -> UserReport {
+    let spool = Spool::open(config).unwrap();
+    let annotations = spool.annotations().unwrap();
+    let mut source = LocalSource::new(&spool, &annotations, LockOptions::default());
+    backup_through(&mut source, dir, user).unwrap()
+}
+
+/// An agent serving `config` on a thread, and a client connected to it by pipes. `cut_after`
+/// makes the agent's output fail after that many bytes, as a dropped connection would.
+fn piped(
+    config: &Path,
+    compress: bool,
+    cut_after: Option<u64>,
+) -> (RemoteSource, std::thread::JoinHandle<mailpack::Result<()>>) {
+    let (to_agent_r, to_agent_w) = std::io::pipe().unwrap();
+    let (from_agent_r, from_agent_w) = std::io::pipe().unwrap();
+    let config = config.to_path_buf();
+    let agent = std::thread::spawn(move || {
+        let spool = Spool::open(&config)?;
+        let annotations = spool.annotations()?;
+        let mut source = LocalSource::new(&spool, &annotations, LockOptions::default());
+        let out = Cut {
+            inner: from_agent_w,
+            left: cut_after.unwrap_or(u64::MAX),
+        };
+        serve(&mut source, to_agent_r, out)
+    });
+    let client = RemoteSource::over(
+        Box::new(from_agent_r),
+        Box::new(to_agent_w),
+        "pipes",
+        compress,
+    )
+    .unwrap();
+    (client, agent)
+}
+
+/// A writer that fails after `left` bytes.
+struct Cut<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: Write> Write for Cut<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "connection cut by the test",
+            ));
+        }
+        let n = (buf.len() as u64).min(self.left) as usize;
+        let n = self.inner.write(&buf[..n])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[test]
+fn a_backup_through_the_agent_equals_a_local_one_and_a_quiet_run_sends_little() {
+    let work = TempDir::new("agent-pipes");
+    let config = fixture_spool(work.path());
+    let local = work.path().join("local");
+    let users = Spool::open(&config).unwrap().users();
+    assert!(users.len() >= 2, "{users:?}");
+    for compress in [false, true] {
+        let remote = work.path().join(format!("remote-{compress}"));
+        let (mut client, agent) = piped(&config, compress, None);
+        assert_eq!(client.users().unwrap(), users);
+        for user in &users {
+            let expected = local_backup(&config, &local.join(format!("{compress}")), user);
+            let got = backup_through(&mut client, &remote, user).unwrap();
+            assert_eq!(
+                (
+                    got.mailboxes,
+                    got.changed,
+                    got.messages_added,
+                    got.bytes_read
+                ),
+                (
+                    expected.mailboxes,
+                    expected.changed,
+                    expected.messages_added,
+                    expected.bytes_read
+                ),
+                "{user}"
+            );
+            assert_eq!(
+                content(&remote, user),
+                content(&local.join(format!("{compress}")), user),
+                "{user}, compress {compress}"
+            );
+        }
+        // A second run finds nothing changed: it opens nothing and the traffic is the listings.
+        let before = client.traffic();
+        let mut mailboxes = 0;
+        for user in &users {
+            let r = backup_through(&mut client, &remote, user).unwrap();
+            assert_eq!(
+                (r.message_files_read, r.metadata_files_read),
+                (0, 0),
+                "{r:?}"
+            );
+            mailboxes += r.mailboxes;
+        }
+        let (received, sent) = client.traffic();
+        let per_mailbox = (received - before.0 + sent - before.1) / mailboxes;
+        assert!(per_mailbox < 2048, "{per_mailbox} bytes per mailbox");
+        drop(client);
+        agent.join().unwrap().unwrap();
+    }
+}
+
+/// Writes one frame by hand.
+fn frame(w: &mut impl Write, kind: u8, payload: &[u8]) {
+    w.write_all(&((payload.len() + 1) as u32).to_be_bytes())
+        .unwrap();
+    w.write_all(&[kind]).unwrap();
+    w.write_all(payload).unwrap();
+    w.flush().unwrap();
+}
+
+fn read_frame(r: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).ok()?;
+    let len = u32::from_be_bytes(len) as usize;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some((body[0], body[1..].to_vec()))
+}
+
+/// A raw session: the agent on a thread, the test speaking frames itself.
+fn raw_session(
+    config: &Path,
+) -> (
+    std::io::PipeWriter,
+    std::io::PipeReader,
+    std::thread::JoinHandle<mailpack::Result<()>>,
+) {
+    let (to_agent_r, to_agent_w) = std::io::pipe().unwrap();
+    let (from_agent_r, from_agent_w) = std::io::pipe().unwrap();
+    let config = config.to_path_buf();
+    let agent = std::thread::spawn(move || {
+        let spool = Spool::open(&config)?;
+        let annotations = spool.annotations()?;
+        let mut source = LocalSource::new(&spool, &annotations, LockOptions::default());
+        serve(&mut source, to_agent_r, from_agent_w)
+    });
+    (to_agent_w, from_agent_r, agent)
+}
+
+const HELLO: &[u8] = br#"{"protocol":"mailpack-agent","versions":[1],"compress":"none"}"#;
+
+fn request(w: &mut impl Write, r: &mut impl Read, req: &str) -> (u8, serde_json::Value) {
+    frame(w, 2, req.as_bytes());
+    let (kind, payload) = read_frame(r).expect("a reply");
+    (kind, serde_json::from_slice(&payload).unwrap_or_default())
+}
+
+#[test]
+fn requests_answer_errors_in_band_and_paths_outside_the_spool_are_refused() {
+    let work = TempDir::new("agent-requests");
+    let config = fixture_spool(work.path());
+    let spool = Spool::open(&config).unwrap();
+    // alice's INBOX directory moved out of the spool and linked back: the agent must refuse it.
+    let inbox = spool.inbox("alice").unwrap().clone();
+    let inbox_dir = spool.mailbox_dir(&inbox).unwrap();
+    let outside = work.path().join("outside");
+    std::fs::rename(&inbox_dir, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &inbox_dir).unwrap();
+    drop(spool);
+
+    let (mut w, mut r, agent) = raw_session(&config);
+    frame(&mut w, 1, HELLO);
+    let (kind, hello) = read_frame(&mut r).unwrap();
+    assert_eq!(kind, 1);
+    assert!(String::from_utf8_lossy(&hello).contains("\"version\":1"));
+
+    let (kind, v) = request(
+        &mut w,
+        &mut r,
+        r#"{"op":"fetch","uid":1,"guid":"00","archived":false}"#,
+    );
+    assert_eq!((kind, v["kind"].as_str()), (6, Some("usage")), "{v}");
+    let (kind, v) = request(&mut w, &mut r, r#"{"op":"list-user","user":"../../etc"}"#);
+    assert_eq!((kind, v["kind"].as_str()), (6, Some("usage")), "{v}");
+    let (kind, v) = request(
+        &mut w,
+        &mut r,
+        r#"{"op":"open-mailbox","user":"alice","uniqueid":"nosuch"}"#,
+    );
+    assert_eq!((kind, v["kind"].as_str()), (6, Some("not-found")), "{v}");
+    let uid = inbox.uniqueid.unwrap();
+    let (kind, v) = request(
+        &mut w,
+        &mut r,
+        &format!(r#"{{"op":"open-mailbox","user":"alice","uniqueid":"{uid}"}}"#),
+    );
+    assert_eq!((kind, v["kind"].as_str()), (6, Some("unsupported")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("outside"), "{v}");
+    let (kind, v) = request(&mut w, &mut r, r#"{"op":"users"}"#);
+    assert_eq!(kind, 3);
+    assert!(v["users"].as_array().unwrap().len() >= 2, "{v}");
+    let (kind, _) = request(&mut w, &mut r, r#"{"op":"bye"}"#);
+    assert_eq!(kind, 3);
+    agent.join().unwrap().unwrap();
+
+    // Through a backup: the refused mailbox is skipped and said so; the rest is backed up.
+    let (mut client, agent) = piped(&config, false, None);
+    let report = backup_through(&mut client, &work.path().join("a"), "alice").unwrap();
+    assert_eq!(report.skipped, 1, "{report:?}");
+    assert!(report.problems[0].contains("outside"), "{report:?}");
+    assert!(report.mailboxes > 1 && report.messages_added > 0);
+    drop(client);
+    agent.join().unwrap().unwrap();
+}
+
+#[test]
+fn malformed_oversized_and_unknown_frames_end_the_session_with_a_reason() {
+    let work = TempDir::new("agent-frames");
+    let config = fixture_spool(work.path());
+    type Send = Box<dyn Fn(&mut std::io::PipeWriter)>;
+    let cases: Vec<(&str, Send)> = vec![
+        (
+            "frame of 4294967295 bytes",
+            Box::new(|w| w.write_all(&[0xff, 0xff, 0xff, 0xff, 2]).unwrap()),
+        ),
+        ("unknown frame kind 99", Box::new(|w| frame(w, 99, b"{}"))),
+        (
+            "expected HELLO",
+            Box::new(|w| frame(w, 2, br#"{"op":"users"}"#)),
+        ),
+        (
+            "version 1 only",
+            Box::new(|w| frame(w, 1, br#"{"protocol":"mailpack-agent","versions":[7]}"#)),
+        ),
+        (
+            "not JSON",
+            Box::new(|w| {
+                frame(w, 1, HELLO);
+                frame(w, 2, b"\xff\xfe");
+            }),
+        ),
+        (
+            "unknown op",
+            Box::new(|w| {
+                frame(w, 1, HELLO);
+                frame(w, 2, br#"{"op":"format-disk"}"#);
+            }),
+        ),
+        (
+            "expected a REQUEST",
+            Box::new(|w| {
+                frame(w, 1, HELLO);
+                frame(w, 4, b"data where a request belongs");
+            }),
+        ),
+        (
+            "inside a frame",
+            Box::new(|w| {
+                frame(w, 1, HELLO);
+                w.write_all(&[0, 0, 0, 50, 2, b'{']).unwrap();
+            }),
+        ),
+    ];
+    for (reason, send) in cases {
+        let (mut w, mut r, agent) = raw_session(&config);
+        send(&mut w);
+        drop(w);
+        let mut abort = None;
+        while let Some((kind, payload)) = read_frame(&mut r) {
+            if kind == 7 {
+                abort = Some(String::from_utf8_lossy(&payload).into_owned());
+            }
+        }
+        let abort = abort.unwrap_or_else(|| panic!("no ABORT for {reason}"));
+        assert!(abort.contains(reason), "{reason}: {abort}");
+        let ended = agent.join().unwrap();
+        assert!(ended.is_err(), "{reason}: the agent reports the error");
+    }
+}
+
+#[test]
+fn a_peer_that_vanishes_mid_transfer_commits_nothing_and_the_next_run_completes() {
+    let work = TempDir::new("agent-cut");
+    let config = fixture_spool(work.path());
+    let local = work.path().join("local");
+    let remote = work.path().join("remote");
+    let expected = local_backup(&config, &local, "alice");
+    // How many bytes a whole first run takes, to cut it in the middle of the messages.
+    let (mut probe, agent) = piped(&config, false, None);
+    backup_through(&mut probe, &work.path().join("probe"), "alice").unwrap();
+    let total = probe.traffic().0;
+    drop(probe);
+    agent.join().unwrap().unwrap();
+
+    for cut in [total / 3, total * 2 / 3, total - 10] {
+        let (mut client, agent) = piped(&config, false, Some(cut));
+        let failed = backup_through(&mut client, &remote, "alice");
+        assert!(failed.is_err(), "cut at {cut} of {total} went unnoticed");
+        drop(client);
+        let _ = agent.join().unwrap();
+        let paths = ArchivePaths::for_user(&remote, "alice").unwrap();
+        if paths.archive.exists() {
+            let archive = Archive::open(&paths, &mut Vec::new()).unwrap();
+            assert!(
+                archive.runs().is_empty(),
+                "cut at {cut}: a partial run was committed"
+            );
+        }
+    }
+    let (mut client, agent) = piped(&config, false, None);
+    let report = backup_through(&mut client, &remote, "alice").unwrap();
+    assert_eq!(report.messages_added, expected.messages_added);
+    assert_eq!(content(&remote, "alice"), content(&local, "alice"));
+    drop(client);
+    agent.join().unwrap().unwrap();
+}
+
+/// A private sshd on 127.0.0.1 that lets one key in as `cyrus`, forced to run the agent.
+struct Sshd {
+    child: Child,
+    port: u16,
+    key: PathBuf,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_sshd(dir: &Path, agent_command: &str) -> Sshd {
+    let keygen = |path: &Path| {
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let (host_key, key) = (dir.join("host_key"), dir.join("client_key"));
+    keygen(&host_key);
+    keygen(&key);
+    let public = std::fs::read_to_string(dir.join("client_key.pub")).unwrap();
+    // What the README shows: the key may run the agent and nothing else.
+    std::fs::write(
+        dir.join("authorized_keys"),
+        format!("restrict,command=\"{agent_command}\" {public}"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("sshd_config");
+    // UsePAM: Debian locks the cyrus account's password ('!'); without PAM sshd refuses a locked
+    // account even for key logins, with PAM (Debian's default) the key is enough.
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile {}\nStrictModes no\nUsePAM yes\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nAllowUsers cyrus\nLogLevel ERROR\n",
+            host_key.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sshd = Sshd { child, port, key };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return sshd;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("sshd did not listen on {port}");
+}
+
+#[test]
+fn a_remote_backup_over_real_ssh_equals_a_local_backup_of_the_same_server() {
+    let server = CyrusServer::start(CyrusOptions::default());
+    populate(&server);
+    let work = TempDir::new("agent-ssh");
+    let bin = env!("CARGO_BIN_EXE_mailpack");
+    let sshd = start_sshd(
+        work.path(),
+        &format!("{bin} agent --config {}", server.config_path().display()),
+    );
+    let local = work.path().join("local");
+    let remote = work.path().join("remote");
+    let run = |args: &[&str]| {
+        let o = Command::new(bin).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&[
+        "backup",
+        "--config",
+        server.config_path().to_str().unwrap(),
+        "--archive-dir",
+        local.to_str().unwrap(),
+    ]);
+    let ssh = format!(
+        "ssh -i {} -p {} -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR cyrus@127.0.0.1 mailpack agent",
+        sshd.key.display(),
+        sshd.port
+    );
+    for compress in [false, true] {
+        let mut args = vec![
+            "backup",
+            "--remote",
+            ssh.as_str(),
+            "--archive-dir",
+            remote.to_str().unwrap(),
+        ];
+        if compress {
+            args.push("--remote-compress");
+        }
+        run(&args);
+    }
+    for user in ["alice", "bob"] {
+        assert_eq!(content(&remote, user), content(&local, user), "{user}");
+    }
+}
