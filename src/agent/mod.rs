@@ -87,4 +87,8 @@ pub trait Source {
     fn close_mailbox(&mut self) -> Result<()>;
     /// A per-user file read under a shared lock, with its stat as read; `None` when gone.
     fn read_user_file(&mut self, user: &str, entry: &str) -> Result<Option<(Vec<u8>, SourceStat)>>;
+    /// Bytes received and sent on the wire so far (0 for a source in process).
+    fn traffic(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }

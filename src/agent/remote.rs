@@ -204,14 +204,6 @@ impl RemoteSource {
         Ok(s)
     }
 
-    /// Bytes received from and sent to the agent so far (after compression, as on the wire).
-    pub fn traffic(&self) -> (u64, u64) {
-        (
-            self.received.load(Ordering::Relaxed),
-            self.sent.load(Ordering::Relaxed),
-        )
-    }
-
     fn send(&mut self, kind: FrameKind, v: &Value) -> Result<()> {
         let peer = self.peer.clone();
         write_frame(&mut self.out, kind, v.to_string().as_bytes())
@@ -458,6 +450,14 @@ impl Source for RemoteSource {
         let stat = stat_from(&v["stat"])?.ok_or_else(|| Error::usage("agent sent no stat"))?;
         let bytes = self.read_file(u32::MAX as u64)?;
         Ok(Some((bytes, stat)))
+    }
+
+    /// Bytes received from and sent to the agent so far (after compression, as on the wire).
+    fn traffic(&self) -> (u64, u64) {
+        (
+            self.received.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+        )
     }
 }
 

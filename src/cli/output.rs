@@ -115,7 +115,7 @@ pub fn user_summary(r: &crate::scan::UserReport) -> String {
         );
     }
     format!(
-        "{}: run {}: {} mailboxes, {} changed, {} skipped, {} messages added, {} read, {} written, {:.2}s{}",
+        "{}: run {}: {} mailboxes, {} changed, {} skipped, {} messages added, {} read, {} written{}, {:.2}s{}",
         r.user,
         r.run.unwrap_or(0),
         r.mailboxes,
@@ -124,6 +124,7 @@ pub fn user_summary(r: &crate::scan::UserReport) -> String {
         r.messages_added,
         bytes(r.bytes_read),
         bytes(r.bytes_written),
+        if r.wire_bytes > 0 { format!(", {} over the wire", bytes(r.wire_bytes)) } else { String::new() },
         r.seconds,
         if r.problems.is_empty() { String::new() } else { format!(", {} problems", r.problems.len()) }
     )

@@ -35,6 +35,8 @@ pub struct UserReport {
     /// Metadata and per-user files read (0 when nothing changed).
     pub metadata_files_read: u64,
     pub bytes_read: u64,
+    /// Bytes exchanged with the agent for this user (0 for a local backup).
+    pub wire_bytes: u64,
     pub bytes_written: u64,
     pub seconds: f64,
     /// The user no longer exists on the server; their names were tombstoned.
@@ -58,6 +60,7 @@ pub fn backup_user(
         user: user.to_string(),
         ..Default::default()
     };
+    let traffic_before = source.traffic();
     let listing = source.list_user(user)?;
     let (archive, writer) = store.split();
     let recorded = Recorded::of(archive);
@@ -132,6 +135,8 @@ pub fn backup_user(
         &mut report,
     )?;
     drop(recorded);
+    let traffic = source.traffic();
+    report.wire_bytes = traffic.0 + traffic.1 - traffic_before.0 - traffic_before.1;
     commit(store, options, &mut report, start_len, started)?;
     Ok(report)
 }

@@ -293,8 +293,8 @@ fn requests_answer_errors_in_band_and_paths_outside_the_spool_are_refused() {
 fn malformed_oversized_and_unknown_frames_end_the_session_with_a_reason() {
     let work = TempDir::new("agent-frames");
     let config = fixture_spool(work.path());
-    type Send = Box<dyn Fn(&mut std::io::PipeWriter)>;
-    let cases: Vec<(&str, Send)> = vec![
+    type Sender = Box<dyn Fn(&mut std::io::PipeWriter)>;
+    let cases: Vec<(&str, Sender)> = vec![
         (
             "frame of 4294967295 bytes",
             Box::new(|w| w.write_all(&[0xff, 0xff, 0xff, 0xff, 2]).unwrap()),
