@@ -373,25 +373,9 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
                     output::utc(as_of.time)
                 ))?;
                 for m in &as_of.mailboxes {
-                    p.line(&format!(
-                        "{} uniqueid {} uidvalidity {} uidnext {} highestmodseq {}: {} messages",
-                        m.name,
-                        m.uniqueid,
-                        m.uidvalidity,
-                        m.uidnext,
-                        m.highestmodseq,
-                        m.messages.len()
-                    ))?;
+                    p.line(&output::mailbox_as_of_line(m))?;
                     for msg in &m.messages {
-                        p.line(&format!(
-                            "  uid {} {} size {} date {} flags ({}){}",
-                            msg.uid,
-                            msg.sha1,
-                            msg.size,
-                            output::utc(msg.internaldate),
-                            msg.flags.join(" "),
-                            if msg.expunged { " expunged" } else { "" }
-                        ))?;
+                        p.line(&format!("  {}", output::message_as_of_line(msg)))?;
                     }
                 }
             }

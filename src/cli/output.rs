@@ -271,6 +271,32 @@ pub fn compaction_summary(o: &crate::compact::CompactOutcome) -> String {
     }
 }
 
+/// A mailbox as `ls --at` shows it.
+pub fn mailbox_as_of_line(m: &crate::commands::restore::MailboxAsOf) -> String {
+    format!(
+        "{} uniqueid {} uidvalidity {} uidnext {} highestmodseq {}: {} messages",
+        m.name,
+        m.uniqueid,
+        m.uidvalidity,
+        m.uidnext,
+        m.highestmodseq,
+        m.messages.len()
+    )
+}
+
+/// A message as `ls --at` shows it.
+pub fn message_as_of_line(m: &crate::commands::restore::MessageAsOf) -> String {
+    format!(
+        "uid {} {} size {} date {} flags ({}){}",
+        m.uid,
+        m.sha1,
+        m.size,
+        utc(m.internaldate),
+        m.flags.join(" "),
+        if m.expunged { " expunged" } else { "" }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use super::{folder_records, read_all, restorable, MailboxAt, Messages};
 use crate::archive::EntryKind;
 use crate::error::{Error, Result};
+use crate::io::{remove_if_present, Faults};
 use crate::scan::names::{FOLDER_ANNOTATIONS_DB, FOLDER_MAILBOXES_DB};
 use crate::spool::cyrusdb::Record;
 use crate::spool::mboxlist::{MailboxEntry, Mboxlist, MboxlistFormat};
@@ -660,11 +661,7 @@ impl CyrusTarget {
         if !dry_run {
             match &annotations {
                 Some((bytes, mtime)) => place(&annotations_path, bytes, *mtime, owner)?,
-                None => match fs::remove_file(&annotations_path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("remove", &annotations_path, e)),
-                },
+                None => remove_if_present(&annotations_path, &Faults::none())?,
             }
         }
         let header_path = meta(MetaFile::Header)?;
@@ -676,11 +673,7 @@ impl CyrusTarget {
             let cache = crate::io::parent_dir(&meta(MetaFile::Index)?).join("cyrus.cache");
             out.writes.push(format!("remove {}", cache.display()));
             if !dry_run {
-                match fs::remove_file(&cache) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("remove", &cache, e)),
-                }
+                remove_if_present(&cache, &Faults::none())?;
             }
         }
         let index_path = meta(MetaFile::Index)?;
