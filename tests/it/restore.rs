@@ -636,3 +636,73 @@ fn replace_puts_back_an_older_state_in_place_and_as_restores_beside_under_a_new_
     );
     assert_reconstruct_clean(&server, "alice");
 }
+
+#[test]
+fn a_damaged_message_is_reported_with_its_offset_and_the_rest_is_restored() {
+    let server = CyrusServer::start(CyrusOptions::default());
+    populate(&server);
+    // A message larger than a gzip member gets members of its own: damage there touches no
+    // other message.
+    let mut big = b"From: big@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    let mut rng = crate::util::Rng::new(3);
+    big.extend(rng.mail_text(1_500_000));
+    server.lmtp_deliver("big@example.org", &["alice"], &big);
+    let work = TempDir::new("restore-damaged");
+    let archives = work.path().join("archives");
+    run_backup(&server.config_path(), &archives, &["alice"]);
+    let paths = mailpack::store::ArchivePaths::for_user(&archives, "alice").unwrap();
+    let member = {
+        // The server adds headers on delivery: the big one is the largest message file.
+        let a = mailpack::store::Archive::open(&paths, &mut Vec::new()).unwrap();
+        let e = a
+            .runs()
+            .iter()
+            .flat_map(|r| a.entries_of(r))
+            .filter(|e| e.name.starts_with("files/"))
+            .max_by_key(|e| e.size)
+            .unwrap();
+        assert!(e.size > 1 << 20, "largest message {} bytes", e.size);
+        e.placement.member
+    };
+    // One flipped bit in the deflate data of its first member.
+    let mut bytes = std::fs::read(&paths.archive).unwrap();
+    bytes[member as usize + 4000] ^= 0x10;
+    std::fs::write(&paths.archive, &bytes).unwrap();
+
+    let target = work.path().join("out");
+    let o = crate::util::run(&[
+        "restore",
+        "--archive-dir",
+        archives.to_str().unwrap(),
+        "--user",
+        "alice",
+        "--eml",
+        target.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", crate::util::stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(crate::util::stdout(&o).trim()).unwrap();
+    let bad: Vec<&str> = report["data"]["bad"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap())
+        .collect();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(
+        bad[0].contains("alice.tar.gz") && bad[0].contains(&member.to_string()),
+        "{bad:?}"
+    );
+    let facts = imap_facts(&server, "alice");
+    let visible: u64 = facts
+        .mailboxes
+        .values()
+        .map(|m| m.messages.len() as u64)
+        .sum();
+    assert_eq!(
+        report["data"]["messages_written"].as_u64().unwrap(),
+        visible - 1,
+        "{report}"
+    );
+    assert!(crate::util::stderr(&o).contains("not restored: "));
+}
