@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::restore::cyrus::CyrusTarget;
 use crate::restore::export::{
-    eml_path, ensure_dir, write_new, ExportMessage, MaildirFolder, MboxFile,
+    eml_path, ensure_dir, staging_beside, sync_tree, write_new, ExportMessage, MaildirFolder,
+    MboxFile,
 };
 use crate::restore::imap::{ImapSession, ImapTarget};
 use crate::restore::{
@@ -304,7 +305,10 @@ fn write_selected(
                     let path = eml_path(&dir, m.record);
                     report.writes.push(path.display().to_string());
                     let secs = m.record.internaldate_ns.div_euclid(1_000_000_000);
-                    count(report, write_new(&path, &bytes, Some(secs))?);
+                    count(
+                        report,
+                        write_new(&path, &staging_beside(&path), &bytes, Some(secs))?,
+                    );
                 }
             }
             RestoreTarget::Mbox(path) => {
@@ -360,6 +364,13 @@ fn write_selected(
     }
     if let Some(session) = imap {
         session.logout();
+    }
+    if !options.dry_run {
+        if let RestoreTarget::Maildir(root) | RestoreTarget::Eml(root) = &options.target {
+            if root.exists() {
+                sync_tree(root)?;
+            }
+        }
     }
     Ok(())
 }
@@ -420,7 +431,11 @@ fn restore_one_by_sha1(
                         ensure_dir(dir, &[sub.to_string()])?;
                     }
                 }
-                count(report, write_new(&path, &bytes, None)?);
+                count(
+                    report,
+                    write_new(&path, &staging_beside(&path), &bytes, None)?,
+                );
+                sync_tree(dir)?;
             }
         }
         RestoreTarget::Mbox(path) => {

@@ -59,36 +59,59 @@ fn create_real_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Writes `bytes` to a new file (mode 0600) with `mtime`; `Ok(false)` when the file is already
-/// there (a resumed export), which is then left as it is.
-pub fn write_new(path: &Path, bytes: &[u8], mtime: Option<i64>) -> Result<bool> {
-    let mut file = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let meta = fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
-            if meta.file_type().is_file() {
-                return Ok(false);
-            }
+/// Writes `bytes` as the new file `path` (mode 0600) with `mtime`, through `staging` (a name in
+/// the same filesystem, Maildir's `tmp/` or a dot-file beside it) and a rename, so the name only
+/// ever holds a complete file. `Ok(false)` when `path` is already there (a resumed export),
+/// which is then left as it is. Nothing is fsynced here: `sync_tree` makes the whole export
+/// durable once at the end, and a crash before that is mended by running the export again.
+pub fn write_new(path: &Path, staging: &Path, bytes: &[u8], mtime: Option<i64>) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => return Ok(false),
+        Ok(_) => {
             return Err(Error::usage(format!(
                 "{} exists and is not a regular file (a symlink is never followed)",
                 path.display()
-            )));
+            )))
         }
-        Err(e) => return Err(Error::io("create", path, e)),
-    };
-    file.write_all(bytes)
-        .and_then(|_| file.sync_data())
-        .map_err(|e| Error::io("write", path, e))?;
-    if let Some(t) = mtime {
-        set_mtime(&file, path, t)?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("stat", path, e)),
     }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(staging)
+        .map_err(|e| Error::io("create", staging, e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io("write", staging, e))?;
+    if let Some(t) = mtime {
+        set_mtime(&file, staging, t)?;
+    }
+    drop(file);
+    fs::rename(staging, path).map_err(|e| Error::io("rename", staging, e))?;
     Ok(true)
+}
+
+/// The staging name of `path` for `write_new` when no Maildir `tmp/` is at hand.
+pub fn staging_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crate::io::parent_dir(path).join(format!(".{name}.mailpack-tmp"))
+}
+
+/// Makes everything written under `root` durable with one `syncfs` of its filesystem, instead
+/// of one fsync per message.
+pub fn sync_tree(root: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = File::open(root).map_err(|e| Error::io("open", root, e))?;
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(Error::io("sync", root, std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn set_mtime(file: &File, path: &Path, secs: i64) -> Result<()> {
@@ -166,7 +189,7 @@ impl MaildirFolder {
                 .collect();
             let path = dir.join("dovecot-keywords");
             let _ = fs::remove_file(&path);
-            write_new(&path, list.as_bytes(), None)?;
+            write_new(&path, &staging_beside(&path), list.as_bytes(), None)?;
         }
         Ok(MaildirFolder { dir, keywords })
     }
@@ -181,9 +204,18 @@ impl MaildirFolder {
         ))
     }
 
+    /// Written in `tmp/` and renamed into `cur/`, as Maildir writers do.
     pub fn write(&self, m: &ExportMessage, bytes: &[u8]) -> Result<bool> {
+        let path = self.path_of(m);
+        let staging = self.dir.join("tmp").join(
+            path.file_name()
+                .expect("path_of names a file")
+                .to_string_lossy()
+                .replace(":2,", ".mailpack"),
+        );
         write_new(
-            &self.path_of(m),
+            &path,
+            &staging,
             bytes,
             Some(m.record.internaldate_ns.div_euclid(1_000_000_000)),
         )
@@ -372,7 +404,8 @@ mod tests {
         std::os::unix::fs::symlink("/tmp", dir.join("evil")).unwrap();
         assert!(ensure_dir(&dir, &["evil".into(), "x".into()]).is_err());
         std::os::unix::fs::symlink("/etc/passwd", dir.join("f")).unwrap();
-        assert!(write_new(&dir.join("f"), b"x", None).is_err());
+        let f = dir.join("f");
+        assert!(write_new(&f, &staging_beside(&f), b"x", None).is_err());
         assert_ne!(fs::read("/etc/passwd").unwrap(), b"x");
         fs::remove_dir_all(&dir).unwrap();
     }
