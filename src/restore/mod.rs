@@ -247,9 +247,12 @@ pub fn folder_records(
 }
 
 /// The message files of an archive by SHA-1, to read many by seeking without a lookup each.
+/// The last gzip member decoded is kept: a mailbox's messages were stored side by side, so a
+/// restore of many decodes each member once instead of once per message in it.
 pub struct Messages<'a> {
     archive: &'a Archive,
     by_guid: std::collections::HashMap<Guid, &'a EntryRecord>,
+    member: std::cell::RefCell<Option<(u64, Vec<u8>)>>,
 }
 
 impl<'a> Messages<'a> {
@@ -269,21 +272,70 @@ impl<'a> Messages<'a> {
                 }
             }
         }
-        Messages { archive, by_guid }
+        Messages {
+            archive,
+            by_guid,
+            member: std::cell::RefCell::new(None),
+        }
     }
 
     pub fn has(&self, guid: &Guid) -> bool {
         self.by_guid.contains_key(guid)
     }
 
-    /// The message's bytes, SHA-1 checked as they are read: a mismatch is an error naming the
-    /// entry and its member's offset.
+    /// The message's bytes, SHA-1 checked: a mismatch, or a member that fails its own checks,
+    /// is an error naming the archive and the member's offset.
     pub fn read(&self, guid: &Guid) -> Result<Vec<u8>> {
         let e = self
             .by_guid
             .get(guid)
             .ok_or_else(|| Error::NotFound(format!("message {guid} in the archive")))?;
-        read_all(self.archive, e)
+        let start = e.placement.data_at as usize;
+        let end = start + e.size as usize;
+        if end > crate::archive::MEMBER_TARGET {
+            // Longer than a member: streamed across its members.
+            return read_all(self.archive, e);
+        }
+        let path = &self.archive.paths().archive;
+        let mut cached = self.member.borrow_mut();
+        if cached.as_ref().map(|(at, _)| *at) != Some(e.placement.member) {
+            *cached = None;
+            let file = std::fs::File::open(path).map_err(|err| Error::io("open", path, err))?;
+            let mut reader = crate::archive::MemberReader::new(file, e.placement.member)
+                .map_err(|err| Error::io("seek", path, err))?;
+            let mut raw = Vec::new();
+            let corrupt = |detail: String| {
+                Error::corrupt(path, e.placement.member, format!("{}: {detail}", e.name))
+            };
+            match reader.next_member(&mut raw) {
+                Ok(Some(m)) => m.integrity.map_err(corrupt)?,
+                Ok(None) => return Err(corrupt("the archive ends here".into())),
+                Err(crate::archive::MemberError::Io(err)) => {
+                    return Err(Error::io("read", path, err))
+                }
+                Err(
+                    crate::archive::MemberError::Torn { detail, .. }
+                    | crate::archive::MemberError::Bad { detail, .. },
+                ) => return Err(corrupt(detail)),
+            }
+            *cached = Some((e.placement.member, raw));
+        }
+        let raw = &cached.as_ref().expect("filled above").1;
+        let data = raw.get(start..end).ok_or_else(|| {
+            Error::corrupt(
+                path,
+                e.placement.member,
+                format!("{} lies outside its member", e.name),
+            )
+        })?;
+        if Guid::of(data) != *guid {
+            return Err(Error::corrupt(
+                path,
+                e.placement.member,
+                format!("{} does not hash to its name", e.name),
+            ));
+        }
+        Ok(data.to_vec())
     }
 }
 
