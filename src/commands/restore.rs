@@ -7,8 +7,7 @@ use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::restore::cyrus::CyrusTarget;
 use crate::restore::export::{
-    eml_path, ensure_dir, staging_beside, sync_tree, write_new, ExportMessage, MaildirFolder,
-    MboxFile,
+    eml_path, ensure_dir, sync_tree, write_new, ExportMessage, MaildirFolder, MboxFile,
 };
 use crate::restore::imap::{ImapSession, ImapTarget};
 use crate::restore::{
@@ -305,10 +304,7 @@ fn write_selected(
                     let path = eml_path(&dir, m.record);
                     report.writes.push(path.display().to_string());
                     let secs = m.record.internaldate_ns.div_euclid(1_000_000_000);
-                    count(
-                        report,
-                        write_new(&path, &staging_beside(&path), &bytes, Some(secs))?,
-                    );
+                    count(report, write_new(&path, &bytes, Some(secs))?);
                 }
             }
             RestoreTarget::Mbox(path) => {
@@ -431,10 +427,7 @@ fn restore_one_by_sha1(
                         ensure_dir(dir, &[sub.to_string()])?;
                     }
                 }
-                count(
-                    report,
-                    write_new(&path, &staging_beside(&path), &bytes, None)?,
-                );
+                count(report, write_new(&path, &bytes, None)?);
                 sync_tree(dir)?;
             }
         }

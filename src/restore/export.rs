@@ -59,14 +59,21 @@ fn create_real_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Writes `bytes` as the new file `path` (mode 0600) with `mtime`, through `staging` (a name in
-/// the same filesystem, Maildir's `tmp/` or a dot-file beside it) and a rename, so the name only
-/// ever holds a complete file. `Ok(false)` when `path` is already there (a resumed export),
-/// which is then left as it is. Nothing is fsynced here: `sync_tree` makes the whole export
-/// durable once at the end, and a crash before that is mended by running the export again.
-pub fn write_new(path: &Path, staging: &Path, bytes: &[u8], mtime: Option<i64>) -> Result<bool> {
+/// Writes `bytes` as the file `path` (mode 0600) with `mtime`. `Ok(false)` when a previous,
+/// interrupted run of the same export already wrote it: a regular file there whose bytes hash
+/// to the same SHA-1 is kept. One that does not (cut short by a crash before the export was
+/// made durable) is written again. A symlink or anything else there is refused, not followed.
+/// Nothing is fsynced here: `sync_tree` makes the whole export durable once at the end.
+pub fn write_new(path: &Path, bytes: &[u8], mtime: Option<i64>) -> Result<bool> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_file() => return Ok(false),
+        Ok(meta) if meta.file_type().is_file() => {
+            if meta.len() == bytes.len() as u64 {
+                let there = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+                if crate::guid::Guid::of(&there) == crate::guid::Guid::of(bytes) {
+                    return Ok(false);
+                }
+            }
+        }
         Ok(_) => {
             return Err(Error::usage(format!(
                 "{} exists and is not a regular file (a symlink is never followed)",
@@ -82,25 +89,14 @@ pub fn write_new(path: &Path, staging: &Path, bytes: &[u8], mtime: Option<i64>) 
         .truncate(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(staging)
-        .map_err(|e| Error::io("create", staging, e))?;
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
     file.write_all(bytes)
-        .map_err(|e| Error::io("write", staging, e))?;
+        .map_err(|e| Error::io("write", path, e))?;
     if let Some(t) = mtime {
-        set_mtime(&file, staging, t)?;
+        set_mtime(&file, path, t)?;
     }
-    drop(file);
-    fs::rename(staging, path).map_err(|e| Error::io("rename", staging, e))?;
     Ok(true)
-}
-
-/// The staging name of `path` for `write_new` when no Maildir `tmp/` is at hand.
-pub fn staging_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    crate::io::parent_dir(path).join(format!(".{name}.mailpack-tmp"))
 }
 
 /// Makes everything written under `root` durable with one `syncfs` of its filesystem, instead
@@ -189,7 +185,7 @@ impl MaildirFolder {
                 .collect();
             let path = dir.join("dovecot-keywords");
             let _ = fs::remove_file(&path);
-            write_new(&path, &staging_beside(&path), list.as_bytes(), None)?;
+            write_new(&path, list.as_bytes(), None)?;
         }
         Ok(MaildirFolder { dir, keywords })
     }
@@ -204,18 +200,11 @@ impl MaildirFolder {
         ))
     }
 
-    /// Written in `tmp/` and renamed into `cur/`, as Maildir writers do.
+    /// Written straight into `cur/`: a restore target has no mail client reading it meanwhile,
+    /// so Maildir's `tmp/` hand-over buys nothing but a second directory update per message.
     pub fn write(&self, m: &ExportMessage, bytes: &[u8]) -> Result<bool> {
-        let path = self.path_of(m);
-        let staging = self.dir.join("tmp").join(
-            path.file_name()
-                .expect("path_of names a file")
-                .to_string_lossy()
-                .replace(":2,", ".mailpack"),
-        );
         write_new(
-            &path,
-            &staging,
+            &self.path_of(m),
             bytes,
             Some(m.record.internaldate_ns.div_euclid(1_000_000_000)),
         )
@@ -405,7 +394,13 @@ mod tests {
         assert!(ensure_dir(&dir, &["evil".into(), "x".into()]).is_err());
         std::os::unix::fs::symlink("/etc/passwd", dir.join("f")).unwrap();
         let f = dir.join("f");
-        assert!(write_new(&f, &staging_beside(&f), b"x", None).is_err());
+        assert!(write_new(&f, b"x", None).is_err());
+        // A file cut short by a crash is written again; a complete one is kept.
+        let g = dir.join("g");
+        fs::write(&g, b"hal").unwrap();
+        assert!(write_new(&g, b"half a message", None).unwrap());
+        assert!(!write_new(&g, b"half a message", None).unwrap());
+        assert_eq!(fs::read(&g).unwrap(), b"half a message");
         assert_ne!(fs::read("/etc/passwd").unwrap(), b"x");
         fs::remove_dir_all(&dir).unwrap();
     }
