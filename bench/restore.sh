@@ -47,7 +47,7 @@ echo "== full-user restore of the $n_big-message archive"
 # inside the path of its parent's link; every file is extracted. mailpack makes its export
 # durable (one syncfs at the end), so tar is also timed followed by sync.
 cat "$w/a-$n_big/user000.tar.gz" > /dev/null
-hyperfine -i --warmup 1 --runs 3 --export-json "$w/full.json" \
+hyperfine -i --warmup 1 --runs 5 --export-json "$w/full.json" \
   --prepare "rm -rf '$w/out'; mkdir -p '$w/out'; sync" \
   -n "mailpack restore --maildir" "$mp restore --archive-dir '$w/a-$n_big' --user user000 --maildir '$w/out/m' > /dev/null" \
   -n "tar -xzf; sync" "tar -xzf '$w/a-$n_big/user000.tar.gz' -C '$w/out' --warning=no-unknown-keyword 2>/dev/null; sync" \
