@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::restore::cyrus::CyrusTarget;
 use crate::restore::export::{
-    eml_path, ensure_dir, sync_tree, write_new, ExportMessage, MaildirFolder, MboxFile,
+    eml_path, ensure_dir, sync_tree, write_new, ExportMessage, MaildirFolder, MboxFile, WritePool,
 };
 use crate::restore::imap::{ImapSession, ImapTarget};
 use crate::restore::{
@@ -241,6 +241,8 @@ fn write_selected(
     report: &mut RestoreReport,
 ) -> Result<()> {
     let several = selected.len() > 1;
+    let mut pool: Option<WritePool> = None;
+    let new_pool = || WritePool::new(std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut imap = match &options.target {
         RestoreTarget::Imap(t) if !options.dry_run => Some(ImapSession::connect(t)?),
         _ => None,
@@ -283,7 +285,7 @@ fn write_selected(
                         continue;
                     };
                     report.writes.push(folder.path_of(m).display().to_string());
-                    count(report, folder.write(m, &bytes)?);
+                    folder.write(pool.get_or_insert_with(new_pool), m, bytes)?;
                 }
             }
             RestoreTarget::Eml(root) => {
@@ -304,7 +306,8 @@ fn write_selected(
                     let path = eml_path(&dir, m.record);
                     report.writes.push(path.display().to_string());
                     let secs = m.record.internaldate_ns.div_euclid(1_000_000_000);
-                    count(report, write_new(&path, &bytes, Some(secs))?);
+                    pool.get_or_insert_with(new_pool)
+                        .submit(path, bytes, Some(secs))?;
                 }
             }
             RestoreTarget::Mbox(path) => {
@@ -360,6 +363,11 @@ fn write_selected(
     }
     if let Some(session) = imap {
         session.logout();
+    }
+    if let Some(pool) = pool {
+        let (written, there) = pool.finish()?;
+        report.messages_written += written;
+        report.messages_already_there += there;
     }
     if !options.dry_run {
         if let RestoreTarget::Maildir(root) | RestoreTarget::Eml(root) = &options.target {

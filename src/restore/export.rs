@@ -99,6 +99,101 @@ pub fn write_new(path: &Path, bytes: &[u8], mtime: Option<i64>) -> Result<bool> 
     Ok(true)
 }
 
+/// Writes files on a few threads. Creating a file is mostly kernel time, which more cores
+/// share; reading and decoding the archive stays on the caller's thread, in order. The first
+/// error stops nothing already queued but is returned by the next `submit` or by `finish`.
+/// A file to write: where, what, and its mtime.
+type WriteJob = (PathBuf, Vec<u8>, Option<i64>);
+
+pub struct WritePool {
+    tx: Option<std::sync::mpsc::SyncSender<WriteJob>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    state: std::sync::Arc<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    written: std::sync::atomic::AtomicU64,
+    already_there: std::sync::atomic::AtomicU64,
+    error: std::sync::Mutex<Option<Error>>,
+}
+
+impl WritePool {
+    pub fn new(threads: usize) -> WritePool {
+        use std::sync::{mpsc, Arc, Mutex};
+        let (tx, rx) = mpsc::sync_channel::<WriteJob>(64);
+        let rx = Arc::new(Mutex::new(rx));
+        let state = Arc::new(PoolState::default());
+        let workers = (0..threads.max(1))
+            .map(|_| {
+                let (rx, state) = (rx.clone(), state.clone());
+                std::thread::spawn(move || loop {
+                    let job = rx.lock().expect("no worker panics holding it").recv();
+                    let Ok((path, bytes, mtime)) = job else {
+                        return;
+                    };
+                    match write_new(&path, &bytes, mtime) {
+                        Ok(true) => drop(
+                            state
+                                .written
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        ),
+                        Ok(false) => drop(
+                            state
+                                .already_there
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        ),
+                        Err(e) => {
+                            let mut slot = state.error.lock().expect("no worker panics holding it");
+                            slot.get_or_insert(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        WritePool {
+            tx: Some(tx),
+            workers,
+            state,
+        }
+    }
+
+    fn take_error(&self) -> Option<Error> {
+        self.state
+            .error
+            .lock()
+            .expect("no worker panics holding it")
+            .take()
+    }
+
+    pub fn submit(&self, path: PathBuf, bytes: Vec<u8>, mtime: Option<i64>) -> Result<()> {
+        if let Some(e) = self.take_error() {
+            return Err(e);
+        }
+        self.tx
+            .as_ref()
+            .expect("open until finish")
+            .send((path, bytes, mtime))
+            .map_err(|_| Error::usage("the export's writer threads stopped"))
+    }
+
+    /// Waits for every queued file; returns how many were written and how many were there.
+    pub fn finish(mut self) -> Result<(u64, u64)> {
+        drop(self.tx.take());
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Some(e) = self.take_error() {
+            return Err(e);
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        Ok((
+            self.state.written.load(Relaxed),
+            self.state.already_there.load(Relaxed),
+        ))
+    }
+}
+
 /// Makes everything written under `root` durable with one `syncfs` of its filesystem, instead
 /// of one fsync per message.
 pub fn sync_tree(root: &Path) -> Result<()> {
@@ -200,11 +295,11 @@ impl MaildirFolder {
         ))
     }
 
-    /// Written straight into `cur/`: a restore target has no mail client reading it meanwhile,
-    /// so Maildir's `tmp/` hand-over buys nothing but a second directory update per message.
-    pub fn write(&self, m: &ExportMessage, bytes: &[u8]) -> Result<bool> {
-        write_new(
-            &self.path_of(m),
+    /// Queued to be written straight into `cur/`: a restore target has no mail client reading
+    /// it meanwhile, so Maildir's `tmp/` hand-over buys nothing but a second directory update.
+    pub fn write(&self, pool: &WritePool, m: &ExportMessage, bytes: Vec<u8>) -> Result<()> {
+        pool.submit(
+            self.path_of(m),
             bytes,
             Some(m.record.internaldate_ns.div_euclid(1_000_000_000)),
         )
