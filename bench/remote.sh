@@ -28,6 +28,8 @@ for m in "$n" "$((n * 2))"; do
       cargo test --release --test it bench_spool::make_bench_spool -- --ignored --nocapture
     rm -rf "$w/mail-$m"
   fi
+  # The copy is made by root; the agent reads it as the cyrus user, as on a mail host.
+  chown -R cyrus:mail "$w/spool-$m"
 done
 
 # A private sshd that lets one key in as cyrus, forced to run the agent on the spool given by
