@@ -73,7 +73,7 @@ pub fn backup(
         SpoolAccess::Remote { .. } => None,
     };
     create_archive_dir(&options.archive_dir)?;
-    let open_source = || -> Result<Box<dyn Source + '_>> {
+    let open_source = || -> Result<Box<dyn Source + Send + '_>> {
         Ok(match (&options.spool, &local) {
             (SpoolAccess::Local { .. }, Some((spool, annotations))) => {
                 Box::new(LocalSource::new(spool, annotations, options.locks))
@@ -85,7 +85,11 @@ pub fn backup(
         })
     };
 
-    let on_server = open_source()?.users()?;
+    // The session that lists the users serves the first worker too: with ssh, every session
+    // costs a handshake.
+    let mut first = open_source()?;
+    let on_server = first.users()?;
+    let first = std::sync::Mutex::new(Some(first));
     let mut work: Vec<(String, bool)> = if options.users.is_empty() {
         on_server.iter().map(|u| (u.clone(), false)).collect()
     } else {
@@ -128,12 +132,13 @@ pub fn backup(
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             let tx = tx.clone();
-            let (work, next, writer, user_options, open_source) =
-                (&work, &next, &writer, &user_options, &open_source);
+            let (work, next, writer, user_options, open_source, first) =
+                (&work, &next, &writer, &user_options, &open_source, &first);
             scope.spawn(move || {
                 // One source per worker: an agent session serves one request at a time. A
                 // session that failed is replaced for the next user.
-                let mut source: Option<Box<dyn Source + '_>> = None;
+                let mut source: Option<Box<dyn Source + Send + '_>> =
+                    first.lock().expect("never poisoned").take();
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some((user, gone)) = work.get(i) else {
@@ -195,7 +200,7 @@ pub fn backup(
 
 fn one_user(
     options: &BackupOptions,
-    source: Option<&mut (dyn Source + '_)>,
+    source: Option<&mut (dyn Source + Send + '_)>,
     writer: &WriterOptions,
     user_options: &UserOptions,
     user: &str,
