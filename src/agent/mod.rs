@@ -76,6 +76,12 @@ pub trait Source {
     fn list_user(&mut self, user: &str) -> Result<UserListing>;
     /// Pass 2: the mailbox's metadata under Cyrus's locks; its name lock stays held.
     fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox>;
+    /// Says which messages of the open mailbox `fetch_message` will be asked for next, in that
+    /// order, so a remote agent can send them back to back. The caller may stop early; the
+    /// source then discards the rest.
+    fn prefetch(&mut self, _messages: &[(u32, Guid, bool)]) -> Result<()> {
+        Ok(())
+    }
     /// A message file of the open mailbox; `None` when it is gone.
     fn fetch_message(
         &mut self,

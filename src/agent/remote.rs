@@ -54,6 +54,8 @@ pub struct RemoteSource {
     sent: Arc<AtomicU64>,
     /// Set when a reply could not be read to its end: the stream is out of step.
     broken: bool,
+    /// Messages asked for by `fetch-many` whose answers have not been read yet, in order.
+    pending: std::collections::VecDeque<(u32, Guid)>,
 }
 
 fn stat_from(v: &Value) -> Result<Option<SourceStat>> {
@@ -166,6 +168,7 @@ impl RemoteSource {
             received,
             sent,
             broken: false,
+            pending: std::collections::VecDeque::new(),
         };
         s.send(
             FrameKind::Hello,
@@ -238,7 +241,13 @@ impl RemoteSource {
 
     /// Sends a request; returns its `REPLY`, or the agent's error.
     fn request(&mut self, req: Value) -> Result<Value> {
+        self.discard_pending()?;
         self.send(FrameKind::Request, &req)?;
+        self.answer()
+    }
+
+    /// Reads one answer: a `REPLY`, or an `ERROR` turned back into the agent's error.
+    fn answer(&mut self) -> Result<Value> {
         let f = self.frame()?;
         match f.kind {
             FrameKind::Reply => serde_json::from_slice(&f.payload)
@@ -248,6 +257,25 @@ impl RemoteSource {
             )),
             _ => Err(self.unexpected(&f)),
         }
+    }
+
+    /// Reads and drops the answers to messages prefetched but never asked for (the caller
+    /// stopped early), so the next request's answer is the next thing on the wire.
+    fn discard_pending(&mut self) -> Result<()> {
+        while self.pending.pop_front().is_some() {
+            match self.answer() {
+                Ok(_) => drop(FileStream::new(self, u64::MAX, None)),
+                Err(e) if self.broken => return Err(e),
+                Err(_) => {}
+            }
+            if self.broken {
+                return Err(Error::usage(format!(
+                    "{}: the session is out of step",
+                    self.peer
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Reads a whole file of at most `max` bytes and checks its `END`.
@@ -423,15 +451,35 @@ impl Source for RemoteSource {
         })
     }
 
+    fn prefetch(&mut self, messages: &[(u32, Guid, bool)]) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<Value> = messages
+            .iter()
+            .map(|(uid, guid, archived)| {
+                json!({ "uid": uid, "guid": guid.to_string(), "archived": archived })
+            })
+            .collect();
+        self.request(json!({ "op": "fetch-many", "items": items }))?;
+        self.pending = messages.iter().map(|(u, g, _)| (*u, *g)).collect();
+        Ok(())
+    }
+
     fn fetch_message(
         &mut self,
         uid: u32,
         guid: &Guid,
         archived: bool,
     ) -> Result<Option<MessageFile<'_>>> {
-        let reply = self.request(json!({
-            "op": "fetch", "uid": uid, "guid": guid.to_string(), "archived": archived,
-        }));
+        let reply = if self.pending.front() == Some(&(uid, *guid)) {
+            self.pending.pop_front();
+            self.answer()
+        } else {
+            self.request(json!({
+                "op": "fetch", "uid": uid, "guid": guid.to_string(), "archived": archived,
+            }))
+        };
         let v = match reply {
             Ok(v) => v,
             Err(Error::NotFound(_)) => return Ok(None),

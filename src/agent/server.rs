@@ -296,6 +296,41 @@ pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) ->
                     Err(e) => Err(e),
                 }
             }
+            "fetch-many" => {
+                let items: Vec<(u32, crate::guid::Guid, bool)> = req["items"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|i| {
+                                (
+                                    i["uid"].as_u64().unwrap_or(0) as u32,
+                                    i["guid"]
+                                        .as_str()
+                                        .and_then(|g| g.parse().ok())
+                                        .unwrap_or(crate::guid::Guid::ZERO),
+                                    i["archived"].as_bool().unwrap_or(false),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                send_json(&mut out, FrameKind::Reply, &json!({ "count": items.len() }))?;
+                // Each item is answered as a `fetch` would be; an error stops only that item.
+                for (uid, guid, archived) in items {
+                    let item = match source.fetch_message(uid, &guid, archived) {
+                        Ok(Some(mut m)) => {
+                            send_json(&mut out, FrameKind::Reply, &json!({ "size": m.size }))
+                                .and_then(|_| send_file(&mut out, &mut m.reader, m.size))
+                        }
+                        Ok(None) => Err(Error::NotFound(format!("message file of uid {uid}"))),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = item {
+                        send_json(&mut out, FrameKind::Error, &error_json(&e))?;
+                    }
+                }
+                Ok(())
+            }
             "close-mailbox" => source
                 .close_mailbox()
                 .and_then(|_| send_json(&mut out, FrameKind::Reply, &json!({}))),

@@ -322,10 +322,26 @@ impl Pass2<'_> {
         // Message files first: a stored index must never reference a message the archive
         // lacks. The source holds the shared name lock meanwhile, so Cyrus unlinks none.
         let mut bad = false;
-        for r in index.records.iter().filter(|r| !r.is_unlinked()) {
-            if r.guid.is_zero() || self.added.contains(&r.guid) || self.archive.has_file(&r.guid) {
-                continue;
-            }
+        let mut seen = HashSet::new();
+        let wanted: Vec<&crate::spool::index::IndexRecord> = index
+            .records
+            .iter()
+            .filter(|r| !r.is_unlinked())
+            .filter(|r| {
+                !(r.guid.is_zero()
+                    || self.added.contains(&r.guid)
+                    || self.archive.has_file(&r.guid))
+                    && seen.insert(r.guid)
+            })
+            .collect();
+        // Asked for all at once, so a remote agent streams them without a round trip each.
+        self.source.prefetch(
+            &wanted
+                .iter()
+                .map(|r| (r.uid, r.guid, r.is_archived()))
+                .collect::<Vec<_>>(),
+        )?;
+        for r in wanted {
             let fetched = match self.source.fetch_message(r.uid, &r.guid, r.is_archived()) {
                 Ok(f) => f,
                 Err(err) if is_local_problem(&err) => {
