@@ -173,7 +173,9 @@ fn send_json(out: &mut impl Write, kind: FrameKind, v: &Value) -> Result<()> {
 /// Streams `size` bytes from `r` as `DATA` frames and an `END` with their SHA-1.
 fn send_file(out: &mut impl Write, r: &mut dyn Read, size: u64) -> Result<()> {
     let mut hashing = HashingReader::new(r.take(size));
-    let mut buf = vec![0u8; CHUNK];
+    // Sized to the file: most messages are a few KiB, and zeroing a whole chunk for each would
+    // cost more than sending it.
+    let mut buf = vec![0u8; (size as usize).clamp(1, CHUNK)];
     loop {
         let n = hashing.read(&mut buf).map_err(io_err)?;
         if n == 0 {
