@@ -1,0 +1,141 @@
+//! `mailpack backup`: every user of a server (local or through an agent), a run each.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::compact::PolicyArgs;
+use super::output::{self, Printer};
+use super::{writer_options, LockMethodArg};
+use crate::error::Error;
+
+#[derive(Args, Debug)]
+pub(super) struct BackupArgs {
+    /// The server's imapd.conf.
+    #[arg(long, default_value = crate::spool::config::DEFAULT_CONFIG, value_name = "FILE",
+          conflicts_with = "remote")]
+    config: PathBuf,
+    /// Read the spool through an agent on the mail host: a command run with `sh -c` that starts
+    /// one, e.g. 'ssh cyrus@imap1 mailpack agent' (one session per job).
+    #[arg(long, value_name = "COMMAND")]
+    remote: Option<String>,
+    /// Compress the agent sessions' traffic (deflate), for slow links.
+    #[arg(long, requires = "remote")]
+    remote_compress: bool,
+    /// Directory holding the per-user archives (created if missing, mode 0700).
+    #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
+    archive_dir: PathBuf,
+    /// Only these users (repeatable); default: every user on the server, and archives of users
+    /// who are gone are marked so.
+    #[arg(long, value_name = "U")]
+    user: Vec<String>,
+    /// Users backed up at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Wait for another writer of an archive instead of skipping that user as busy.
+    #[arg(long)]
+    wait: bool,
+    /// How the server was built to lock: fcntl (Cyrus's default) or flock.
+    #[arg(long, value_enum, default_value_t = LockMethodArg::Fcntl)]
+    lock_method: LockMethodArg,
+    /// Seconds to wait for a lock Cyrus holds before skipping the mailbox for this run.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    lock_timeout: u64,
+    /// gzip compression level, 1 (fast) to 9 (small).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+    level: u32,
+    /// After each user's run commits, compact that archive if the policy says so.
+    #[arg(long)]
+    compact: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// JSON lines on stdout, one per user (formats/json-output.md).
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
+    use crate::commands::backup::{backup, BackupOptions, UserOutcome};
+    use std::io::IsTerminal;
+    let options = BackupOptions {
+        spool: match args.remote {
+            Some(command) => crate::commands::backup::SpoolAccess::Remote {
+                command,
+                compress: args.remote_compress,
+            },
+            None => crate::commands::backup::SpoolAccess::Local {
+                config: args.config,
+            },
+        },
+        archive_dir: args.archive_dir,
+        users: args.user,
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        locks: args.lock_method.options(args.lock_timeout),
+        writer: writer_options(args.wait, None, args.level),
+        compact: args.compact.then(|| args.policy.options(false)),
+    };
+    let tty = std::io::stderr().is_terminal() && !args.json;
+    let started = std::time::Instant::now();
+    let mut bytes = 0u64;
+    let summary = backup(&options, &mut |outcome, done, total| {
+        match outcome {
+            UserOutcome::Done(r, compaction) => {
+                bytes += r.bytes_read;
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                if args.json {
+                    let _ = p.json("user", r);
+                } else {
+                    let _ = p.line(&output::user_summary(r));
+                    for problem in &r.problems {
+                        p.note(&format!("{}: {problem}", r.user));
+                    }
+                }
+                match compaction {
+                    Some(Ok(outcome)) if args.json => {
+                        let _ = p.json(
+                            "compaction",
+                            &serde_json::json!({ "user": r.user, "compaction": outcome }),
+                        );
+                    }
+                    Some(Ok(outcome)) => {
+                        let _ = p.line(&format!("  {}", output::compaction_summary(outcome)));
+                    }
+                    Some(Err(error)) => p.note(&format!("{}: compaction failed: {error}", r.user)),
+                    None => {}
+                }
+            }
+            UserOutcome::Failed { user, error } => {
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
+                if args.json {
+                    let _ = p.json(
+                        "user-failed",
+                        &serde_json::json!({ "user": user, "error": error }),
+                    );
+                }
+                p.note(&format!("{user}: not backed up: {error}"));
+            }
+        }
+        if tty {
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "users {done}/{total}, {} read, {}/s",
+                output::bytes(bytes),
+                output::bytes((bytes as f64 / secs) as u64)
+            );
+        }
+    })?;
+    if tty {
+        eprintln!();
+    }
+    Ok(if summary.failed > 0 || summary.with_problems > 0 {
+        1
+    } else {
+        0
+    })
+}

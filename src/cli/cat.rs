@@ -1,0 +1,48 @@
+//! `mailpack cat`: one entry to standard output, by seeking to it.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::output::{Out, Printer};
+use super::{selection, ArchiveArgs};
+use crate::commands;
+use crate::error::Error;
+
+#[derive(Args, Debug)]
+pub(super) struct CatArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// [ARCHIVE] ENTRY: an archive file is optional; ENTRY is a name or a 40-digit SHA-1.
+    #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
+    args: Vec<String>,
+}
+
+pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
+    let (file, spec) = match args.args.as_slice() {
+        [spec] => (None, spec.clone()),
+        [file, spec] => (Some(PathBuf::from(file)), spec.clone()),
+        _ => unreachable!("clap bounds the count"),
+    };
+    let paths = selection(&args.archive, file)?.one()?;
+    let mut notices = Vec::new();
+    let result = {
+        let stdout = io::stdout();
+        let mut out = Out::new(stdout.lock());
+        let r = commands::cat(&paths, &spec, &mut out, &mut notices);
+        if out.closed() {
+            p.mark_stdout_closed();
+        }
+        r.and_then(|n| {
+            out.flush()
+                .map(|_| n)
+                .map_err(|e| Error::io("write", "standard output", e))
+        })
+    };
+    p.notices(&notices);
+    match result {
+        Err(_) if p.stdout_closed() => Ok(0),
+        r => r.map(|_| 0),
+    }
+}

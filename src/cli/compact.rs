@@ -1,0 +1,113 @@
+//! `mailpack compact`: the compaction policy over archives, or its plan with `--dry-run`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::output::{self, Printer};
+use super::writer_options;
+use crate::commands::{self, Selection};
+use crate::error::Error;
+
+#[derive(Args, Debug)]
+pub(super) struct CompactArgs {
+    /// Directory holding the per-user archives.
+    #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
+    archive_dir: Option<PathBuf>,
+    /// Only these users' archives (repeatable); default: every archive in the directory.
+    #[arg(long, value_name = "U")]
+    user: Vec<String>,
+    /// Print what would be kept and dropped, per archive, without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Compact even when the live share is above the threshold.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Wait for a backup writing an archive instead of skipping that archive as busy.
+    #[arg(long)]
+    wait: bool,
+    /// gzip level for the members that are rebuilt, 1 (fast) to 9 (small).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+    level: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The compaction policy, shared by `compact` and `backup --compact`.
+#[derive(Args, Debug)]
+pub(super) struct PolicyArgs {
+    /// Every metadata version committed within this many days is kept, plus the newest before.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    keep_days: i64,
+    /// A deleted mailbox's data is kept this many days after its deletion.
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    keep_deleted_days: i64,
+    /// Live share (percent) under which an archive is compacted, right after a compaction.
+    #[arg(long, default_value_t = 80, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    threshold_start: u32,
+    /// Points the threshold rises per week since the last compaction.
+    #[arg(long, default_value_t = 1, value_name = "POINTS")]
+    threshold_step: u32,
+}
+
+impl PolicyArgs {
+    pub(super) fn options(&self, force: bool) -> crate::compact::PlanOptions {
+        crate::compact::PlanOptions {
+            now: commands::now(),
+            keep_days: self.keep_days,
+            keep_deleted_days: self.keep_deleted_days,
+            threshold_start: self.threshold_start,
+            threshold_step: self.threshold_step,
+            force,
+        }
+    }
+}
+
+pub(super) fn run(args: CompactArgs, p: &mut Printer) -> Result<u8, Error> {
+    use crate::commands::compact::{compact_archives, ArchiveCompaction, CompactCommand};
+    let command = CompactCommand {
+        selection: Selection::Dir {
+            dir: args.archive_dir.clone().ok_or_else(|| {
+                Error::usage("pass --archive-dir DIR (or set MAILPACK_ARCHIVE_DIR)")
+            })?,
+            users: args.user.clone(),
+        },
+        plan: args.policy.options(args.force),
+        writer: writer_options(args.wait, None, args.level),
+        dry_run: args.dry_run,
+    };
+    let mut failed = false;
+    compact_archives(&command, &mut |paths, result, notices| {
+        p.notices(notices);
+        let shown = match result {
+            Ok(result) if args.json => {
+                let (kind, value) = match &result {
+                    ArchiveCompaction::Planned(plan) => ("plan", serde_json::json!(plan)),
+                    ArchiveCompaction::Ran(outcome) => ("compaction", serde_json::json!(outcome)),
+                };
+                p.json(
+                    kind,
+                    &serde_json::json!({ "archive": paths.archive, kind: value }),
+                )
+            }
+            Ok(ArchiveCompaction::Planned(plan)) => {
+                output::compaction_plan(p, &paths.archive, &plan)
+            }
+            Ok(ArchiveCompaction::Ran(outcome)) => {
+                p.line(&output::compaction_line(&paths.archive, &outcome))
+            }
+            Err(e) => {
+                p.error(&e);
+                failed = true;
+                Ok(())
+            }
+        };
+        if shown.is_err() {
+            failed = true;
+        }
+    })?;
+    Ok(if failed { 1 } else { 0 })
+}

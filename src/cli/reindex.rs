@@ -1,0 +1,50 @@
+//! `mailpack reindex`: the sidecar index rebuilt from the archive alone.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::output::Printer;
+use super::{selection, ArchiveArgs};
+use crate::commands;
+use crate::error::Error;
+use crate::store::LockWait;
+
+#[derive(Args, Debug)]
+pub(super) struct ReindexArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    #[arg(value_name = "ARCHIVE")]
+    file: Option<PathBuf>,
+    /// Wait for a running writer instead of failing with "busy".
+    #[arg(long)]
+    wait: bool,
+}
+
+pub(super) fn run(args: ReindexArgs, p: &mut Printer) -> Result<u8, Error> {
+    let selected = selection(&args.archive, args.file)?;
+    let wait = if args.wait {
+        LockWait::Yes
+    } else {
+        LockWait::No
+    };
+    let mut code = 0;
+    for paths in selected.resolve()? {
+        match commands::reindex(&paths, wait) {
+            Ok(report) => {
+                p.notices(&report.notices);
+                p.line(&format!(
+                    "{}: {} runs, {} entries indexed",
+                    report.archive.display(),
+                    report.runs,
+                    report.entries
+                ))?;
+            }
+            Err(e) => {
+                p.error(&e);
+                code = 2;
+            }
+        }
+    }
+    Ok(code)
+}
