@@ -49,9 +49,8 @@ enum Command {
     Put(put::PutArgs),
     /// Back up every user (or those named) of a Cyrus server, one committed run per user.
     Backup(Box<backup::BackupArgs>),
-    /// Rewrites archives keeping only what restores within the retention window need, when
-    /// their live share is below the policy's threshold (or with --force); --dry-run shows the
-    /// plan: what would be kept and dropped, and why.
+    /// Compact archives whose live share fell below the policy's threshold, keeping what
+    /// restores within the retention window need; --dry-run shows what would go and why.
     Compact(compact::CompactArgs),
     /// Restore a user, mailboxes or one message as of a time: exactly into Cyrus, additively
     /// over IMAP, or out to Maildir, mbox or .eml files.
