@@ -85,11 +85,22 @@ pub fn backup(
         })
     };
 
-    // The session that lists the users serves the first worker too: with ssh, every session
-    // costs a handshake.
-    let mut first = open_source()?;
-    let on_server = first.users()?;
-    let first = std::sync::Mutex::new(Some(first));
+    // With ssh every session costs a key exchange and a login, so the workers' sessions are
+    // opened all at once, and the one that lists the users serves a worker too.
+    let mut sessions: Vec<Box<dyn Source + Send + '_>> = match options.spool {
+        SpoolAccess::Remote { .. } if options.jobs > 1 => std::thread::scope(|scope| {
+            let opening: Vec<_> = (0..options.jobs)
+                .map(|_| scope.spawn(&open_source))
+                .collect();
+            opening
+                .into_iter()
+                .map(|h| h.join().expect("opening a session does not panic"))
+                .collect::<Result<Vec<_>>>()
+        })?,
+        _ => vec![open_source()?],
+    };
+    let on_server = sessions[0].users()?;
+    let spare = std::sync::Mutex::new(sessions);
     let mut work: Vec<(String, bool)> = if options.users.is_empty() {
         on_server.iter().map(|u| (u.clone(), false)).collect()
     } else {
@@ -132,13 +143,13 @@ pub fn backup(
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             let tx = tx.clone();
-            let (work, next, writer, user_options, open_source, first) =
-                (&work, &next, &writer, &user_options, &open_source, &first);
+            let (work, next, writer, user_options, open_source, spare) =
+                (&work, &next, &writer, &user_options, &open_source, &spare);
             scope.spawn(move || {
                 // One source per worker: an agent session serves one request at a time. A
                 // session that failed is replaced for the next user.
                 let mut source: Option<Box<dyn Source + Send + '_>> =
-                    first.lock().expect("never poisoned").take();
+                    spare.lock().expect("never poisoned").pop();
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some((user, gone)) = work.get(i) else {
