@@ -19,6 +19,7 @@ pub mod restore;
 pub mod scan;
 pub mod spool;
 pub mod store;
+pub mod time;
 
 pub use error::{Error, Result};
 pub use guid::Guid;

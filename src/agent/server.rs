@@ -191,6 +191,23 @@ fn send_file(out: &mut impl Write, r: &mut dyn Read, size: u64) -> Result<()> {
     )
 }
 
+/// Answers one message request (`{"uid", "guid", "archived"}`): `REPLY {"size"}` and the file.
+fn fetch_item(out: &mut impl Write, source: &mut dyn Source, item: &Value) -> Result<()> {
+    let uid = item["uid"].as_u64().unwrap_or(0) as u32;
+    let guid = item["guid"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(crate::guid::Guid::ZERO);
+    let archived = item["archived"].as_bool().unwrap_or(false);
+    match source.fetch_message(uid, &guid, archived)? {
+        Some(mut m) => {
+            send_json(out, FrameKind::Reply, &json!({ "size": m.size }))?;
+            send_file(out, &mut m.reader, m.size)
+        }
+        None => Err(Error::NotFound(format!("message file of uid {uid}"))),
+    }
+}
+
 fn abort(out: &mut impl Write, reason: &str) -> Error {
     let _ = send(out, FrameKind::Abort, reason.as_bytes());
     let _ = out.flush();
@@ -285,49 +302,13 @@ pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) ->
                     }
                     Ok(())
                 }),
-            "fetch" => {
-                let uid = req["uid"].as_u64().unwrap_or(0) as u32;
-                let guid = text("guid").parse().unwrap_or(crate::guid::Guid::ZERO);
-                let archived = req["archived"].as_bool().unwrap_or(false);
-                match source.fetch_message(uid, &guid, archived) {
-                    Ok(Some(mut m)) => {
-                        send_json(&mut out, FrameKind::Reply, &json!({ "size": m.size }))
-                            .and_then(|_| send_file(&mut out, &mut m.reader, m.size))
-                    }
-                    Ok(None) => Err(Error::NotFound(format!("message file of uid {uid}"))),
-                    Err(e) => Err(e),
-                }
-            }
+            "fetch" => fetch_item(&mut out, source, &req),
             "fetch-many" => {
-                let items: Vec<(u32, crate::guid::Guid, bool)> = req["items"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|i| {
-                                (
-                                    i["uid"].as_u64().unwrap_or(0) as u32,
-                                    i["guid"]
-                                        .as_str()
-                                        .and_then(|g| g.parse().ok())
-                                        .unwrap_or(crate::guid::Guid::ZERO),
-                                    i["archived"].as_bool().unwrap_or(false),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let items = req["items"].as_array().cloned().unwrap_or_default();
                 send_json(&mut out, FrameKind::Reply, &json!({ "count": items.len() }))?;
                 // Each item is answered as a `fetch` would be; an error stops only that item.
-                for (uid, guid, archived) in items {
-                    let item = match source.fetch_message(uid, &guid, archived) {
-                        Ok(Some(mut m)) => {
-                            send_json(&mut out, FrameKind::Reply, &json!({ "size": m.size }))
-                                .and_then(|_| send_file(&mut out, &mut m.reader, m.size))
-                        }
-                        Ok(None) => Err(Error::NotFound(format!("message file of uid {uid}"))),
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = item {
+                for item in &items {
+                    if let Err(e) = fetch_item(&mut out, source, item) {
                         send_json(&mut out, FrameKind::Error, &error_json(&e))?;
                     }
                 }

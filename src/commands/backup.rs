@@ -90,7 +90,7 @@ pub fn backup(
     let mut sessions: Vec<Box<dyn Source + Send + '_>> = match options.spool {
         SpoolAccess::Remote { .. } if options.jobs > 1 => std::thread::scope(|scope| {
             let opening: Vec<_> = (0..options.jobs)
-                .map(|_| scope.spawn(&open_source))
+                .map(|_| scope.spawn(open_source))
                 .collect();
             opening
                 .into_iter()

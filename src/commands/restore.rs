@@ -85,7 +85,11 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
             Some(n) => archive.runs().iter().find(|r| r.run == n).ok_or_else(|| {
                 Error::NotFound(format!("run {n} in {}", paths.archive.display()))
             })?,
-            None => run_at(&archive, options.at)?,
+            // What was expunged between T1 and T2 starts from the state at T1.
+            None => run_at(
+                &archive,
+                options.at.or(options.expunged_between.map(|(t1, _)| t1)),
+            )?,
         };
     report.run = Some(run.run);
     report.run_time = Some(run.time);
@@ -110,26 +114,22 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
             })
             .collect()
     } else {
-        let owned_list: Vec<MailboxAt> = owned.into_iter().cloned().collect();
         let mut out = Vec::new();
         for wanted in &options.mailboxes {
-            let m = find_mailbox(&owned_list, &options.user, wanted).ok_or_else(|| {
+            let m = find_mailbox(&owned, &options.user, wanted).ok_or_else(|| {
                 Error::NotFound(format!(
                     "mailbox {wanted:?} of {} as of run {} ({}); it had: {}",
                     options.user,
                     run.run,
                     crate::restore::format_utc(run.time),
-                    owned_list
+                    owned
                         .iter()
                         .map(|m| m.name.relative('/'))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ))
             })?;
-            let m = all
-                .iter()
-                .find(|x| x.uniqueid == m.uniqueid && x.name == m.name);
-            out.extend(m);
+            out.push(m);
         }
         out
     };
@@ -227,7 +227,6 @@ fn expunged_between(
             .collect(),
         None => Default::default(),
     };
-    let _ = t1;
     Ok(records
         .into_iter()
         .filter(|(r, _)| !still.contains(&r.uid))

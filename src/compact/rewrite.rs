@@ -8,9 +8,9 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom};
 
 use super::plan::{plan, CompactPlan, PlanOptions};
-use crate::archive::{padded, MemberError, MemberReader, RunSummary, MAX_MEMBER_RAW};
+use crate::archive::{padded, RunSummary};
 use crate::error::{Error, Result};
-use crate::store::{marker_fields, ArchivePaths, Rewriter, RunInfo, WriterOptions};
+use crate::store::{decode_members, marker_fields, ArchivePaths, Rewriter, RunInfo, WriterOptions};
 
 #[derive(Clone)]
 pub struct CompactOptions {
@@ -91,7 +91,7 @@ pub fn compact(
                 writer.append_members_verbatim(&mut source, end - member, group.to_vec())?;
                 outcome.stretches_copied += 1;
             } else if group_keep.iter().any(|&k| k) {
-                let raw = decompress_stretch(&source_path, member, end)?;
+                let raw = decode_members(&source_path, member, Some(end))?;
                 for (e, _) in group.iter().zip(group_keep).filter(|(_, &k)| k) {
                     let from = e.placement.header_at as usize;
                     let to = e.placement.data_at as usize + padded(e.size) as usize;
@@ -117,43 +117,6 @@ pub fn compact(
     outcome.entries_kept = kept;
     outcome.entries_dropped = total - kept;
     Ok(outcome)
-}
-
-/// The decompressed bytes of the members in `[from, to)` of the archive, concatenated.
-fn decompress_stretch(path: &std::path::Path, from: u64, to: u64) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut members = MemberReader::new(file, from).map_err(|e| Error::io("seek", path, e))?;
-    let mut out = Vec::new();
-    let mut raw = Vec::new();
-    while members.position() < to {
-        match members.next_member(&mut raw) {
-            Ok(Some(m)) => {
-                if let Err(detail) = m.integrity {
-                    return Err(Error::corrupt(path, m.offset, detail));
-                }
-                out.extend_from_slice(&raw);
-                if out.len() > MAX_MEMBER_RAW {
-                    return Err(Error::corrupt(
-                        path,
-                        from,
-                        "members with dropped entries hold more than a member's worth of data",
-                    ));
-                }
-            }
-            Ok(None) => {
-                return Err(Error::corrupt(
-                    path,
-                    members.position(),
-                    "archive ends early",
-                ))
-            }
-            Err(MemberError::Io(e)) => return Err(Error::io("read", path, e)),
-            Err(MemberError::Torn { offset, detail } | MemberError::Bad { offset, detail }) => {
-                return Err(Error::corrupt(path, offset, detail))
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The marker of a rewritten run says what the original said, except for the bookkeeping the

@@ -147,17 +147,11 @@ struct Planned<'a> {
 /// 24 random `[0-9a-z]`, the form Cyrus gives uniqueids when built without libuuid.
 fn new_uniqueid() -> Result<String> {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = String::new();
-    for half in 0..2 {
-        let bytes = crate::io::random_id()?;
-        out.extend(
-            bytes[..12]
-                .iter()
-                .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char),
-        );
-        let _ = half;
-    }
-    Ok(out)
+    let bytes = [crate::io::random_id()?, crate::io::random_id()?].concat();
+    Ok(bytes[..24]
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect())
 }
 
 /// Replaces the values of `keys` at the top level of a dlist key/value list.

@@ -6,9 +6,8 @@
 pub mod cyrus;
 pub mod export;
 pub mod imap;
-mod time;
 
-pub use time::{format_utc, parse_time};
+pub use crate::time::{format_utc, parse_time};
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -129,7 +128,7 @@ pub fn mailboxes_at(archive: &Archive, run: u64) -> Result<(Vec<MailboxAt>, Vec<
 /// Finds a mailbox by what an admin types: `INBOX`, a name relative to the user's INBOX with
 /// `/` between levels (`Archive/2023`), or a full name (`user/alice/Archive`).
 pub fn find_mailbox<'a>(
-    mailboxes: &'a [MailboxAt],
+    mailboxes: &[&'a MailboxAt],
     user: &str,
     wanted: &str,
 ) -> Option<&'a MailboxAt> {
@@ -146,10 +145,8 @@ pub fn find_mailbox<'a>(
         domain: domain.map(str::to_string),
         parts: wanted.split('/').map(str::to_string).collect(),
     };
-    mailboxes
-        .iter()
-        .find(|m| m.name == relative)
-        .or_else(|| mailboxes.iter().find(|m| m.name == full))
+    let find = |name: &MboxName| mailboxes.iter().copied().find(|m| m.name == *name);
+    find(&relative).or_else(|| find(&full))
 }
 
 /// The levels of a mailbox name relative to its owner (`INBOX` for the INBOX), each checked to
@@ -300,24 +297,7 @@ impl<'a> Messages<'a> {
         let mut cached = self.member.borrow_mut();
         if cached.as_ref().map(|(at, _)| *at) != Some(e.placement.member) {
             *cached = None;
-            let file = std::fs::File::open(path).map_err(|err| Error::io("open", path, err))?;
-            let mut reader = crate::archive::MemberReader::new(file, e.placement.member)
-                .map_err(|err| Error::io("seek", path, err))?;
-            let mut raw = Vec::new();
-            let corrupt = |detail: String| {
-                Error::corrupt(path, e.placement.member, format!("{}: {detail}", e.name))
-            };
-            match reader.next_member(&mut raw) {
-                Ok(Some(m)) => m.integrity.map_err(corrupt)?,
-                Ok(None) => return Err(corrupt("the archive ends here".into())),
-                Err(crate::archive::MemberError::Io(err)) => {
-                    return Err(Error::io("read", path, err))
-                }
-                Err(
-                    crate::archive::MemberError::Torn { detail, .. }
-                    | crate::archive::MemberError::Bad { detail, .. },
-                ) => return Err(corrupt(detail)),
-            }
+            let raw = crate::store::decode_members(path, e.placement.member, None)?;
             *cached = Some((e.placement.member, raw));
         }
         let raw = &cached.as_ref().expect("filled above").1;

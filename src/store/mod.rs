@@ -597,6 +597,50 @@ pub fn read_entry<'a>(paths: &'a ArchivePaths, entry: &'a EntryRecord) -> Result
     })
 }
 
+/// The decompressed bytes of the members of `path` from byte `from` (a member boundary) up to
+/// byte `to`, or of the one member there when `to` is `None`. Every member's integrity field is
+/// checked; a failure is an error naming the file and the member's offset.
+pub fn decode_members(path: &Path, from: u64, to: Option<u64>) -> Result<Vec<u8>> {
+    use crate::archive::{MemberError, MemberReader, MAX_MEMBER_RAW};
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut members = MemberReader::new(file, from).map_err(|e| Error::io("seek", path, e))?;
+    let mut out = Vec::new();
+    let mut raw = Vec::new();
+    loop {
+        match members.next_member(&mut raw) {
+            Ok(Some(m)) => m
+                .integrity
+                .map_err(|detail| Error::corrupt(path, m.offset, detail))?,
+            Ok(None) => {
+                return Err(Error::corrupt(
+                    path,
+                    members.position(),
+                    "archive ends early",
+                ))
+            }
+            Err(MemberError::Io(e)) => return Err(Error::io("read", path, e)),
+            Err(MemberError::Torn { offset, detail } | MemberError::Bad { offset, detail }) => {
+                return Err(Error::corrupt(path, offset, detail))
+            }
+        }
+        if out.is_empty() {
+            std::mem::swap(&mut out, &mut raw);
+        } else {
+            out.extend_from_slice(&raw);
+        }
+        if out.len() > MAX_MEMBER_RAW {
+            return Err(Error::corrupt(
+                path,
+                from,
+                "members hold more than a member's worth of data",
+            ));
+        }
+        if to.is_none_or(|to| members.position() >= to) {
+            return Ok(out);
+        }
+    }
+}
+
 fn message_guid(e: &EntryRecord) -> Option<Guid> {
     e.name.strip_prefix(crate::archive::FILES_DIR)?.parse().ok()
 }

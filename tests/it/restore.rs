@@ -389,6 +389,14 @@ fn what_was_expunged_between_two_backups_goes_back_over_imap_once_even_when_resu
         (again.messages_written, again.messages_already_there),
         (0, 2)
     );
+    // Without --run, the messages come from the state at T1.
+    let from_t1 = RestoreOptions {
+        mailboxes: vec!["INBOX".into()],
+        expunged_between: Some((t1, t2)),
+        ..options(dir.path(), "alice", target())
+    };
+    let from_t1 = run_restore(&from_t1);
+    assert_eq!((from_t1.run, from_t1.messages_already_there), (Some(1), 2));
 
     // `ls --at` shows what a restore as of each time brings back.
     let ls = |t: i64| {

@@ -1,5 +1,5 @@
-//! Times as admins type them (`--at`, `--expunged-between`) and as restores print them: Unix
-//! seconds, or a UTC calendar date and time. No time zone database: a restore point is an
+//! Times as admins type them (`--at`, `--expunged-between`) and as every command prints them:
+//! Unix seconds, or a UTC calendar date and time. No time zone database: a restore point is an
 //! instant, and UTC names it without ambiguity.
 
 use crate::error::{Error, Result};
