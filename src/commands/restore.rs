@@ -93,7 +93,7 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
         };
     report.run = Some(run.run);
     report.run_time = Some(run.time);
-    let (all, refused) = mailboxes_at(&archive, run.run)?;
+    let (all, refused) = mailboxes_at(&archive, run.run);
     report.refused.extend(refused);
 
     let deleted_prefix = "DELETED";
@@ -142,12 +142,11 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
             ));
         }
         let messages = Messages::new(&archive);
-        let owned: Vec<MailboxAt> = chosen.into_iter().cloned().collect();
         let outcome = target.restore(
             &archive,
             &messages,
             &options.user,
-            &owned,
+            &chosen,
             whole_user,
             run.run,
             options.dry_run,
@@ -215,7 +214,7 @@ fn expunged_between(
         ));
     }
     let later = run_at(archive, Some(t2))?;
-    let (then, _) = mailboxes_at(archive, later.run)?;
+    let (then, _) = mailboxes_at(archive, later.run);
     let still: std::collections::HashSet<u32> = match then.iter().find(|x| x.uniqueid == m.uniqueid)
     {
         Some(later_m) => read_mailbox(archive, later_m)?
@@ -506,7 +505,7 @@ pub struct AsOf {
 pub fn as_of(paths: &ArchivePaths, at: Option<i64>, notices: &mut Vec<String>) -> Result<AsOf> {
     let archive = Archive::open(paths, notices)?;
     let run = run_at(&archive, at)?;
-    let (mailboxes, refused) = mailboxes_at(&archive, run.run)?;
+    let (mailboxes, refused) = mailboxes_at(&archive, run.run);
     let mut out = AsOf {
         run: run.run,
         time: run.time,

@@ -451,7 +451,7 @@ impl CyrusTarget {
         archive: &Archive,
         messages: &Messages,
         user: &str,
-        mailboxes: &[MailboxAt],
+        mailboxes: &[&MailboxAt],
         user_files: bool,
         at_run: u64,
         dry_run: bool,

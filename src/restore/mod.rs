@@ -72,7 +72,7 @@ fn safe_uniqueid(id: &str) -> bool {
 
 /// The mailboxes named as of `run`, sorted by name. A link whose target is not a well-formed
 /// `folders/<uniqueid>` is refused with the reason, not followed.
-pub fn mailboxes_at(archive: &Archive, run: u64) -> Result<(Vec<MailboxAt>, Vec<String>)> {
+pub fn mailboxes_at(archive: &Archive, run: u64) -> (Vec<MailboxAt>, Vec<String>) {
     let state = archive.state_at(Some(run));
     let mut folders: BTreeMap<&str, BTreeMap<String, EntryRecord>> = BTreeMap::new();
     for (_, e) in &state {
@@ -122,7 +122,7 @@ pub fn mailboxes_at(archive: &Archive, run: u64) -> Result<(Vec<MailboxAt>, Vec<
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((out, refused))
+    (out, refused)
 }
 
 /// Finds a mailbox by what an admin types: `INBOX`, a name relative to the user's INBOX with
