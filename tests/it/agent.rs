@@ -19,7 +19,7 @@ use crate::spool_view::populate;
 use crate::util::TempDir;
 
 /// A copy of the committed real-Cyrus fixture spool (two users, many kinds of mailbox).
-fn fixture_spool(dir: &Path) -> PathBuf {
+pub fn fixture_spool(dir: &Path) -> PathBuf {
     let spool = dir.join("spool");
     let ok = Command::new("cp")
         .arg("-a")

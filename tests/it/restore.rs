@@ -449,16 +449,9 @@ fn what_was_expunged_between_two_backups_goes_back_over_imap_once_even_when_resu
 #[test]
 fn a_hostile_archive_restores_nothing_outside_its_target_and_says_why() {
     let work = TempDir::new("restore-hostile");
-    let spool = work.path().join("spool");
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/spools/uuid"))
-        .arg(&spool)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let config = crate::agent::fixture_spool(work.path());
     let archives = work.path().join("archives");
-    run_backup(&spool.join("etc/imapd.conf"), &archives, &["alice"]);
+    run_backup(&config, &archives, &["alice"]);
     let paths = mailpack::store::ArchivePaths::for_user(&archives, "alice").unwrap();
     let inbox_folder = {
         let a = mailpack::store::Archive::open(&paths, &mut Vec::new()).unwrap();
