@@ -10,6 +10,10 @@ use crate::error::Error;
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest `DATA` payload the agent sends.
 pub const CHUNK: usize = 256 << 10;
+/// Buffer of the stream that carries files (the agent's output, the client's input): a chunk
+/// and its framing fit, and small messages travel several to a system call, so ssh is woken
+/// once per buffer rather than for each frame.
+pub const STREAM_BUFFER: usize = CHUNK + (64 << 10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameKind {

@@ -2,13 +2,14 @@
 //! a request to an agent, normally `ssh host mailpack agent` started with `sh -c`.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::frame::{read_frame, unbase64, write_frame, Frame, FrameKind};
+use super::frame::{read_frame, unbase64, write_frame, Frame, FrameKind, STREAM_BUFFER};
 use super::server::{error_from_json, Inbound, Outbound, MAX_LISTING, PROTOCOL, VERSION};
 use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
 use crate::archive::SourceStat;
@@ -137,6 +138,7 @@ impl RemoteSource {
             .spawn()
             .map_err(|e| Error::usage(format!("cannot start {command:?}: {e}")))?;
         let input = child.stdout.take().expect("piped");
+        super::widen_pipe(input.as_fd());
         let output = child.stdin.take().expect("piped");
         let mut source = RemoteSource::over(Box::new(input), Box::new(output), command, compress)?;
         source.child = Some(child);
@@ -161,7 +163,7 @@ impl RemoteSource {
             count: sent.clone(),
         });
         let mut s = RemoteSource {
-            inbound: Inbound::Plain(BufReader::new(input)),
+            inbound: Inbound::Plain(BufReader::with_capacity(STREAM_BUFFER, input)),
             out: Outbound::Plain(BufWriter::new(output)),
             child: None,
             peer: format!("agent {peer:?}"),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use super::frame::{base64, read_frame, write_frame, FrameError, FrameKind, CHUNK};
+use super::frame::{base64, read_frame, write_frame, FrameError, FrameKind, CHUNK, STREAM_BUFFER};
 use super::{Source, UserListing};
 use crate::archive::SourceStat;
 use crate::error::{Error, Result};
@@ -218,7 +218,7 @@ fn abort(out: &mut impl Write, reason: &str) -> Error {
 /// is answered with `ABORT` and returned.
 pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) -> Result<()> {
     let mut inbound = Inbound::Plain(BufReader::new(input));
-    let mut out = Outbound::Plain(BufWriter::new(output));
+    let mut out = Outbound::Plain(BufWriter::with_capacity(STREAM_BUFFER, output));
     let hello = match read_frame(&mut inbound) {
         Ok(f) if f.kind == FrameKind::Hello => f,
         Ok(f) => {

@@ -1,6 +1,7 @@
 //! `mailpack agent`: this host's spool, served read-only over stdin/stdout.
 
-use std::io::{self};
+use std::io;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -30,6 +31,7 @@ pub(super) fn run(args: AgentArgs, _p: &mut Printer) -> Result<u8, Error> {
         &annotations,
         args.lock_method.options(args.lock_timeout),
     );
+    crate::agent::widen_pipe(io::stdout().as_fd());
     crate::agent::serve(&mut source, io::stdin().lock(), io::stdout().lock())?;
     Ok(0)
 }
