@@ -191,14 +191,22 @@ fn send_file(out: &mut impl Write, r: &mut dyn Read, size: u64) -> Result<()> {
     )
 }
 
-/// Answers one message request (`{"uid", "guid", "archived"}`): `REPLY {"size"}` and the file.
-fn fetch_item(out: &mut impl Write, source: &mut dyn Source, item: &Value) -> Result<()> {
+/// A message request's fields (`{"uid", "guid", "archived"}`).
+fn message_item(item: &Value) -> (u32, crate::guid::Guid, bool) {
     let uid = item["uid"].as_u64().unwrap_or(0) as u32;
     let guid = item["guid"]
         .as_str()
         .and_then(|g| g.parse().ok())
         .unwrap_or(crate::guid::Guid::ZERO);
-    let archived = item["archived"].as_bool().unwrap_or(false);
+    (uid, guid, item["archived"].as_bool().unwrap_or(false))
+}
+
+/// Answers one message request: `REPLY {"size"}` and the file.
+fn fetch_item(
+    out: &mut impl Write,
+    source: &mut dyn Source,
+    (uid, guid, archived): (u32, crate::guid::Guid, bool),
+) -> Result<()> {
     match source.fetch_message(uid, &guid, archived)? {
         Some(mut m) => {
             send_json(out, FrameKind::Reply, &json!({ "size": m.size }))?;
@@ -302,12 +310,17 @@ pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) ->
                     }
                     Ok(())
                 }),
-            "fetch" => fetch_item(&mut out, source, &req),
+            "fetch" => fetch_item(&mut out, source, message_item(&req)),
             "fetch-many" => {
-                let items = req["items"].as_array().cloned().unwrap_or_default();
+                let items: Vec<_> = req["items"]
+                    .as_array()
+                    .map(|a| a.iter().map(message_item).collect())
+                    .unwrap_or_default();
                 send_json(&mut out, FrameKind::Reply, &json!({ "count": items.len() }))?;
+                // Lets the spool read ahead; a failure here only means no hints.
+                let _ = source.prefetch(&items);
                 // Each item is answered as a `fetch` would be; an error stops only that item.
-                for item in &items {
+                for &item in &items {
                     if let Err(e) = fetch_item(&mut out, source, item) {
                         send_json(&mut out, FrameKind::Error, &error_json(&e))?;
                     }

@@ -76,6 +76,52 @@ fn local_backup(config: &Path, dir: &Path, user: &str) -> UserReport {
     backup_through(&mut source, dir, user).unwrap()
 }
 
+/// Read-ahead hints follow the list a backup gives with `prefetch`, but a fetch must return
+/// the file asked for whatever the order: out of order, twice, or not in the list at all.
+#[test]
+fn fetches_return_the_file_asked_for_in_any_order_after_a_prefetch() {
+    let work = TempDir::new("agent-ahead");
+    let config = fixture_spool(work.path());
+    let spool = Spool::open(&config).unwrap();
+    let annotations = spool.annotations().unwrap();
+    let mut source = LocalSource::new(&spool, &annotations, LockOptions::default());
+    let mut checked = 0;
+    for user in source.users().unwrap() {
+        for m in source.list_user(&user).unwrap().mailboxes {
+            let Some(uniqueid) = m.uniqueid else { continue };
+            let opened = source.open_mailbox(&user, &uniqueid).unwrap();
+            let index = mailpack::spool::index::parse(&opened.index).unwrap();
+            let live: Vec<(u32, Guid, bool)> = index
+                .records
+                .iter()
+                .filter(|r| !r.is_expunged() && !r.guid.is_zero())
+                .map(|r| (r.uid, r.guid, r.is_archived()))
+                .collect();
+            if live.len() < 2 {
+                continue;
+            }
+            // The list names the first half; the fetches go backwards over all of them, then
+            // ask for the first again.
+            source.prefetch(&live[..live.len() / 2]).unwrap();
+            for &(uid, guid, archived) in live.iter().rev().chain(&live[..1]) {
+                let mut file = source
+                    .fetch_message(uid, &guid, archived)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{user} {uniqueid} uid {uid}: gone"));
+                let mut bytes = Vec::new();
+                file.reader.read_to_end(&mut bytes).unwrap();
+                assert_eq!(Guid::of(&bytes), guid, "{user} {uniqueid} uid {uid}");
+                checked += 1;
+            }
+            source.close_mailbox().unwrap();
+        }
+    }
+    assert!(
+        checked >= 10,
+        "the fixture has mailboxes with messages ({checked} fetched)"
+    );
+}
+
 /// An agent serving `config` on a thread, and a client connected to it by pipes. `cut_after`
 /// makes the agent's output fail after that many bytes, as a dropped connection would.
 fn piped(
