@@ -73,12 +73,15 @@ shared_for() { local r; r=$(ssh_for "$1"); echo "${r/ssh /ssh -o ControlMaster=a
 
 # This VM pages out file cache that sits idle for a few seconds (DAMON reclaim), so a spool read
 # a minute ago comes from disk again, by chance for one side or the other. Both sides read the
-# same spool, so it is pinned in memory for the whole comparison.
-vmtouch -q -l -d -w -P "$w/vmtouch.pid" "$w/spool-$n" "$w/spool-$((n * 2))" "$w/spool-u$many"
-trap 'kill $sshd_pid 2>/dev/null || true; kill "$(cat "$w/vmtouch.pid")" 2>/dev/null || true' EXIT
+# same spool, so it is pinned in memory while it is compared (one spool at a time: every file
+# pinned is a mapping, and vm.max_map_count allows 65,530).
+pin() { unpin; vmtouch -q -l -d -w -P "$w/vmtouch.pid" "$w/spool-$1"; }
+unpin() { [ -f "$w/vmtouch.pid" ] && kill "$(cat "$w/vmtouch.pid")" 2>/dev/null; rm -f "$w/vmtouch.pid"; }
+trap 'kill $sshd_pid 2>/dev/null || true; unpin || true' EXIT
 
 for m in "$n" "$((n * 2))"; do
   echo "== full backup of $m messages for $users users (interleaved rounds)"
+  pin "$m"
   cfg="$w/spool-$m/etc/imapd.conf"
   python3 bench/paired.py 10 "$w/full-$m.json" --prepare "rm -rf '$w/a-local' '$w/a-remote' '$w/a-shared'" \
     "local=$mp backup --config '$cfg' --archive-dir '$w/a-local'" \
@@ -87,6 +90,7 @@ for m in "$n" "$((n * 2))"; do
 done
 
 for spool in "$n" "u$many"; do
+  pin "$spool"
   cfg="$w/spool-$spool/etc/imapd.conf"
   [ -d "$w/n-local-$spool" ] || "$mp" backup --config "$cfg" --archive-dir "$w/n-local-$spool" > /dev/null
   [ -d "$w/n-remote-$spool" ] || "$mp" backup --remote "$(ssh_for "$spool")" --archive-dir "$w/n-remote-$spool" > /dev/null
@@ -97,6 +101,7 @@ for spool in "$n" "u$many"; do
     "remote, shared ssh connection=$mp backup --remote '$(shared_for "$spool")' --archive-dir '$w/n-remote-$spool'"
 done
 
+unpin
 echo "== agent traffic of a no-change run: same mailboxes, twice the messages"
 for m in "$n" "$((n * 2))"; do
   remote=$(ssh_for "$m")
