@@ -167,6 +167,19 @@ pub fn open_private(path: &Path) -> Result<(File, bool)> {
     }
 }
 
+/// Creates `path` for reading and writing with mode 0600, or empties a file left there: the
+/// temporary files of an atomic replace or a rewrite, whose leftovers from a crash are stale.
+pub fn create_private(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))
+}
+
 /// Makes the directory entries under `dir` durable (a created or renamed file survives a crash).
 pub fn fsync_dir(dir: &Path, faults: &Faults) -> Result<()> {
     if faults.fires(FaultOn::Sync) {
@@ -183,14 +196,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
     let dir = parent_dir(path);
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let result = (|| {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        let mut file = DurableFile::new(file, &tmp, faults.clone());
+        let mut file = DurableFile::new(create_private(&tmp)?, &tmp, faults.clone());
         file.write_all_at_end(bytes)?;
         file.sync()?;
         rename(&tmp, path, faults)?;

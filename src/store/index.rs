@@ -11,7 +11,7 @@ use byteorder::{ByteOrder, LittleEndian as LE, ReadBytesExt, WriteBytesExt};
 use crate::archive::{CommittedRun, EntryKind, EntryRecord, Placement, SourceStat, MAX_NAME};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
-use crate::io::{fsync_dir, write_atomic, DurableFile, Faults};
+use crate::io::{create_private, fsync_dir, write_atomic, DurableFile, Faults};
 
 pub const MAGIC: &[u8; 8] = b"MAILPKIX";
 pub const VERSION: u32 = 2;
@@ -472,16 +472,13 @@ pub fn append(
 ) -> Result<u64> {
     let created = good_len == 0;
     let file = if created {
+        create_private(path)?
+    } else {
         OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
-            .mode_private()
             .open(path)
-    } else {
-        OpenOptions::new().write(true).open(path)
-    }
-    .map_err(|e| Error::io("open", path, e))?;
+            .map_err(|e| Error::io("open", path, e))?
+    };
     let mut file = DurableFile::new(file, path, faults.clone());
     let mut bytes = Vec::new();
     if created {
@@ -498,17 +495,6 @@ pub fn append(
         fsync_dir(&crate::io::parent_dir(path), faults)?;
     }
     Ok(if created { 0 } else { good_len } + bytes.len() as u64)
-}
-
-trait PrivateMode {
-    fn mode_private(&mut self) -> &mut Self;
-}
-
-impl PrivateMode for OpenOptions {
-    fn mode_private(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
 }
 
 #[cfg(test)]

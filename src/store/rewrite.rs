@@ -3,8 +3,7 @@
 //! fsynced, and renamed over the original, all under the writer lock. The old index is removed
 //! before the rename, so no crash can pair the new archive with the old index, and rebuilt after.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::{
@@ -13,7 +12,7 @@ use super::{
 };
 use crate::archive::{ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
-use crate::io::{fsync_dir, remove_if_present, rename, DurableFile};
+use crate::io::{create_private, fsync_dir, remove_if_present, rename, DurableFile};
 
 /// Suffix of the temporary file a rewrite fills, beside the archive. Its name does not end in
 /// `.tar.gz`, so it is never mistaken for an archive; a crash leaves it behind, and the next
@@ -75,14 +74,7 @@ impl Rewriter {
     /// number, keeping the archive-id.
     pub fn start(&mut self) -> Result<()> {
         let tmp = self.archive.paths.rewrite_tmp();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
+        let file = create_private(&tmp)?;
         let first_run = self.archive.runs.first().map_or(1, |r| r.run);
         let mut writer = ArchiveWriter::new(
             DurableFile::new(file, &tmp, self.options.faults.clone()),
@@ -146,14 +138,11 @@ impl Rewriter {
     /// writer reported writing. Writes the copy's index to `index_tmp` as it goes, so memory
     /// holds one run at a time.
     fn check_copy(&self, tmp: &Path, index_tmp: &Path) -> Result<u64> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(index_tmp)
-            .map_err(|e| Error::io("create", index_tmp, e))?;
-        let mut index_file = DurableFile::new(file, index_tmp, self.options.faults.clone());
+        let mut index_file = DurableFile::new(
+            create_private(index_tmp)?,
+            index_tmp,
+            self.options.faults.clone(),
+        );
         index_file.write_all_at_end(&index::encode_header(&self.archive_id))?;
         let mut k = 0;
         let written = &self.written;

@@ -144,16 +144,23 @@ fn change(server: &CyrusServer) {
     );
 }
 
+/// A populated server whose user alice was backed up, changed and backed up again, with what
+/// IMAP showed of her at each backup.
+fn backed_up_twice(tag: &str) -> (CyrusServer, TempDir, FullFacts, FullFacts) {
+    let server = CyrusServer::start(CyrusOptions::default());
+    populate(&server);
+    let dir = TempDir::new(tag);
+    run_backup(&server.config_path(), dir.path(), &["alice"]);
+    let first = full_facts(&server, "alice");
+    change(&server);
+    run_backup(&server.config_path(), dir.path(), &["alice"]);
+    let second = full_facts(&server, "alice");
+    (server, dir, first, second)
+}
+
 #[test]
 fn a_user_comes_back_into_a_fresh_cyrus_exactly_as_at_each_backup() {
-    let original = CyrusServer::start(CyrusOptions::default());
-    populate(&original);
-    let dir = TempDir::new("restore-roundtrip");
-    run_backup(&original.config_path(), dir.path(), &["alice"]);
-    let first = full_facts(&original, "alice");
-    change(&original);
-    run_backup(&original.config_path(), dir.path(), &["alice"]);
-    let second = full_facts(&original, "alice");
+    let (_original, dir, first, second) = backed_up_twice("restore-roundtrip");
     assert_ne!(first.facts, second.facts);
 
     for (run, expected) in [(1, &first), (2, &second)] {
@@ -557,14 +564,7 @@ open(sys.argv[1], "wb").write(gzip.compress(buf.getvalue()))
 
 #[test]
 fn replace_puts_back_an_older_state_in_place_and_as_restores_beside_under_a_new_name() {
-    let server = CyrusServer::start(CyrusOptions::default());
-    populate(&server);
-    let dir = TempDir::new("restore-replace");
-    run_backup(&server.config_path(), dir.path(), &["alice"]);
-    let first = full_facts(&server, "alice");
-    change(&server);
-    run_backup(&server.config_path(), dir.path(), &["alice"]);
-    let second = full_facts(&server, "alice");
+    let (server, dir, first, second) = backed_up_twice("restore-replace");
     assert_ne!(
         first.facts.mailboxes["INBOX"],
         second.facts.mailboxes["INBOX"]
