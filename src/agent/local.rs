@@ -282,8 +282,7 @@ impl Source for LocalSource<'_> {
             .ok_or_else(|| Error::usage("prefetch without an open mailbox"))?;
         open.ahead = Readahead {
             wanted: messages.iter().map(|&(uid, _, a)| (uid, a)).collect(),
-            next: 0,
-            hinted: 0,
+            ..Readahead::default()
         };
         open.hint_ahead();
         Ok(())

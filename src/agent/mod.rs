@@ -22,7 +22,7 @@ use crate::guid::Guid;
 use crate::spool::cyrusdb::Record;
 use crate::spool::name::MboxName;
 
-/// What the agent's output pipe is widened to (the default unprivileged maximum on Linux).
+/// What the pipes on either side of ssh are widened to (Linux's default unprivileged maximum).
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// A pipe holds 64 KiB by default. Between the agent and sshd, and between ssh and the backup,
