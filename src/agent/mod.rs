@@ -88,6 +88,12 @@ pub trait Source {
     /// Pass 1 for a whole user: mailboxes with their records and metadata stats, and per-user
     /// files with theirs. Opens no mailbox.
     fn list_user(&mut self, user: &str) -> Result<UserListing>;
+    /// Says that `list_user(user)` will most likely come next, so a remote agent can send the
+    /// listing while the caller finishes other work (a commit). Asking for anything else first
+    /// is allowed; the listing is then dropped.
+    fn list_user_ahead(&mut self, _user: &str) -> Result<()> {
+        Ok(())
+    }
     /// Pass 2: the mailbox's metadata under Cyrus's locks; its name lock stays held.
     fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox>;
     /// Says which messages of the open mailbox `fetch_message` will be asked for next, in that

@@ -57,6 +57,8 @@ pub struct RemoteSource {
     broken: bool,
     /// Messages asked for by `fetch-many` whose answers have not been read yet, in order.
     pending: std::collections::VecDeque<(u32, Guid)>,
+    /// The user whose `list-user` was sent ahead and whose answer has not been read yet.
+    listing_ahead: Option<String>,
 }
 
 fn stat_from(v: &Value) -> Result<Option<SourceStat>> {
@@ -171,6 +173,7 @@ impl RemoteSource {
             sent,
             broken: false,
             pending: std::collections::VecDeque::new(),
+            listing_ahead: None,
         };
         s.send(
             FrameKind::Hello,
@@ -262,8 +265,15 @@ impl RemoteSource {
     }
 
     /// Reads and drops the answers to messages prefetched but never asked for (the caller
-    /// stopped early), so the next request's answer is the next thing on the wire.
+    /// stopped early), and a listing sent ahead for a user the caller did not go on to, so the
+    /// next request's answer is the next thing on the wire.
     fn discard_pending(&mut self) -> Result<()> {
+        if self.listing_ahead.take().is_some() {
+            match self.answer_listing() {
+                Err(e) if self.broken => return Err(e),
+                _ => {}
+            }
+        }
         while self.pending.pop_front().is_some() {
             match self.answer() {
                 Ok(_) => drop(FileStream::new(self, u64::MAX, None)),
@@ -278,6 +288,15 @@ impl RemoteSource {
             }
         }
         Ok(())
+    }
+
+    /// Reads the answer to a `list-user`: its `REPLY` and the listing after it.
+    fn answer_listing(&mut self) -> Result<UserListing> {
+        self.answer()?;
+        let doc = self.read_file(MAX_LISTING)?;
+        let v: Value = serde_json::from_slice(&doc)
+            .map_err(|e| Error::usage(format!("{}: bad listing: {e}", self.peer)))?;
+        listing_from(&v)
     }
 
     /// Reads a whole file of at most `max` bytes and checks its `END`.
@@ -418,11 +437,21 @@ impl Source for RemoteSource {
     }
 
     fn list_user(&mut self, user: &str) -> Result<UserListing> {
-        self.request(json!({ "op": "list-user", "user": user }))?;
-        let doc = self.read_file(MAX_LISTING)?;
-        let v: Value = serde_json::from_slice(&doc)
-            .map_err(|e| Error::usage(format!("{}: bad listing: {e}", self.peer)))?;
-        listing_from(&v)
+        if self.listing_ahead.as_deref() != Some(user) {
+            self.list_user_ahead(user)?;
+        }
+        self.listing_ahead = None;
+        self.answer_listing()
+    }
+
+    fn list_user_ahead(&mut self, user: &str) -> Result<()> {
+        self.discard_pending()?;
+        self.send(
+            FrameKind::Request,
+            &json!({ "op": "list-user", "user": user }),
+        )?;
+        self.listing_ahead = Some(user.to_string());
+        Ok(())
     }
 
     fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox> {

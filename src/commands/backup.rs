@@ -150,10 +150,23 @@ pub fn backup(
                 // session that failed is replaced for the next user.
                 let mut source: Option<Box<dyn Source + Send + '_>> =
                     spare.lock().expect("never poisoned").pop();
+                // The next user is claimed as late as possible, when the current run is about
+                // to commit (its listing is then asked for ahead): claimed any earlier, it
+                // could wait behind a long run while another worker sat idle.
+                let mut claimed: Option<usize> = None;
                 loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let i = claimed
+                        .take()
+                        .unwrap_or_else(|| next.fetch_add(1, Ordering::SeqCst));
                     let Some((user, gone)) = work.get(i) else {
                         return;
+                    };
+                    let mut claim_next = || {
+                        let j = next.fetch_add(1, Ordering::SeqCst);
+                        claimed = Some(j);
+                        work.get(j)
+                            .filter(|(_, gone)| !gone)
+                            .map(|(u, _)| u.clone())
                     };
                     let result = (|| {
                         if source.is_none() && !*gone {
@@ -166,6 +179,7 @@ pub fn backup(
                             user_options,
                             user,
                             *gone,
+                            &mut claim_next,
                         )
                     })();
                     let outcome = match result {
@@ -216,6 +230,7 @@ fn one_user(
     user_options: &UserOptions,
     user: &str,
     gone: bool,
+    next_user: &mut dyn FnMut() -> Option<String>,
 ) -> Result<Option<UserReport>> {
     let paths = ArchivePaths::for_user(&options.archive_dir, user)?;
     if gone && !paths.archive.exists() {
@@ -228,7 +243,7 @@ fn one_user(
             Some(r) => r,
             None => return Ok(None),
         },
-        (false, Some(source)) => backup_user(source, user, &mut store, user_options)?,
+        (false, Some(source)) => backup_user(source, user, &mut store, user_options, next_user)?,
         (false, None) => unreachable!("a source is opened for every user on the server"),
     };
     // Repairs made while opening are worth an operator's attention.
