@@ -7,11 +7,14 @@
 # the spools with a real Cyrus (bench/make-spool.sh's generator). Needs root (sshd logs the cyrus
 # user in). Work files go to bench/work/remote.
 #   usage: bench/remote.sh [MESSAGES] [USERS] [MANY]
+# ONLY=full, ONLY=nochange or ONLY=traffic runs that part alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-20000}
 users=${2:-20}
 many=${3:-2000}
+only=${ONLY:-all}
+part() { [ "$only" = all ] || [ "$only" = "$1" ]; }
 command -v vmtouch >/dev/null || { apt-get update -qq && apt-get install -y -qq vmtouch >/dev/null; }
 scripts/setup
 cargo build --release --quiet
@@ -79,7 +82,7 @@ pin() { unpin; vmtouch -q -l -d -w -P "$w/vmtouch.pid" "$w/spool-$1"; }
 unpin() { [ -f "$w/vmtouch.pid" ] && kill "$(cat "$w/vmtouch.pid")" 2>/dev/null; rm -f "$w/vmtouch.pid"; }
 trap 'kill $sshd_pid 2>/dev/null || true; unpin || true' EXIT
 
-for m in "$n" "$((n * 2))"; do
+part full && for m in "$n" "$((n * 2))"; do
   echo "== full backup of $m messages for $users users (interleaved rounds)"
   pin "$m"
   cfg="$w/spool-$m/etc/imapd.conf"
@@ -89,7 +92,7 @@ for m in "$n" "$((n * 2))"; do
     "remote, shared ssh connection=$mp backup --remote '$(shared_for "$m")' --archive-dir '$w/a-shared'"
 done
 
-for spool in "$n" "u$many"; do
+part nochange && for spool in "$n" "u$many"; do
   pin "$spool"
   cfg="$w/spool-$spool/etc/imapd.conf"
   [ -d "$w/n-local-$spool" ] || "$mp" backup --config "$cfg" --archive-dir "$w/n-local-$spool" > /dev/null
@@ -102,6 +105,7 @@ for spool in "$n" "u$many"; do
 done
 
 unpin
+part traffic || exit 0
 echo "== agent traffic of a no-change run: same mailboxes, twice the messages"
 for m in "$n" "$((n * 2))"; do
   remote=$(ssh_for "$m")

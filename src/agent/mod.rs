@@ -88,10 +88,10 @@ pub trait Source {
     /// Pass 1 for a whole user: mailboxes with their records and metadata stats, and per-user
     /// files with theirs. Opens no mailbox.
     fn list_user(&mut self, user: &str) -> Result<UserListing>;
-    /// Says that `list_user(user)` will most likely come next, so a remote agent can send the
-    /// listing while the caller finishes other work (a commit). Asking for anything else first
-    /// is allowed; the listing is then dropped.
-    fn list_user_ahead(&mut self, _user: &str) -> Result<()> {
+    /// Says that `list_user` will be called for these users next, in this order, so a remote
+    /// agent can send their listings while the caller finishes other work (a commit). Asking
+    /// for anything else first is allowed; a listing the caller does not go on to is dropped.
+    fn list_ahead(&mut self, _users: &[String]) -> Result<()> {
         Ok(())
     }
     /// Pass 2: the mailbox's metadata under Cyrus's locks; its name lock stays held.

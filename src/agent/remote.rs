@@ -57,8 +57,11 @@ pub struct RemoteSource {
     broken: bool,
     /// Messages asked for by `fetch-many` whose answers have not been read yet, in order.
     pending: std::collections::VecDeque<(u32, Guid)>,
-    /// The user whose `list-user` was sent ahead and whose answer has not been read yet.
-    listing_ahead: Option<String>,
+    /// Users whose `list-user` was sent ahead, answers not read yet, in order.
+    ahead: std::collections::VecDeque<String>,
+    /// Listings asked for ahead and read off the wire (to let another request's answer
+    /// through) before their user's run asked for them, in order.
+    listed: std::collections::VecDeque<(String, Result<UserListing>)>,
 }
 
 fn stat_from(v: &Value) -> Result<Option<SourceStat>> {
@@ -173,7 +176,8 @@ impl RemoteSource {
             sent,
             broken: false,
             pending: std::collections::VecDeque::new(),
-            listing_ahead: None,
+            ahead: Default::default(),
+            listed: Default::default(),
         };
         s.send(
             FrameKind::Hello,
@@ -246,6 +250,7 @@ impl RemoteSource {
 
     /// Sends a request; returns its `REPLY`, or the agent's error.
     fn request(&mut self, req: Value) -> Result<Value> {
+        self.read_ahead(self.ahead.len())?;
         self.discard_pending()?;
         self.send(FrameKind::Request, &req)?;
         self.answer()
@@ -264,16 +269,22 @@ impl RemoteSource {
         }
     }
 
-    /// Reads and drops the answers to messages prefetched but never asked for (the caller
-    /// stopped early), and a listing sent ahead for a user the caller did not go on to, so the
-    /// next request's answer is the next thing on the wire.
-    fn discard_pending(&mut self) -> Result<()> {
-        if self.listing_ahead.take().is_some() {
-            match self.answer_listing() {
+    /// Reads the answers to the first `n` listings asked for ahead and keeps them for their
+    /// users' runs. A user's error is kept as its answer; a broken stream is the caller's.
+    fn read_ahead(&mut self, n: usize) -> Result<()> {
+        for user in self.ahead.drain(..n).collect::<Vec<_>>() {
+            let listing = self.answer_listing();
+            match listing {
                 Err(e) if self.broken => return Err(e),
-                _ => {}
+                listing => self.listed.push_back((user, listing)),
             }
         }
+        Ok(())
+    }
+
+    /// Reads and drops the answers to messages prefetched but never asked for (the caller
+    /// stopped early), so the next request's answer is the next thing on the wire.
+    fn discard_pending(&mut self) -> Result<()> {
         while self.pending.pop_front().is_some() {
             match self.answer() {
                 Ok(_) => drop(FileStream::new(self, u64::MAX, None)),
@@ -436,21 +447,36 @@ impl Source for RemoteSource {
             .collect()
     }
 
+    /// Listings asked for ahead are used in the order they were asked for: one for a user the
+    /// caller did not go on to is dropped, so no listing is used long after it was taken.
     fn list_user(&mut self, user: &str) -> Result<UserListing> {
-        if self.listing_ahead.as_deref() != Some(user) {
-            self.list_user_ahead(user)?;
+        loop {
+            if let Some((listed, listing)) = self.listed.pop_front() {
+                if listed == user {
+                    return listing;
+                }
+            } else if self.ahead.is_empty() {
+                self.list_ahead(&[user.to_string()])?;
+            } else {
+                self.read_ahead(1)?;
+            }
         }
-        self.listing_ahead = None;
-        self.answer_listing()
     }
 
-    fn list_user_ahead(&mut self, user: &str) -> Result<()> {
+    fn list_ahead(&mut self, users: &[String]) -> Result<()> {
         self.discard_pending()?;
-        self.send(
-            FrameKind::Request,
-            &json!({ "op": "list-user", "user": user }),
-        )?;
-        self.listing_ahead = Some(user.to_string());
+        let peer = self.peer.clone();
+        // One write for them all: the agent answers them back to back, and ssh carries them
+        // as one packet each way.
+        users
+            .iter()
+            .try_for_each(|user| {
+                let request = json!({ "op": "list-user", "user": user }).to_string();
+                write_frame(&mut self.out, FrameKind::Request, request.as_bytes())
+            })
+            .and_then(|_| self.out.flush())
+            .map_err(|e| Error::usage(format!("{peer}: {e}")))?;
+        self.ahead.extend(users.iter().cloned());
         Ok(())
     }
 

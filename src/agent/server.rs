@@ -138,6 +138,16 @@ impl<W: Write> Write for Outbound<W> {
 }
 
 impl<R: Read> Inbound<R> {
+    /// Whether more of the client's requests are already here (it sent several at once): then
+    /// this answer waits in the buffer and goes out with theirs, in one write.
+    fn has_buffered_input(&self) -> bool {
+        match self {
+            Inbound::Plain(r) => !r.buffer().is_empty(),
+            // The decoder's own state is not visible; every answer is flushed.
+            Inbound::Deflate(_) => false,
+        }
+    }
+
     pub(crate) fn into_deflate(self) -> Self {
         match self {
             Inbound::Plain(r) => Inbound::Deflate(flate2::read::DeflateDecoder::new(r)),
@@ -348,6 +358,8 @@ pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) ->
         if let Err(e) = result {
             send_json(&mut out, FrameKind::Error, &error_json(&e))?;
         }
-        out.flush().map_err(io_err)?;
+        if !inbound.has_buffered_input() {
+            out.flush().map_err(io_err)?;
+        }
     }
 }

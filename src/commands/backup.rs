@@ -1,6 +1,7 @@
 //! `mailpack backup`: every user (or those named) of a Cyrus server into per-user archives, one
 //! committed run per user, users in parallel; one user's failure does not stop the others.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -11,6 +12,12 @@ use crate::error::{Error, Result};
 use crate::scan::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::spool::{LockOptions, Spool};
 use crate::store::{list_archives, ArchivePaths, StoreWriter, WriterOptions};
+
+/// How many users a worker claims at once after a quick run (one that read no message file):
+/// their listings then cross in one round trip, which on a run that finds nothing changed is
+/// most of the remote cost per user. Near the end of the list batches shrink to one user, so a
+/// slow user in a batch cannot leave the other workers idle for long.
+const QUICK_BATCH: usize = 8;
 
 /// Where the spool is read: here, or through an agent on the mail host.
 #[derive(Clone, Debug)]
@@ -150,23 +157,35 @@ pub fn backup(
                 // session that failed is replaced for the next user.
                 let mut source: Option<Box<dyn Source + Send + '_>> =
                     spare.lock().expect("never poisoned").pop();
-                // The next user is claimed as late as possible, when the current run is about
-                // to commit (its listing is then asked for ahead): claimed any earlier, it
-                // could wait behind a long run while another worker sat idle.
-                let mut claimed: Option<usize> = None;
+                // The next users are claimed as late as possible, when the current run is
+                // about to commit (their listings are then asked for ahead): claimed any
+                // earlier, they could wait behind a long run while another worker sat idle.
+                let mut claimed: VecDeque<usize> = VecDeque::new();
                 loop {
                     let i = claimed
-                        .take()
+                        .pop_front()
                         .unwrap_or_else(|| next.fetch_add(1, Ordering::SeqCst));
                     let Some((user, gone)) = work.get(i) else {
                         return;
                     };
-                    let mut claim_next = || {
-                        let j = next.fetch_add(1, Ordering::SeqCst);
-                        claimed = Some(j);
-                        work.get(j)
+                    let mut claim_next = |report: &UserReport| {
+                        if !claimed.is_empty() {
+                            return Vec::new();
+                        }
+                        let left = work.len().saturating_sub(next.load(Ordering::SeqCst));
+                        let batch = if report.message_files_read == 0 {
+                            (left / (4 * jobs)).clamp(1, QUICK_BATCH)
+                        } else {
+                            1
+                        };
+                        let first = next.fetch_add(batch, Ordering::SeqCst);
+                        claimed.extend((first..first + batch).filter(|&j| j < work.len()));
+                        claimed
+                            .iter()
+                            .map(|&j| &work[j])
                             .filter(|(_, gone)| !gone)
                             .map(|(u, _)| u.clone())
+                            .collect()
                     };
                     let result = (|| {
                         if source.is_none() && !*gone {
@@ -230,7 +249,7 @@ fn one_user(
     user_options: &UserOptions,
     user: &str,
     gone: bool,
-    next_user: &mut dyn FnMut() -> Option<String>,
+    next_users: &mut dyn FnMut(&UserReport) -> Vec<String>,
 ) -> Result<Option<UserReport>> {
     let paths = ArchivePaths::for_user(&options.archive_dir, user)?;
     if gone && !paths.archive.exists() {
@@ -243,7 +262,7 @@ fn one_user(
             Some(r) => r,
             None => return Ok(None),
         },
-        (false, Some(source)) => backup_user(source, user, &mut store, user_options, next_user)?,
+        (false, Some(source)) => backup_user(source, user, &mut store, user_options, next_users)?,
         (false, None) => unreachable!("a source is opened for every user on the server"),
     };
     // Repairs made while opening are worth an operator's attention.

@@ -49,14 +49,15 @@ pub struct UserReport {
 /// reported and skipped; an error is returned only when the archive could not be written or
 /// the source failed as a whole (then nothing of this run is committed).
 ///
-/// `next_user` is asked, once this run needs nothing more from `source`, which user the caller
-/// will back up next through it; that user's listing is asked for before this run commits.
+/// `next_users` is asked, once this run needs nothing more from `source`, which users the caller
+/// will back up next through it (given this run's report so far, to judge how long they may
+/// take); their listings are asked for before this run commits.
 pub fn backup_user(
     source: &mut dyn Source,
     user: &str,
     store: &mut StoreWriter,
     options: &UserOptions,
-    next_user: &mut dyn FnMut() -> Option<String>,
+    next_users: &mut dyn FnMut(&UserReport) -> Vec<String>,
 ) -> Result<UserReport> {
     let started = Instant::now();
     let start_len = store.archive().committed_len();
@@ -139,11 +140,12 @@ pub fn backup_user(
         &mut report,
     )?;
     drop(recorded);
-    // Over ssh the next listing's round trip then overlaps this commit's syncs, which is most
+    // Over ssh the next listings' round trip then overlaps this commit's syncs, which is most
     // of what a run that finds nothing changed waits for. A request that cannot be sent is not
     // this run's failure: the session is broken, and the next user's own request reports it.
-    if let Some(next) = next_user() {
-        let _ = source.list_user_ahead(&next);
+    let next = next_users(&report);
+    if !next.is_empty() {
+        let _ = source.list_ahead(&next);
     }
     let traffic = source.traffic();
     report.wire_bytes = traffic.0 + traffic.1 - traffic_before.0 - traffic_before.1;

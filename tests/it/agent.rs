@@ -66,7 +66,9 @@ fn backup_through(source: &mut dyn Source, dir: &Path, user: &str) -> mailpack::
     let paths = ArchivePaths::for_user(dir, user).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let mut store = StoreWriter::open(&paths, &WriterOptions::default(), &mut Vec::new())?;
-    backup_user(source, user, &mut store, &user_options(), &mut || None)
+    backup_user(source, user, &mut store, &user_options(), &mut |_| {
+        Vec::new()
+    })
 }
 
 fn local_backup(config: &Path, dir: &Path, user: &str) -> UserReport {
@@ -176,11 +178,12 @@ impl<W: Write> Write for Cut<W> {
     }
 }
 
-/// A backup asks for the next user's listing before it commits the current user's run. The
-/// answer must be that user's listing; asked for and not gone on to (another user, another
-/// request, an error, the end of the session), it must be dropped with the session in step.
+/// A backup asks for the next users' listings before it commits the current user's run. Each
+/// answer must be its user's listing, also when another request's answer had to get past it
+/// first; asked for and not gone on to (another user, an error, the end of the session), it
+/// must be dropped with the session in step.
 #[test]
-fn a_listing_asked_for_ahead_is_that_users_and_one_not_gone_on_to_is_dropped_in_step() {
+fn listings_asked_for_ahead_are_their_users_and_those_not_gone_on_to_are_dropped_in_step() {
     let work = TempDir::new("agent-listing-ahead");
     let config = fixture_spool(work.path());
     let (mut client, agent) = piped(&config, false, None);
@@ -188,41 +191,48 @@ fn a_listing_asked_for_ahead_is_that_users_and_one_not_gone_on_to_is_dropped_in_
     assert!(users.len() >= 2, "{users:?}");
     let direct: Vec<_> = users.iter().map(|u| client.list_user(u).unwrap()).collect();
     assert!(direct.iter().all(|l| !l.mailboxes.is_empty()), "{direct:?}");
-
-    for (user, listing) in users.iter().zip(&direct) {
+    let ahead = |client: &mut RemoteSource, users: &[&str]| {
         let sent = client.traffic().1;
-        client.list_user_ahead(user).unwrap();
-        assert!(client.traffic().1 > sent, "the request leaves at once");
-        assert_eq!(&client.list_user(user).unwrap(), listing, "{user}");
-    }
-    client.list_user_ahead(&users[0]).unwrap();
-    assert_eq!(client.list_user(&users[1]).unwrap(), direct[1]);
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        client.list_ahead(&users).unwrap();
+        assert!(client.traffic().1 > sent, "the requests leave at once");
+    };
+    let (first, second) = (users[0].as_str(), users[1].as_str());
 
-    // Another request first: a mailbox opened, whose metadata is the one the listing stats.
-    client.list_user_ahead(&users[1]).unwrap();
+    ahead(&mut client, &[first, second]);
+    assert_eq!(client.list_user(first).unwrap(), direct[0]);
+    assert_eq!(client.list_user(second).unwrap(), direct[1]);
+    ahead(&mut client, &[first]);
+    assert_eq!(client.list_user(second).unwrap(), direct[1]);
+
+    // A mailbox opened while two listings are on the wire, whose metadata is the one the
+    // listing stats; the listings are still there afterwards.
+    ahead(&mut client, &[second, first]);
     let mailbox = direct[0]
         .mailboxes
         .iter()
         .find(|m| m.uniqueid.is_some())
         .unwrap();
     let opened = client
-        .open_mailbox(&users[0], mailbox.uniqueid.as_deref().unwrap())
+        .open_mailbox(first, mailbox.uniqueid.as_deref().unwrap())
         .unwrap();
     assert_eq!(opened.stats, mailbox.stats);
     mailpack::spool::index::parse(&opened.index).unwrap();
     client.close_mailbox().unwrap();
+    assert_eq!(client.list_user(second).unwrap(), direct[1]);
+    assert_eq!(client.list_user(first).unwrap(), direct[0]);
 
-    // The agent refuses a bad user name: asked ahead and dropped, the refusal goes with it;
+    // The agent refuses a bad user name: asked ahead and skipped, the refusal goes with it;
     // asked ahead and gone on to, it is the answer.
-    client.list_user_ahead("../etc").unwrap();
-    assert_eq!(client.list_user(&users[0]).unwrap(), direct[0]);
-    client.list_user_ahead("../etc").unwrap();
+    ahead(&mut client, &["../etc", second]);
+    assert_eq!(client.list_user(second).unwrap(), direct[1]);
+    ahead(&mut client, &["../etc"]);
     let refused = client.list_user("../etc").unwrap_err().to_string();
     assert!(refused.contains("../etc"), "{refused}");
-    assert_eq!(client.list_user(&users[1]).unwrap(), direct[1]);
+    assert_eq!(client.list_user(first).unwrap(), direct[0]);
 
     // Still waiting at the end: the session ends cleanly.
-    client.list_user_ahead(&users[0]).unwrap();
+    ahead(&mut client, &[first, second]);
     drop(client);
     agent.join().unwrap().unwrap();
 }
@@ -594,7 +604,7 @@ fn a_remote_backup_over_real_ssh_equals_a_local_backup_of_the_same_server() {
         sshd.key.display(),
         sshd.port
     );
-    // With one job, every user's run but the last asks for the next one's listing before it
+    // With one job, every user's run but the last asks for the next ones' listings before it
     // commits: the first, full run goes through that path.
     for compress in [false, true] {
         let mut args = vec![
