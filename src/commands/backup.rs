@@ -141,6 +141,11 @@ pub fn backup(
     };
 
     let next = AtomicUsize::new(0);
+    // In process a listing costs no round trip, so there is nothing to batch.
+    let quick_batch = match options.spool {
+        SpoolAccess::Local { .. } => 1,
+        SpoolAccess::Remote { .. } => QUICK_BATCH,
+    };
     let (tx, rx) = mpsc::channel::<UserOutcome>();
     let mut summary = BackupSummary {
         users: total,
@@ -174,7 +179,7 @@ pub fn backup(
                         }
                         let left = work.len().saturating_sub(next.load(Ordering::SeqCst));
                         let batch = if report.message_files_read == 0 {
-                            (left / (4 * jobs)).clamp(1, QUICK_BATCH)
+                            (left / (4 * jobs)).clamp(1, quick_batch)
                         } else {
                             1
                         };

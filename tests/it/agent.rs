@@ -571,10 +571,24 @@ fn start_sshd(dir: &Path, agent_command: &str) -> Sshd {
     panic!("sshd did not listen on {port}");
 }
 
+/// Over a real sshd: a full remote backup, then changes to a few of many users, then remote
+/// runs that find most users unchanged (the worker asks for their listings in batches; a
+/// changed user sits inside a batch), then one with compression. The remote archives' latest
+/// state must equal a local backup of the final server state, user for user.
 #[test]
 fn a_remote_backup_over_real_ssh_equals_a_local_backup_of_the_same_server() {
     let server = CyrusServer::start(CyrusOptions::default());
     populate(&server);
+    let many: Vec<String> = (0..30).map(|i| format!("user{i:02}")).collect();
+    for user in &many {
+        server.create_user(user);
+    }
+    let recipients: Vec<&str> = many.iter().map(String::as_str).collect();
+    let mail = |subject: &str| {
+        format!("From: someone@example.com\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.com>\r\n\r\nHello.\r\n")
+            .into_bytes()
+    };
+    server.deliver_many("someone@example.com", &recipients, &[mail("first")]);
     let work = TempDir::new("agent-ssh");
     let bin = env!("CARGO_BIN_EXE_mailpack");
     let sshd = start_sshd(
@@ -590,7 +604,54 @@ fn a_remote_backup_over_real_ssh_equals_a_local_backup_of_the_same_server() {
             "{args:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+        String::from_utf8_lossy(&o.stdout).into_owned()
     };
+    let ssh = format!(
+        "ssh -i {} -p {} -o BatchMode=yes -o StrictHostKeyChecking=no \
+         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR cyrus@127.0.0.1 mailpack agent",
+        sshd.key.display(),
+        sshd.port
+    );
+    let remote_backup = |extra: &[&str]| {
+        let mut args = vec![
+            "backup",
+            "--remote",
+            ssh.as_str(),
+            "--archive-dir",
+            remote.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+    remote_backup(&["--jobs", "1"]);
+
+    // A flag on one user, a new message for another, both in the middle of the list.
+    let mut imap = server.imap("user07");
+    imap.select("INBOX");
+    imap.uid_store("1", "+FLAGS", &["\\Flagged"]);
+    imap.logout();
+    server.lmtp_deliver("someone@example.com", &["user19"], &mail("second"));
+
+    let changed = |json: &str| -> Vec<String> {
+        let mut users: Vec<String> = json
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["type"] == "user" && v["data"]["changed"].as_u64() != Some(0))
+            .map(|v| v["data"]["user"].as_str().unwrap().to_string())
+            .collect();
+        users.sort();
+        users
+    };
+    assert_eq!(
+        changed(&remote_backup(&["--jobs", "1"])),
+        ["user07", "user19"]
+    );
+    assert_eq!(
+        changed(&remote_backup(&["--remote-compress"])),
+        Vec::<String>::new()
+    );
+
     run(&[
         "backup",
         "--config",
@@ -598,30 +659,7 @@ fn a_remote_backup_over_real_ssh_equals_a_local_backup_of_the_same_server() {
         "--archive-dir",
         local.to_str().unwrap(),
     ]);
-    let ssh = format!(
-        "ssh -i {} -p {} -o BatchMode=yes -o StrictHostKeyChecking=no \
-         -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR cyrus@127.0.0.1 mailpack agent",
-        sshd.key.display(),
-        sshd.port
-    );
-    // With one job, every user's run but the last asks for the next ones' listings before it
-    // commits: the first, full run goes through that path.
-    for compress in [false, true] {
-        let mut args = vec![
-            "backup",
-            "--remote",
-            ssh.as_str(),
-            "--archive-dir",
-            remote.to_str().unwrap(),
-        ];
-        if compress {
-            args.push("--remote-compress");
-        } else {
-            args.extend(["--jobs", "1"]);
-        }
-        run(&args);
-    }
-    for user in ["alice", "bob"] {
+    for user in ["alice", "bob"].into_iter().chain(recipients) {
         assert_eq!(content(&remote, user), content(&local, user), "{user}");
     }
 }
