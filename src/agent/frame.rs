@@ -71,6 +71,15 @@ impl FrameError {
 
 /// Reads one frame. The length is checked against `MAX_FRAME` before the payload is allocated.
 pub fn read_frame(r: &mut impl Read) -> std::result::Result<Frame, FrameError> {
+    let (kind, len) = read_header(r)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).map_err(cut)?;
+    Ok(Frame { kind, payload })
+}
+
+/// A frame's kind and payload length, checked; the payload follows on `r`. A reader of a
+/// file's `DATA` frames reads their payload straight into its own buffer with `read_payload`.
+pub fn read_header(r: &mut impl Read) -> std::result::Result<(FrameKind, usize), FrameError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -97,9 +106,27 @@ pub fn read_frame(r: &mut impl Read) -> std::result::Result<Frame, FrameError> {
     r.read_exact(&mut kind).map_err(cut)?;
     let kind = FrameKind::from_byte(kind[0])
         .ok_or_else(|| FrameError::Protocol(format!("unknown frame kind {}", kind[0])))?;
-    let mut payload = vec![0u8; len - 1];
-    r.read_exact(&mut payload).map_err(cut)?;
-    Ok(Frame { kind, payload })
+    Ok((kind, len - 1))
+}
+
+/// Reads some of a payload whose header said `left` more bytes follow: at least one byte
+/// when `out` is not empty, at most `left`.
+pub fn read_payload(
+    r: &mut impl Read,
+    out: &mut [u8],
+    left: usize,
+) -> std::result::Result<usize, FrameError> {
+    let want = out.len().min(left);
+    loop {
+        match r.read(&mut out[..want]) {
+            Ok(0) if want > 0 => {
+                return Err(FrameError::Protocol("stream ends inside a frame".into()))
+            }
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
 }
 
 fn cut(e: io::Error) -> FrameError {
@@ -216,5 +243,34 @@ mod tests {
             Err(FrameError::Protocol(_))
         ));
         assert!(matches!(read_frame(&mut &[][..]), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn a_payload_read_in_pieces_stops_at_its_end_and_a_cut_one_is_an_error() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameKind::Data, b"hello world").unwrap();
+        write_frame(&mut buf, FrameKind::End, b"{}").unwrap();
+        let mut r = &buf[..];
+        let (kind, mut left) = read_header(&mut r).unwrap();
+        assert_eq!((kind, left), (FrameKind::Data, 11));
+        let mut got = Vec::new();
+        let mut piece = [0u8; 4];
+        while left > 0 {
+            let n = read_payload(&mut r, &mut piece, left).unwrap();
+            got.extend_from_slice(&piece[..n]);
+            left -= n;
+        }
+        assert_eq!(got, b"hello world");
+        assert_eq!(read_frame(&mut r).unwrap().kind, FrameKind::End);
+
+        let cut = &buf[..9];
+        let mut r = cut;
+        let (_, left) = read_header(&mut r).unwrap();
+        let mut all = [0u8; 64];
+        assert_eq!(read_payload(&mut r, &mut all, left).unwrap(), 4);
+        match read_payload(&mut r, &mut all, left - 4) {
+            Err(FrameError::Protocol(m)) => assert!(m.contains("inside a frame"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::frame::{read_frame, unbase64, write_frame, Frame, FrameKind, STREAM_BUFFER};
+use super::frame::{
+    read_frame, read_header, read_payload, unbase64, write_frame, Frame, FrameKind, STREAM_BUFFER,
+};
 use super::server::{error_from_json, Inbound, Outbound, MAX_LISTING, PROTOCOL, VERSION};
 use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
 use crate::archive::SourceStat;
@@ -236,6 +238,38 @@ impl RemoteSource {
         })
     }
 
+    /// The next frame's kind and payload length, for a payload read with `payload` (a file's
+    /// `DATA`, straight into the reader's buffer) or `rest_of_frame`.
+    fn header(&mut self) -> Result<(FrameKind, usize)> {
+        if self.broken {
+            return Err(Error::usage(format!(
+                "{}: the session is out of step",
+                self.peer
+            )));
+        }
+        read_header(&mut self.inbound).map_err(|e| {
+            self.broken = true;
+            e.into_error(&self.peer)
+        })
+    }
+
+    /// Some of the payload `header` announced, `left` bytes of which are still to come.
+    fn payload(&mut self, out: &mut [u8], left: usize) -> Result<usize> {
+        read_payload(&mut self.inbound, out, left).map_err(|e| {
+            self.broken = true;
+            e.into_error(&self.peer)
+        })
+    }
+
+    fn rest_of_frame(&mut self, kind: FrameKind, len: usize) -> Result<Frame> {
+        let mut payload = vec![0u8; len];
+        let mut at = 0;
+        while at < len {
+            at += self.payload(&mut payload[at..], len - at)?;
+        }
+        Ok(Frame { kind, payload })
+    }
+
     fn unexpected(&mut self, f: &Frame) -> Error {
         self.broken = true;
         match f.kind {
@@ -332,8 +366,9 @@ struct FileStream<'a> {
     expected: Option<Guid>,
     hasher: sha1::Sha1,
     count: u64,
-    buf: Vec<u8>,
-    at: usize,
+    /// Bytes of the current `DATA` frame not read yet: they are read straight into the
+    /// caller's buffer, with no copy of the frame of our own.
+    left: usize,
     done: bool,
     max: u64,
 }
@@ -345,32 +380,31 @@ impl<'a> FileStream<'a> {
             expected,
             hasher: sha1::Sha1::default(),
             count: 0,
-            buf: Vec::new(),
-            at: 0,
+            left: 0,
             done: false,
             max,
         }
     }
 
     fn next_frame(&mut self) -> io::Result<()> {
-        let f = self.source.frame().map_err(io::Error::other)?;
-        match f.kind {
-            FrameKind::Data => {
-                if self.expected.is_none() {
-                    sha1::Digest::update(&mut self.hasher, &f.payload);
-                }
-                self.count += f.payload.len() as u64;
-                if self.count > self.max {
-                    self.source.broken = true;
-                    return Err(io::Error::other(format!(
-                        "{}: a file longer than {} bytes",
-                        self.source.peer, self.max
-                    )));
-                }
-                self.buf = f.payload;
-                self.at = 0;
-                Ok(())
+        let (kind, len) = self.source.header().map_err(io::Error::other)?;
+        if kind == FrameKind::Data {
+            self.count += len as u64;
+            if self.count > self.max {
+                self.source.broken = true;
+                return Err(io::Error::other(format!(
+                    "{}: a file longer than {} bytes",
+                    self.source.peer, self.max
+                )));
             }
+            self.left = len;
+            return Ok(());
+        }
+        let f = self
+            .source
+            .rest_of_frame(kind, len)
+            .map_err(io::Error::other)?;
+        match f.kind {
             FrameKind::End => {
                 self.done = true;
                 let v: Value = serde_json::from_slice(&f.payload).unwrap_or(Value::Null);
@@ -408,24 +442,34 @@ impl<'a> FileStream<'a> {
 
 impl Read for FileStream<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.buf.len() {
+        while self.left == 0 {
             if self.done {
                 return Ok(0);
             }
             self.next_frame()?;
         }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
+        let n = self
+            .source
+            .payload(out, self.left)
+            .map_err(io::Error::other)?;
+        if self.expected.is_none() {
+            sha1::Digest::update(&mut self.hasher, &out[..n]);
+        }
+        self.left -= n;
         Ok(n)
     }
 }
 
 impl Drop for FileStream<'_> {
     fn drop(&mut self) {
+        let mut skipped = [0u8; 8192];
         while !self.done && !self.source.broken {
-            self.at = self.buf.len();
-            if self.next_frame().is_err() && !self.done {
+            if self.left > 0 {
+                match self.source.payload(&mut skipped, self.left) {
+                    Ok(n) => self.left -= n,
+                    Err(_) => return,
+                }
+            } else if self.next_frame().is_err() && !self.done {
                 self.source.broken = true;
             }
         }
