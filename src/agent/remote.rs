@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::frame::{
-    read_frame, read_header, read_payload, unbase64, write_frame, Frame, FrameKind, STREAM_BUFFER,
+    read_header, read_payload, unbase64, write_frame, Frame, FrameKind, STREAM_BUFFER,
 };
 use super::server::{error_from_json, Inbound, Outbound, MAX_LISTING, PROTOCOL, VERSION};
 use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
@@ -62,7 +62,7 @@ pub struct RemoteSource {
     /// Users whose `list-user` was sent ahead, answers not read yet, in order.
     ahead: std::collections::VecDeque<String>,
     /// Listings asked for ahead and read off the wire (to let another request's answer
-    /// through) before their user's run asked for them, in order.
+    /// through) before their user's run asked for them, in order: at most one batch of them.
     listed: std::collections::VecDeque<(String, Result<UserListing>)>,
 }
 
@@ -219,33 +219,37 @@ impl RemoteSource {
     }
 
     fn send(&mut self, kind: FrameKind, v: &Value) -> Result<()> {
-        let peer = self.peer.clone();
-        write_frame(&mut self.out, kind, v.to_string().as_bytes())
-            .and_then(|_| self.out.flush())
-            .map_err(|e| Error::usage(format!("{peer}: {e}")))
+        self.send_all(kind, std::slice::from_ref(v))
+    }
+
+    /// Frames in one write. A write that failed may have sent some of them: the stream is then
+    /// out of step.
+    fn send_all(&mut self, kind: FrameKind, values: &[Value]) -> Result<()> {
+        let out = &mut self.out;
+        let sent = values
+            .iter()
+            .try_for_each(|v| write_frame(&mut *out, kind, v.to_string().as_bytes()))
+            .and_then(|_| out.flush());
+        sent.map_err(|e| {
+            self.broken = true;
+            Error::usage(format!("{}: {e}", self.peer))
+        })
     }
 
     fn frame(&mut self) -> Result<Frame> {
-        if self.broken {
-            return Err(Error::usage(format!(
-                "{}: the session is out of step",
-                self.peer
-            )));
-        }
-        read_frame(&mut self.inbound).map_err(|e| {
-            self.broken = true;
-            e.into_error(&self.peer)
-        })
+        let (kind, len) = self.header()?;
+        self.rest_of_frame(kind, len)
+    }
+
+    fn out_of_step(&self) -> Error {
+        Error::usage(format!("{}: the session is out of step", self.peer))
     }
 
     /// The next frame's kind and payload length, for a payload read with `payload` (a file's
     /// `DATA`, straight into the reader's buffer) or `rest_of_frame`.
     fn header(&mut self) -> Result<(FrameKind, usize)> {
         if self.broken {
-            return Err(Error::usage(format!(
-                "{}: the session is out of step",
-                self.peer
-            )));
+            return Err(self.out_of_step());
         }
         read_header(&mut self.inbound).map_err(|e| {
             self.broken = true;
@@ -284,7 +288,7 @@ impl RemoteSource {
 
     /// Sends a request; returns its `REPLY`, or the agent's error.
     fn request(&mut self, req: Value) -> Result<Value> {
-        self.read_ahead(self.ahead.len())?;
+        self.read_listings_sent_ahead(self.ahead.len())?;
         self.discard_pending()?;
         self.send(FrameKind::Request, &req)?;
         self.answer()
@@ -294,8 +298,11 @@ impl RemoteSource {
     fn answer(&mut self) -> Result<Value> {
         let f = self.frame()?;
         match f.kind {
-            FrameKind::Reply => serde_json::from_slice(&f.payload)
-                .map_err(|e| Error::usage(format!("{}: bad REPLY: {e}", self.peer))),
+            // What follows the REPLY (files) cannot be told apart without it.
+            FrameKind::Reply => serde_json::from_slice(&f.payload).map_err(|e| {
+                self.broken = true;
+                Error::usage(format!("{}: bad REPLY: {e}", self.peer))
+            }),
             FrameKind::Error => Err(error_from_json(
                 &serde_json::from_slice(&f.payload).unwrap_or(Value::Null),
             )),
@@ -305,7 +312,7 @@ impl RemoteSource {
 
     /// Reads the answers to the first `n` listings asked for ahead and keeps them for their
     /// users' runs. A user's error is kept as its answer; a broken stream is the caller's.
-    fn read_ahead(&mut self, n: usize) -> Result<()> {
+    fn read_listings_sent_ahead(&mut self, n: usize) -> Result<()> {
         for user in self.ahead.drain(..n).collect::<Vec<_>>() {
             let listing = self.answer_listing();
             match listing {
@@ -326,10 +333,7 @@ impl RemoteSource {
                 Err(_) => {}
             }
             if self.broken {
-                return Err(Error::usage(format!(
-                    "{}: the session is out of step",
-                    self.peer
-                )));
+                return Err(self.out_of_step());
             }
         }
         Ok(())
@@ -491,8 +495,10 @@ impl Source for RemoteSource {
             .collect()
     }
 
-    /// Listings asked for ahead are used in the order they were asked for: one for a user the
-    /// caller did not go on to is dropped, so no listing is used long after it was taken.
+    /// Listings asked for ahead are used in the order they were asked for, and one for a user
+    /// the caller did not go on to is dropped. A listing is as of when the agent answered,
+    /// which may be a few runs earlier: a change after it is seen by the next backup, exactly
+    /// as a change made just after any listing is.
     fn list_user(&mut self, user: &str) -> Result<UserListing> {
         loop {
             if let Some((listed, listing)) = self.listed.pop_front() {
@@ -502,24 +508,20 @@ impl Source for RemoteSource {
             } else if self.ahead.is_empty() {
                 self.list_ahead(&[user.to_string()])?;
             } else {
-                self.read_ahead(1)?;
+                self.read_listings_sent_ahead(1)?;
             }
         }
     }
 
     fn list_ahead(&mut self, users: &[String]) -> Result<()> {
         self.discard_pending()?;
-        let peer = self.peer.clone();
         // One write for them all: the agent answers them back to back, and ssh carries them
         // as one packet each way.
-        users
+        let requests: Vec<Value> = users
             .iter()
-            .try_for_each(|user| {
-                let request = json!({ "op": "list-user", "user": user }).to_string();
-                write_frame(&mut self.out, FrameKind::Request, request.as_bytes())
-            })
-            .and_then(|_| self.out.flush())
-            .map_err(|e| Error::usage(format!("{peer}: {e}")))?;
+            .map(|user| json!({ "op": "list-user", "user": user }))
+            .collect();
+        self.send_all(FrameKind::Request, &requests)?;
         self.ahead.extend(users.iter().cloned());
         Ok(())
     }
@@ -531,7 +533,10 @@ impl Source for RemoteSource {
         let stats = v["stats"]
             .as_array()
             .filter(|s| s.len() == 3)
-            .ok_or_else(|| Error::usage("agent sent bad stats"))?;
+            .ok_or_else(|| {
+                self.broken = true;
+                Error::usage("agent sent bad stats")
+            })?;
         let stats = [
             stat_from(&stats[0])?,
             stat_from(&stats[1])?,
@@ -586,9 +591,10 @@ impl Source for RemoteSource {
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let size = v["size"]
-            .as_u64()
-            .ok_or_else(|| Error::usage("agent sent no size"))?;
+        let size = v["size"].as_u64().ok_or_else(|| {
+            self.broken = true;
+            Error::usage("agent sent no size")
+        })?;
         Ok(Some(MessageFile {
             size,
             reader: Box::new(FileStream::new(self, size, Some(*guid))),

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 
 use crate::agent::{LocalSource, RemoteSource, Source};
 use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
@@ -140,9 +140,9 @@ pub fn backup(
         time: super::now(),
     };
 
-    let next = AtomicUsize::new(0);
+    let claims = Claims::new(work.len(), jobs);
     // In process a listing costs no round trip, so there is nothing to batch.
-    let quick_batch = match options.spool {
+    let batch_limit = match options.spool {
         SpoolAccess::Local { .. } => 1,
         SpoolAccess::Remote { .. } => QUICK_BATCH,
     };
@@ -153,41 +153,30 @@ pub fn backup(
         with_problems: 0,
     };
     std::thread::scope(|scope| {
-        for _ in 0..jobs {
+        for worker in 0..jobs {
             let tx = tx.clone();
-            let (work, next, writer, user_options, open_source, spare) =
-                (&work, &next, &writer, &user_options, &open_source, &spare);
+            let (work, claims, writer, user_options, open_source, spare) =
+                (&work, &claims, &writer, &user_options, &open_source, &spare);
             scope.spawn(move || {
                 // One source per worker: an agent session serves one request at a time. A
                 // session that failed is replaced for the next user.
                 let mut source: Option<Box<dyn Source + Send + '_>> =
                     spare.lock().expect("never poisoned").pop();
-                // The next users are claimed as late as possible, when the current run is
-                // about to commit (their listings are then asked for ahead): claimed any
-                // earlier, they could wait behind a long run while another worker sat idle.
-                let mut claimed: VecDeque<usize> = VecDeque::new();
-                loop {
-                    let i = claimed
-                        .pop_front()
-                        .unwrap_or_else(|| next.fetch_add(1, Ordering::SeqCst));
-                    let Some((user, gone)) = work.get(i) else {
-                        return;
-                    };
+                while let Some(i) = claims.take(worker) {
+                    let (user, gone) = &work[i];
+                    // The next users are claimed when this run is about to commit, and their
+                    // listings asked for ahead; after a quick run (no message file read), a
+                    // batch of them.
                     let mut claim_next = |report: &UserReport| {
-                        if !claimed.is_empty() {
-                            return Vec::new();
-                        }
-                        let left = work.len().saturating_sub(next.load(Ordering::SeqCst));
-                        let batch = if report.message_files_read == 0 {
-                            (left / (4 * jobs)).clamp(1, quick_batch)
+                        let limit = if report.message_files_read == 0 {
+                            batch_limit
                         } else {
                             1
                         };
-                        let first = next.fetch_add(batch, Ordering::SeqCst);
-                        claimed.extend((first..first + batch).filter(|&j| j < work.len()));
-                        claimed
-                            .iter()
-                            .map(|&j| &work[j])
+                        claims
+                            .claim(worker, limit)
+                            .into_iter()
+                            .map(|j| &work[j])
                             .filter(|(_, gone)| !gone)
                             .map(|(u, _)| u.clone())
                             .collect()
@@ -247,6 +236,61 @@ pub fn backup(
     Ok(summary)
 }
 
+/// Which worker backs up which user. Users are handed out in order from a shared cursor. A
+/// worker may claim several at once into its own queue (their listings are then asked for in
+/// one round trip); once the cursor has run out, an idle worker takes the last user of another
+/// worker's queue, so no claimed user waits behind a slow run while a worker sits idle. (The
+/// listing the owner asked for is then dropped unread by its source, see `Source::list_ahead`.)
+struct Claims {
+    next: AtomicUsize,
+    total: usize,
+    queues: Vec<Mutex<VecDeque<usize>>>,
+}
+
+impl Claims {
+    fn new(total: usize, workers: usize) -> Claims {
+        Claims {
+            next: AtomicUsize::new(0),
+            total,
+            queues: (0..workers).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn queue(&self, worker: usize) -> std::sync::MutexGuard<'_, VecDeque<usize>> {
+        self.queues[worker].lock().expect("never poisoned")
+    }
+
+    /// The next user for `worker`: its own claims first, then the cursor, then another
+    /// worker's last claim. `None` when every user has been taken.
+    fn take(&self, worker: usize) -> Option<usize> {
+        if let Some(i) = self.queue(worker).pop_front() {
+            return Some(i);
+        }
+        let i = self.next.fetch_add(1, Ordering::SeqCst);
+        if i < self.total {
+            return Some(i);
+        }
+        (0..self.queues.len())
+            .filter(|&other| other != worker)
+            .find_map(|other| self.queue(other).pop_back())
+    }
+
+    /// Claims the users `worker` takes next, up to `limit` of them (fewer near the end of the
+    /// list, so the last users spread over the workers), unless it still holds claims.
+    /// Returns the users newly claimed, in the order they will be taken.
+    fn claim(&self, worker: usize, limit: usize) -> Vec<usize> {
+        let mut queue = self.queue(worker);
+        if !queue.is_empty() {
+            return Vec::new();
+        }
+        let left = self.total.saturating_sub(self.next.load(Ordering::SeqCst));
+        let batch = (left / (4 * self.queues.len())).clamp(1, limit.max(1));
+        let first = self.next.fetch_add(batch, Ordering::SeqCst);
+        queue.extend((first..first + batch).filter(|&i| i < self.total));
+        queue.iter().copied().collect()
+    }
+}
+
 fn one_user(
     options: &BackupOptions,
     source: Option<&mut (dyn Source + Send + '_)>,
@@ -303,5 +347,41 @@ fn create_archive_dir(dir: &std::path::Path) -> Result<()> {
     {
         Ok(()) => Ok(()),
         Err(e) => Err(Error::io("create", dir, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every user is taken exactly once, whatever mix of batches, cursor and stealing.
+    #[test]
+    fn every_user_is_taken_once_and_an_idle_worker_takes_another_workers_last_claim() {
+        let claims = Claims::new(40, 2);
+        let mut taken = Vec::new();
+        let first = claims.take(0).unwrap();
+        taken.push(first);
+        // Worker 0 claims a batch: 39 left over 2 workers gives 4.
+        let batch = claims.claim(0, QUICK_BATCH);
+        assert_eq!(batch, [1, 2, 3, 4]);
+        assert_eq!(
+            claims.claim(0, QUICK_BATCH),
+            Vec::<usize>::new(),
+            "still holds claims"
+        );
+        // Worker 1 takes the rest from the cursor, then steals from the back of 0's queue.
+        while let Some(i) = claims.take(1) {
+            taken.push(i);
+        }
+        assert_eq!(&taken[taken.len() - 4..], [4, 3, 2, 1]);
+        assert_eq!(claims.take(0), None);
+        taken.sort();
+        assert_eq!(taken, (0..40).collect::<Vec<_>>());
+
+        // Near the end of the list a claim is one user, whatever the limit.
+        let claims = Claims::new(10, 2);
+        claims.take(0);
+        assert_eq!(claims.claim(0, QUICK_BATCH), [1]);
+        assert_eq!(claims.claim(1, 1), [2]);
     }
 }

@@ -35,7 +35,9 @@ pub struct UserReport {
     /// Metadata and per-user files read (0 when nothing changed).
     pub metadata_files_read: u64,
     pub bytes_read: u64,
-    /// Bytes exchanged with the agent for this user (0 for a local backup).
+    /// Bytes exchanged with the agent during this user's run (0 for a local backup). The
+    /// requests for the next users' listings, sent before this run commits, count here; a
+    /// listing counts for the run that read it off the wire. Summed over a backup, exact.
     pub wire_bytes: u64,
     pub bytes_written: u64,
     pub seconds: f64,
