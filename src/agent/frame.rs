@@ -72,6 +72,15 @@ impl FrameError {
 /// Reads one frame. The length is checked against `MAX_FRAME` before the payload is allocated.
 pub fn read_frame(r: &mut impl Read) -> std::result::Result<Frame, FrameError> {
     let (kind, len) = read_header(r)?;
+    read_rest(r, kind, len)
+}
+
+/// The payload of a frame whose header has been read.
+pub fn read_rest(
+    r: &mut impl Read,
+    kind: FrameKind,
+    len: usize,
+) -> std::result::Result<Frame, FrameError> {
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).map_err(cut)?;
     Ok(Frame { kind, payload })

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::frame::{
-    read_header, read_payload, unbase64, write_frame, Frame, FrameKind, STREAM_BUFFER,
+    read_header, read_payload, read_rest, unbase64, write_frame, Frame, FrameError, FrameKind,
+    STREAM_BUFFER,
 };
 use super::server::{error_from_json, Inbound, Outbound, MAX_LISTING, PROTOCOL, VERSION};
 use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
@@ -245,33 +246,33 @@ impl RemoteSource {
         Error::usage(format!("{}: the session is out of step", self.peer))
     }
 
+    /// A read from the stream that failed leaves it somewhere inside a frame: out of step.
+    fn in_step<T>(&mut self, read: std::result::Result<T, FrameError>) -> Result<T> {
+        read.map_err(|e| {
+            self.broken = true;
+            e.into_error(&self.peer)
+        })
+    }
+
     /// The next frame's kind and payload length, for a payload read with `payload` (a file's
     /// `DATA`, straight into the reader's buffer) or `rest_of_frame`.
     fn header(&mut self) -> Result<(FrameKind, usize)> {
         if self.broken {
             return Err(self.out_of_step());
         }
-        read_header(&mut self.inbound).map_err(|e| {
-            self.broken = true;
-            e.into_error(&self.peer)
-        })
+        let header = read_header(&mut self.inbound);
+        self.in_step(header)
     }
 
     /// Some of the payload `header` announced, `left` bytes of which are still to come.
     fn payload(&mut self, out: &mut [u8], left: usize) -> Result<usize> {
-        read_payload(&mut self.inbound, out, left).map_err(|e| {
-            self.broken = true;
-            e.into_error(&self.peer)
-        })
+        let read = read_payload(&mut self.inbound, out, left);
+        self.in_step(read)
     }
 
     fn rest_of_frame(&mut self, kind: FrameKind, len: usize) -> Result<Frame> {
-        let mut payload = vec![0u8; len];
-        let mut at = 0;
-        while at < len {
-            at += self.payload(&mut payload[at..], len - at)?;
-        }
-        Ok(Frame { kind, payload })
+        let frame = read_rest(&mut self.inbound, kind, len);
+        self.in_step(frame)
     }
 
     fn unexpected(&mut self, f: &Frame) -> Error {
@@ -313,7 +314,10 @@ impl RemoteSource {
     /// Reads the answers to the first `n` listings asked for ahead and keeps them for their
     /// users' runs. A user's error is kept as its answer; a broken stream is the caller's.
     fn read_listings_sent_ahead(&mut self, n: usize) -> Result<()> {
-        for user in self.ahead.drain(..n).collect::<Vec<_>>() {
+        for _ in 0..n {
+            let Some(user) = self.ahead.pop_front() else {
+                break;
+            };
             let listing = self.answer_listing();
             match listing {
                 Err(e) if self.broken => return Err(e),

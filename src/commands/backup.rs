@@ -15,8 +15,9 @@ use crate::store::{list_archives, ArchivePaths, StoreWriter, WriterOptions};
 
 /// How many users a worker claims at once after a quick run (one that read no message file):
 /// their listings then cross in one round trip, which on a run that finds nothing changed is
-/// most of the remote cost per user. Near the end of the list batches shrink to one user, so a
-/// slow user in a batch cannot leave the other workers idle for long.
+/// most of the remote cost per user. Near the end of the list batches shrink to one user, so
+/// the last users spread over the workers (and `Claims::take` lets an idle worker take what
+/// another still holds).
 const QUICK_BATCH: usize = 8;
 
 /// Where the spool is read: here, or through an agent on the mail host.
