@@ -188,7 +188,10 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
     for b in &report.bad {
         p.note(&format!("not restored: {b}"));
     }
-    Ok(if report.bad.is_empty() && report.refused.is_empty() {
+    for l in &report.lost {
+        p.note(&format!("lost: {l}"));
+    }
+    Ok(if report.bad.is_empty() && report.refused.is_empty() && report.lost.is_empty() {
         0
     } else {
         1

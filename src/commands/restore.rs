@@ -7,11 +7,13 @@ use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::restore::cyrus::CyrusTarget;
 use crate::restore::export::{
-    eml_path, ensure_dir, sync_tree, write_new, ExportMessage, MaildirFolder, MboxFile, WritePool,
+    eml_path, ensure_dir, export_levels, maildir_folder, sync_tree, write_new, ExportMessage,
+    MaildirFolder, MboxFile, WritePool,
 };
 use crate::restore::imap::{ImapSession, ImapTarget};
 use crate::restore::{
-    find_mailbox, mailboxes_at, read_mailbox, restorable, run_at, safe_levels, MailboxAt, Messages,
+    find_mailbox, mailboxes_at, prealloc, read_all, read_mailbox, restorable, run_at, safe_levels,
+    LostEntry, MailboxAt, Messages,
 };
 use crate::spool::index::IndexRecord;
 use crate::store::{find_latest, Archive, ArchivePaths};
@@ -54,6 +56,9 @@ pub struct RestoreReport {
     pub bad: Vec<String>,
     /// Names in the archive that a restore refuses to turn into paths, and why.
     pub refused: Vec<String>,
+    /// Archive entries that failed their checks (or that a mailbox needs and the archive lacks):
+    /// each with the archive file and byte offset. The restore went on without them.
+    pub lost: Vec<LostEntry>,
     pub dry_run: bool,
     /// Where each file and record went (or would go).
     pub writes: Vec<String>,
@@ -62,24 +67,55 @@ pub struct RestoreReport {
 /// One mailbox's messages selected for a restore, with their flags.
 struct Selected<'a> {
     mailbox: &'a MailboxAt,
+    /// The name's levels below its owner, each checked to be one path component.
     levels: Vec<String>,
+    /// The owner's INBOX itself (not a folder that is merely named INBOX).
+    inbox: bool,
     uidvalidity: u32,
     records: Vec<(IndexRecord, Vec<String>)>,
 }
 
 pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
     let paths = ArchivePaths::for_user(&options.archive_dir, &options.user)?;
-    let mut report = RestoreReport {
-        user: options.user.clone(),
-        dry_run: options.dry_run,
-        ..Default::default()
-    };
     if let (Some(sha1), None) = (options.sha1, options.uid) {
         if options.mailboxes.is_empty() {
+            let mut report = new_report(options);
             return restore_one_by_sha1(options, &paths, sha1, &mut report).map(|_| report);
         }
     }
     let archive = Archive::open(&paths, &mut Vec::new())?;
+    restore_from(&archive, options)
+}
+
+fn new_report(options: &RestoreOptions) -> RestoreReport {
+    RestoreReport {
+        user: options.user.clone(),
+        dry_run: options.dry_run,
+        ..Default::default()
+    }
+}
+
+/// As `restore`, from an archive already open: every byte comes from that one generation of it,
+/// whatever happens to the file's name meanwhile (a compaction renaming a new copy over it).
+/// `options.archive_dir` is not used.
+pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<RestoreReport> {
+    let paths = archive.paths();
+    let mut report = new_report(options);
+    if let (Some(sha1), None) = (options.sha1, options.uid) {
+        if options.mailboxes.is_empty() {
+            let name = crate::archive::file_entry_name(&sha1);
+            let (run, entry) = archive
+                .latest(&name)
+                .filter(|(_, e)| e.kind == crate::archive::EntryKind::File)
+                .ok_or_else(|| {
+                    Error::NotFound(format!("message {sha1} in {}", paths.archive.display()))
+                })?;
+            report.run = Some(run);
+            let bytes = read_all(archive, entry)?;
+            write_one(options, sha1, &bytes, &mut report)?;
+            return Ok(report);
+        }
+    }
     let run =
         match options.at_run {
             Some(n) => archive.runs().iter().find(|r| r.run == n).ok_or_else(|| {
@@ -154,6 +190,7 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
         report.mailboxes = outcome.mailboxes;
         report.messages_written = outcome.messages_written;
         report.bad = outcome.bad_messages;
+        report.lost = outcome.lost;
         report.writes = outcome.writes;
         return Ok(report);
     }
@@ -167,7 +204,18 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
                 continue;
             }
         };
-        let data = read_mailbox(&archive, m)?;
+        // A mailbox whose metadata fails its checks is reported and left out; the others go on.
+        let data = match read_mailbox(archive, m) {
+            Ok(d) => d,
+            Err(lost) => {
+                report.bad.push(format!(
+                    "mailbox {}: not restored: {lost}",
+                    m.name.relative('/')
+                ));
+                push_lost(&mut report.lost, lost);
+                continue;
+            }
+        };
         let mut records: Vec<(IndexRecord, Vec<String>)> = data
             .index
             .records
@@ -178,15 +226,27 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
             .map(|r| (r.clone(), r.flag_names(&data.header.user_flags)))
             .collect();
         if let Some((t1, t2)) = options.expunged_between {
-            records = expunged_between(&archive, m, records, t1, t2)?;
+            records = match expunged_between(archive, m, records, t1, t2)? {
+                Ok(r) => r,
+                Err(lost) => {
+                    report.bad.push(format!(
+                        "mailbox {}: not restored: {lost}",
+                        m.name.relative('/')
+                    ));
+                    push_lost(&mut report.lost, lost);
+                    continue;
+                }
+            };
         }
         selected.push(Selected {
             mailbox: m,
             levels,
+            inbox: m.name.is_inbox(),
             uidvalidity: data.index.header.uidvalidity,
             records,
         });
     }
+    let selected = apart(options, selected, &mut report);
     if options.uid.is_some() && selected.iter().all(|s| s.records.is_empty()) {
         return Err(Error::NotFound(format!(
             "uid {} in {} as of run {}",
@@ -195,19 +255,80 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
             run.run
         )));
     }
-    let messages = Messages::new(&archive);
+    let messages = Messages::new(archive);
     write_selected(options, &messages, &selected, &mut report)?;
     Ok(report)
 }
 
-/// Of `records` (the mailbox as of `t1`), those that are gone or expunged as of `t2`.
+/// Adds a lost entry once: messages stored once may be listed by several mailboxes.
+fn push_lost(lost: &mut Vec<LostEntry>, entry: LostEntry) {
+    if !lost.iter().any(|l| l.entry == entry.entry) {
+        lost.push(entry);
+    }
+}
+
+/// Where a mailbox goes in a file or IMAP target, to tell two apart that would share it.
+fn destination(options: &RestoreOptions, s: &Selected, several: bool) -> Option<String> {
+    Some(match &options.target {
+        RestoreTarget::Maildir(root) => match maildir_folder(&s.levels, s.inbox) {
+            Some(f) => root.join(f).display().to_string(),
+            None => root.display().to_string(),
+        },
+        RestoreTarget::Eml(root) => root
+            .join(export_levels(&s.levels, s.inbox).join("/"))
+            .display()
+            .to_string(),
+        RestoreTarget::Mbox(path) if several => {
+            let levels = export_levels(&s.levels, s.inbox);
+            let (last, parents) = levels.split_last()?;
+            path.join(parents.join("/"))
+                .join(format!("{last}.mbox"))
+                .display()
+                .to_string()
+        }
+        RestoreTarget::Mbox(path) => path.display().to_string(),
+        RestoreTarget::Imap(t) => t.folder_for(&export_levels(&s.levels, s.inbox), several),
+        RestoreTarget::Cyrus(_) => return None,
+    })
+}
+
+/// The mapping from names to paths keeps mailboxes apart (formats/restore.md, "Exports"); this
+/// is the guard behind it: a mailbox that would still land where an earlier one did is refused
+/// rather than mixed into it or written over it.
+fn apart<'a>(
+    options: &RestoreOptions,
+    selected: Vec<Selected<'a>>,
+    report: &mut RestoreReport,
+) -> Vec<Selected<'a>> {
+    let several = selected.len() > 1;
+    let mut taken: std::collections::HashMap<String, String> = Default::default();
+    let mut out = Vec::with_capacity(selected.len());
+    for s in selected {
+        if let Some(dest) = destination(options, &s, several) {
+            let name = s.mailbox.name.to_string();
+            if let Some(first) = taken.get(&dest) {
+                report.refused.push(format!(
+                    "mailbox {name}: would share {dest} with mailbox {first}; not restored"
+                ));
+                continue;
+            }
+            taken.insert(dest, name);
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// Of `records` (the mailbox as of `t1`), those that are gone or expunged as of `t2`. The inner
+/// error is the later state's metadata that failed its checks.
+#[allow(clippy::type_complexity)]
 fn expunged_between(
     archive: &Archive,
     m: &MailboxAt,
     records: Vec<(IndexRecord, Vec<String>)>,
     t1: i64,
     t2: i64,
-) -> Result<Vec<(IndexRecord, Vec<String>)>> {
+) -> Result<std::result::Result<Vec<(IndexRecord, Vec<String>)>, LostEntry>> {
     if t2 < t1 {
         return Err(Error::usage(
             "--expunged-between wants the earlier time first",
@@ -217,19 +338,22 @@ fn expunged_between(
     let (then, _) = mailboxes_at(archive, later.run);
     let still: std::collections::HashSet<u32> = match then.iter().find(|x| x.uniqueid == m.uniqueid)
     {
-        Some(later_m) => read_mailbox(archive, later_m)?
-            .index
-            .records
-            .iter()
-            .filter(|r| !r.is_expunged())
-            .map(|r| r.uid)
-            .collect(),
+        Some(later_m) => match read_mailbox(archive, later_m) {
+            Ok(data) => data
+                .index
+                .records
+                .iter()
+                .filter(|r| !r.is_expunged())
+                .map(|r| r.uid)
+                .collect(),
+            Err(lost) => return Ok(Err(lost)),
+        },
         None => Default::default(),
     };
-    Ok(records
+    Ok(Ok(records
         .into_iter()
         .filter(|(r, _)| !still.contains(&r.uid))
-        .collect())
+        .collect()))
 }
 
 fn write_selected(
@@ -256,6 +380,7 @@ fn write_selected(
                 uidvalidity: s.uidvalidity,
             })
             .collect();
+        let levels = export_levels(&s.levels, s.inbox);
         let read = |m: &ExportMessage, report: &mut RestoreReport| -> Option<Vec<u8>> {
             match messages.read(&m.record.guid) {
                 Ok(b) => Some(b),
@@ -265,6 +390,9 @@ fn write_selected(
                         s.mailbox.name.relative('/'),
                         m.record.uid
                     ));
+                    if let Some(lost) = messages.lost(&m.record.guid, &e) {
+                        push_lost(&mut report.lost, lost);
+                    }
                     None
                 }
             }
@@ -277,7 +405,7 @@ fn write_selected(
                     }
                     continue;
                 }
-                let folder = MaildirFolder::open(root, &s.levels, &exports)?;
+                let folder = MaildirFolder::open(root, &s.levels, s.inbox, &exports)?;
                 for m in &exports {
                     let Some(bytes) = read(m, report) else {
                         continue;
@@ -287,7 +415,7 @@ fn write_selected(
                 }
             }
             RestoreTarget::Eml(root) => {
-                let dir = root.join(s.levels.join("/"));
+                let dir = root.join(levels.join("/"));
                 if options.dry_run {
                     for m in &exports {
                         report
@@ -296,7 +424,7 @@ fn write_selected(
                     }
                     continue;
                 }
-                let dir = ensure_dir(root, &s.levels)?;
+                let dir = ensure_dir(root, &levels)?;
                 for m in &exports {
                     let Some(bytes) = read(m, report) else {
                         continue;
@@ -312,7 +440,9 @@ fn write_selected(
                 // One mailbox: PATH is the file. Several: PATH is a directory holding
                 // `<levels>.mbox` per mailbox, sub-levels as subdirectories.
                 let file = if several {
-                    let (last, parents) = s.levels.split_last().expect("levels are never empty");
+                    let Some((last, parents)) = levels.split_last() else {
+                        continue; // safe_levels never gives none
+                    };
                     let dir = if options.dry_run {
                         path.join(parents.join("/"))
                     } else {
@@ -337,7 +467,7 @@ fn write_selected(
                 mbox.finish()?;
             }
             RestoreTarget::Imap(target) => {
-                let folder = target.folder_for(&s.levels, several);
+                let folder = target.folder_for(&levels, several);
                 report.writes.push(format!("imap {folder}"));
                 let Some(session) = imap.as_mut() else {
                     continue;
@@ -394,13 +524,29 @@ fn restore_one_by_sha1(
     report: &mut RestoreReport,
 ) -> Result<()> {
     let name = crate::archive::file_entry_name(&sha1);
-    let (run, entry) = find_latest(paths, &name, &mut Vec::new())?
-        .filter(|(_, e)| e.kind == crate::archive::EntryKind::File)
+    let (run, entry, source) = find_latest(paths, &name, &mut Vec::new())?
+        .filter(|(_, e, _)| e.kind == crate::archive::EntryKind::File)
         .ok_or_else(|| Error::NotFound(format!("message {sha1} in {}", paths.archive.display())))?;
     report.run = Some(run);
-    let mut bytes = Vec::with_capacity(entry.size as usize);
-    std::io::Read::read_to_end(&mut crate::store::read_entry(paths, &entry)?, &mut bytes)
-        .map_err(|e| Error::io("read", &paths.archive, e))?;
+    // The size is the index's word: believed only as far as the archive file could back it,
+    // and the buffer grows with the bytes that really arrive.
+    crate::restore::check_entry_fits(source.path(), source.len()?, &entry)?;
+    let mut bytes = prealloc(entry.size);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(source.read_entry(&entry)?, entry.size),
+        &mut bytes,
+    )
+    .map_err(|e| crate::restore::unwrap_io(e, source.path(), &entry))?;
+    write_one(options, sha1, &bytes, report)
+}
+
+/// Writes the one message of a `--sha1` restore, without flags: no mailbox says what they were.
+fn write_one(
+    options: &RestoreOptions,
+    sha1: Guid,
+    bytes: &[u8],
+    report: &mut RestoreReport,
+) -> Result<()> {
     let record = IndexRecord {
         uid: 0,
         guid: sha1,
@@ -433,7 +579,7 @@ fn restore_one_by_sha1(
                         ensure_dir(dir, &[sub.to_string()])?;
                     }
                 }
-                count(report, write_new(&path, &bytes, None)?);
+                count(report, write_new(&path, bytes, None)?);
                 sync_tree(dir)?;
             }
         }
@@ -441,7 +587,7 @@ fn restore_one_by_sha1(
             report.writes.push(path.display().to_string());
             if !options.dry_run {
                 let mut mbox = MboxFile::create(path)?;
-                mbox.append(&m, &bytes)?;
+                mbox.append(&m, bytes)?;
                 mbox.finish()?;
                 report.messages_written += 1;
             }
@@ -452,10 +598,10 @@ fn restore_one_by_sha1(
             if !options.dry_run {
                 let mut session = ImapSession::connect(target)?;
                 let mut present = session.prepare_folder(&folder)?;
-                if present.take(&bytes, &record) {
+                if present.take(bytes, &record) {
                     report.messages_already_there += 1;
                 } else {
-                    session.append(&folder, &m, &bytes)?;
+                    session.append(&folder, &m, bytes)?;
                     report.messages_written += 1;
                 }
                 session.logout();

@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{folder_records, read_all, restorable, MailboxAt, Messages};
+use super::{folder_records, read_all, restorable, LostEntry, MailboxAt, Messages};
 use crate::archive::EntryKind;
 use crate::error::{Error, Result};
 use crate::io::{remove_if_present, Faults};
@@ -42,6 +42,9 @@ pub struct CyrusOutcome {
     pub mailboxes: Vec<String>,
     pub messages_written: u64,
     pub bad_messages: Vec<String>,
+    /// Archive entries that failed their checks; a mailbox whose metadata is among them is not
+    /// restored, the others are.
+    pub lost: Vec<LostEntry>,
     pub user_files: Vec<String>,
     /// Every file and database record, in the order written.
     pub writes: Vec<String>,
@@ -96,30 +99,63 @@ fn create_dirs(path: &Path, owner: Owner) -> Result<()> {
 }
 
 /// Writes a file beside its final name and renames it there, owned like the server's files,
-/// with `mtime` (Cyrus reports a mailbox's index mtime as its `lastupdate`).
+/// with `mtime` (Cyrus reports a mailbox's index mtime as its `lastupdate`). The temporary name
+/// is fresh and created exclusively, never through a link planted at a predictable name.
 fn place(path: &Path, bytes: &[u8], mtime_ns: Option<i64>, owner: Owner) -> Result<()> {
     let dir = crate::io::parent_dir(path);
     create_dirs(&dir, owner)?;
-    let tmp = path.with_extension(format!("mailpack.{}", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_data())
-        .map_err(|e| Error::io("write", &tmp, e))?;
-    if let Some(ns) = mtime_ns {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
-        file.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-            .map_err(|e| Error::io("set the time of", &tmp, e))?;
+    let (tmp, mut file) = create_temp_beside(path)?;
+    let written = (|| {
+        file.write_all(bytes)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        if let Some(ns) = mtime_ns {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+            file.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+                .map_err(|e| Error::io("set the time of", &tmp, e))?;
+        }
+        owner.apply(&tmp)?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    drop(file);
-    owner.apply(&tmp)?;
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))
+    written
+}
+
+/// A new file `<name>.mailpack-<random>` beside `path`, created with O_EXCL and O_NOFOLLOW.
+fn create_temp_beside(path: &Path) -> Result<(PathBuf, fs::File)> {
+    // A handful of tries: a clash with 64 random bits means someone is guessing, not chance.
+    for _ in 0..4 {
+        let id = crate::io::random_id()?;
+        let suffix: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".mailpack-{suffix}"));
+        let tmp = path.with_file_name(name);
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("create", &tmp, e)),
+        }
+    }
+    Err(Error::usage(format!(
+        "{}: could not create a fresh temporary name beside it",
+        path.display()
+    )))
+}
+
+/// Reports a user file that failed its checks; the restore goes on without it.
+fn lose(archive: &Archive, e: &crate::archive::EntryRecord, err: &Error, out: &mut CyrusOutcome) {
+    let lost = LostEntry::of(&archive.paths().archive, e, err);
+    out.bad_messages
+        .push(format!("{}: not restored: {lost}", e.name));
+    out.lost.push(lost);
 }
 
 /// How a planned mailbox meets the target.
@@ -140,6 +176,8 @@ struct Planned<'a> {
     annotation_rows: Vec<Record>,
     header: Vec<u8>,
     index: Vec<u8>,
+    /// cyrus.annotations with its mtime, when the archive has one.
+    annotations: Option<(Vec<u8>, Option<i64>)>,
     data_dir: PathBuf,
     archive_dir: Option<PathBuf>,
 }
@@ -236,15 +274,43 @@ fn renamed(p: &mut Planned, name: crate::spool::name::MboxName, archive_path: &P
     Ok(())
 }
 
+/// A mailbox's plan, or the archive entry it needs that failed its checks (the restore reports
+/// it and goes on with the other mailboxes). Everything else wrong is an error that stops it.
 fn plan_mailbox<'a>(
     archive: &Archive,
     spool: &Spool,
     m: &'a MailboxAt,
     target: &CyrusTarget,
     user: &str,
-) -> Result<Planned<'a>> {
-    let records = folder_records(archive, m, FOLDER_MAILBOXES_DB)?;
+) -> Result<std::result::Result<Planned<'a>, LostEntry>> {
     let path = &archive.paths().archive;
+    // Everything read from the archive is read first, so a loss stops nothing but this mailbox.
+    let read = || -> std::result::Result<_, LostEntry> {
+        let file = |name: &str| {
+            let e = m.file(name).ok_or_else(|| {
+                LostEntry::missing(path, format!("folders/{}/{name}", m.uniqueid))
+            })?;
+            read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err))
+        };
+        let annotations = match m.file(MetaFile::Annotations.file_name()) {
+            Some(e) => Some((
+                read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err))?,
+                e.stat.map(|s| s.mtime_ns),
+            )),
+            None => None,
+        };
+        Ok((
+            folder_records(archive, m, FOLDER_MAILBOXES_DB)?,
+            folder_records(archive, m, FOLDER_ANNOTATIONS_DB)?,
+            file("cyrus.header")?,
+            file("cyrus.index")?,
+            annotations,
+        ))
+    };
+    let (records, annotation_rows, header, index, annotations) = match read() {
+        Ok(r) => r,
+        Err(lost) => return Ok(Err(lost)),
+    };
     let list = Mboxlist::from_records(path, &records)?;
     if list.format != MboxlistFormat::ByIdAndName || records.len() != 2 {
         return Err(Error::Unsupported {
@@ -271,20 +337,15 @@ fn plan_mailbox<'a>(
             ),
         ));
     }
-    let file = |name: &str| -> Result<Vec<u8>> {
-        let e = m
-            .file(name)
-            .ok_or_else(|| Error::NotFound(format!("{name} of {}", m.name)))?;
-        read_all(archive, e)
-    };
     let mut p = Planned {
         source: m,
         entry: entry.clone(),
         mode: Mode::Fresh,
         records,
-        annotation_rows: folder_records(archive, m, FOLDER_ANNOTATIONS_DB)?,
-        header: file("cyrus.header")?,
-        index: file("cyrus.index")?,
+        annotation_rows,
+        header,
+        index,
+        annotations,
         data_dir: PathBuf::new(),
         archive_dir: None,
     };
@@ -348,7 +409,7 @@ fn plan_mailbox<'a>(
         ))
     })?;
     p.archive_dir = spool.archive_dir(&p.entry);
-    Ok(p)
+    Ok(Ok(p))
 }
 
 /// The `cyr_dbtool batch` input that sets `records` and deletes `deletes`: IMAP literals,
@@ -469,11 +530,18 @@ impl CyrusTarget {
             return Err(Error::usage("--as restores exactly one --mailbox"));
         }
         let owner = Owner::of(&spool.config.configdirectory)?;
-        let planned = mailboxes
-            .iter()
-            .map(|m| plan_mailbox(archive, &spool, m, self, user))
-            .collect::<Result<Vec<_>>>()?;
         let mut out = CyrusOutcome::default();
+        let mut planned = Vec::new();
+        for m in mailboxes {
+            match plan_mailbox(archive, &spool, m, self, user)? {
+                Ok(p) => planned.push(p),
+                Err(lost) => {
+                    out.bad_messages
+                        .push(format!("mailbox {}: not restored: {lost}", m.name));
+                    out.lost.push(lost);
+                }
+            }
+        }
         let annotations = if planned.iter().any(|p| matches!(p.mode, Mode::Replace(_))) {
             Some(spool.annotations()?)
         } else {
@@ -620,9 +688,15 @@ impl CyrusTarget {
                     place(&path, &bytes, Some(r.internaldate_ns), owner)?;
                     out.messages_written += 1;
                 }
-                Err(e) => out
-                    .bad_messages
-                    .push(format!("{} uid {}: {e}", p.entry.name, r.uid)),
+                Err(e) => {
+                    out.bad_messages
+                        .push(format!("{} uid {}: {e}", p.entry.name, r.uid));
+                    if let Some(lost) = messages.lost(&r.guid, &e) {
+                        if !out.lost.iter().any(|l| l.entry == lost.entry) {
+                            out.lost.push(lost);
+                        }
+                    }
+                }
             }
         }
         if let Mode::Replace(_) = p.mode {
@@ -637,11 +711,6 @@ impl CyrusTarget {
                 }
             }
         }
-        let annotations = p
-            .source
-            .file(MetaFile::Annotations.file_name())
-            .map(|e| read_all(archive, e).map(|b| (b, e.stat.map(|s| s.mtime_ns))))
-            .transpose()?;
         let header_mtime = p
             .source
             .file(MetaFile::Header.file_name())
@@ -653,7 +722,7 @@ impl CyrusTarget {
         let annotations_path = meta(MetaFile::Annotations)?;
         out.writes.push(annotations_path.display().to_string());
         if !dry_run {
-            match &annotations {
+            match &p.annotations {
                 Some((bytes, mtime)) => place(&annotations_path, bytes, *mtime, owner)?,
                 None => remove_if_present(&annotations_path, &Faults::none())?,
             }
@@ -722,12 +791,10 @@ impl CyrusTarget {
             out.user_files.push(e.name.clone());
             out.writes.push(target.display().to_string());
             if !dry_run {
-                place(
-                    &target,
-                    &read_all(archive, e)?,
-                    e.stat.map(|s| s.mtime_ns),
-                    owner,
-                )?;
+                match read_all(archive, e) {
+                    Ok(bytes) => place(&target, &bytes, e.stat.map(|s| s.mtime_ns), owner)?,
+                    Err(err) => lose(archive, e, &err, out),
+                }
             }
         }
         for (name, (kind, link, entry)) in sieve {
@@ -738,12 +805,10 @@ impl CyrusTarget {
                 continue;
             }
             match (kind, entry) {
-                (EntryKind::File, Some(e)) => place(
-                    &path,
-                    &read_all(archive, &e)?,
-                    e.stat.map(|s| s.mtime_ns),
-                    owner,
-                )?,
+                (EntryKind::File, Some(e)) => match read_all(archive, &e) {
+                    Ok(bytes) => place(&path, &bytes, e.stat.map(|s| s.mtime_ns), owner)?,
+                    Err(err) => lose(archive, &e, &err, out),
+                },
                 (EntryKind::Symlink, _) => {
                     // defaultbc names a script beside it; anything else would leave the dir.
                     if link.is_empty() || link.contains('/') || link.starts_with('.') {

@@ -59,44 +59,85 @@ fn create_real_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Writes `bytes` as the file `path` (mode 0600) with `mtime`. `Ok(false)` when a previous,
+/// Writes `bytes` as the new file `path` (mode 0600) with `mtime`. `Ok(false)` when a previous,
 /// interrupted run of the same export already wrote it: a regular file there whose bytes hash
-/// to the same SHA-1 is kept. One that does not (cut short by a crash before the export was
-/// made durable) is written again. A symlink or anything else there is refused, not followed.
-/// Nothing is fsynced here: `sync_tree` makes the whole export durable once at the end.
+/// to the same SHA-1 is kept. Anything else there (cut short by a crash before the export was
+/// made durable, or planted) has its name removed and the file is created anew: a file is only
+/// ever created exclusively (`O_EXCL`, `O_NOFOLLOW`), never opened for writing when it exists,
+/// so a hard link or symlink at the name is never written through. Anything but a regular file
+/// there (a symlink, a FIFO, a directory) is refused. Nothing is fsynced here: `sync_tree` makes
+/// the whole export durable once at the end.
 pub fn write_new(path: &Path, bytes: &[u8], mtime: Option<i64>) -> Result<bool> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_file() => {
-            if meta.len() == bytes.len() as u64 {
-                let there = fs::read(path).map_err(|e| Error::io("read", path, e))?;
-                if crate::guid::Guid::of(&there) == crate::guid::Guid::of(bytes) {
+    // Two tries: the second follows removing what was there; something there again is a race
+    // with another writer in the target, which is refused.
+    for attempt in 0..2 {
+        match create_exclusive(path) {
+            Ok(mut file) => {
+                file.write_all(bytes)
+                    .map_err(|e| Error::io("write", path, e))?;
+                if let Some(t) = mtime {
+                    set_mtime(&file, path, t)?;
+                }
+                return Ok(true);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt == 0 => {
+                if holds(path, bytes)? {
                     return Ok(false);
                 }
+                // Removing the name leaves any other link to that file as it was.
+                fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
             }
+            Err(e) => return Err(Error::io("create", path, e)),
         }
-        Ok(_) => {
-            return Err(Error::usage(format!(
-                "{} exists and is not a regular file (a symlink is never followed)",
-                path.display()
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("stat", path, e)),
     }
-    let mut file = OpenOptions::new()
+    Err(Error::usage(format!(
+        "{} appeared again while the export replaced it; another process writes in the target",
+        path.display()
+    )))
+}
+
+fn create_exclusive(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| Error::io("create", path, e))?;
-    file.write_all(bytes)
-        .map_err(|e| Error::io("write", path, e))?;
-    if let Some(t) = mtime {
-        set_mtime(&file, path, t)?;
+}
+
+/// Whether the regular file at `path` holds exactly `bytes`; an error when something other than
+/// a regular file is there. Opened without following a symlink and without blocking on a FIFO,
+/// and checked on the open descriptor, so what is read is what was checked.
+fn holds(path: &Path, bytes: &[u8]) -> Result<bool> {
+    use std::io::Read;
+    let not_a_file = || {
+        Error::usage(format!(
+            "{} exists and is not a regular file (a symlink is never followed)",
+            path.display()
+        ))
+    };
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_a_file()),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(not_a_file());
     }
-    Ok(true)
+    if meta.len() != bytes.len() as u64 {
+        return Ok(false);
+    }
+    // At most one byte more than expected is read, whatever the file grows to meanwhile.
+    let mut there = Vec::with_capacity(bytes.len());
+    file.take(bytes.len() as u64 + 1)
+        .read_to_end(&mut there)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(crate::guid::Guid::of(&there) == crate::guid::Guid::of(bytes))
 }
 
 /// Writes files on a few threads. Creating a file is mostly kernel time, which more cores
@@ -211,16 +252,45 @@ fn set_mtime(file: &File, path: &Path, secs: i64) -> Result<()> {
         .map_err(|e| Error::io("set the time of", path, e))
 }
 
-/// A Maildir++ folder name for levels under the INBOX: `.` joins levels, so a `.` inside a
-/// level is written `%2E` (and `%` as `%25`) to keep the hierarchy unambiguous.
-pub fn maildir_folder(levels: &[String]) -> Option<String> {
-    if levels.len() == 1 && levels[0] == "INBOX" {
+/// Escapes one level for a file name: `%` as `%25` and `.` as `%2E`, so a level is never `.` or
+/// `..`, never hidden, never ends like a message file (`<uid>.eml`) or an mbox (`<name>.mbox`)
+/// and, in Maildir++, never reads as two levels.
+fn escape_level(level: &str) -> String {
+    level.replace('%', "%25").replace('.', "%2E")
+}
+
+/// The path components of a mailbox in an `--eml`, `--mbox` or `--imap` target: its levels below
+/// the owner (`safe_levels`) escaped by `escape_level`. The owner's INBOX is `INBOX`; a folder
+/// that is itself named `INBOX` (in any case) directly below it has its first letter escaped
+/// (`%49NBOX`), so it never shares the INBOX's place. The mapping is one-to-one: two mailboxes
+/// never map to the same components.
+pub fn export_levels(levels: &[String], inbox: bool) -> Vec<String> {
+    if inbox {
+        return vec!["INBOX".into()];
+    }
+    levels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let escaped = escape_level(l);
+            if i == 0 && l.eq_ignore_ascii_case("INBOX") {
+                format!("%{:02X}{}", l.as_bytes()[0], &escaped[1..])
+            } else {
+                escaped
+            }
+        })
+        .collect()
+}
+
+/// The Maildir++ folder name for a mailbox's levels under the INBOX (`None` for the INBOX
+/// itself, which is the Maildir): `.` joins levels, so they are escaped by `escape_level`.
+/// `levels` are the mailbox's raw levels (`safe_levels`); a folder named `INBOX` is `.INBOX`,
+/// apart from the INBOX.
+pub fn maildir_folder(levels: &[String], inbox: bool) -> Option<String> {
+    if inbox {
         return None;
     }
-    let escaped: Vec<String> = levels
-        .iter()
-        .map(|l| l.replace('%', "%25").replace('.', "%2E"))
-        .collect();
+    let escaped: Vec<String> = levels.iter().map(|l| escape_level(l)).collect();
     Some(format!(".{}", escaped.join(".")))
 }
 
@@ -256,9 +326,14 @@ pub struct MaildirFolder {
 }
 
 impl MaildirFolder {
-    pub fn open(root: &Path, levels: &[String], messages: &[ExportMessage]) -> Result<Self> {
+    pub fn open(
+        root: &Path,
+        levels: &[String],
+        inbox: bool,
+        messages: &[ExportMessage],
+    ) -> Result<Self> {
         let mut dir = ensure_dir(root, &[])?;
-        if let Some(folder) = maildir_folder(levels) {
+        if let Some(folder) = maildir_folder(levels, inbox) {
             dir = ensure_dir(root, &[folder])?;
         }
         for sub in ["cur", "new", "tmp"] {
@@ -466,9 +541,13 @@ mod tests {
 
     #[test]
     fn maildir_names_keep_the_hierarchy_unambiguous() {
-        assert_eq!(maildir_folder(&["INBOX".into()]), None);
+        assert_eq!(maildir_folder(&["INBOX".into()], true), None);
         assert_eq!(
-            maildir_folder(&["a.b".into(), "c".into()]).as_deref(),
+            maildir_folder(&["INBOX".into()], false).as_deref(),
+            Some(".INBOX")
+        );
+        assert_eq!(
+            maildir_folder(&["a.b".into(), "c".into()], false).as_deref(),
             Some(".a%2Eb.c")
         );
         assert_eq!(
@@ -497,6 +576,25 @@ mod tests {
         assert!(!write_new(&g, b"half a message", None).unwrap());
         assert_eq!(fs::read(&g).unwrap(), b"half a message");
         assert_ne!(fs::read("/etc/passwd").unwrap(), b"x");
+        // A hard link at the name is replaced, not written through.
+        let outside = dir.join("outside");
+        fs::write(&outside, b"precious").unwrap();
+        let h = dir.join("h");
+        fs::hard_link(&outside, &h).unwrap();
+        assert!(write_new(&h, b"exported", None).unwrap());
+        assert_eq!(fs::read(&h).unwrap(), b"exported");
+        assert_eq!(fs::read(&outside).unwrap(), b"precious");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn export_levels_keep_every_mailbox_apart() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(export_levels(&l(&["INBOX"]), true), l(&["INBOX"]));
+        assert_eq!(export_levels(&l(&["INBOX"]), false), l(&["%49NBOX"]));
+        assert_eq!(export_levels(&l(&["inbox", "INBOX"]), false), l(&["%69nbox", "INBOX"]));
+        assert_eq!(export_levels(&l(&["a.b"]), false), l(&["a%2Eb"]));
+        assert_eq!(export_levels(&l(&["a%2Eb"]), false), l(&["a%252Eb"]));
+        assert_eq!(export_levels(&l(&["..", "7.eml"]), false), l(&["%2E%2E", "7%2Eeml"]));
     }
 }

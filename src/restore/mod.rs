@@ -11,6 +11,7 @@ pub use crate::time::{format_utc, parse_time};
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use crate::archive::{EntryKind, EntryRecord};
 use crate::error::{Error, Result};
@@ -178,48 +179,163 @@ pub struct MailboxData {
     pub index: IndexFile,
 }
 
+/// The most a read of one entry reserves before its bytes arrive. Sizes come from the index,
+/// which a damaged or hostile file can set to anything: beyond this the buffer grows only as
+/// the bytes really come out of the archive.
+pub const ENTRY_PREALLOC_CAP: u64 = crate::archive::MEMBER_TARGET as u64;
+
+/// Deflate cannot expand data by more than about 1032:1 (a 258-byte match per two bits), so an
+/// entry cannot hold more than this many bytes per compressed byte from its member onwards.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Checks that an entry's recorded placement and size can fit in the `archive_len` bytes of the
+/// archive file it names: a size read from the index is believed only as far as the archive
+/// could back it, so a bad one is an error naming the file and member, not an allocation.
+pub fn check_entry_fits(path: &Path, archive_len: u64, e: &EntryRecord) -> Result<()> {
+    let member = e.placement.member;
+    let room = archive_len
+        .checked_sub(member)
+        .filter(|&n| n > 0)
+        .map(|n| n.saturating_mul(MAX_DEFLATE_RATIO));
+    let end = e.placement.data_at.checked_add(e.size);
+    match (room, end) {
+        (Some(room), Some(end)) if end <= room => Ok(()),
+        _ => Err(Error::corrupt(
+            path,
+            member,
+            format!(
+                "entry {}: the index says {} bytes at byte {} of the member's data, more than \
+                 the {} bytes of {} from that member on can hold",
+                e.name,
+                e.size,
+                e.placement.data_at,
+                archive_len.saturating_sub(member),
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// The initial capacity for an entry of `size` bytes: never more than `ENTRY_PREALLOC_CAP`.
+pub fn prealloc(size: u64) -> Vec<u8> {
+    // Both bounds are small, so the cast cannot truncate.
+    Vec::with_capacity(size.min(ENTRY_PREALLOC_CAP) as usize)
+}
+
+/// An entry's bytes, SHA-1 checked. The size is checked against the archive first, and the
+/// buffer grows with the bytes that really arrive (at most `size` of them).
 pub fn read_all(archive: &Archive, e: &EntryRecord) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(e.size as usize);
+    let path = &archive.paths().archive;
+    check_entry_fits(path, archive.committed_len(), e)?;
+    let mut out = prealloc(e.size);
     archive
         .read_entry(e)?
+        .take(e.size)
         .read_to_end(&mut out)
-        .map_err(|err| unwrap_io(err, archive, e))?;
+        .map_err(|err| unwrap_io(err, path, e))?;
     Ok(out)
 }
 
 /// Errors from a checked entry reader carry our own error inside an io::Error.
-fn unwrap_io(err: std::io::Error, archive: &Archive, e: &EntryRecord) -> Error {
+pub fn unwrap_io(err: std::io::Error, path: &Path, e: &EntryRecord) -> Error {
     match err.into_inner() {
         Some(inner) => match inner.downcast::<Error>() {
             Ok(ours) => *ours,
             Err(other) => Error::corrupt(
-                &archive.paths().archive,
+                path,
                 e.placement.member,
                 format!("{}: {other}", e.name),
             ),
         },
-        None => Error::corrupt(
-            &archive.paths().archive,
-            e.placement.member,
-            format!("{}: read failed", e.name),
-        ),
+        None => Error::corrupt(path, e.placement.member, format!("{}: read failed", e.name)),
     }
 }
 
-pub fn read_mailbox(archive: &Archive, m: &MailboxAt) -> Result<MailboxData> {
-    let corrupt = |e: &EntryRecord, detail: String| {
-        Error::corrupt(&archive.paths().archive, e.placement.member, detail)
+/// An archive entry a restore could not use: it failed its checks (or is missing where the
+/// mailbox needs it). The restore goes on without it and reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LostEntry {
+    /// The entry name (`files/<sha1>`, `folders/<uniqueid>/cyrus.index`, ...).
+    pub entry: String,
+    /// The archive file read.
+    pub archive: PathBuf,
+    /// Byte offset in `archive` of the damage (the member's offset), when there is one.
+    pub offset: Option<u64>,
+    pub detail: String,
+}
+
+impl LostEntry {
+    /// The loss of `e` from the error its read gave.
+    pub fn of(archive: &Path, e: &EntryRecord, err: &Error) -> LostEntry {
+        let (offset, detail) = match err {
+            Error::Corrupt { offset, detail, .. } => (*offset, detail.clone()),
+            other => (e.placement.member, other.to_string()),
+        };
+        LostEntry {
+            entry: e.name.clone(),
+            archive: archive.to_path_buf(),
+            offset: Some(offset),
+            detail,
+        }
+    }
+
+    /// An entry a mailbox needs that the archive does not hold as of the run.
+    pub fn missing(archive: &Path, entry: String) -> LostEntry {
+        LostEntry {
+            entry,
+            archive: archive.to_path_buf(),
+            offset: None,
+            detail: "not in the archive as of this run".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for LostEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.offset {
+            Some(at) => write!(
+                f,
+                "{} in {} at byte {at}: {}",
+                self.entry,
+                self.archive.display(),
+                self.detail
+            ),
+            None => write!(
+                f,
+                "{} in {}: {}",
+                self.entry,
+                self.archive.display(),
+                self.detail
+            ),
+        }
+    }
+}
+
+impl From<LostEntry> for Error {
+    fn from(l: LostEntry) -> Error {
+        match l.offset {
+            Some(at) => Error::corrupt(&l.archive, at, format!("{}: {}", l.entry, l.detail)),
+            None => Error::NotFound(format!("{} in {}", l.entry, l.archive.display())),
+        }
+    }
+}
+
+/// The mailbox's cyrus.header and cyrus.index, parsed. A failure names the entry that failed,
+/// so a restore can report it and go on with the other mailboxes.
+pub fn read_mailbox(archive: &Archive, m: &MailboxAt) -> std::result::Result<MailboxData, LostEntry> {
+    let path = &archive.paths().archive;
+    let entry = |file: &str| {
+        m.file(file).ok_or_else(|| {
+            LostEntry::missing(path, format!("{FOLDERS_DIR}{}/{file}", m.uniqueid))
+        })
     };
-    let header_entry = m
-        .file("cyrus.header")
-        .ok_or_else(|| Error::NotFound(format!("cyrus.header of {}", m.name)))?;
-    let index_entry = m
-        .file("cyrus.index")
-        .ok_or_else(|| Error::NotFound(format!("cyrus.index of {}", m.name)))?;
-    let header = crate::spool::header::parse(&read_all(archive, header_entry)?)
-        .map_err(|err| corrupt(header_entry, format!("{}: {err}", header_entry.name)))?;
-    let index = crate::spool::index::parse(&read_all(archive, index_entry)?)
-        .map_err(|err| corrupt(index_entry, format!("{}: {err}", index_entry.name)))?;
+    let header_entry = entry("cyrus.header")?;
+    let index_entry = entry("cyrus.index")?;
+    let read = |e: &EntryRecord| read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err));
+    let header = crate::spool::header::parse(&read(header_entry)?)
+        .map_err(|err| LostEntry::of(path, header_entry, &Error::usage(err.to_string())))?;
+    let index = crate::spool::index::parse(&read(index_entry)?)
+        .map_err(|err| LostEntry::of(path, index_entry, &Error::usage(err.to_string())))?;
     Ok(MailboxData { header, index })
 }
 
@@ -228,17 +344,18 @@ pub fn folder_records(
     archive: &Archive,
     m: &MailboxAt,
     which: &str,
-) -> Result<Vec<crate::spool::cyrusdb::Record>> {
+) -> std::result::Result<Vec<crate::spool::cyrusdb::Record>, LostEntry> {
     debug_assert!(which == FOLDER_MAILBOXES_DB || which == FOLDER_ANNOTATIONS_DB);
     let Some(e) = m.file(which) else {
         return Ok(Vec::new());
     };
-    let bytes = read_all(archive, e)?;
+    let path = &archive.paths().archive;
+    let bytes = read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err))?;
     crate::scan::names::parse_records(&bytes).ok_or_else(|| {
-        Error::corrupt(
-            &archive.paths().archive,
-            e.placement.member,
-            format!("{}: not in the records format", e.name),
+        LostEntry::of(
+            path,
+            e,
+            &Error::usage("not in the records format".to_string()),
         )
     })
 }
@@ -283,24 +400,40 @@ impl<'a> Messages<'a> {
     /// The message's bytes, SHA-1 checked: a mismatch, or a member that fails its own checks,
     /// is an error naming the archive and the member's offset.
     pub fn read(&self, guid: &Guid) -> Result<Vec<u8>> {
+        self.read_entry(guid).map(|(_, bytes)| bytes)
+    }
+
+    /// The entry a message is stored as.
+    pub fn entry(&self, guid: &Guid) -> Option<&'a EntryRecord> {
+        self.by_guid.get(guid).copied()
+    }
+
+    fn read_entry(&self, guid: &Guid) -> Result<(&'a EntryRecord, Vec<u8>)> {
         let e = self
-            .by_guid
-            .get(guid)
+            .entry(guid)
             .ok_or_else(|| Error::NotFound(format!("message {guid} in the archive")))?;
-        let start = e.placement.data_at as usize;
-        let end = start + e.size as usize;
-        if end > crate::archive::MEMBER_TARGET {
+        // Placement numbers come from the index: checked arithmetic, and anything that does not
+        // lie within one member's worth of data goes the streamed, size-checked way.
+        let span = usize::try_from(e.placement.data_at)
+            .ok()
+            .zip(usize::try_from(e.size).ok())
+            .and_then(|(start, len)| Some((start, start.checked_add(len)?)))
+            .filter(|&(_, end)| end <= crate::archive::MEMBER_TARGET);
+        let Some((start, end)) = span else {
             // Longer than a member: streamed across its members.
-            return read_all(self.archive, e);
-        }
+            return Ok((e, read_all(self.archive, e)?));
+        };
         let path = &self.archive.paths().archive;
         let mut cached = self.member.borrow_mut();
         if cached.as_ref().map(|(at, _)| *at) != Some(e.placement.member) {
             *cached = None;
-            let raw = crate::store::decode_members(path, e.placement.member, None)?;
+            let raw = self.archive.decode_members(e.placement.member, None)?;
             *cached = Some((e.placement.member, raw));
         }
-        let raw = &cached.as_ref().expect("filled above").1;
+        let raw = match cached.as_ref() {
+            Some((_, raw)) => raw,
+            None => unreachable!("filled above"),
+        };
         let data = raw.get(start..end).ok_or_else(|| {
             Error::corrupt(
                 path,
@@ -315,7 +448,14 @@ impl<'a> Messages<'a> {
                 format!("{} does not hash to its name", e.name),
             ));
         }
-        Ok(data.to_vec())
+        Ok((e, data.to_vec()))
+    }
+
+    /// What a failed `read` of `guid` lost: the entry that failed its checks, or `None` when
+    /// the archive holds no such message at all.
+    pub fn lost(&self, guid: &Guid, err: &Error) -> Option<LostEntry> {
+        let e = self.entry(guid)?;
+        Some(LostEntry::of(&self.archive.paths().archive, e, err))
     }
 }
 
