@@ -2,7 +2,7 @@
 //! locks), message files, per-user files. Read-only: it opens only files inside the folders
 //! imapd.conf names, creates nothing (not even a missing Cyrus lock file) and writes nothing.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,7 @@ use crate::archive::SourceStat;
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::spool::cyrusdb::Record;
+use crate::spool::file::{self, Follow};
 use crate::spool::lock::{FileLock, LockMode};
 use crate::spool::mboxlist::MailboxEntry;
 use crate::spool::user::MailboxAnnotations;
@@ -309,23 +310,23 @@ impl Source for LocalSource<'_> {
         let Some(path) = open.message_path(uid, archived) else {
             return Err(Error::NotFound(format!("a folder for uid {uid}")));
         };
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path);
-        let file = match opened {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("open", &path, e)),
+        // Without blocking and regular files only: a FIFO here would otherwise block the open,
+        // and the backup with it, while the mailbox's name lock is held.
+        let Some((file, meta)) = file::open(&path, false, Follow::No)? else {
+            return Ok(None);
         };
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io("stat", &path, e))?
-            .len();
+        let size = meta.len();
         Ok(Some(MessageFile {
             size,
             reader: Box::new(file),
         }))
+    }
+
+    fn message_file(&self, uid: u32, archived: bool) -> String {
+        match self.open.as_ref().and_then(|o| o.message_path(uid, archived)) {
+            Some(path) => path.display().to_string(),
+            None => format!("{uid}."),
+        }
     }
 
     fn close_mailbox(&mut self) -> Result<()> {
@@ -352,16 +353,11 @@ impl Source for LocalSource<'_> {
         else {
             return Ok(None);
         };
-        let stat = SourceStat::of(
-            &lock
-                .file()
-                .metadata()
-                .map_err(|e| Error::io("stat", &path, e))?,
-        );
-        let mut bytes = Vec::with_capacity(stat.size as usize);
-        let mut f = lock.file();
-        f.read_to_end(&mut bytes)
-            .map_err(|e| Error::io("read", &path, e))?;
-        Ok(Some((bytes, stat)))
+        let meta = lock
+            .file()
+            .metadata()
+            .map_err(|e| Error::io("stat", &path, e))?;
+        let bytes = file::read_capped(lock.file(), &path, meta.len(), file::USER_FILE_CAP)?;
+        Ok(Some((bytes, SourceStat::of(&meta))))
     }
 }

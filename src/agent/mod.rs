@@ -109,6 +109,11 @@ pub trait Source {
         guid: &Guid,
         archived: bool,
     ) -> Result<Option<MessageFile<'_>>>;
+    /// Where the open mailbox keeps the message file of `uid`, for a report that it is missing:
+    /// the full path when the spool is read here, else the file's name.
+    fn message_file(&self, uid: u32, _archived: bool) -> String {
+        format!("{uid}.")
+    }
     /// Releases the open mailbox's name lock.
     fn close_mailbox(&mut self) -> Result<()>;
     /// A per-user file read under a shared lock, with its stat as read; `None` when gone.

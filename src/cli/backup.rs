@@ -49,6 +49,11 @@ pub(super) struct BackupArgs {
     compact: bool,
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Write the tombstones even when more than half of an archive's mailboxes (at least 2), or
+    /// of the users with archives here, vanish from the server in one run; without it such a
+    /// run tombstones nothing and exits 1 (an emptied mailboxes.db, an unmounted partition).
+    #[arg(long)]
+    allow_mass_delete: bool,
     /// JSON lines on stdout, one per user (formats/json-output.md).
     #[arg(long)]
     json: bool,
@@ -75,6 +80,7 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
         locks: args.lock_method.options(args.lock_timeout),
         writer: writer_options(args.wait, None, args.level),
         compact: args.compact.then(|| args.policy.options(false)),
+        allow_mass_delete: args.allow_mass_delete,
     };
     let tty = std::io::stderr().is_terminal() && !args.json;
     let started = std::time::Instant::now();
@@ -90,6 +96,12 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
                     let _ = p.json("user", r);
                 } else {
                     let _ = p.line(&output::user_summary(r));
+                    if r.healed > 0 {
+                        let _ = p.line(&format!(
+                            "  healed {} entries the last repair had lost",
+                            r.healed
+                        ));
+                    }
                     for problem in &r.problems {
                         p.note(&format!("{}: {problem}", r.user));
                     }
@@ -133,7 +145,13 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
     if tty {
         eprintln!();
     }
-    Ok(if summary.failed > 0 || summary.with_problems > 0 {
+    if let Some(refused) = &summary.refused {
+        if args.json {
+            p.json("mass-delete-refused", refused)?;
+        }
+        p.note(&refused.message);
+    }
+    Ok(if summary.failed > 0 || summary.with_problems > 0 || summary.refused.is_some() {
         1
     } else {
         0

@@ -44,7 +44,20 @@ pub struct BackupOptions {
     pub writer: WriterOptions,
     /// Run the compaction policy on each archive after its user's run committed.
     pub compact: Option<PlanOptions>,
+    /// Tombstone even when a large share of the mailboxes or users vanish at once
+    /// (`MASS_GONE_*` here, `scan::MASS_DELETE_*` per archive).
+    pub allow_mass_delete: bool,
 }
+
+/// Users with archives here that the server no longer lists are marked gone (every name
+/// tombstoned) only while the server still lists at least half of the users that have archives
+/// here, or fewer than `MASS_GONE_MIN` of them vanish. Users leave a mail server a few at a
+/// time; half of them vanishing in one night is an emptied, truncated or wrong mailboxes.db, or
+/// a spool that is not mounted, and tombstones are what later let the compactor drop their mail.
+/// A server that lists no user at all is never taken at its word.
+pub const MASS_GONE_SHARE_PERCENT: usize = 50;
+/// One or two users leaving a small server is ordinary.
+pub const MASS_GONE_MIN: usize = 2;
 
 /// One user's result, as it arrives.
 pub enum UserOutcome {
@@ -64,6 +77,21 @@ pub struct BackupSummary {
     pub users: usize,
     pub failed: usize,
     pub with_problems: usize,
+    /// Set when the users that vanished from the server were not marked gone (`MASS_GONE_*`),
+    /// or the server listed no user at all: why, for the operator.
+    pub refused: Option<MassGone>,
+}
+
+/// Users with archives here that the server did not list, left as they were.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MassGone {
+    /// Users with archives here that the server does not list (not marked gone this run).
+    pub users: Vec<String>,
+    /// Users with archives here.
+    pub archives: usize,
+    /// Users the server lists.
+    pub on_server: usize,
+    pub message: String,
 }
 
 /// Runs the backup; `on_user` sees each user's outcome as it finishes (the CLI prints it).
@@ -118,14 +146,20 @@ pub fn backup(
             .map(|u| (u.clone(), !on_server.contains(u)))
             .collect()
     };
+    let archived: Vec<String> = list_archives(&options.archive_dir)?
+        .into_iter()
+        .filter_map(|paths| paths.user)
+        .collect();
+    let refused = mass_gone(&archived, &on_server, options.allow_mass_delete);
     if options.users.is_empty() {
-        for paths in list_archives(&options.archive_dir)? {
-            if let Some(user) = paths.user {
-                if !on_server.contains(&user) {
-                    work.push((user, true));
-                }
+        for user in &archived {
+            if !on_server.contains(user) {
+                work.push((user.clone(), true));
             }
         }
+    }
+    if refused.is_some() {
+        work.retain(|(_, gone)| !gone);
     }
     let total = work.len();
     let jobs = options.jobs.clamp(1, total.max(1));
@@ -139,6 +173,7 @@ pub fn backup(
         retries: 3,
         host: super::hostname(),
         time: super::now(),
+        allow_mass_delete: options.allow_mass_delete,
     };
 
     let claims = Claims::new(work.len(), jobs);
@@ -152,6 +187,7 @@ pub fn backup(
         users: total,
         failed: 0,
         with_problems: 0,
+        refused,
     };
     std::thread::scope(|scope| {
         for worker in 0..jobs {
@@ -235,6 +271,48 @@ pub fn backup(
         }
     });
     Ok(summary)
+}
+
+/// Whether marking the users with archives here that the server does not list as gone would be
+/// a mass deletion (`MASS_GONE_*`), or the server lists nobody: then who and why.
+fn mass_gone(archived: &[String], on_server: &[String], allow: bool) -> Option<MassGone> {
+    let server: std::collections::HashSet<&str> = on_server.iter().map(String::as_str).collect();
+    let gone: Vec<String> = archived
+        .iter()
+        .filter(|u| !server.contains(u.as_str()))
+        .cloned()
+        .collect();
+    if allow {
+        return None;
+    }
+    let message = if on_server.is_empty() {
+        format!(
+            "the server lists no user at all (an empty or wrong mailboxes.db?): nothing was \
+             backed up, and none of the {} users with archives here was marked gone; if they \
+             really all left, run again with --allow-mass-delete",
+            gone.len()
+        )
+    } else if gone.len() >= MASS_GONE_MIN
+        && gone.len() * 100 > archived.len() * MASS_GONE_SHARE_PERCENT
+    {
+        format!(
+            "{} of the {} users with archives here are not on the server (it lists {}): more \
+             likely an emptied or wrong mailboxes.db or an unmounted spool than users leaving, \
+             so none of them was marked gone; if they really left, run again with \
+             --allow-mass-delete",
+            gone.len(),
+            archived.len(),
+            on_server.len()
+        )
+    } else {
+        return None;
+    };
+    Some(MassGone {
+        users: gone,
+        archives: archived.len(),
+        on_server: on_server.len(),
+        message,
+    })
 }
 
 /// Which worker backs up which user. Users are handed out in order from a shared cursor. A

@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 
 use crate::error::Result;
+use crate::spool::file;
 use crate::spool::index::IndexRecord;
 use crate::spool::mboxlist::MailboxEntry;
 use crate::spool::user::{
-    parse_quota, read_db_if_present, read_seen, read_sieve_dir, read_subscriptions, Quota,
+    parse_quota, read_seen, read_user_db, read_sieve_dir, read_subscriptions, Quota,
     SeenEntry, SieveFiles,
 };
 use crate::spool::{LockOptions, MetaFile, Spool};
@@ -104,7 +105,7 @@ pub fn spool_ls(options: &SpoolLsOptions) -> Result<SpoolListing> {
     for user in users {
         let files = spool.user_files(&user);
         let mut problems = Vec::new();
-        let subscriptions = match read_db_if_present(&files.sub) {
+        let subscriptions = match read_user_db(&files.sub) {
             Ok(Some(records)) => read_subscriptions(&records, &user)
                 .iter()
                 .map(|n| n.internal())
@@ -115,7 +116,7 @@ pub fn spool_ls(options: &SpoolLsOptions) -> Result<SpoolListing> {
                 Vec::new()
             }
         };
-        let seen = match read_db_if_present(&files.seen) {
+        let seen = match read_user_db(&files.seen) {
             Ok(Some(records)) => read_seen(&records),
             Ok(None) => Vec::new(),
             Err(e) => {
@@ -123,17 +124,17 @@ pub fn spool_ls(options: &SpoolLsOptions) -> Result<SpoolListing> {
                 Vec::new()
             }
         };
-        let quota = match std::fs::read(&files.quota) {
-            Ok(bytes) => match parse_quota(&bytes) {
+        let quota = match file::read(&files.quota, file::Follow::No, file::USER_FILE_CAP) {
+            Ok(Some((bytes, _))) => match parse_quota(&bytes) {
                 Ok(q) => Some(q),
                 Err(e) => {
                     problems.push(e.in_file(&files.quota).to_string());
                     None
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Ok(None) => None,
             Err(e) => {
-                problems.push(crate::Error::io("read", &files.quota, e).to_string());
+                problems.push(e.to_string());
                 None
             }
         };

@@ -19,7 +19,22 @@ pub struct UserOptions {
     pub retries: u32,
     pub host: String,
     pub time: i64,
+    /// Write the tombstones even when a run would tombstone a large share of the archive's
+    /// mailboxes at once (`MASS_DELETE_*`); `--allow-mass-delete`.
+    pub allow_mass_delete: bool,
 }
+
+/// A run that would tombstone more than half of the archive's live mailboxes, and at least
+/// `MASS_DELETE_MIN` of them, writes no tombstone at all (rsync's `--max-delete`, as a share).
+/// People delete folders one or a few at a time; a mailboxes.db that is empty, truncated or from
+/// another server, or a spool whose partition is not mounted, makes them all vanish at once, and
+/// a tombstone is what later lets the compactor drop the mail. Refusing wrongly costs one rerun
+/// with `--allow-mass-delete`; accepting wrongly can cost the mail. Renames keep the mailbox's
+/// uniqueid and do not count; neither do `DELETED.` mailboxes that Cyrus expires.
+pub const MASS_DELETE_SHARE_PERCENT: usize = 50;
+/// The fewest vanishing mailboxes that can be a mass deletion: a user with two or three folders
+/// may delete one or two of them.
+pub const MASS_DELETE_MIN: usize = 2;
 
 /// What one user's run did; also what `--json` prints.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -43,7 +58,32 @@ pub struct UserReport {
     pub seconds: f64,
     /// The user no longer exists on the server; their names were tombstoned.
     pub gone: bool,
+    /// Entries a `mailpack repair` had lost (its `repairs/<n>` entry) that this run stored again
+    /// from the spool.
+    pub healed: u64,
+    /// The run would have tombstoned too many mailboxes at once and wrote no tombstone.
+    pub mass_delete_refused: bool,
     pub problems: Vec<String>,
+}
+
+/// After a repair: which entry names the repair lost, and which of them this run stored again.
+struct Healing {
+    lost: Option<std::collections::BTreeSet<String>>,
+    healed: std::collections::BTreeSet<String>,
+}
+
+impl Healing {
+    /// A full pass: every mailbox and per-user file is read, whatever its stat says, so what the
+    /// spool still has and the archive lost is stored again.
+    fn full_pass(&self) -> bool {
+        self.lost.is_some()
+    }
+
+    fn stored(&mut self, name: &str) {
+        if self.lost.as_ref().is_some_and(|l| l.contains(name)) {
+            self.healed.insert(name.to_string());
+        }
+    }
 }
 
 /// Backs up one user into `store` as one committed run, reading through `source` (the spool
@@ -71,6 +111,18 @@ pub fn backup_user(
     let listing = source.list_user(user)?;
     let (archive, writer) = store.split();
     let recorded = Recorded::of(archive);
+    let old_links: BTreeMap<&str, &str> = recorded.links().collect();
+    let mut healing = Healing {
+        lost: archive.repair_losses().unwrap_or_else(|e| {
+            // Which entries were lost is unknown: a full pass stores whatever may be missing.
+            report.problems.push(format!(
+                "the list of entries the last repair lost does not read ({e}); reading every \
+                 mailbox again"
+            ));
+            Some(Default::default())
+        }),
+        healed: Default::default(),
+    };
     let mut added: HashSet<Guid> = HashSet::new();
     let mut desired_links: BTreeMap<String, String> = BTreeMap::new();
 
@@ -84,27 +136,47 @@ pub fn backup_user(
             ));
             continue;
         };
-        desired_links.insert(imap_entry(&m.name), folder_target(&uid));
+        let link = imap_entry(&m.name);
+
+        // Listed in mailboxes.db but without its files: an unmounted or wrong partition, or a
+        // damaged mailbox. Reported every run, never taken as "unchanged", and its name is not
+        // tombstoned (nor newly linked to a folder holding nothing).
+        // `stats` is in `MetaFile::ALL` order: header, index, annotations.
+        let absent: Vec<&str> = [(0, MetaFile::Header), (1, MetaFile::Index)]
+            .into_iter()
+            .filter(|(i, _)| m.stats[*i].is_none())
+            .map(|(_, f)| f.file_name())
+            .collect();
+        if !absent.is_empty() {
+            report.skipped += 1;
+            report.problems.push(format!(
+                "{} ({uid}): listed in mailboxes.db, but the spool has no {} for it (partition \
+                 not mounted, or the mailbox damaged); skipped this run",
+                m.name,
+                absent.join(" and ")
+            ));
+            if let Some(old) = old_links.get(link.as_str()) {
+                desired_links.insert(link, old.to_string());
+            }
+            continue;
+        }
+        desired_links.insert(link, folder_target(&uid));
 
         // The mailbox list records and mailbox annotations came with the listing: stored when
         // they differ from the last stored copy.
-        store_if_different(
-            writer,
-            &recorded,
-            &folder_entry(&uid, names::FOLDER_MAILBOXES_DB),
-            &records_bytes(&m.records.iter().collect::<Vec<_>>()),
-            options.time,
-        )?;
-        store_if_different(
-            writer,
-            &recorded,
-            &folder_entry(&uid, names::FOLDER_ANNOTATIONS_DB),
-            &records_bytes(&m.annotations.iter().collect::<Vec<_>>()),
-            options.time,
-        )?;
+        for (file, records) in [
+            (names::FOLDER_MAILBOXES_DB, &m.records),
+            (names::FOLDER_ANNOTATIONS_DB, &m.annotations),
+        ] {
+            let name = folder_entry(&uid, file);
+            let bytes = records_bytes(&records.iter().collect::<Vec<_>>());
+            if store_if_different(writer, &recorded, &name, &bytes, options.time)? {
+                healing.stored(&name);
+            }
+        }
 
         // Pass 1: the stats the listing carries.
-        if !metadata_changed(m, &uid, &recorded) {
+        if !healing.full_pass() && !metadata_changed(m, &uid, &recorded) {
             continue;
         }
         report.changed += 1;
@@ -115,20 +187,39 @@ pub fn backup_user(
             added: &mut added,
             options,
             report: &mut report,
+            healing: &mut healing,
         }
         .capture_mailbox(user, m, &uid)?;
     }
 
-    // Names: new and renamed mailboxes get a link, vanished names a tombstone.
-    let old_links: BTreeMap<&str, &str> = recorded.links().collect();
+    // Names: new and renamed mailboxes get a link, vanished names a tombstone, unless that many
+    // vanish at once that the spool, not the user, is more likely what changed.
+    let time = options.time.max(0) as u64;
     for (name, target) in &desired_links {
         if old_links.get(name.as_str()) != Some(&target.as_str()) {
-            writer.append_symlink(name, target, options.time.max(0) as u64)?;
+            writer.append_symlink(name, target, time)?;
+            healing.stored(name);
         }
     }
-    for name in old_links.keys() {
-        if !desired_links.contains_key(*name) {
-            writer.append_symlink(name, "", options.time.max(0) as u64)?;
+    let refusal = mass_delete(&old_links, &desired_links);
+    let tombstones = match refusal {
+        Some((vanishing, live)) if !options.allow_mass_delete => {
+            report.mass_delete_refused = true;
+            report.problems.push(format!(
+                "{vanishing} of the {live} mailboxes in the archive are gone from the server at \
+                 once: more likely an emptied or wrong mailboxes.db or an unmounted partition \
+                 than deletions, so no name was tombstoned this run; if they really were \
+                 deleted, run again with --allow-mass-delete"
+            ));
+            false
+        }
+        _ => true,
+    };
+    if tombstones {
+        for name in old_links.keys() {
+            if !desired_links.contains_key(*name) {
+                writer.append_symlink(name, "", time)?;
+            }
         }
     }
 
@@ -140,7 +231,10 @@ pub fn backup_user(
         writer,
         options,
         &mut report,
+        &mut healing,
+        tombstones,
     )?;
+    report.healed = healing.healed.len() as u64;
     drop(recorded);
     // Over ssh the next listings' round trip then overlaps this commit's syncs, which is most
     // of what a run that finds nothing changed waits for. A request that cannot be sent is not
@@ -220,18 +314,48 @@ fn commit(
     Ok(())
 }
 
+/// Appends `bytes` as `name` unless the latest stored version holds the same; says whether it did.
 fn store_if_different(
     writer: &mut ArchiveWriter,
     recorded: &Recorded,
     name: &str,
     bytes: &[u8],
     time: i64,
-) -> Result<()> {
+) -> Result<bool> {
     if recorded.get(name).map(|e| e.sha1) == Some(Guid::of(bytes)) {
-        return Ok(());
+        return Ok(false);
     }
     writer.append_bytes(name, bytes, None, time.max(0) as u64)?;
-    Ok(())
+    Ok(true)
+}
+
+/// Whether tombstoning the links that are not desired any more would be a mass deletion
+/// (`MASS_DELETE_*`): then `(vanishing, live)` mailboxes. Mailboxes are counted by the folder a
+/// link names, so a rename (same uniqueid, new name) vanishes nothing; names of deleted
+/// mailboxes (`DELETED.user...`, which Cyrus expires on its own schedule) are left out of both
+/// counts.
+fn mass_delete(
+    old_links: &BTreeMap<&str, &str>,
+    desired: &BTreeMap<String, String>,
+) -> Option<(usize, usize)> {
+    let kept: HashSet<&str> = desired.values().map(String::as_str).collect();
+    let live: HashSet<&str> = old_links
+        .iter()
+        .filter(|(name, _)| !is_deleted_mailbox(name))
+        .map(|(_, target)| *target)
+        .collect();
+    let vanishing = live.iter().filter(|t| !kept.contains(*t)).count();
+    (vanishing >= MASS_DELETE_MIN && vanishing * 100 > live.len() * MASS_DELETE_SHARE_PERCENT)
+        .then_some((vanishing, live.len()))
+}
+
+/// `imap/DELETED/user/...`: a user's mailbox lives under `user.`; one deleted with
+/// `delete_mode: delayed` under `<deletedprefix>.user.`, whatever the prefix is.
+fn is_deleted_mailbox(link: &str) -> bool {
+    names::parse_imap_entry(link).is_some_and(|n| {
+        n.parts.first().map(String::as_str) != Some("user")
+            && n.parts.get(1).map(String::as_str) == Some("user")
+    })
 }
 
 /// Pass 1: has any metadata file of the mailbox changed since it was stored?
@@ -248,8 +372,10 @@ fn metadata_changed(m: &MailboxListing, uid: &str, recorded: &Recorded) -> bool 
 
 enum Capture {
     Done,
-    /// A live record's file vanished: the mailbox changed under us; read it again.
-    Again,
+    /// Live records' files are not in the spool (uid, where the file was looked for): the
+    /// mailbox may have changed under us, so it is read again; if they stay missing they are
+    /// reported as missing.
+    Missing(Vec<(u32, String)>),
 }
 
 /// What pass 2 of one user's run works with.
@@ -261,6 +387,7 @@ struct Pass2<'a> {
     added: &'a mut HashSet<Guid>,
     options: &'a UserOptions,
     report: &'a mut UserReport,
+    healing: &'a mut Healing,
 }
 
 /// Errors that concern one mailbox or file on the mail host: reported, and the run goes on.
@@ -280,18 +407,22 @@ fn is_local_problem(e: &Error) -> bool {
 impl Pass2<'_> {
     /// Pass 2 for one mailbox, with bounded retries.
     fn capture_mailbox(&mut self, user: &str, m: &MailboxListing, uid: &str) -> Result<()> {
+        let mut missing = Vec::new();
         for _ in 0..=self.options.retries {
             match self.capture_once(user, m, uid)? {
                 Capture::Done => return Ok(()),
-                Capture::Again => continue,
+                Capture::Missing(files) => missing = files,
             }
         }
         self.report.skipped += 1;
-        self.report.problems.push(format!(
-            "{}: changed on every one of {} reads; skipped this run",
-            m.name,
-            self.options.retries + 1
-        ));
+        for (msg_uid, path) in missing {
+            self.report.problems.push(format!(
+                "{}: uid {msg_uid}: message file {path} is missing (cyrus.index lists it, the \
+                 spool has no such file; {} reads); the mailbox's metadata is not stored this run",
+                m.name,
+                self.options.retries + 1
+            ));
+        }
         Ok(())
     }
 
@@ -336,6 +467,7 @@ impl Pass2<'_> {
         // Message files first: a stored index must never reference a message the archive
         // lacks. The source holds the shared name lock meanwhile, so Cyrus unlinks none.
         let mut bad = false;
+        let mut missing = Vec::new();
         let mut seen = HashSet::new();
         let wanted: Vec<&crate::spool::index::IndexRecord> = index
             .records
@@ -367,15 +499,14 @@ impl Pass2<'_> {
                 }
                 Err(err) => return Err(err),
             };
-            if fetched.is_none() {
-                drop(fetched);
-                if r.is_expunged() {
-                    continue; // cleaned up between the index read and now: nothing to keep
-                }
-                self.source.close_mailbox()?;
-                return Ok(Capture::Again);
-            }
-            let mut file = fetched.expect("checked above");
+            let Some(mut file) = fetched else {
+                if !r.is_expunged() {
+                    // The other files are still stored this time; a read again only asks for
+                    // what is still missing.
+                    missing.push((r.uid, r.is_archived()));
+                } // else cleaned up between the index read and now: nothing to keep
+                continue;
+            };
             self.report.message_files_read += 1;
             self.report.bytes_read += file.size;
             let mtime = (r.internaldate_ns.max(0) / 1_000_000_000) as u64;
@@ -392,6 +523,7 @@ impl Pass2<'_> {
                 Ok(_) => {
                     self.added.insert(r.guid);
                     self.report.messages_added += 1;
+                    self.healing.stored(&file_entry_name(&r.guid));
                 }
                 Err(rejected) => {
                     self.report.problems.push(format!(
@@ -402,10 +534,24 @@ impl Pass2<'_> {
                 }
             }
         }
+        let missing: Vec<(u32, String)> = missing
+            .into_iter()
+            .map(|(uid, archived)| (uid, self.source.message_file(uid, archived)))
+            .collect();
         self.source.close_mailbox()?;
         if bad {
             self.report.skipped += 1;
+            for (msg_uid, path) in missing {
+                self.report.problems.push(format!(
+                    "{}: uid {msg_uid}: message file {path} is missing (cyrus.index lists it, \
+                     the spool has no such file)",
+                    m.name
+                ));
+            }
             return Ok(Capture::Done);
+        }
+        if !missing.is_empty() {
+            return Ok(Capture::Missing(missing));
         }
         let time = self.options.time.max(0) as u64;
         let files: [(MetaFile, Option<&Vec<u8>>); 3] = [
@@ -421,6 +567,7 @@ impl Pass2<'_> {
                     opened.stats[i].map_or(time, |s| (s.mtime_ns.max(0) / 1_000_000_000) as u64);
                 self.writer
                     .append_bytes(&name, bytes, opened.stats[i], mtime)?;
+                self.healing.stored(&name);
             }
         }
         Ok(Capture::Done)
@@ -437,6 +584,8 @@ fn backup_user_files(
     writer: &mut ArchiveWriter,
     options: &UserOptions,
     report: &mut UserReport,
+    healing: &mut Healing,
+    tombstones: bool,
 ) -> Result<()> {
     let mut seen_names = HashSet::new();
     for f in listed {
@@ -452,12 +601,14 @@ fn backup_user_files(
             if old.as_deref() != Some(target.as_str()) && crate::archive::check_name(target).is_ok()
             {
                 writer.append_symlink(&f.entry, target, options.time.max(0) as u64)?;
+                healing.stored(&f.entry);
             }
             continue;
         }
-        if recorded
-            .stat(&f.entry)
-            .is_some_and(|then| same_file(&f.stat, &then))
+        if !healing.full_pass()
+            && recorded
+                .stat(&f.entry)
+                .is_some_and(|then| same_file(&f.stat, &then))
         {
             continue;
         }
@@ -478,6 +629,10 @@ fn backup_user_files(
             Some(stat),
             (stat.mtime_ns.max(0) / 1_000_000_000) as u64,
         )?;
+        healing.stored(&f.entry);
+    }
+    if !tombstones {
+        return Ok(());
     }
     // Per-user files that disappeared (a sieve script deleted, ...).
     for name in recorded

@@ -184,7 +184,10 @@ fn read_into(path: &Path, raw: &mut BTreeMap<String, String>, depth: usize) -> R
             path.display()
         )));
     }
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    // Without blocking and regular files only: a FIFO given as --config must not hang the run.
+    let (file, meta) = super::file::open(path, false, super::file::Follow::Yes)?.ok_or_else(|| {
+        Error::io("open", path, std::io::Error::from(std::io::ErrorKind::NotFound))
+    })?;
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(Error::usage(format!(
             "{}: {} bytes is too large for imapd.conf",
@@ -192,7 +195,11 @@ fn read_into(path: &Path, raw: &mut BTreeMap<String, String>, depth: usize) -> R
             meta.len()
         )));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let cap = super::file::Cap {
+        name: "MAX_CONFIG_BYTES",
+        bytes: MAX_CONFIG_BYTES,
+    };
+    let bytes = super::file::read_capped(&file, path, meta.len(), cap)?;
     let text = String::from_utf8_lossy(&bytes);
     let mut offset = 0u64;
     for line in text.split_inclusive('\n') {

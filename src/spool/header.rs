@@ -5,7 +5,6 @@
 //! Both formats are read the way Cyrus reads them, quirks included, because the user flag
 //! numbering in `cyrus.index` records only means what Cyrus's own reading of this file says.
 
-use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -253,18 +252,9 @@ fn trim_unused(flags: &mut Vec<Option<String>>) {
 
 /// Reads and parses the `cyrus.header` at `path`.
 pub fn read(path: &Path) -> Result<MailboxHeader> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_HEADER_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
-    if bytes.len() as u64 > MAX_HEADER_FILE {
-        return Err(Error::corrupt(
-            path,
-            MAX_HEADER_FILE,
-            format!("larger than {MAX_HEADER_FILE} bytes; no real cyrus.header is"),
-        ));
-    }
+    use super::file::{self, Follow};
+    let (bytes, _) = file::read(path, Follow::No, file::HEADER_CAP)?
+        .ok_or_else(|| Error::NotFound(path.display().to_string()))?;
     parse(&bytes).map_err(|e| e.in_file(path))
 }
 

@@ -792,7 +792,9 @@ fn decode_record(f: &Fields, l: &RecordLayout) -> Result<IndexRecord, ParseError
 
 /// Reads and parses the `cyrus.index` at `path`; damage is reported with the path and offset.
 pub fn read(path: &Path) -> Result<IndexFile> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    use super::file::{self, Follow};
+    let (bytes, _) = file::read(path, Follow::No, file::INDEX_CAP)?
+        .ok_or_else(|| Error::NotFound(path.display().to_string()))?;
     parse(&bytes).map_err(|e| e.in_file(path))
 }
 

@@ -4,7 +4,7 @@
 //! the open file, not the process. Servers built `--with-lock=flock` are served by
 //! `LockMethod::Flock`. mailpack's own archive lock (fs2/flock) never touches these files.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -63,10 +63,8 @@ impl FileLock {
     ) -> Result<Option<FileLock>> {
         // Bounded: a file replaced on every attempt means something is badly wrong.
         for _ in 0..16 {
-            let file = match open_for(path, mode) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::io("open", path, e)),
+            let Some(file) = open_for(path, mode)? else {
+                return Ok(None);
             };
             let lock = FileLock::acquire(file, path, mode, method, wait)?;
             let held = lock
@@ -97,10 +95,9 @@ impl FileLock {
         method: LockMethod,
         wait: LockWait,
     ) -> Result<FileLock> {
-        let file = match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => create_like(path, lock_root)?,
-            Err(e) => return Err(Error::io("open", path, e)),
+        let file = match open_for(path, LockMode::Exclusive)? {
+            Some(f) => f,
+            None => create_like(path, lock_root)?,
         };
         FileLock::acquire(file, path, mode, method, wait)
     }
@@ -113,10 +110,9 @@ impl FileLock {
         method: LockMethod,
         wait: LockWait,
     ) -> Result<Option<FileLock>> {
-        match open_for(path, mode) {
-            Ok(file) => FileLock::acquire(file, path, mode, method, wait).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("open", path, e)),
+        match open_for(path, mode)? {
+            Some(file) => FileLock::acquire(file, path, mode, method, wait).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -163,12 +159,15 @@ impl Drop for FileLock {
     }
 }
 
-fn open_for(path: &Path, mode: LockMode) -> io::Result<File> {
-    match mode {
-        // F_RDLCK needs read access only: never open Cyrus's data files for writing.
-        LockMode::Shared => File::open(path),
-        LockMode::Exclusive => OpenOptions::new().read(true).write(true).open(path),
-    }
+/// Opens a file to lock: without blocking, and only if it is a regular file (a FIFO at a lock
+/// or index path would otherwise block the open forever, with the outer locks held), not
+/// through a symlink (Cyrus creates these files and replaces them by rename, never as links).
+/// `Ok(None)` when it does not exist.
+fn open_for(path: &Path, mode: LockMode) -> Result<Option<File>> {
+    use super::file::{open, Follow};
+    // F_RDLCK needs read access only: never open Cyrus's data files for writing.
+    let write = mode == LockMode::Exclusive;
+    Ok(open(path, write, Follow::No)?.map(|(file, _)| file))
 }
 
 fn is_contended(e: &io::Error) -> bool {

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod cyrusdb;
 pub mod dlist;
+pub mod file;
 pub mod header;
 pub mod index;
 pub mod layout;

@@ -82,12 +82,14 @@ pub fn read_subscriptions(records: &[Record], userid: &str) -> Vec<MboxName> {
         .collect()
 }
 
-/// Reads a db file if it exists: `Ok(None)` when absent.
+/// Reads a global db file (`annotations.db`) if it exists: `Ok(None)` when absent.
 pub fn read_db_if_present(path: &std::path::Path) -> Result<Option<Vec<Record>>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    cyrusdb::read(path).map(Some)
+    cyrusdb::read_capped(path, cyrusdb::DB_CAP)
+}
+
+/// Reads a per-user db file (seen, subscriptions) if it exists, within `MAX_USER_FILE`.
+pub fn read_user_db(path: &std::path::Path) -> Result<Option<Vec<Record>>> {
+    cyrusdb::read_capped(path, super::file::USER_FILE_CAP)
 }
 
 #[cfg(test)]

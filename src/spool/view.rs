@@ -261,9 +261,9 @@ impl Spool {
         locks: &LockOptions,
         create_lockfile: bool,
     ) -> Result<(MailboxSnapshot, Option<super::lock::FileLock>)> {
+        use super::file;
         use super::lock::{FileLock, LockMode};
         use crate::error::Error;
-        use std::io::Read;
 
         let missing = |what: &str| Error::NotFound(format!("{what} of mailbox {}", e.name));
         let lock_path = self.lock_path(e).ok_or_else(|| missing("lock file"))?;
@@ -291,33 +291,27 @@ impl Spool {
             FileLock::lock_stable(&index_path, LockMode::Shared, locks.method, locks.wait)?
                 .ok_or_else(|| missing("cyrus.index"))?;
         let mut stats = [None, None, None];
-        let read_locked = |lock: &FileLock| -> Result<(Vec<u8>, crate::archive::SourceStat)> {
-            let meta = lock
-                .file()
-                .metadata()
-                .map_err(|err| Error::io("stat", lock.path(), err))?;
-            let mut bytes = Vec::with_capacity(meta.len() as usize);
-            let mut f = lock.file();
-            f.read_to_end(&mut bytes)
-                .map_err(|err| Error::io("read", lock.path(), err))?;
-            Ok((bytes, crate::archive::SourceStat::of(&meta)))
-        };
-        let (index_bytes, index_stat) = read_locked(&index_lock)?;
+        // Sizes come from the files' own stat: each is checked against the file's cap before
+        // anything is allocated (a sparse file can claim a terabyte).
+        let read_locked =
+            |lock: &FileLock, cap: file::Cap| -> Result<(Vec<u8>, crate::archive::SourceStat)> {
+                let meta = lock
+                    .file()
+                    .metadata()
+                    .map_err(|err| Error::io("stat", lock.path(), err))?;
+                let bytes = file::read_capped(lock.file(), lock.path(), meta.len(), cap)?;
+                Ok((bytes, crate::archive::SourceStat::of(&meta)))
+            };
+        let (index_bytes, index_stat) = read_locked(&index_lock, file::INDEX_CAP)?;
         stats[1] = Some(index_stat);
 
         // cyrus.header is only ever replaced under the exclusive index lock we now exclude.
         let header_path = self
             .meta_path(e, MetaFile::Header)
             .ok_or_else(|| missing("cyrus.header"))?;
-        let header_file = std::fs::File::open(&header_path)
-            .map_err(|err| Error::io("open", &header_path, err))?;
-        let header_meta = header_file
-            .metadata()
-            .map_err(|err| Error::io("stat", &header_path, err))?;
-        let mut header_bytes = Vec::with_capacity(header_meta.len() as usize);
-        (&header_file)
-            .read_to_end(&mut header_bytes)
-            .map_err(|err| Error::io("read", &header_path, err))?;
+        let (header_bytes, header_meta) =
+            file::read(&header_path, file::Follow::No, file::HEADER_CAP)?
+                .ok_or_else(|| missing("cyrus.header"))?;
         stats[0] = Some(crate::archive::SourceStat::of(&header_meta));
 
         let annotations_path = self
@@ -330,7 +324,7 @@ impl Spool {
             locks.wait,
         )? {
             Some(lock) => {
-                let (bytes, stat) = read_locked(&lock)?;
+                let (bytes, stat) = read_locked(&lock, file::ANNOTATIONS_CAP)?;
                 stats[2] = Some(stat);
                 Some(bytes)
             }

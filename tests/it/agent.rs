@@ -59,6 +59,7 @@ fn user_options() -> UserOptions {
         retries: 3,
         host: "test".into(),
         time: mailpack::commands::now(),
+        allow_mass_delete: false,
     }
 }
 

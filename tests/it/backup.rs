@@ -27,6 +27,7 @@ pub fn run_backup(config: &Path, dir: &Path, users: &[&str]) -> BTreeMap<String,
         locks: LockOptions::default(),
         writer: WriterOptions::default(),
         compact: None,
+        allow_mass_delete: false,
     };
     let mut reports = BTreeMap::new();
     backup(&options, &mut |outcome, _, _| match outcome {
@@ -537,6 +538,7 @@ fn a_busy_archive_fails_only_its_own_user() {
         locks: LockOptions::default(),
         writer: WriterOptions::default(),
         compact: None,
+        allow_mass_delete: false,
     };
     let mut outcomes = Vec::new();
     let summary = backup(&options, &mut |o, _, _| {

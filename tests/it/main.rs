@@ -14,4 +14,5 @@ mod spool_db;
 mod spool_index;
 mod spool_lock;
 mod spool_view;
+mod trust_spool;
 mod util;

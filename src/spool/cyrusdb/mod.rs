@@ -12,10 +12,9 @@ pub mod flat;
 pub mod skiplist;
 pub mod twoskip;
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
+use super::file::{Cap, Follow};
 use super::ParseError;
 use crate::error::Error;
 
@@ -124,36 +123,35 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Record>, ParseError> {
 /// recognised but unsupported format are refused as `Error::Unsupported`; damage is
 /// `Error::Corrupt` naming the file and byte offset.
 pub fn read(path: &Path) -> crate::Result<Vec<Record>> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let too_big = |size: u64| Error::Unsupported {
-        path: path.to_path_buf(),
-        detail: format!(
-            "the database is {size} bytes, over the {MAX_DB_BYTES}-byte limit (MAX_DB_BYTES) \
-             of what mailpack loads"
-        ),
+    read_capped(path, DB_CAP)?.ok_or_else(|| {
+        Error::io(
+            "open",
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    })
+}
+
+/// `MAX_DB_BYTES` as a cap for `read_capped`.
+pub const DB_CAP: Cap = Cap {
+    name: "MAX_DB_BYTES",
+    bytes: MAX_DB_BYTES,
+};
+
+/// `read` with a cap of the caller's (a per-user database is far smaller than the mailbox
+/// list); `Ok(None)` when the file does not exist. A FIFO or device is refused without
+/// blocking, and the size is checked before anything is read.
+pub fn read_capped(path: &Path, cap: Cap) -> crate::Result<Option<Vec<Record>>> {
+    let Some((bytes, _)) = super::file::read(path, Follow::Yes, cap)? else {
+        return Ok(None);
     };
-    let size = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
-    if size > MAX_DB_BYTES {
-        return Err(too_big(size));
-    }
-    let mut bytes = Vec::new();
-    // The file may grow between stat and read; `take` keeps the limit honest anyway.
-    file.take(MAX_DB_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
-    if bytes.len() as u64 > MAX_DB_BYTES {
-        return Err(too_big(bytes.len() as u64));
-    }
     if let Magic::Unsupported(what) = classify(&bytes) {
         return Err(Error::Unsupported {
             path: path.to_path_buf(),
             detail: format!("{what}, which mailpack does not read"),
         });
     }
-    parse(&bytes).map_err(|e| e.in_file(path))
+    parse(&bytes).map(Some).map_err(|e| e.in_file(path))
 }
 
 // Bounds-checked big-endian readers shared by the binary formats: `None` when the bytes run out
