@@ -23,6 +23,9 @@ pub enum Error {
         offset: u64,
         detail: String,
     },
+    /// A file that is not one of mailpack's own (another program's file, a symlink, a FIFO) at a
+    /// name mailpack uses: left exactly as it is.
+    Foreign { path: PathBuf, detail: String },
     /// A file in a format or version this build does not read.
     Unsupported { path: PathBuf, detail: String },
     /// Another writer holds the archive's lock.
@@ -70,6 +73,11 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{} is damaged at byte {offset}: {detail}",
+                path.display()
+            ),
+            Error::Foreign { path, detail } => write!(
+                f,
+                "{} {detail}: not a mailpack archive, left untouched",
                 path.display()
             ),
             Error::Unsupported { path, detail } => {

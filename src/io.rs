@@ -149,21 +149,104 @@ impl Seek for DurableFile {
 /// Opens `path` for reading and appending, creating it with mode 0600 if absent. Returns whether
 /// it was created, so the caller can fsync the directory.
 pub fn open_private(path: &Path) -> Result<(File, bool)> {
-    match OpenOptions::new()
+    let (file, created) = match OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(NO_FOLLOW)
         .open(path)
     {
-        Ok(f) => Ok((f, true)),
+        Ok(f) => (f, true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(NO_FOLLOW)
             .open(path)
             .map(|f| (f, false))
-            .map_err(|e| Error::io("open", path, e)),
-        Err(e) => Err(Error::io("create", path, e)),
+            .map_err(|e| open_error(path, e))?,
+        Err(e) => return Err(Error::io("create", path, e)),
+    };
+    ensure_regular(&file, path)?;
+    Ok((file, created))
+}
+
+/// Flags for every open of mailpack's own files: a symlink planted at an archive's or index's
+/// name is refused (ELOOP) rather than followed to a file that is not ours, and a FIFO or device
+/// there cannot block the open.
+const NO_FOLLOW: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+
+/// Opens one of mailpack's own files read-only, refusing symlinks and anything not a regular
+/// file, so no reader can block on a FIFO or be led to a file elsewhere.
+pub fn open_own(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(NO_FOLLOW)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    ensure_regular(&file, path)?;
+    Ok(file)
+}
+
+fn open_error(path: &Path, e: io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return Error::Foreign {
+            path: path.to_path_buf(),
+            detail: "is a symbolic link; mailpack opens its own files only by their real name"
+                .into(),
+        };
+    }
+    if e.kind() == io::ErrorKind::NotFound {
+        return Error::NotFound(path.display().to_string());
+    }
+    Error::io("open", path, e)
+}
+
+fn ensure_regular(file: &File, path: &Path) -> Result<()> {
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::Foreign {
+            path: path.to_path_buf(),
+            detail: "is not a regular file".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A reader with its own position over a file shared by many readers: every read is a `pread`,
+/// so all of a command's reads go to the one generation of the archive it opened, even if a
+/// compaction renames a new one into its place meanwhile.
+pub struct ReadAt {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl ReadAt {
+    pub fn new(file: Arc<File>, pos: u64) -> ReadAt {
+        ReadAt { file, pos }
+    }
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for ReadAt {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let target = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.file.metadata()?.len().checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start or past 2^64")
+        })?;
+        Ok(self.pos)
     }
 }
 
@@ -176,6 +259,7 @@ pub fn create_private(path: &Path) -> Result<File> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(NO_FOLLOW)
         .open(path)
         .map_err(|e| Error::io("create", path, e))
 }

@@ -58,7 +58,9 @@ pub(crate) fn error_json(e: &Error) -> Value {
             "corrupt",
             json!({ "path": path, "offset": offset, "detail": detail }),
         ),
-        Error::Unsupported { path, detail } => {
+        // A foreign file travels as "unsupported": the backup host only needs to know the file
+        // is not read, and the wire format stays as formats/protocol.md has it.
+        Error::Unsupported { path, detail } | Error::Foreign { path, detail } => {
             ("unsupported", json!({ "path": path, "detail": detail }))
         }
         Error::Usage(_) => ("usage", json!({})),

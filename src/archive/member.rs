@@ -173,6 +173,15 @@ impl<R: Read + Seek> MemberReader<R> {
 
     /// Decodes the next member into `raw` (cleared first). `Ok(None)` at a clean end of file.
     pub fn next_member(&mut self, raw: &mut Vec<u8>) -> Result<Option<Member>, MemberError> {
+        self.next_member_within(raw, MAX_MEMBER_RAW)
+    }
+
+    /// As `next_member`, with a member decompressing to more than `limit` bytes reported as bad.
+    fn next_member_within(
+        &mut self,
+        raw: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<Option<Member>, MemberError> {
         raw.clear();
         let input = self
             .input
@@ -188,16 +197,16 @@ impl<R: Read + Seek> MemberReader<R> {
         counted.start_member();
         let mut decoder = GzDecoder::new(counted);
         let result = (&mut decoder)
-            .take(MAX_MEMBER_RAW as u64 + 1)
+            .take(limit as u64 + 1)
             .read_to_end(raw);
         let counted = decoder.into_inner();
         let end = counted.consumed;
         let integrity = counted.integrity();
         self.input = Some(counted);
         match result {
-            Ok(_) if raw.len() > MAX_MEMBER_RAW => Err(MemberError::Bad {
+            Ok(_) if raw.len() > limit => Err(MemberError::Bad {
                 offset,
-                detail: format!("member decompresses to more than {MAX_MEMBER_RAW} bytes"),
+                detail: format!("member decompresses to more than {limit} bytes"),
             }),
             Ok(_) => Ok(Some(Member {
                 offset,
@@ -215,8 +224,13 @@ impl<R: Read + Seek> MemberReader<R> {
         }
     }
 
-    /// After an error, finds the next offset after `from` where a whole member decodes, and
-    /// positions the reader there. `None` when no later member decodes.
+    /// After an error, finds the next offset after `from` where a mailpack member starts whose
+    /// integrity field vouches for its bytes and which decodes, and positions the reader there.
+    /// `None` when there is none. Only mailpack's own members are candidates: a member's header
+    /// names its payload's length and CRC32, so a candidate is checked by one CRC over at most
+    /// `MAX_MEMBER_PAYLOAD` bytes before anything is decompressed, and decompression is bounded
+    /// by `MEMBER_TARGET`. CRC work is further bounded by `RESYNC_BUDGET` times the bytes passed
+    /// over, so even a region packed with forged headers costs time in proportion to its size.
     pub fn resync(&mut self, from: u64) -> io::Result<Option<u64>> {
         let mut file = self
             .input
@@ -224,28 +238,54 @@ impl<R: Read + Seek> MemberReader<R> {
             .map(|c| c.inner.into_inner())
             .ok_or_else(|| io::Error::other("member reader lost its file"))?;
         let len = file.seek(SeekFrom::End(0))?;
+        let signature = member_header(0, 0);
+        let signature = &signature[..16];
         let mut candidate = from + 1;
         let mut window = vec![0u8; 64 << 10];
-        let mut raw = Vec::new();
-        while candidate + 18 <= len {
+        let mut crc_work: u64 = 0;
+        while candidate + HEADER_LEN as u64 <= len {
             file.seek(SeekFrom::Start(candidate))?;
             let n = read_full(&mut file, &mut window)?;
-            let hit = window[..n].windows(3).position(|w| w == [0x1f, 0x8b, 0x08]);
-            match hit {
-                Some(i) => {
-                    let at = candidate + i as u64;
-                    file.seek(SeekFrom::Start(at))?;
-                    let mut probe = MemberReader::new(file, at)?;
-                    if let Ok(Some(_)) = probe.next_member(&mut raw) {
-                        file = probe.into_file();
-                        *self = MemberReader::new(file, at)?;
-                        return Ok(Some(at));
-                    }
-                    file = probe.into_file();
-                    candidate = at + 1;
+            let hit = window[..n]
+                .windows(signature.len())
+                .position(|w| w == signature);
+            let Some(i) = hit else {
+                if n < signature.len() {
+                    break;
                 }
-                None if n < 3 => break,
-                None => candidate += (n - 2) as u64,
+                candidate += (n - signature.len() + 1) as u64;
+                continue;
+            };
+            let at = candidate + i as u64;
+            candidate = at + 1;
+            let mut head = [0u8; HEADER_LEN];
+            file.seek(SeekFrom::Start(at))?;
+            if read_full(&mut file, &mut head)? < HEADER_LEN {
+                break;
+            }
+            let payload_len = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")) as u64;
+            let payload_crc = u32::from_le_bytes(head[20..24].try_into().expect("4 bytes"));
+            let payload_end = at + HEADER_LEN as u64 + payload_len;
+            if payload_len > MAX_MEMBER_PAYLOAD || payload_end > len {
+                continue;
+            }
+            crc_work += payload_len;
+            if crc_work > RESYNC_BUDGET.saturating_mul((at - from).max(1 << 20)) {
+                break;
+            }
+            if crc_of(&mut file, payload_len, &mut window)? != payload_crc {
+                continue;
+            }
+            file.seek(SeekFrom::Start(at))?;
+            let mut probe = MemberReader::new(file, at)?;
+            let mut raw = Vec::new();
+            let decoded = probe.next_member_within(&mut raw, super::MEMBER_TARGET);
+            file = probe.into_file();
+            if let Ok(Some(m)) = decoded {
+                if m.integrity.is_ok() {
+                    *self = MemberReader::new(file, at)?;
+                    return Ok(Some(at));
+                }
             }
         }
         *self = MemberReader::new(file, len)?;
@@ -257,6 +297,30 @@ impl<R: Read + Seek> MemberReader<R> {
             .map(|c| c.inner.into_inner())
             .expect("member reader lost its file")
     }
+}
+
+/// Longest payload (deflate data and trailer) of a member mailpack writes: `MEMBER_TARGET` bytes
+/// of tar deflate to at most that plus 5 bytes per 16 KiB stored block; the rest is headroom.
+pub const MAX_MEMBER_PAYLOAD: u64 = super::MEMBER_TARGET as u64 + (super::MEMBER_TARGET as u64 >> 6) + 1024;
+
+/// CRC32 bytes a resync may check per byte it passes over. A real archive's next member is the
+/// first candidate checked; only forged headers packed into damage ever spend this.
+const RESYNC_BUDGET: u64 = 16;
+
+/// CRC32 of the next `len` bytes of `r`.
+fn crc_of(r: &mut impl Read, len: u64, buf: &mut [u8]) -> io::Result<u32> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut left = len;
+    while left > 0 {
+        let want = (buf.len() as u64).min(left) as usize;
+        let n = read_full(r, &mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(crc.finalize())
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

@@ -1,6 +1,5 @@
 //! Reads one entry by seeking to its member: the cost depends on the entry, not on the archive.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
 use flate2::bufread::MultiGzDecoder;
@@ -9,7 +8,11 @@ use super::Placement;
 
 /// The data of the entry at `placement`, `size` bytes long. A multi-member decoder is used
 /// because entries longer than one member continue into the next ones.
-pub fn open_entry(mut file: File, placement: &Placement, size: u64) -> io::Result<impl Read> {
+pub fn open_entry<R: Read + Seek>(
+    mut file: R,
+    placement: &Placement,
+    size: u64,
+) -> io::Result<impl Read> {
     file.seek(SeekFrom::Start(placement.member))?;
     let mut decoder = MultiGzDecoder::new(BufReader::with_capacity(64 << 10, file));
     let skipped = io::copy(&mut (&mut decoder).take(placement.data_at), &mut io::sink())?;

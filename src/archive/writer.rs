@@ -39,6 +39,30 @@ pub struct RunSummary {
     pub extra: Vec<(String, String)>,
 }
 
+impl RunSummary {
+    /// The summary that writes a marker again as it was (a compaction's or a repair's copy of
+    /// a run): the original writer's host, tool, counters and unknown keys, and `compacted`.
+    pub fn from_marker(time: i64, fields: &[(String, String)], compacted: Option<i64>) -> RunSummary {
+        let mut summary = RunSummary {
+            time,
+            compacted,
+            ..Default::default()
+        };
+        for (k, v) in fields {
+            match k.as_str() {
+                "format" | "archive-id" | "run" | "time" | "entries" | "start" | "compacted" => {}
+                "host" => summary.host = v.clone(),
+                "tool" => summary.tool = Some(v.clone()),
+                _ => match (k.strip_prefix("count."), v.parse::<u64>()) {
+                    (Some(name), Ok(n)) => summary.counts.push((name.to_string(), n)),
+                    _ => summary.extra.push((k.clone(), v.clone())),
+                },
+            }
+        }
+        summary
+    }
+}
+
 /// A run made durable by `commit`.
 #[derive(Clone, Debug)]
 pub struct CommittedRun {
@@ -612,6 +636,14 @@ impl ArchiveWriter {
     }
 
     fn commit_inner(&mut self, summary: &RunSummary) -> Result<CommittedRun> {
+        if self.run == u64::MAX {
+            // The last number is never used, so no run number can ever wrap.
+            return Err(Error::usage(format!(
+                "{}: run numbers are exhausted (the last run is {}); nothing was committed",
+                self.file.path().display(),
+                u64::MAX - 1
+            )));
+        }
         if !self.member.is_empty() {
             self.close_member()?;
         }

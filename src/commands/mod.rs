@@ -144,14 +144,14 @@ pub fn cat(
         Ok(guid) => file_entry_name(&guid),
         Err(()) => spec.to_string(),
     };
-    let (_, entry) = store::find_latest(paths, &name, notices)?
-        .filter(|(_, e)| !e.is_tombstone())
+    let (_, entry, source) = store::find_latest(paths, &name, notices)?
+        .filter(|(_, e, _)| !e.is_tombstone())
         .ok_or_else(|| Error::NotFound(format!("{name} in {}", paths.archive.display())))?;
     if entry.kind == EntryKind::Symlink {
         writeln!(out, "{}", entry.target).map_err(|e| Error::io("write", "standard output", e))?;
         return Ok(0);
     }
-    let mut reader = store::read_entry(paths, &entry)?;
+    let mut reader = source.read_entry(&entry)?;
     io::copy(&mut reader, out).map_err(|e| match e.into_inner() {
         Some(inner) => match inner.downcast::<Error>() {
             Ok(err) => *err,

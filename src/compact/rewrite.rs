@@ -4,13 +4,11 @@
 //! new members; every commit marker is written again with its run's new `start` and `entries`.
 //! Memory is one member at a time plus the index, whatever the archive's size.
 
-use std::fs::File;
-use std::io::{Seek, SeekFrom};
 
 use super::plan::{plan, CompactPlan, PlanOptions};
 use crate::archive::{padded, RunSummary};
 use crate::error::{Error, Result};
-use crate::store::{decode_members, marker_fields, ArchivePaths, Rewriter, RunInfo, WriterOptions};
+use crate::store::{ArchivePaths, Rewriter, RunInfo, WriterOptions};
 
 #[derive(Clone)]
 pub struct CompactOptions {
@@ -63,7 +61,7 @@ pub fn compact(
     }
     rewriter.start()?;
     let source_path = paths.archive.clone();
-    let mut source = File::open(&source_path).map_err(|e| Error::io("open", &source_path, e))?;
+    let handle = rewriter.archive().handle().clone();
     let runs: Vec<RunInfo> = rewriter.archive().runs().to_vec();
     let last = runs.len().saturating_sub(1);
     for (r, run) in runs.iter().enumerate() {
@@ -85,17 +83,20 @@ pub fn compact(
             let group = &entries[i..j];
             let group_keep = &keep[i..j];
             if group_keep.iter().all(|&k| k) {
-                source
-                    .seek(SeekFrom::Start(member))
-                    .map_err(|e| Error::io("seek", &source_path, e))?;
+                let mut source = handle.reader_at(member);
                 writer.append_members_verbatim(&mut source, end - member, group.to_vec())?;
                 outcome.stretches_copied += 1;
             } else if group_keep.iter().any(|&k| k) {
-                let raw = decode_members(&source_path, member, Some(end))?;
+                let raw = handle.decode_members(member, Some(end))?;
                 for (e, _) in group.iter().zip(group_keep).filter(|(_, &k)| k) {
+                    // Placements come from the index: checked arithmetic, so a hostile one is
+                    // an error rather than an overflow.
                     let from = e.placement.header_at as usize;
-                    let to = e.placement.data_at as usize + padded(e.size) as usize;
-                    let encoded = raw.get(from..to).ok_or_else(|| {
+                    let to = usize::try_from(e.placement.data_at)
+                        .ok()
+                        .zip(usize::try_from(padded(e.size)).ok())
+                        .and_then(|(at, len)| at.checked_add(len));
+                    let encoded = to.and_then(|to| raw.get(from..to)).ok_or_else(|| {
                         Error::corrupt(
                             &source_path,
                             member,
@@ -108,9 +109,13 @@ pub fn compact(
             }
             i = j;
         }
-        let fields = marker_fields(paths, run)?;
+        let fields = rewriter.archive().marker_fields(run)?;
         let compacted_now = (r == last).then_some(options.plan.now);
-        rewriter.commit(&summary_from(run, &fields, compacted_now))?;
+        rewriter.commit(&RunSummary::from_marker(
+            run.time,
+            &fields,
+            compacted_now.or(run.compacted),
+        ))?;
     }
     outcome.bytes_after = rewriter.finish()?;
     outcome.compacted = true;
@@ -119,28 +124,3 @@ pub fn compact(
     Ok(outcome)
 }
 
-/// The marker of a rewritten run says what the original said, except for the bookkeeping the
-/// writer recomputes (`start`, `entries`) and, on the newest run, when this compaction ran.
-fn summary_from(
-    run: &RunInfo,
-    fields: &[(String, String)],
-    compacted_now: Option<i64>,
-) -> RunSummary {
-    let mut summary = RunSummary {
-        time: run.time,
-        compacted: compacted_now.or(run.compacted),
-        ..Default::default()
-    };
-    for (k, v) in fields {
-        match k.as_str() {
-            "format" | "archive-id" | "run" | "time" | "entries" | "start" | "compacted" => {}
-            "host" => summary.host = v.clone(),
-            "tool" => summary.tool = Some(v.clone()),
-            _ => match (k.strip_prefix("count."), v.parse::<u64>()) {
-                (Some(name), Ok(n)) => summary.counts.push((name.to_string(), n)),
-                _ => summary.extra.push((k.clone(), v.clone())),
-            },
-        }
-    }
-    summary
-}

@@ -5,27 +5,37 @@
 pub mod index;
 mod lock;
 mod naming;
+mod repair;
 mod rewrite;
 mod verify;
 
 pub use lock::{LockWait, WriterLock};
 pub use naming::{decode_user, encode_user, list_archives, ArchivePaths};
-pub use rewrite::{marker_fields, Rewriter, REWRITE_SUFFIX};
+pub use repair::{repair, RepairOptions, RepairReport, REPAIRS_DIR};
+pub use rewrite::{Rewriter, REWRITE_SUFFIX};
 pub use verify::{verify, Problem, VerifyReport};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::io::{self, Read};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::archive::{
     open_entry, ArchiveWriter, CommittedRun, EntryKind, EntryRecord, RunSummary, ScanEvent, Scanner,
 };
 use crate::error::{Error, Result};
 use crate::guid::{Guid, HashingReader};
-use crate::io::{fsync_dir, open_private, random_id, DurableFile, Faults};
+use crate::archive::member_header;
+use crate::archive::scan::Damage;
+use crate::archive::{HEADER_LEN, MAX_MEMBER_PAYLOAD};
+use crate::io::{fsync_dir, open_private, random_id, DurableFile, Faults, ReadAt};
 use index::IndexRead;
+
+/// Largest `repairs/<n>` list read back (names of lost entries, about 100 bytes each).
+const MAX_REPAIR_LIST: u64 = 256 << 20;
 
 /// One committed run as the store keeps it in memory.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -44,6 +54,8 @@ pub struct RunInfo {
 /// The committed state of one archive.
 pub struct Archive {
     paths: ArchivePaths,
+    /// The generation of the archive file this state was read from; every read goes here.
+    source: ArchiveHandle,
     archive_id: Option<[u8; 16]>,
     runs: Vec<RunInfo>,
     entries: Vec<EntryRecord>,
@@ -53,12 +65,13 @@ pub struct Archive {
     files: std::cell::OnceCell<std::collections::HashSet<Guid>>,
 }
 
+/// What `load` may do about what it finds.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Repair {
-    /// The caller holds the writer lock: repair freely.
-    Held,
-    /// Repair only if the lock can be taken without waiting.
-    IfFree,
+enum Access {
+    /// A reader: never writes; an uncommitted tail is ignored, a stale index rebuilt in memory.
+    Read,
+    /// The caller holds the writer lock: cut an interrupted run's tail, rewrite the index.
+    Write,
 }
 
 /// What a scan of part of the archive found.
@@ -95,13 +108,13 @@ fn parse_id(hex: &str) -> Option<[u8; 16]> {
 
 /// Scans from `from` (a member boundary), collecting complete runs that continue `prev`.
 pub(crate) fn scan_runs(
-    path: &Path,
+    source: &ArchiveHandle,
     from: u64,
     prev: Option<(u64, u64)>,
     archive_id: Option<[u8; 16]>,
 ) -> Result<ScanOutcome> {
     let mut runs = Vec::new();
-    let mut outcome = scan_runs_with(path, from, prev, archive_id, &mut |run| {
+    let mut outcome = scan_runs_with(source, from, prev, archive_id, &mut |run| {
         runs.push(run);
         Ok(())
     })?;
@@ -112,19 +125,17 @@ pub(crate) fn scan_runs(
 /// As `scan_runs`, but hands each complete run to `on_run` as it is found instead of keeping
 /// it, so memory holds one run's entries at a time.
 pub(crate) fn scan_runs_with(
-    path: &Path,
+    source: &ArchiveHandle,
     from: u64,
     prev: Option<(u64, u64)>,
     archive_id: Option<[u8; 16]>,
     on_run: &mut dyn FnMut(CommittedRun) -> Result<()>,
 ) -> Result<ScanOutcome> {
     use crate::archive::scan::Damage;
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
-    let scanner = Scanner::new(file, path, from).map_err(|e| Error::io("seek", path, e))?;
+    let path = source.path();
+    let file_len = source.len()?;
+    let scanner = Scanner::new(source.reader_at(0), path, from)
+        .map_err(|e| Error::io("seek", path, e))?;
     let mut out = ScanOutcome {
         runs: Vec::new(),
         archive_id,
@@ -133,19 +144,25 @@ pub(crate) fn scan_runs_with(
         members: 0,
         file_len,
     };
-    let mut expected_run = prev.map(|(run, _)| run + 1);
+    // `None` inside: the previous run was numbered 2^64-1, so no run may follow it.
+    let mut expected_run = prev.map(|(run, _)| run.checked_add(1));
     let mut run_start = from;
     let mut pending: Vec<EntryRecord> = Vec::new();
     for event in scanner {
         match event {
             ScanEvent::Entry(e) => {
                 if let (Some(run), Some(expected)) = (e.run, expected_run) {
-                    if run != expected {
+                    if Some(run) != expected {
                         out.damage.push(Damage {
                             offset: e.record.placement.member,
                             within: Some(e.record.placement.header_at as u64),
                             entry: Some(e.record.name.clone()),
-                            detail: format!("entry says run {run} but stands in run {expected}"),
+                            detail: match expected {
+                                Some(expected) => {
+                                    format!("entry says run {run} but stands in run {expected}")
+                                }
+                                None => format!("entry says run {run} but no run may follow 2^64-1"),
+                            },
                             torn: false,
                         });
                     }
@@ -177,13 +194,16 @@ pub(crate) fn scan_runs_with(
                     (None, Some(id)) => out.archive_id = Some(id),
                     _ => {}
                 }
-                if let Some(expected) = expected_run {
-                    if m.run != expected {
-                        problems.push(format!(
-                            "commit of run {} where run {expected} was due",
-                            m.run
-                        ));
-                    }
+                match expected_run {
+                    Some(Some(expected)) if m.run != expected => problems.push(format!(
+                        "commit of run {} where run {expected} was due",
+                        m.run
+                    )),
+                    Some(None) => problems.push(format!(
+                        "commit of run {} after run 2^64-1, the last there can be",
+                        m.run
+                    )),
+                    _ => {}
                 }
                 if m.start != run_start {
                     problems.push(format!(
@@ -223,7 +243,7 @@ pub(crate) fn scan_runs_with(
                     });
                     pending.clear();
                 }
-                expected_run = Some(m.run + 1);
+                expected_run = Some(m.run.checked_add(1));
                 run_start = m.member.end;
             }
         }
@@ -232,11 +252,8 @@ pub(crate) fn scan_runs_with(
 }
 
 /// Does the member at `run.marker_offset` hold exactly this run's commit marker?
-fn marker_matches(path: &Path, run: &CommittedRun, archive_id: &[u8; 16]) -> bool {
-    let Ok(file) = File::open(path) else {
-        return false;
-    };
-    let Ok(scanner) = Scanner::new(file, path, run.marker_offset) else {
+fn marker_matches(source: &ArchiveHandle, run: &CommittedRun, archive_id: &[u8; 16]) -> bool {
+    let Ok(scanner) = Scanner::new(source.reader_at(0), source.path(), run.marker_offset) else {
         return false;
     };
     for event in scanner {
@@ -255,11 +272,13 @@ fn marker_matches(path: &Path, run: &CommittedRun, archive_id: &[u8; 16]) -> boo
 }
 
 impl Archive {
-    /// Opens the committed state of an archive for reading. Takes no lock, except that a needed
-    /// repair (truncating an uncommitted tail, writing a rebuilt index) is done if the writer
-    /// lock is free; `notices` says what was repaired.
+    /// Opens the committed state of an archive for reading. Takes no lock and never writes:
+    /// an uncommitted tail is left for the next writer, and a stale index is rebuilt in memory.
+    /// The one file handle opened here serves every later read of this `Archive`, so a
+    /// compaction renaming a new generation into place meanwhile changes nothing it reads.
     pub fn open(paths: &ArchivePaths, notices: &mut Vec<String>) -> Result<Archive> {
-        Archive::load(paths, Repair::IfFree, &Faults::none(), notices)
+        let (source, index) = open_consistent(paths)?;
+        Archive::load(paths, source, index, Access::Read, &Faults::none(), notices)
     }
 
     /// Rebuilds the index from the archive alone, whatever the current index says.
@@ -269,36 +288,38 @@ impl Archive {
         notices: &mut Vec<String>,
     ) -> Result<Archive> {
         let _lock = WriterLock::acquire(&paths.lock, wait, &Faults::none())?;
-        match std::fs::remove_file(&paths.index) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", &paths.index, e)),
-        }
-        Archive::load(paths, Repair::Held, &Faults::none(), notices)
+        let source = ArchiveHandle::open(&paths.archive)?;
+        let archive = Archive::load(
+            paths,
+            source,
+            IndexRead::Missing,
+            Access::Write,
+            &Faults::none(),
+            notices,
+        )?;
+        Ok(archive)
     }
 
     fn load(
         paths: &ArchivePaths,
-        repair: Repair,
+        source: ArchiveHandle,
+        read: IndexRead,
+        access: Access,
         faults: &Faults,
         notices: &mut Vec<String>,
     ) -> Result<Archive> {
         let path = &paths.archive;
-        // The index is read before the archive's length: a commit in between then shows up as
-        // a tail to scan rather than as an archive shorter than its index.
-        let read = index::read(&paths.index)?;
-        let file_len = match std::fs::metadata(path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!("archive {}", path.display())))
-            }
-            Err(e) => return Err(Error::io("stat", path, e)),
-        };
+        // The index was read before the archive's length: a commit in between then shows up
+        // as a tail to scan rather than as an archive shorter than its index.
+        let file_len = source.len()?;
+        check_signature(&source, file_len)?;
 
         let mut rebuilt: Option<String> = None;
         let mut index_len = 0;
         let mut index_torn = false;
-        let mut floor = 0;
+        // The index vouches that data up to here was committed: a scan that cannot see that
+        // far has found damage or a cut, never a tail to remove.
+        let mut floor: Option<(u64, [u8; 16])> = None;
         let mut known_runs = Vec::new();
         let mut known_id = None;
         match read {
@@ -314,14 +335,13 @@ impl Archive {
                         "the archive is shorter than its index says ({file_len} < {})",
                         last.end
                     ));
-                } else if !marker_matches(path, last, &archive_id) {
+                    floor = Some((last.end, archive_id));
+                } else if !marker_matches(&source, last, &archive_id) {
                     rebuilt = Some(format!(
                         "the index's last commit is not at byte {} of the archive",
                         last.marker_offset
                     ));
-                    // The index vouches that data up to its end was committed: a scan that
-                    // cannot see that far has found damage, not a tail.
-                    floor = last.end;
+                    floor = Some((last.end, archive_id));
                 } else {
                     index_len = good_len;
                     index_torn = good_len < idx_len;
@@ -342,7 +362,7 @@ impl Archive {
         let outcome = match known_runs.last() {
             Some(last) if rebuilt.is_none() => {
                 if file_len > last.end {
-                    scan_runs(path, last.end, Some((last.run, last.end)), known_id)?
+                    scan_runs(&source, last.end, Some((last.run, last.end)), known_id)?
                 } else {
                     ScanOutcome {
                         runs: Vec::new(),
@@ -354,47 +374,46 @@ impl Archive {
                     }
                 }
             }
-            _ => scan_runs(path, 0, None, None)?,
+            _ => scan_runs(&source, 0, None, None)?,
         };
         if let Some(d) = outcome.damage_in_committed() {
             return Err(damaged(path, d));
         }
-        if outcome.committed_end < floor {
-            let d = outcome.damage.first();
-            return Err(match d {
-                Some(d) => damaged(path, d),
-                None => Error::corrupt(path, outcome.committed_end, "committed data ends early"),
-            });
+        if let Some((end, id)) = floor {
+            // An index of another archive (another id) vouches for nothing here.
+            let same_archive = outcome.archive_id.is_none_or(|found| found == id);
+            if same_archive && outcome.committed_end < end {
+                return Err(match outcome.damage.first() {
+                    Some(d) => damaged(path, d),
+                    None => Error::corrupt(
+                        path,
+                        outcome.committed_end,
+                        format!(
+                            "committed data ends early: the file is {file_len} bytes, its index \
+                             says {end} were committed; run `mailpack repair` (it keeps this \
+                             file)"
+                        ),
+                    ),
+                });
+            }
         }
         let tail = file_len.saturating_sub(outcome.committed_end);
+        if tail > 0 {
+            check_tail(&source, outcome.committed_end, file_len, &outcome.damage)?;
+        }
         let new_runs = !outcome.runs.is_empty() && rebuilt.is_none();
-        let needs_repair = tail > 0 || rebuilt.is_some() || new_runs || index_torn;
-
-        let _guard = match (needs_repair, repair) {
-            (false, _) | (true, Repair::Held) => None,
-            (true, Repair::IfFree) => match WriterLock::try_existing_or_new(&paths.lock) {
-                // Another writer's run may have landed since we looked: look again, locked.
-                Some(lock) => {
-                    let archive = Archive::load(paths, Repair::Held, faults, notices)?;
-                    drop(lock);
-                    return Ok(archive);
-                }
-                None => Some(()),
-            },
-        };
-        let may_write = repair == Repair::Held;
 
         let mut runs = known_runs;
         runs.extend(outcome.runs);
         let archive_id = known_id.or(outcome.archive_id);
-        if may_write {
+        if access == Access::Write {
             if tail > 0 {
-                let (file, _) = open_private(path)?;
+                let file = source.writable()?;
                 let mut file = DurableFile::new(file, path, faults.clone());
                 file.truncate(outcome.committed_end)?;
                 file.sync()?;
                 notices.push(format!(
-                    "{}: removed {tail} bytes of an uncommitted run after byte {}",
+                    "{}: removed {tail} bytes of an interrupted run after byte {}",
                     path.display(),
                     outcome.committed_end
                 ));
@@ -403,12 +422,10 @@ impl Archive {
                 match &archive_id {
                     Some(id) if !runs.is_empty() => {
                         index::write_full(&paths.index, id, &runs, faults)?;
-                        index_len = std::fs::metadata(&paths.index)
-                            .map_err(|e| Error::io("stat", &paths.index, e))?
-                            .len();
+                        index_len = index_file_len(&paths.index)?;
                     }
                     _ => {
-                        let _ = std::fs::remove_file(&paths.index);
+                        crate::io::remove_if_present(&paths.index, faults)?;
                         index_len = 0;
                     }
                 }
@@ -419,9 +436,7 @@ impl Archive {
             } else if new_runs || index_torn {
                 let id = archive_id.expect("runs carry an archive id");
                 index::write_full(&paths.index, &id, &runs, faults)?;
-                index_len = std::fs::metadata(&paths.index)
-                    .map_err(|e| Error::io("stat", &paths.index, e))?
-                    .len();
+                index_len = index_file_len(&paths.index)?;
                 notices.push(format!(
                     "{}: brought the index up to date",
                     paths.index.display()
@@ -430,20 +445,23 @@ impl Archive {
         }
         Ok(Archive::from_runs(
             paths.clone(),
+            source,
             archive_id,
             runs,
-            if may_write { index_len } else { 0 },
+            if access == Access::Write { index_len } else { 0 },
         ))
     }
 
     fn from_runs(
         paths: ArchivePaths,
+        source: ArchiveHandle,
         archive_id: Option<[u8; 16]>,
         runs: Vec<CommittedRun>,
         index_len: u64,
     ) -> Archive {
         let mut archive = Archive {
             paths,
+            source,
             archive_id,
             runs: Vec::with_capacity(runs.len()),
             entries: Vec::new(),
@@ -494,8 +512,12 @@ impl Archive {
         self.runs.last().map_or(0, |r| r.end)
     }
 
-    fn next_run(&self) -> u64 {
-        self.runs.last().map_or(1, |r| r.run + 1)
+    /// The next run's number; `None` once the last run took the highest number there is.
+    fn next_run(&self) -> Option<u64> {
+        match self.runs.last() {
+            None => Some(1),
+            Some(r) => r.run.checked_add(1),
+        }
     }
 
     /// The latest committed version of `name` with the run that wrote it; a tombstone counts as
@@ -539,106 +561,388 @@ impl Archive {
             .contains(guid)
     }
 
-    /// The data of `entry`, read by seeking to its member (see `read_entry`).
+    /// The data of `entry`, read by seeking to its member in this generation of the file
+    /// (`ArchiveHandle::read_entry`).
     pub fn read_entry<'a>(&'a self, entry: &'a EntryRecord) -> Result<impl Read + 'a> {
-        read_entry(&self.paths, entry)
+        self.source.read_entry(entry)
+    }
+
+    /// The decompressed bytes of the members from `from` up to `to`
+    /// (`ArchiveHandle::decode_members`).
+    pub fn decode_members(&self, from: u64, to: Option<u64>) -> Result<Vec<u8>> {
+        self.source.decode_members(from, to)
+    }
+
+    /// The file this state was read from.
+    pub fn handle(&self) -> &ArchiveHandle {
+        &self.source
+    }
+
+    /// The entries the repair that wrote the newest run lost (its `repairs/<n>` entry), when the
+    /// newest run is a repair's: the next backup stores them again from the spool.
+    pub fn repair_losses(&self) -> Result<Option<BTreeSet<String>>> {
+        let Some(last) = self.runs.last() else {
+            return Ok(None);
+        };
+        let name = format!("{REPAIRS_DIR}{}", last.run);
+        let Some(entry) = self.entries_of(last).iter().find(|e| e.name == name) else {
+            return Ok(None);
+        };
+        // The list is bounded by what the repair lost, but read with a cap all the same.
+        let mut list = Vec::new();
+        self.read_entry(entry)?
+            .take(MAX_REPAIR_LIST)
+            .read_to_end(&mut list)
+            .map_err(|e| Error::io("read", &self.paths.archive, e))?;
+        Ok(Some(repair::parse_losses(&list)))
     }
 }
 
-/// The latest committed version of `name` and the run that wrote it (tombstones included). When
-/// the index is current this streams through it without building it in memory, so the cost does
-/// not depend on how much else the archive holds; otherwise it opens the archive fully (which
-/// repairs what needs repairing).
+/// The latest committed version of `name`, the run that wrote it (tombstones included), and the
+/// archive generation to read it from. When the index is current this streams through it without
+/// building it in memory, so the cost does not depend on how much else the archive holds;
+/// otherwise it opens the archive fully (read-only).
 pub fn find_latest(
     paths: &ArchivePaths,
     name: &str,
     notices: &mut Vec<String>,
-) -> Result<Option<(u64, EntryRecord)>> {
+) -> Result<Option<(u64, EntryRecord, ArchiveHandle)>> {
+    let source = ArchiveHandle::open(&paths.archive)?;
     if let Some(lookup) = index::find_latest(&paths.index, name)? {
         if let Some(last) = &lookup.last {
-            // Read after the index: a commit in between shows up as a longer archive.
-            let len = std::fs::metadata(&paths.archive)
-                .map(|m| m.len())
-                .unwrap_or(0);
-            if len == last.end && marker_matches(&paths.archive, last, &lookup.archive_id) {
-                return Ok(lookup.found);
+            // Read after the index: a commit in between shows up as a longer archive, a
+            // compaction in between as a generation the name no longer leads to.
+            if source.is_current()
+                && source.len()? == last.end
+                && marker_matches(&source, last, &lookup.archive_id)
+            {
+                return Ok(lookup.found.map(|(run, e)| (run, e, source)));
             }
         }
     }
     let archive = Archive::open(paths, notices)?;
-    Ok(archive.latest(name).map(|(run, e)| (run, e.clone())))
+    Ok(archive
+        .latest(name)
+        .map(|(run, e)| (run, e.clone(), archive.source.clone())))
 }
 
-/// The data of `entry`, read by seeking to its member. The SHA-1 is checked as the last byte is
-/// read: a mismatch is an error rather than a silently wrong copy.
-pub fn read_entry<'a>(paths: &'a ArchivePaths, entry: &'a EntryRecord) -> Result<impl Read + 'a> {
-    if entry.kind != EntryKind::File {
-        return Err(Error::usage(format!(
-            "{} is a symlink, not a file",
-            entry.name
-        )));
+/// One generation of an archive file, opened once (never through a symlink, never anything but
+/// a regular file) and read with `pread` by everything that reads it, so a command sees that
+/// generation from start to end whatever is renamed over its name meanwhile.
+#[derive(Clone)]
+pub struct ArchiveHandle {
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+impl ArchiveHandle {
+    /// Opens an existing archive read-only.
+    pub fn open(path: &Path) -> Result<ArchiveHandle> {
+        let file = crate::io::open_own(path).map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!("archive {}", path.display())),
+            e => e,
+        })?;
+        Ok(ArchiveHandle::from_file(path, file))
     }
-    let path = &paths.archive;
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let inner = open_entry(file, &entry.placement, entry.size).map_err(|e| {
-        Error::corrupt(
+
+    /// Opens an existing archive read-write, for a writer holding the lock.
+    fn open_writable(path: &Path) -> Result<ArchiveHandle> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::Foreign {
+                    path: path.to_path_buf(),
+                    detail: "is a symbolic link; mailpack opens its own files only by their real name"
+                        .into(),
+                },
+                _ if e.kind() == io::ErrorKind::NotFound => {
+                    Error::NotFound(format!("archive {}", path.display()))
+                }
+                _ => Error::io("open", path, e),
+            })?;
+        if !file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .file_type()
+            .is_file()
+        {
+            return Err(Error::Foreign {
+                path: path.to_path_buf(),
+                detail: "is not a regular file".into(),
+            });
+        }
+        Ok(ArchiveHandle::from_file(path, file))
+    }
+
+    /// Wraps a file the caller opened (a writer's read-write handle).
+    fn from_file(path: &Path, file: File) -> ArchiveHandle {
+        ArchiveHandle {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len(&self) -> Result<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::io("stat", &self.path, e))
+    }
+
+    pub fn reader_at(&self, pos: u64) -> ReadAt {
+        ReadAt::new(self.file.clone(), pos)
+    }
+
+    /// A handle to the same open file for truncating a tail (writers only: theirs is opened
+    /// read-write).
+    fn writable(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(|e| Error::io("dup", &self.path, e))
+    }
+
+    /// Whether the name still leads to this generation (no rename replaced it since it was
+    /// opened).
+    fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
+        }
+    }
+
+    /// The data of `entry`, read by seeking to its member. The bytes are checked as the last
+    /// one is read, against the SHA-1 in the entry's name for a message file (so a tampered
+    /// index cannot make wrong bytes look right) and against the recorded SHA-1 otherwise: a
+    /// mismatch, or data ending early, is an error rather than a silently wrong copy.
+    pub fn read_entry<'a>(&'a self, entry: &'a EntryRecord) -> Result<impl Read + 'a> {
+        if entry.kind != EntryKind::File {
+            return Err(Error::usage(format!(
+                "{} is a symlink, not a file",
+                entry.name
+            )));
+        }
+        let path = &self.path;
+        let inner = open_entry(self.reader_at(0), &entry.placement, entry.size).map_err(|e| {
+            Error::corrupt(
+                path,
+                entry.placement.member,
+                format!("entry {}: {e}", entry.name),
+            )
+        })?;
+        Ok(CheckedEntry {
+            inner: HashingReader::new(inner),
+            expected: message_guid(entry).unwrap_or(entry.sha1),
+            size: entry.size,
+            name: &entry.name,
             path,
-            entry.placement.member,
-            format!("entry {}: {e}", entry.name),
-        )
-    })?;
-    Ok(CheckedEntry {
-        inner: HashingReader::new(inner),
-        expected: entry.sha1,
-        size: entry.size,
-        name: &entry.name,
-        path,
-        member: entry.placement.member,
+            member: entry.placement.member,
+        })
+    }
+
+    /// The decompressed bytes of the members from byte `from` (a member boundary) up to byte
+    /// `to`, or of the one member there when `to` is `None`. Every member's integrity field is
+    /// checked; a failure is an error naming the file and the member's offset.
+    pub fn decode_members(&self, from: u64, to: Option<u64>) -> Result<Vec<u8>> {
+        use crate::archive::{MemberError, MemberReader, MAX_MEMBER_RAW};
+        let path = &self.path;
+        let mut members =
+            MemberReader::new(self.reader_at(0), from).map_err(|e| Error::io("seek", path, e))?;
+        let mut out = Vec::new();
+        let mut raw = Vec::new();
+        loop {
+            match members.next_member(&mut raw) {
+                Ok(Some(m)) => m
+                    .integrity
+                    .map_err(|detail| Error::corrupt(path, m.offset, detail))?,
+                Ok(None) => {
+                    return Err(Error::corrupt(
+                        path,
+                        members.position(),
+                        "archive ends early",
+                    ))
+                }
+                Err(MemberError::Io(e)) => return Err(Error::io("read", path, e)),
+                Err(MemberError::Torn { offset, detail } | MemberError::Bad { offset, detail }) => {
+                    return Err(Error::corrupt(path, offset, detail))
+                }
+            }
+            if out.is_empty() {
+                std::mem::swap(&mut out, &mut raw);
+            } else {
+                out.extend_from_slice(&raw);
+            }
+            if out.len() > MAX_MEMBER_RAW {
+                return Err(Error::corrupt(
+                    path,
+                    from,
+                    "members hold more than a member's worth of data",
+                ));
+            }
+            if to.is_none_or(|to| members.position() >= to) {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Opens the archive and reads its index so that both belong to one generation: the archive is
+/// opened first, and if a compaction renamed a new one into place before the index was read,
+/// both are read again. A reader that keeps losing that race scans without the index.
+fn open_consistent(paths: &ArchivePaths) -> Result<(ArchiveHandle, IndexRead)> {
+    for _ in 0..3 {
+        let source = ArchiveHandle::open(&paths.archive)?;
+        let index = index::read(&paths.index)?;
+        if source.is_current() {
+            return Ok((source, index));
+        }
+    }
+    Ok((ArchiveHandle::open(&paths.archive)?, IndexRead::Missing))
+}
+
+/// The first bytes mailpack writes in every member (formats/archive.md 3.1): gzip magic,
+/// deflate, FLG=FEXTRA, MTIME 0, XFL 0, OS 255, XLEN 12, subfield "MP" of 8 bytes.
+fn member_signature() -> [u8; 16] {
+    member_header(0, 0)[..16].try_into().expect("16 bytes")
+}
+
+/// Refuses a file that does not begin with a mailpack member (or a torn prefix of one): another
+/// program's file at an archive's name is never read as an archive, let alone cut.
+fn check_signature(source: &ArchiveHandle, file_len: u64) -> Result<()> {
+    let signature = member_signature();
+    let mut head = [0u8; 16];
+    let n = read_at_most(source, 0, &mut head)?;
+    if head[..n] == signature[..n] {
+        return Ok(());
+    }
+    // A mailpack member further on means this is an archive whose first header is damaged.
+    let probe = file_len.min(2 << 20);
+    let mut buf = vec![0u8; probe as usize];
+    let n = read_at_most(source, 0, &mut buf)?;
+    if buf[..n].windows(signature.len()).any(|w| w == signature) {
+        return Err(Error::corrupt(
+            source.path(),
+            0,
+            "the first member's header is damaged; run `mailpack repair` (it keeps this file)",
+        ));
+    }
+    Err(Error::Foreign {
+        path: source.path().to_path_buf(),
+        detail: "does not begin with a mailpack gzip member".into(),
     })
 }
 
-/// The decompressed bytes of the members of `path` from byte `from` (a member boundary) up to
-/// byte `to`, or of the one member there when `to` is `None`. Every member's integrity field is
-/// checked; a failure is an error naming the file and the member's offset.
-pub fn decode_members(path: &Path, from: u64, to: Option<u64>) -> Result<Vec<u8>> {
-    use crate::archive::{MemberError, MemberReader, MAX_MEMBER_RAW};
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut members = MemberReader::new(file, from).map_err(|e| Error::io("seek", path, e))?;
-    let mut out = Vec::new();
-    let mut raw = Vec::new();
-    loop {
-        match members.next_member(&mut raw) {
-            Ok(Some(m)) => m
-                .integrity
-                .map_err(|detail| Error::corrupt(path, m.offset, detail))?,
-            Ok(None) => {
-                return Err(Error::corrupt(
-                    path,
-                    members.position(),
-                    "archive ends early",
-                ))
-            }
-            Err(MemberError::Io(e)) => return Err(Error::io("read", path, e)),
-            Err(MemberError::Torn { offset, detail } | MemberError::Bad { offset, detail }) => {
-                return Err(Error::corrupt(path, offset, detail))
-            }
-        }
-        if out.is_empty() {
-            std::mem::swap(&mut out, &mut raw);
-        } else {
-            out.extend_from_slice(&raw);
-        }
-        if out.len() > MAX_MEMBER_RAW {
-            return Err(Error::corrupt(
-                path,
-                from,
-                "members hold more than a member's worth of data",
-            ));
-        }
-        if to.is_none_or(|to| members.position() >= to) {
-            return Ok(out);
+fn read_at_most(source: &ArchiveHandle, at: u64, buf: &mut [u8]) -> Result<usize> {
+    let mut reader = source.reader_at(at);
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", source.path(), e)),
         }
     }
+    Ok(n)
+}
+
+/// Checks that the bytes after the last commit (`from` to `len`) are what an interrupted writer
+/// leaves, the only bytes any command may cut: mailpack members whose integrity field vouches
+/// for them, then at most one member the file ends inside, or zeros the file system filled in
+/// at the end (formats/archive.md section 9). Anything else (a complete member failing its
+/// checksum, a commit marker, foreign bytes) is damage to report, not a tail to remove.
+fn check_tail(source: &ArchiveHandle, from: u64, len: u64, damage: &[Damage]) -> Result<()> {
+    let path = source.path();
+    if let Some(d) = damage.iter().find(|d| {
+        d.offset >= from && d.entry.as_deref().is_some_and(|e| e.starts_with(crate::archive::RUNS_DIR))
+    }) {
+        return Err(damaged(path, d));
+    }
+    let zeros_from = zero_suffix_start(source, from, len)?;
+    let signature = member_signature();
+    let mut at = from;
+    let mut buf = vec![0u8; 64 << 10];
+    while at < zeros_from {
+        let mut head = [0u8; HEADER_LEN];
+        let n = read_at_most(source, at, &mut head)?;
+        let known = n.min(signature.len());
+        if head[..known] != signature[..known] {
+            return Err(not_a_tail(path, at, "bytes that are not a mailpack member"));
+        }
+        if n < HEADER_LEN {
+            return Ok(()); // the file ends inside a member's header
+        }
+        let payload_len = u64::from(u32::from_le_bytes(head[16..20].try_into().expect("4")));
+        let payload_crc = u32::from_le_bytes(head[20..24].try_into().expect("4"));
+        if payload_len > MAX_MEMBER_PAYLOAD {
+            return Err(not_a_tail(path, at, "a member header claiming an impossible length"));
+        }
+        let end = at + HEADER_LEN as u64 + payload_len;
+        if end > zeros_from {
+            return Ok(()); // torn: the file, or its written part, ends inside this member
+        }
+        let mut reader = source.reader_at(at + HEADER_LEN as u64);
+        let mut crc = crc32fast::Hasher::new();
+        let mut left = payload_len;
+        while left > 0 {
+            let want = (buf.len() as u64).min(left) as usize;
+            reader
+                .read_exact(&mut buf[..want])
+                .map_err(|e| Error::io("read", path, e))?;
+            crc.update(&buf[..want]);
+            left -= want as u64;
+        }
+        if crc.finalize() != payload_crc {
+            return Err(not_a_tail(
+                path,
+                at,
+                "a complete member that fails its checksum (damage, not an interrupted write)",
+            ));
+        }
+        at = end;
+    }
+    Ok(())
+}
+
+fn not_a_tail(path: &Path, at: u64, what: &str) -> Error {
+    Error::corrupt(
+        path,
+        at,
+        format!(
+            "after the last commit the archive holds {what}; nothing was removed; run `mailpack \
+             repair` (it keeps this file)"
+        ),
+    )
+}
+
+/// Where the run of zero bytes that ends the file starts (`len` when it does not end in zero).
+fn zero_suffix_start(source: &ArchiveHandle, from: u64, len: u64) -> Result<u64> {
+    let mut end = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while end > from {
+        let start = end.saturating_sub(buf.len() as u64).max(from);
+        let chunk = &mut buf[..(end - start) as usize];
+        let n = read_at_most(source, start, chunk)?;
+        let chunk = &chunk[..n];
+        match chunk.iter().rposition(|&b| b != 0) {
+            Some(i) => return Ok(start + i as u64 + 1),
+            None => end = start,
+        }
+    }
+    Ok(from)
+}
+
+fn index_file_len(path: &Path) -> Result<u64> {
+    std::fs::symlink_metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| Error::io("stat", path, e))
 }
 
 fn message_guid(e: &EntryRecord) -> Option<Guid> {
@@ -733,7 +1037,20 @@ impl StoreWriter {
             // fsync the directory so the new archive's name survives a crash.
             fsync_dir(&paths.dir(), &options.faults)?;
         }
-        let archive = Archive::load(paths, Repair::Held, &options.faults, notices)?;
+        let source = ArchiveHandle::from_file(
+            &paths.archive,
+            file.try_clone()
+                .map_err(|e| Error::io("dup", &paths.archive, e))?,
+        );
+        let index = index::read(&paths.index)?;
+        let archive = Archive::load(
+            paths,
+            source,
+            index,
+            Access::Write,
+            &options.faults,
+            notices,
+        )?;
         let archive_id = match archive.archive_id {
             Some(id) => id,
             None => random_id()?,
@@ -741,7 +1058,12 @@ impl StoreWriter {
         let writer = ArchiveWriter::new(
             DurableFile::new(file, &paths.archive, options.faults.clone()),
             archive.committed_len(),
-            archive.next_run(),
+            archive.next_run().ok_or_else(|| {
+                Error::usage(format!(
+                    "{}: run numbers are exhausted; nothing was committed",
+                    paths.archive.display()
+                ))
+            })?,
             hex_id(&archive_id),
             options.level,
             options.threads,

@@ -3,12 +3,11 @@
 //! fsynced, and renamed over the original, all under the writer lock. The old index is removed
 //! before the rename, so no crash can pair the new archive with the old index, and rebuilt after.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::{
-    hex_id, index, scan_runs_with, Archive, ArchivePaths, Repair, RunInfo, WriterLock,
-    WriterOptions,
+    hex_id, index, scan_runs_with, Access, Archive, ArchiveHandle, ArchivePaths, RunInfo,
+    WriterLock, WriterOptions,
 };
 use crate::archive::{ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
@@ -50,7 +49,16 @@ impl Rewriter {
         notices: &mut Vec<String>,
     ) -> Result<Rewriter> {
         let lock = WriterLock::acquire(&paths.lock, options.wait, &options.faults)?;
-        let archive = Archive::load(paths, Repair::Held, &options.faults, notices)?;
+        let source = ArchiveHandle::open_writable(&paths.archive)?;
+        let index = index::read(&paths.index)?;
+        let archive = Archive::load(
+            paths,
+            source,
+            index,
+            Access::Write,
+            &options.faults,
+            notices,
+        )?;
         let archive_id = archive.archive_id.ok_or_else(|| {
             Error::NotFound(format!("committed runs in {}", paths.archive.display()))
         })?;
@@ -146,7 +154,8 @@ impl Rewriter {
         index_file.write_all_at_end(&index::encode_header(&self.archive_id))?;
         let mut k = 0;
         let written = &self.written;
-        let outcome = scan_runs_with(tmp, 0, None, Some(self.archive_id), &mut |found| {
+        let copy = ArchiveHandle::open(tmp)?;
+        let outcome = scan_runs_with(&copy, 0, None, Some(self.archive_id), &mut |found| {
             let same = written
                 .get(k)
                 .is_some_and(|(run, digest)| *run == found.run && *digest == block_digest(&found));
@@ -211,22 +220,23 @@ impl Drop for Rewriter {
     }
 }
 
-/// The `key=value` lines of a run's commit marker, read by seeking to its member.
-pub fn marker_fields(paths: &ArchivePaths, run: &RunInfo) -> Result<Vec<(String, String)>> {
-    let path = &paths.archive;
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let scanner =
-        Scanner::new(file, path, run.marker_offset).map_err(|e| Error::io("seek", path, e))?;
-    for event in scanner {
-        match event {
-            ScanEvent::Commit(m) if m.run == run.run => return Ok(m.fields),
-            ScanEvent::Entry(_) => {}
-            _ => break,
+impl Archive {
+    /// The `key=value` lines of a run's commit marker, read by seeking to its member.
+    pub fn marker_fields(&self, run: &RunInfo) -> Result<Vec<(String, String)>> {
+        let path = self.source.path();
+        let scanner = Scanner::new(self.source.reader_at(0), path, run.marker_offset)
+            .map_err(|e| Error::io("seek", path, e))?;
+        for event in scanner {
+            match event {
+                ScanEvent::Commit(m) if m.run == run.run => return Ok(m.fields),
+                ScanEvent::Entry(_) => {}
+                _ => break,
+            }
         }
+        Err(Error::corrupt(
+            path,
+            run.marker_offset,
+            format!("no commit marker of run {} here", run.run),
+        ))
     }
-    Err(Error::corrupt(
-        path,
-        run.marker_offset,
-        format!("no commit marker of run {} here", run.run),
-    ))
 }

@@ -40,7 +40,7 @@ pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
     if let Err(crate::Error::NotFound(what)) = &opened {
         return Err(crate::Error::NotFound(what.clone()));
     }
-    let outcome = scan_runs(&paths.archive, 0, None, None)?;
+    let outcome = scan_runs(&super::ArchiveHandle::open(&paths.archive)?, 0, None, None)?;
     let index = index::read(&paths.index)?;
 
     // Entries by member, to name what a damaged member holds.
