@@ -27,10 +27,11 @@ pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
     };
     let paths = selection(&args.archive, file)?.one()?;
     let mut notices = Vec::new();
+    let mut degraded = false;
     let result = {
         let stdout = io::stdout();
         let mut out = Out::new(stdout.lock());
-        let r = commands::cat(&paths, &spec, &mut out, &mut notices);
+        let r = commands::cat(&paths, &spec, &mut out, &mut notices, &mut degraded);
         if out.closed() {
             p.mark_stdout_closed();
         }
@@ -43,6 +44,6 @@ pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
     p.notices(&notices);
     match result {
         Err(_) if p.stdout_closed() => Ok(0),
-        r => r.map(|_| 0),
+        r => r.map(|_| u8::from(degraded)),
     }
 }

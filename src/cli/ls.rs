@@ -63,6 +63,9 @@ pub(super) fn run(args: LsArgs, p: &mut Printer) -> Result<u8, Error> {
         let paths = selection(&args.archive, args.file)?.one()?;
         let listing = commands::ls(&paths, args.all)?;
         p.notices(&listing.notices);
+        for d in &listing.damage {
+            p.note(d);
+        }
         if args.all {
             for run in &listing.runs {
                 if args.json {
@@ -90,6 +93,6 @@ pub(super) fn run(args: LsArgs, p: &mut Printer) -> Result<u8, Error> {
                 }
             }
         }
-        Ok(0)
+        Ok(if listing.damage.is_empty() { 0 } else { 1 })
     }
 }

@@ -10,6 +10,7 @@ mod ls;
 mod output;
 mod put;
 mod reindex;
+mod repair;
 mod restore;
 mod spool;
 mod verify;
@@ -45,6 +46,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Rebuild the sidecar index of an archive from the archive alone.
     Reindex(reindex::ReindexArgs),
+    /// Salvage a damaged archive: keep the damaged file aside, write a new archive with every
+    /// committed entry that still reads, and report exactly what was lost.
+    Repair(repair::RepairArgs),
     /// Store files in an archive as one committed run (files/<sha1>, or one file by name).
     Put(put::PutArgs),
     /// Back up every user (or those named) of a Cyrus server, one committed run per user.
@@ -126,13 +130,22 @@ pub(super) fn writer_options(wait: bool, jobs: Option<usize>, level: u32) -> Wri
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut printer = Printer::new();
+    // Readers report damage (and foreign files) as a finding, exit 1; for a writer it means
+    // nothing was committed, exit 2.
+    let reader = matches!(
+        cli.command,
+        Command::Ls(_) | Command::Cat(_) | Command::Verify(_) | Command::Restore(_)
+    );
     let code = match run(cli.command, &mut printer) {
         Ok(code) => code,
         Err(err) => {
             if !printer.stdout_closed() {
                 printer.error(&err);
             }
-            2
+            match err {
+                Error::Corrupt { .. } | Error::Foreign { .. } if reader => 1,
+                _ => 2,
+            }
         }
     };
     if printer.stdout_closed() {
@@ -148,6 +161,7 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
         Command::Cat(args) => cat::run(args, p),
         Command::Verify(args) => verify::run(args, p),
         Command::Reindex(args) => reindex::run(args, p),
+        Command::Repair(args) => repair::run(args, p),
         Command::Put(args) => put::run(args, p),
         Command::Backup(args) => backup::run(*args, p),
         Command::Compact(args) => compact::run(args, p),

@@ -55,5 +55,5 @@ pub(super) fn run(args: PutArgs, p: &mut Printer) -> Result<u8, Error> {
             report.bytes_read
         ))?;
     }
-    Ok(0)
+    Ok(u8::from(report.index_stale))
 }

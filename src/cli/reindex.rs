@@ -29,7 +29,10 @@ pub(super) fn run(args: ReindexArgs, p: &mut Printer) -> Result<u8, Error> {
         LockWait::No
     };
     let mut code = 0;
-    for paths in selected.resolve()? {
+    let mut skipped = Vec::new();
+    let targets = selected.resolve_noting(&mut skipped)?;
+    p.notices(&skipped);
+    for paths in targets {
         match commands::reindex(&paths, wait) {
             Ok(report) => {
                 p.notices(&report.notices);

@@ -23,7 +23,9 @@ pub(super) struct VerifyArgs {
 pub(super) fn run(args: VerifyArgs, p: &mut Printer) -> Result<u8, Error> {
     let all = args.file.is_none() && args.archive.user.is_none();
     let selected = selection(&args.archive, args.file)?;
-    let targets = selected.resolve()?;
+    let mut skipped = Vec::new();
+    let targets = selected.resolve_noting(&mut skipped)?;
+    p.notices(&skipped);
     if targets.is_empty() && all {
         p.note("no archives found");
     }
@@ -33,7 +35,10 @@ pub(super) fn run(args: VerifyArgs, p: &mut Printer) -> Result<u8, Error> {
             Ok(r) => r,
             Err(e) => {
                 p.error(&e);
-                code = 2;
+                code = match e {
+                    Error::Foreign { .. } | Error::Corrupt { .. } => code.max(1),
+                    _ => 2,
+                };
                 continue;
             }
         };

@@ -26,8 +26,10 @@ pub type OnArchive<'a> = dyn FnMut(&ArchivePaths, Result<ArchiveCompaction>, &[S
 /// Runs the command; `on_archive` sees each archive's result and the repair notices its opening
 /// produced, as each finishes.
 pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) -> Result<()> {
-    for paths in command.selection.resolve()? {
-        let mut notices = Vec::new();
+    let mut skipped = Vec::new();
+    let targets = command.selection.resolve_noting(&mut skipped)?;
+    for paths in targets {
+        let mut notices = std::mem::take(&mut skipped);
         let result = if command.dry_run {
             Archive::open(&paths, &mut notices)
                 .and_then(|a| plan(&a, &command.plan))

@@ -28,9 +28,19 @@ pub enum Selection {
 
 impl Selection {
     pub fn resolve(&self) -> Result<Vec<ArchivePaths>> {
+        self.resolve_noting(&mut Vec::new())
+    }
+
+    /// As `resolve`; when every archive of a directory is meant, files there that are not
+    /// mailpack archives are skipped with a notice each.
+    pub fn resolve_noting(&self, notices: &mut Vec<String>) -> Result<Vec<ArchivePaths>> {
         match self {
             Selection::File(path) => Ok(vec![ArchivePaths::for_archive_file(path)?]),
-            Selection::Dir { dir, users } if users.is_empty() => store::list_archives(dir),
+            Selection::Dir { dir, users } if users.is_empty() => {
+                let (own, skipped) = store::list_own_archives(dir)?;
+                notices.extend(skipped);
+                Ok(own)
+            }
             Selection::Dir { dir, users } => users
                 .iter()
                 .map(|u| ArchivePaths::for_user(dir, u))
@@ -98,16 +108,36 @@ pub struct Listing {
     /// Otherwise: the committed state, latest version of each live name.
     pub state: Vec<EntryView>,
     pub notices: Vec<String>,
+    /// On a damaged archive: what is damaged or lost. The listing then shows what still reads.
+    pub damage: Vec<String>,
+}
+
+/// Opens an archive for reading; a damaged one is opened read-only in its degraded view, with
+/// its problems returned beside it.
+pub fn open_for_reading(
+    paths: &ArchivePaths,
+    notices: &mut Vec<String>,
+) -> Result<(Archive, Vec<String>)> {
+    match Archive::open(paths, notices) {
+        Ok(archive) => Ok((archive, Vec::new())),
+        Err(e @ Error::Corrupt { .. }) => {
+            let (archive, mut damage) = Archive::open_degraded(paths)?;
+            damage.insert(0, e.to_string());
+            Ok((archive, damage))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub fn ls(paths: &ArchivePaths, all: bool) -> Result<Listing> {
     let mut notices = Vec::new();
-    let archive = Archive::open(paths, &mut notices)?;
+    let (archive, damage) = open_for_reading(paths, &mut notices)?;
     let mut listing = Listing {
         archive: paths.archive.clone(),
         runs: Vec::new(),
         state: Vec::new(),
         notices,
+        damage,
     };
     if all {
         for run in archive.runs() {
@@ -139,14 +169,38 @@ pub fn cat(
     spec: &str,
     out: &mut dyn Write,
     notices: &mut Vec<String>,
+    degraded: &mut bool,
 ) -> Result<u64> {
     let name = match spec.parse::<Guid>() {
         Ok(guid) => file_entry_name(&guid),
         Err(()) => spec.to_string(),
     };
-    let (_, entry, source) = store::find_latest(paths, &name, notices)?
+    let (found, damage) = match store::find_latest(paths, &name, notices) {
+        Ok(found) => (found, None),
+        Err(e @ Error::Corrupt { .. }) => {
+            // Restore day: serve the entry if it still reads, and say the archive is damaged.
+            let (archive, _) = Archive::open_degraded(paths)?;
+            let found = archive
+                .latest(&name)
+                .map(|(run, e)| (run, e.clone(), archive.handle().clone()));
+            (found, Some(e))
+        }
+        Err(e) => return Err(e),
+    };
+    let (_, entry, source) = found
         .filter(|(_, e, _)| !e.is_tombstone())
-        .ok_or_else(|| Error::NotFound(format!("{name} in {}", paths.archive.display())))?;
+        .ok_or_else(|| match &damage {
+            Some(e) => Error::corrupt(
+                &paths.archive,
+                0,
+                format!("{name} does not read from this damaged archive ({e})"),
+            ),
+            None => Error::NotFound(format!("{name} in {}", paths.archive.display())),
+        })?;
+    if let Some(e) = damage {
+        notices.push(format!("{e}; {name} still reads and was served"));
+        *degraded = true;
+    }
     if entry.kind == EntryKind::Symlink {
         writeln!(out, "{}", entry.target).map_err(|e| Error::io("write", "standard output", e))?;
         return Ok(0);
@@ -159,6 +213,23 @@ pub fn cat(
         },
         None => Error::io("copy", &paths.archive, io::Error::other("read failed")),
     })
+}
+
+/// Salvages a damaged archive (`store::repair`); an archive that opens cleanly is left alone.
+pub fn repair(
+    paths: &ArchivePaths,
+    dry_run: bool,
+    writer: &WriterOptions,
+) -> Result<store::RepairReport> {
+    store::repair(
+        paths,
+        &store::RepairOptions {
+            dry_run,
+            writer: writer.clone(),
+            now: now(),
+            host: hostname(),
+        },
+    )
 }
 
 pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
@@ -201,6 +272,8 @@ pub struct PutReport {
     pub already_stored: u64,
     pub bytes_read: u64,
     pub notices: Vec<String>,
+    /// The run is committed but its index block could not be written (exit 1).
+    pub index_stale: bool,
 }
 
 pub struct PutOptions {
@@ -225,6 +298,7 @@ pub fn put(paths: &ArchivePaths, options: &PutOptions) -> Result<PutReport> {
         already_stored: 0,
         bytes_read: 0,
         notices: Vec::new(),
+        index_stale: false,
     };
     let mut seen = std::collections::HashSet::new();
     for path in expand_files(&options.files)? {
@@ -280,6 +354,10 @@ pub fn put(paths: &ArchivePaths, options: &PutOptions) -> Result<PutReport> {
         ..Default::default()
     };
     report.run = store.commit(&summary)?.run;
+    if let Some(failure) = store.index_failure() {
+        notices.push(format!("{}: {failure}", paths.archive.display()));
+        report.index_stale = true;
+    }
     report.notices = notices;
     Ok(report)
 }

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 
 /// Largest `cyrus.index` read. A record is at most 160 bytes (version 20), so this holds over
 /// 13 million messages: Cyrus maps the whole file for every access and no real mailbox comes
-/// near. It stays under the 4 GiB a remote backup accepts for one file (formats/protocol.md).
+/// near. It stays under the 4 GiB a backup host accepts for one such file from an agent, so an
+/// agent refuses (and reports) what the backup host would refuse by ending the session.
 pub const MAX_INDEX_FILE: u64 = 2 << 30;
 
 /// Largest `cyrus.annotations` (a per-mailbox twoskip database of message annotations) read:

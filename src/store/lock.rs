@@ -23,6 +23,14 @@ impl Drop for WriterLock {
     }
 }
 
+fn still_named(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+        _ => false,
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockWait {
     /// Fail at once with `Error::Busy` when another writer holds it.
@@ -33,35 +41,41 @@ pub enum LockWait {
 
 impl WriterLock {
     pub fn acquire(path: &Path, wait: LockWait, faults: &Faults) -> Result<WriterLock> {
-        let (file, created) = open_private(path)?;
-        if created {
-            fsync_dir(&parent_dir(path), faults)?;
-        }
-        match wait {
-            LockWait::Yes => file
-                .lock_exclusive()
-                .map_err(|e| Error::io("lock", path, e))?,
-            LockWait::No => {
-                if let Err(e) = file.try_lock_exclusive() {
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
-                    {
-                        return Err(Error::Busy {
-                            path: path.to_path_buf(),
-                        });
+        loop {
+            let (file, created) = open_private(path)?;
+            if created {
+                fsync_dir(&parent_dir(path), faults)?;
+            }
+            match wait {
+                LockWait::Yes => file
+                    .lock_exclusive()
+                    .map_err(|e| Error::io("lock", path, e))?,
+                LockWait::No => {
+                    if let Err(e) = file.try_lock_exclusive() {
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
+                        {
+                            return Err(Error::Busy {
+                                path: path.to_path_buf(),
+                            });
+                        }
+                        return Err(Error::io("lock", path, e));
                     }
-                    return Err(Error::io("lock", path, e));
                 }
             }
+            // A writer that created an archive and committed nothing removes both files again
+            // (`remove_unused`), so the file locked here may have lost its name meanwhile:
+            // then the lock guards nothing, and the name is opened afresh.
+            if still_named(&file, path) {
+                return Ok(WriterLock { file });
+            }
         }
-        Ok(WriterLock { file })
     }
 
-    /// Takes the lock if nobody holds it, without creating the lock file. `None` when it is held
-    /// elsewhere or cannot be opened (a reader without write access simply does not repair).
-    pub fn try_existing_or_new(path: &Path) -> Option<WriterLock> {
-        let (file, _) = open_private(path).ok()?;
-        file.try_lock_exclusive().ok()?;
-        Some(WriterLock { file })
+    /// Removes the lock file while holding it; see `acquire` for why that is safe.
+    pub fn remove_file(&self, path: &Path) {
+        if still_named(&self.file, path) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

@@ -10,7 +10,7 @@ mod rewrite;
 mod verify;
 
 pub use lock::{LockWait, WriterLock};
-pub use naming::{decode_user, encode_user, list_archives, ArchivePaths};
+pub use naming::{decode_user, encode_user, list_archives, list_own_archives, ArchivePaths};
 pub use repair::{repair, RepairOptions, RepairReport, REPAIRS_DIR};
 pub use rewrite::{Rewriter, REWRITE_SUFFIX};
 pub use verify::{verify, Problem, VerifyReport};
@@ -960,7 +960,10 @@ fn damaged(path: &Path, d: &crate::archive::scan::Damage) -> Error {
     Error::corrupt(
         path,
         d.offset,
-        format!("{detail}; committed data is damaged, run `mailpack verify`"),
+        format!(
+            "{detail}; committed data is damaged and nothing was changed: `mailpack verify` \
+             lists every problem, `mailpack repair` salvages what reads (it keeps this file)"
+        ),
     )
 }
 
@@ -1020,7 +1023,23 @@ pub struct StoreWriter {
     archive_id: [u8; 16],
     faults: Faults,
     poisoned: bool,
+    /// Set when a committed run's index append failed: the run stands, the index is stale.
+    index_failure: Option<String>,
+    /// This writer created the archive file: if it commits nothing, it removes it again, so a
+    /// refused user leaves no empty files behind.
+    created: bool,
     _lock: WriterLock,
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        let paths = &self.archive.paths;
+        let empty = std::fs::symlink_metadata(&paths.archive).is_ok_and(|m| m.len() == 0);
+        if self.created && self.archive.runs.is_empty() && empty {
+            let _ = std::fs::remove_file(&paths.archive);
+            self._lock.remove_file(&paths.lock);
+        }
+    }
 }
 
 impl StoreWriter {
@@ -1074,12 +1093,19 @@ impl StoreWriter {
             archive_id,
             faults: options.faults.clone(),
             poisoned: false,
+            index_failure: None,
+            created,
             _lock: lock,
         })
     }
 
     pub fn archive(&self) -> &Archive {
         &self.archive
+    }
+
+    /// Why the last commit's index block is missing, when it is (the run itself is committed).
+    pub fn index_failure(&self) -> Option<&str> {
+        self.index_failure.as_deref()
     }
 
     pub fn writer(&mut self) -> &mut ArchiveWriter {
@@ -1109,8 +1135,14 @@ impl StoreWriter {
         ) {
             Ok(len) => self.archive.index_len = len,
             Err(e) => {
+                // Committed all the same: report it, and let no further run append to an
+                // index whose length is unknown (the next open rebuilds it).
                 self.poisoned = true;
-                return Err(e);
+                self.index_failure = Some(format!(
+                    "run {} is committed, but its index block was not written ({e}); the next \
+                     open rebuilds the index",
+                    run.run
+                ));
             }
         }
         self.archive.archive_id = Some(self.archive_id);

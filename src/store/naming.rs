@@ -129,6 +129,41 @@ pub fn list_archives(dir: &Path) -> Result<Vec<ArchivePaths>> {
     Ok(out)
 }
 
+/// Every archive in `dir` that begins as a mailpack archive does (or is empty), sorted by file
+/// name, and a notice for each `*.tar.gz` that does not: another program's file, a symlink, or
+/// anything but a regular file is skipped, never opened as an archive.
+pub fn list_own_archives(dir: &Path) -> Result<(Vec<ArchivePaths>, Vec<String>)> {
+    let mut own = Vec::new();
+    let mut skipped = Vec::new();
+    for paths in list_archives(dir)? {
+        match crate::io::open_own(&paths.archive).and_then(|f| begins_as_archive(&f, &paths)) {
+            Ok(()) => own.push(paths),
+            Err(e @ (Error::Foreign { .. } | Error::NotFound(_))) => {
+                skipped.push(format!("skipped: {e}"))
+            }
+            // Damage is the archive's to report: keep it in the list.
+            Err(_) => own.push(paths),
+        }
+    }
+    Ok((own, skipped))
+}
+
+fn begins_as_archive(file: &std::fs::File, paths: &ArchivePaths) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let signature = crate::archive::member_header(0, 0);
+    let mut head = [0u8; 16];
+    let n = file
+        .read_at(&mut head, 0)
+        .map_err(|e| Error::io("read", &paths.archive, e))?;
+    if head[..n] == signature[..n] {
+        return Ok(());
+    }
+    Err(Error::Foreign {
+        path: paths.archive.clone(),
+        detail: "does not begin with a mailpack gzip member".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,8 @@ pub struct RepairReport {
     pub runs_kept: u64,
     pub entries_kept: u64,
     pub lost_entries: Vec<LostEntry>,
+    /// Entries lost that no usable index names (counted from the commit markers).
+    pub lost_unnamed: u64,
     pub lost_runs: Vec<LostRun>,
     pub damage: Vec<DamageFound>,
     pub bytes_before: u64,
@@ -82,6 +84,9 @@ pub struct RepairOptions {
 /// A run as the salvage found it: its marker's facts and the entries before it that read.
 struct SalvagedRun {
     run: u64,
+    /// Where its commit marker's member starts and ends (0 for a lost marker).
+    marker_offset: u64,
+    end: u64,
     time: i64,
     fields: Vec<(String, String)>,
     entries: Vec<ScannedEntry>,
@@ -104,6 +109,7 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
         runs_kept: 0,
         entries_kept: 0,
         lost_entries: Vec::new(),
+        lost_unnamed: 0,
         lost_runs: Vec::new(),
         damage: Vec::new(),
         bytes_before,
@@ -155,6 +161,83 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
     Ok(report)
 }
 
+impl Archive {
+    /// A read-only view of a damaged archive for restore day: every committed entry that still
+    /// reads and checks, in its run (as `repair` would keep them), and a line per problem found.
+    /// Nothing is written. Use it only after `open` failed with `Error::Corrupt`.
+    pub fn open_degraded(paths: &ArchivePaths) -> Result<(Archive, Vec<String>)> {
+        let source = ArchiveHandle::open(&paths.archive)?;
+        let len = source.len()?;
+        let (salvaged, damage, archive_id) = salvage(&source, len)?;
+        let mut report = RepairReport {
+            archive: paths.archive.clone(),
+            user: paths.user.clone(),
+            needed: true,
+            dry_run: true,
+            reason: None,
+            kept_aside: None,
+            runs_kept: 0,
+            entries_kept: 0,
+            lost_entries: Vec::new(),
+            lost_unnamed: 0,
+            lost_runs: Vec::new(),
+            damage: Vec::new(),
+            bytes_before: len,
+            bytes_after: None,
+        };
+        let plan = plan_runs(salvaged, &mut report);
+        let indexed = match index::read(&paths.index)? {
+            IndexRead::Valid { runs, .. } => Some(runs),
+            _ => None,
+        };
+        account_losses(&plan, indexed.as_deref(), &mut report);
+        let mut problems: Vec<String> = damage
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}: damaged at byte {}{}: {}",
+                    paths.archive.display(),
+                    d.offset,
+                    d.entry
+                        .as_ref()
+                        .map(|e| format!(" (entry {e})"))
+                        .unwrap_or_default(),
+                    d.detail
+                )
+            })
+            .collect();
+        problems.extend(report.lost_runs.iter().map(|r| {
+            format!("{}: run {}: {}", paths.archive.display(), r.run, r.detail)
+        }));
+        problems.extend(report.lost_entries.iter().map(|e| {
+            format!(
+                "{}: lost entry {} of run {}",
+                paths.archive.display(),
+                e.name,
+                e.run
+            )
+        }));
+        let mut start = 0;
+        let runs = plan
+            .into_iter()
+            .map(|r| {
+                let run = crate::archive::CommittedRun {
+                    run: r.run,
+                    start,
+                    marker_offset: r.marker_offset,
+                    end: r.end.max(start),
+                    time: r.time,
+                    compacted: None,
+                    entries: r.entries.into_iter().map(|e| e.record).collect(),
+                };
+                start = run.end;
+                run
+            })
+            .collect();
+        Ok((Archive::from_runs(paths.clone(), source, archive_id, runs, 0), problems))
+    }
+}
+
 /// Reads the whole file and collects every entry that reads and checks, grouped by the commit
 /// marker that follows it. Entries after the last marker are kept only when what follows the
 /// last marker is not an interrupted write (then it was committed data whose marker is lost).
@@ -203,6 +286,8 @@ fn salvage(
                 last_end = m.member.end;
                 runs.push(SalvagedRun {
                     run: m.run,
+                    marker_offset: m.member.offset,
+                    end: m.member.end,
                     time: m.time,
                     fields: m.fields,
                     entries: std::mem::take(&mut pending),
@@ -223,6 +308,8 @@ fn salvage(
                 .map_or((1, 0), |r| (r.run.saturating_add(1), r.time));
             runs.push(SalvagedRun {
                 run,
+                marker_offset: len,
+                end: len,
                 time,
                 fields: Vec::new(),
                 counted: pending.len() as u64,
@@ -278,6 +365,8 @@ fn plan_runs(salvaged: Vec<SalvagedRun>, report: &mut RepairReport) -> Vec<Salva
                 });
                 plan.push(SalvagedRun {
                     run: lost,
+                    marker_offset: 0,
+                    end: 0,
                     time,
                     fields: Vec::new(),
                     entries: Vec::new(),
@@ -329,6 +418,9 @@ fn account_losses(
     for run in plan {
         let found = run.entries.len() as u64;
         if run.counted > found {
+            if !named {
+                report.lost_unnamed += run.counted - found;
+            }
             report.lost_runs.push(LostRun {
                 run: run.run,
                 detail: format!(
@@ -404,9 +496,10 @@ fn write_repaired(
                 ..Default::default()
             };
             summary.extra.push(("repaired".into(), options.now.to_string()));
-            summary
-                .counts
-                .push(("lost-entries".into(), report.lost_entries.len() as u64));
+            summary.counts.push((
+                "lost-entries".into(),
+                report.lost_entries.len() as u64 + report.lost_unnamed,
+            ));
             writer.commit(&summary)?;
         }
         writer.sync()

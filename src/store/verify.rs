@@ -37,8 +37,11 @@ pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
     // Opening repairs what may be repaired; damage inside committed data makes it fail, and the
     // scan below then names every problem.
     let opened = Archive::open(paths, &mut repaired);
-    if let Err(crate::Error::NotFound(what)) = &opened {
-        return Err(crate::Error::NotFound(what.clone()));
+    match opened {
+        Err(crate::Error::NotFound(what)) => return Err(crate::Error::NotFound(what)),
+        // Not ours: nothing in it is checked as if it were an archive.
+        Err(e @ crate::Error::Foreign { .. }) => return Err(e),
+        _ => {}
     }
     let outcome = scan_runs(&super::ArchiveHandle::open(&paths.archive)?, 0, None, None)?;
     let index = index::read(&paths.index)?;
@@ -152,6 +155,12 @@ pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
                 ));
             }
         }
+    }
+    if outcome.runs.is_empty() {
+        problems.push(index_problem(
+            0,
+            "the file holds no committed run".into(),
+        ));
     }
     problems.sort_by_key(|p| (p.offset, p.within));
 
