@@ -14,5 +14,6 @@ mod spool_db;
 mod spool_index;
 mod spool_lock;
 mod spool_view;
+mod trust_restore;
 mod trust_spool;
 mod util;
