@@ -191,9 +191,11 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
     for l in &report.lost {
         p.note(&format!("lost: {l}"));
     }
-    Ok(if report.bad.is_empty() && report.refused.is_empty() && report.lost.is_empty() {
-        0
-    } else {
-        1
-    })
+    Ok(
+        if report.bad.is_empty() && report.refused.is_empty() && report.lost.is_empty() {
+            0
+        } else {
+            1
+        },
+    )
 }

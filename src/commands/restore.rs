@@ -123,13 +123,13 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
             })?,
             // What was expunged between T1 and T2 starts from the state at T1.
             None => run_at(
-                &archive,
+                archive,
                 options.at.or(options.expunged_between.map(|(t1, _)| t1)),
             )?,
         };
     report.run = Some(run.run);
     report.run_time = Some(run.time);
-    let (all, refused) = mailboxes_at(&archive, run.run);
+    let (all, refused) = mailboxes_at(archive, run.run);
     report.refused.extend(refused);
 
     let deleted_prefix = "DELETED";
@@ -177,9 +177,9 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
                  --imap, --maildir, --mbox or --eml",
             ));
         }
-        let messages = Messages::new(&archive);
+        let messages = Messages::new(archive);
         let outcome = target.restore(
-            &archive,
+            archive,
             &messages,
             &options.user,
             &chosen,

@@ -592,9 +592,15 @@ mod tests {
         let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(export_levels(&l(&["INBOX"]), true), l(&["INBOX"]));
         assert_eq!(export_levels(&l(&["INBOX"]), false), l(&["%49NBOX"]));
-        assert_eq!(export_levels(&l(&["inbox", "INBOX"]), false), l(&["%69nbox", "INBOX"]));
+        assert_eq!(
+            export_levels(&l(&["inbox", "INBOX"]), false),
+            l(&["%69nbox", "INBOX"])
+        );
         assert_eq!(export_levels(&l(&["a.b"]), false), l(&["a%2Eb"]));
         assert_eq!(export_levels(&l(&["a%2Eb"]), false), l(&["a%252Eb"]));
-        assert_eq!(export_levels(&l(&["..", "7.eml"]), false), l(&["%2E%2E", "7%2Eeml"]));
+        assert_eq!(
+            export_levels(&l(&["..", "7.eml"]), false),
+            l(&["%2E%2E", "7%2Eeml"])
+        );
     }
 }

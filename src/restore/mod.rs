@@ -241,11 +241,7 @@ pub fn unwrap_io(err: std::io::Error, path: &Path, e: &EntryRecord) -> Error {
     match err.into_inner() {
         Some(inner) => match inner.downcast::<Error>() {
             Ok(ours) => *ours,
-            Err(other) => Error::corrupt(
-                path,
-                e.placement.member,
-                format!("{}: {other}", e.name),
-            ),
+            Err(other) => Error::corrupt(path, e.placement.member, format!("{}: {other}", e.name)),
         },
         None => Error::corrupt(path, e.placement.member, format!("{}: read failed", e.name)),
     }
@@ -322,12 +318,14 @@ impl From<LostEntry> for Error {
 
 /// The mailbox's cyrus.header and cyrus.index, parsed. A failure names the entry that failed,
 /// so a restore can report it and go on with the other mailboxes.
-pub fn read_mailbox(archive: &Archive, m: &MailboxAt) -> std::result::Result<MailboxData, LostEntry> {
+pub fn read_mailbox(
+    archive: &Archive,
+    m: &MailboxAt,
+) -> std::result::Result<MailboxData, LostEntry> {
     let path = &archive.paths().archive;
     let entry = |file: &str| {
-        m.file(file).ok_or_else(|| {
-            LostEntry::missing(path, format!("{FOLDERS_DIR}{}/{file}", m.uniqueid))
-        })
+        m.file(file)
+            .ok_or_else(|| LostEntry::missing(path, format!("{FOLDERS_DIR}{}/{file}", m.uniqueid)))
     };
     let header_entry = entry("cyrus.header")?;
     let index_entry = entry("cyrus.index")?;

@@ -117,7 +117,11 @@ fn find_in_index(idx: &[u8], name: &str) -> IndexField {
 
 /// Rewrites fields of `name`'s record in the index and reseals its block's CRC, so the index
 /// stays valid and only says something the archive does not back. Returns the member offset.
-fn tamper_index(paths: &ArchivePaths, name: &str, edit: impl FnOnce(&mut [u8], &IndexField)) -> u64 {
+fn tamper_index(
+    paths: &ArchivePaths,
+    name: &str,
+    edit: impl FnOnce(&mut [u8], &IndexField),
+) -> u64 {
     let mut idx = std::fs::read(&paths.index).unwrap();
     let f = find_in_index(&idx, name);
     edit(&mut idx, &f);
@@ -177,7 +181,12 @@ fn a_size_from_a_hostile_index_is_refused_with_the_archive_and_member_never_allo
     let far = format!("files/{}", inbox[1].1);
     let index_entry = {
         let a = Archive::open(&paths, &mut Vec::new()).unwrap();
-        let link = a.latest("imap/user/alice/Archive").unwrap().1.target.clone();
+        let link = a
+            .latest("imap/user/alice/Archive")
+            .unwrap()
+            .1
+            .target
+            .clone();
         format!("{link}/cyrus.index")
     };
     let huge_member = tamper_index(&paths, &huge, |idx, f| {
@@ -193,7 +202,11 @@ fn a_size_from_a_hostile_index_is_refused_with_the_archive_and_member_never_allo
     // The library's entry reader refuses the size before reading or reserving anything.
     let archive = Archive::open(&paths, &mut Vec::new()).unwrap();
     let (_, e) = archive.latest(&huge).unwrap();
-    assert_eq!(e.size, 1 << 40, "the tampered index is what the store serves");
+    assert_eq!(
+        e.size,
+        1 << 40,
+        "the tampered index is what the store serves"
+    );
     match mailpack::restore::read_all(&archive, e) {
         Err(mailpack::Error::Corrupt { path, offset, .. }) => {
             assert_eq!((path, offset), (paths.archive.clone(), huge_member))
@@ -242,7 +255,10 @@ fn a_size_from_a_hostile_index_is_refused_with_the_archive_and_member_never_allo
     // One message by SHA-1 is the whole restore: it stops, naming file and member, and writes
     // nothing.
     let out = work.path().join("one");
-    let o = restore_cli(&archives, &["--sha1", &huge_sha1, "--eml", out.to_str().unwrap()]);
+    let o = restore_cli(
+        &archives,
+        &["--sha1", &huge_sha1, "--eml", out.to_str().unwrap()],
+    );
     assert_no_crash(&o);
     assert!(matches!(o.status.code(), Some(1 | 2)), "{}", stderr(&o));
     assert!(!out.exists());
@@ -280,7 +296,10 @@ fn a_restore_reads_the_generation_it_opened_while_a_compaction_renames_a_new_one
 
     let fresh = work.path().join("fresh");
     let before = restore(&options(&archives, RestoreTarget::Eml(fresh.clone()))).unwrap();
-    assert!(before.bad.is_empty() && before.lost.is_empty(), "{before:?}");
+    assert!(
+        before.bad.is_empty() && before.lost.is_empty(),
+        "{before:?}"
+    );
 
     let archive = Archive::open(&paths, &mut Vec::new()).unwrap();
     let len_before = std::fs::metadata(&paths.archive).unwrap().len();
@@ -300,8 +319,11 @@ fn a_restore_reads_the_generation_it_opened_while_a_compaction_renames_a_new_one
     );
 
     let raced = work.path().join("raced");
-    let after = restore_from(&archive, &options(&archives, RestoreTarget::Eml(raced.clone())))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let after = restore_from(
+        &archive,
+        &options(&archives, RestoreTarget::Eml(raced.clone())),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(after.bad.is_empty() && after.lost.is_empty(), "{after:?}");
     assert_eq!(after.messages_written, before.messages_written);
     assert_eq!(tree(&raced), tree(&fresh));
@@ -466,7 +488,10 @@ fn no_two_exported_mailboxes_share_a_place() {
     // --maildir: the INBOX is the Maildir, every other mailbox a folder of its own.
     let maildir = work.path().join("maildir");
     let report = restore(&options(&archives, RestoreTarget::Maildir(maildir.clone()))).unwrap();
-    assert!(report.refused.is_empty() && report.bad.is_empty(), "{report:?}");
+    assert!(
+        report.refused.is_empty() && report.bad.is_empty(),
+        "{report:?}"
+    );
     assert_eq!(report.messages_written as usize, total);
     let files = tree(&maildir);
     let in_cur = |folder: &str| {
@@ -495,7 +520,10 @@ fn no_two_exported_mailboxes_share_a_place() {
     // --mbox of several mailboxes: one file each.
     let mbox = work.path().join("mbox");
     let report = restore(&options(&archives, RestoreTarget::Mbox(mbox.clone()))).unwrap();
-    assert!(report.refused.is_empty() && report.bad.is_empty(), "{report:?}");
+    assert!(
+        report.refused.is_empty() && report.bad.is_empty(),
+        "{report:?}"
+    );
     assert_eq!(report.messages_written as usize, total);
     let files = tree(&mbox);
     for (file, mailbox) in [
@@ -521,7 +549,10 @@ fn a_metadata_entry_that_fails_its_checks_is_reported_lost_and_the_rest_is_resto
     let expected = exported(&paths);
     let inbox_index = {
         let a = Archive::open(&paths, &mut Vec::new()).unwrap();
-        format!("{}/cyrus.index", a.latest("imap/user/alice").unwrap().1.target)
+        format!(
+            "{}/cyrus.index",
+            a.latest("imap/user/alice").unwrap().1.target
+        )
     };
     // The index now records another SHA-1 for the INBOX's cyrus.index than its bytes have.
     let member = tamper_index(&paths, &inbox_index, |idx, f| idx[f.sha1_at] ^= 0x01);
@@ -546,5 +577,9 @@ fn a_metadata_entry_that_fails_its_checks_is_reported_lost_and_the_rest_is_resto
         "{report}"
     );
     assert!(!out.join("INBOX").exists());
-    assert!(stderr(&o).contains(&format!("lost: {inbox_index} in ")), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("lost: {inbox_index} in ")),
+        "{}",
+        stderr(&o)
+    );
 }
