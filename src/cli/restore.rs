@@ -191,8 +191,15 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
     for l in &report.lost {
         p.note(&format!("lost: {l}"));
     }
+    for d in &report.damage {
+        p.note(&format!("damaged: {d}"));
+    }
     Ok(
-        if report.bad.is_empty() && report.refused.is_empty() && report.lost.is_empty() {
+        if report.bad.is_empty()
+            && report.refused.is_empty()
+            && report.lost.is_empty()
+            && report.damage.is_empty()
+        {
             0
         } else {
             1

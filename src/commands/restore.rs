@@ -59,6 +59,9 @@ pub struct RestoreReport {
     /// Archive entries that failed their checks (or that a mailbox needs and the archive lacks):
     /// each with the archive file and byte offset. The restore went on without them.
     pub lost: Vec<LostEntry>,
+    /// On a damaged archive, read in its degraded view: what is damaged or lost there. The
+    /// restore brought back what still reads.
+    pub damage: Vec<String>,
     pub dry_run: bool,
     /// Where each file and record went (or would go).
     pub writes: Vec<String>,
@@ -80,11 +83,20 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
     if let (Some(sha1), None) = (options.sha1, options.uid) {
         if options.mailboxes.is_empty() {
             let mut report = new_report(options);
-            return restore_one_by_sha1(options, &paths, sha1, &mut report).map(|_| report);
+            match restore_one_by_sha1(options, &paths, sha1, &mut report) {
+                // The lookup could not open a damaged archive: its degraded view may still
+                // hold the message (below).
+                Err(Error::Corrupt { .. }) if report.run.is_none() => {}
+                other => return other.map(|_| report),
+            }
         }
     }
-    let archive = Archive::open(&paths, &mut Vec::new())?;
-    restore_from(&archive, options)
+    // A damaged archive is read in its degraded view: what still reads is restored, and the
+    // damage is reported (exit 1).
+    let (archive, damage) = crate::commands::open_for_reading(&paths, &mut Vec::new())?;
+    let mut report = restore_from(&archive, options)?;
+    report.damage = damage;
+    Ok(report)
 }
 
 fn new_report(options: &RestoreOptions) -> RestoreReport {

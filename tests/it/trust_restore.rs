@@ -583,3 +583,51 @@ fn a_metadata_entry_that_fails_its_checks_is_reported_lost_and_the_rest_is_resto
         stderr(&o)
     );
 }
+
+#[test]
+fn a_damaged_archive_restores_what_still_reads_and_reports_the_damage() {
+    let work = TempDir::new("trust-degraded");
+    let config = crate::agent::fixture_spool(work.path());
+    let archives = work.path().join("archives");
+    std::fs::create_dir(&archives).unwrap();
+    // A file larger than a member, stored first: its members hold nothing else.
+    let junk = work.path().join("junk");
+    std::fs::write(&junk, crate::util::Rng::new(7).noise(1_500_000)).unwrap();
+    let o = run(&[
+        "put",
+        "--archive-dir",
+        archives.to_str().unwrap(),
+        "--user",
+        "alice",
+        junk.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    run_backup(&config, &archives, &["alice"]);
+    let paths = ArchivePaths::for_user(&archives, "alice").unwrap();
+    let expected = exported(&paths);
+    // One flipped byte inside the junk's first member, and no index to vouch for anything.
+    let mut bytes = std::fs::read(&paths.archive).unwrap();
+    bytes[4000] ^= 0x10;
+    std::fs::write(&paths.archive, &bytes).unwrap();
+    std::fs::remove_file(&paths.index).unwrap();
+
+    let out = work.path().join("eml");
+    let o = restore_cli(&archives, &["--eml", out.to_str().unwrap(), "--json"]);
+    assert_no_crash(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let report = json(&o);
+    let total: usize = expected.values().map(Vec::len).sum();
+    assert_eq!(
+        report["data"]["messages_written"].as_u64().unwrap() as usize,
+        total,
+        "{report}"
+    );
+    let damage = report["data"]["damage"].as_array().unwrap();
+    assert!(!damage.is_empty(), "{report}");
+    assert!(stderr(&o).contains("damaged: "), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&paths.archive).unwrap(),
+        bytes,
+        "a restore never changes the archive"
+    );
+}
