@@ -223,17 +223,24 @@ pub fn backup_user(
         }
     }
 
-    backup_user_files(
+    let listed_files = backup_user_files(
         source,
-        user,
         &listing.user_files,
         &recorded,
         writer,
-        options,
+        time,
         &mut report,
         &mut healing,
-        tombstones,
     )?;
+    if tombstones {
+        // Per-user files that disappeared (a sieve script deleted, ...).
+        for name in recorded
+            .latest_names()
+            .filter(|n| n.starts_with(names::META_DIR) && !listed_files.contains(*n))
+        {
+            writer.append_symlink(name, "", time)?;
+        }
+    }
     report.healed = healing.healed.len() as u64;
     drop(recorded);
     // Over ssh the next listings' round trip then overlaps this commit's syncs, which is most
@@ -575,18 +582,18 @@ impl Pass2<'_> {
 }
 
 /// Seen, subscriptions, quota, the sieve index and the sieve directory: each read (under a
-/// shared lock, by the source) when its stat changed since it was stored.
+/// shared lock, by the source) when its stat changed since it was stored. Returns the names the
+/// server listed, for the caller to tombstone those that disappeared.
 fn backup_user_files(
     source: &mut dyn Source,
-    user: &str,
     listed: &[UserFileListing],
     recorded: &Recorded,
     writer: &mut ArchiveWriter,
-    options: &UserOptions,
+    time: u64,
     report: &mut UserReport,
     healing: &mut Healing,
-    tombstones: bool,
-) -> Result<()> {
+) -> Result<HashSet<String>> {
+    let user = report.user.clone();
     let mut seen_names = HashSet::new();
     for f in listed {
         if crate::archive::check_name(&f.entry).is_err() || !f.entry.starts_with(names::META_DIR) {
@@ -600,7 +607,7 @@ fn backup_user_files(
             let old = recorded.get(&f.entry).map(|e| e.target.clone());
             if old.as_deref() != Some(target.as_str()) && crate::archive::check_name(target).is_ok()
             {
-                writer.append_symlink(&f.entry, target, options.time.max(0) as u64)?;
+                writer.append_symlink(&f.entry, target, time)?;
                 healing.stored(&f.entry);
             }
             continue;
@@ -612,7 +619,7 @@ fn backup_user_files(
         {
             continue;
         }
-        let (bytes, stat) = match source.read_user_file(user, &f.entry) {
+        let (bytes, stat) = match source.read_user_file(&user, &f.entry) {
             Ok(Some(x)) => x,
             Ok(None) => continue,
             Err(err) if is_local_problem(&err) => {
@@ -631,17 +638,5 @@ fn backup_user_files(
         )?;
         healing.stored(&f.entry);
     }
-    if !tombstones {
-        return Ok(());
-    }
-    // Per-user files that disappeared (a sieve script deleted, ...).
-    for name in recorded
-        .latest_names()
-        .filter(|n| n.starts_with(names::META_DIR))
-    {
-        if !seen_names.contains(name) {
-            writer.append_symlink(name, "", options.time.max(0) as u64)?;
-        }
-    }
-    Ok(())
+    Ok(seen_names)
 }

@@ -457,7 +457,8 @@ fn a_corrupt_or_vanished_message_file_skips_only_its_mailbox() {
         .all(|(_, e)| !e.name.starts_with("files/")
             || mailpack::Guid::of(&read_all(&archive, &e.name).unwrap()).to_hex() == e.name[6..]));
 
-    // A live record whose file is gone: read again a bounded number of times, then skipped.
+    // A live record whose file is gone: read again a bounded number of times, then skipped
+    // and reported as missing (issue 13).
     std::fs::write(&one, &bytes[..0]).unwrap();
     std::fs::remove_file(&one).unwrap();
     let reports = run_backup(&server.config_path(), dir.path(), &["alice"]);
@@ -465,7 +466,7 @@ fn a_corrupt_or_vanished_message_file_skips_only_its_mailbox() {
         reports["alice"]
             .problems
             .iter()
-            .any(|p| p.contains("changed on every one of")),
+            .any(|p| p.contains("uid 1") && p.contains("is missing")),
         "{:?}",
         reports["alice"]
     );

@@ -380,7 +380,9 @@ fn a_fifo_message_file_leaves_no_cyrus_lock_held() {
             format!("Subject: m{i}\r\n\r\nbody {i}\r\n").as_bytes(),
         );
     }
-    let fifo = server.mailbox_path("user.dave").join("2.");
+    let fifo = server
+        .mailbox_path(&server.user_mailbox("dave"))
+        .join("2.");
     assert!(fifo.exists(), "{fifo:?}");
     mkfifo(&fifo);
     let work = TempDir::new("trust-fifo-cyrus");
@@ -450,7 +452,11 @@ fn a_fifo_message_file_leaves_no_cyrus_lock_held() {
         LockMethod::Fcntl,
         now,
     );
-    assert!(name_lock.is_ok(), "name lock still held: {name_lock:?}");
+    // Cyrus made the lock file when it delivered: it is there to be locked.
+    assert!(
+        matches!(name_lock, Ok(Some(_))),
+        "name lock still held: {name_lock:?}"
+    );
     drop(name_lock);
     let index = FileLock::lock_stable(
         &spool.meta_path(inbox, MetaFile::Index).unwrap(),
@@ -723,19 +729,20 @@ fn a_backup_after_a_repair_stores_again_what_the_repair_lost() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let whole = open_archive(&full, "alice").unwrap();
 
-    // Lost: a message of a mailbox that does not change, a header, a per-user file.
-    let archive_box = mailbox(&spool, "user.alice.Archive");
-    let index = mailpack::spool::index::read(
-        &spool.meta_path(archive_box, MetaFile::Index).unwrap(),
-    )
-    .unwrap();
-    let message = format!("files/{}", index.records[0].guid);
+    // Lost: message files of two mailboxes whose metadata is intact and unchanged, so only a
+    // full pass finds them (pass 1 compares metadata stats and would skip both mailboxes).
+    let first_message = |name: &str| {
+        let e = mailbox(&spool, name);
+        let index =
+            mailpack::spool::index::read(&spool.meta_path(e, MetaFile::Index).unwrap()).unwrap();
+        format!("files/{}", index.records[0].guid)
+    };
     let lost: BTreeSet<String> = [
-        message.clone(),
-        folder(archive_box, "cyrus.header"),
-        "meta/sub".to_string(),
+        first_message("user.alice.Archive"),
+        first_message("user.alice.Archive.2023"),
     ]
     .into();
+    assert_eq!(lost.len(), 2);
 
     for via in [Via::Local, Via::Agent] {
         let dir = work.path().join(format!("{via:?}"));
@@ -785,7 +792,7 @@ fn a_backup_after_a_repair_stores_again_what_the_repair_lost() {
         );
         let out = text(&o);
         assert_eq!(o.status.code(), Some(0), "{via:?}: {out}");
-        assert!(out.contains("\"healed\":3"), "{via:?}: {out}");
+        assert!(out.contains("\"healed\":2"), "{via:?}: {out}");
         let names = live_names(&dir, "alice");
         for name in &lost {
             assert!(names.contains(name), "{via:?}: {name} not stored again");
