@@ -14,6 +14,7 @@ mod spool_db;
 mod spool_index;
 mod spool_lock;
 mod spool_view;
+mod trust_archive;
 mod trust_restore;
 mod trust_spool;
 mod util;
