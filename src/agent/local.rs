@@ -323,7 +323,11 @@ impl Source for LocalSource<'_> {
     }
 
     fn message_file(&self, uid: u32, archived: bool) -> String {
-        match self.open.as_ref().and_then(|o| o.message_path(uid, archived)) {
+        match self
+            .open
+            .as_ref()
+            .and_then(|o| o.message_path(uid, archived))
+        {
             Some(path) => path.display().to_string(),
             None => format!("{uid}."),
         }

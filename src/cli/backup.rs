@@ -151,9 +151,11 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
         }
         p.note(&refused.message);
     }
-    Ok(if summary.failed > 0 || summary.with_problems > 0 || summary.refused.is_some() {
-        1
-    } else {
-        0
-    })
+    Ok(
+        if summary.failed > 0 || summary.with_problems > 0 || summary.refused.is_some() {
+            1
+        } else {
+            0
+        },
+    )
 }

@@ -8,8 +8,8 @@ use crate::spool::file;
 use crate::spool::index::IndexRecord;
 use crate::spool::mboxlist::MailboxEntry;
 use crate::spool::user::{
-    parse_quota, read_seen, read_user_db, read_sieve_dir, read_subscriptions, Quota,
-    SeenEntry, SieveFiles,
+    parse_quota, read_seen, read_sieve_dir, read_subscriptions, read_user_db, Quota, SeenEntry,
+    SieveFiles,
 };
 use crate::spool::{LockOptions, MetaFile, Spool};
 

@@ -185,9 +185,14 @@ fn read_into(path: &Path, raw: &mut BTreeMap<String, String>, depth: usize) -> R
         )));
     }
     // Without blocking and regular files only: a FIFO given as --config must not hang the run.
-    let (file, meta) = super::file::open(path, false, super::file::Follow::Yes)?.ok_or_else(|| {
-        Error::io("open", path, std::io::Error::from(std::io::ErrorKind::NotFound))
-    })?;
+    let (file, meta) =
+        super::file::open(path, false, super::file::Follow::Yes)?.ok_or_else(|| {
+            Error::io(
+                "open",
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?;
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(Error::usage(format!(
             "{}: {} bytes is too large for imapd.conf",

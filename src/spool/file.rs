@@ -211,11 +211,15 @@ mod tests {
         let err = open(&link, false, Follow::No).unwrap_err().to_string();
         assert!(err.contains("symlink"), "{err}");
         assert!(open(&link, false, Follow::Yes).unwrap().is_some());
-        assert!(open(&d.join("absent"), false, Follow::No).unwrap().is_none());
+        assert!(open(&d.join("absent"), false, Follow::No)
+            .unwrap()
+            .is_none());
         assert!(open(&d, false, Follow::No).is_err());
 
         std::fs::write(d.join("ok"), b"hello").unwrap();
-        let (bytes, _) = read(&d.join("ok"), Follow::No, HEADER_CAP).unwrap().unwrap();
+        let (bytes, _) = read(&d.join("ok"), Follow::No, HEADER_CAP)
+            .unwrap()
+            .unwrap();
         assert_eq!(bytes, b"hello");
         let tiny = Cap {
             name: "TINY",

@@ -27,7 +27,10 @@ const HANG_GUARD: Duration = Duration::from_secs(600);
 /// Runs `cmd` to its end, output into files (so a full pipe cannot block it), failing the test if
 /// it never ends.
 fn run_guarded(mut cmd: Command, dir: &Path, tag: &str) -> Output {
-    let (out, err) = (dir.join(format!("{tag}.out")), dir.join(format!("{tag}.err")));
+    let (out, err) = (
+        dir.join(format!("{tag}.out")),
+        dir.join(format!("{tag}.err")),
+    );
     cmd.stdin(Stdio::null())
         .stdout(File::create(&out).unwrap())
         .stderr(File::create(&err).unwrap());
@@ -147,7 +150,11 @@ fn assert_backed_up(dir: &Path, spool: &Spool, user: &str, except: &[&str]) {
         if except.contains(&e.name.internal().as_str()) {
             continue;
         }
-        assert!(names.contains(&imap_entry(&e.name)), "{user}: {} link", e.name);
+        assert!(
+            names.contains(&imap_entry(&e.name)),
+            "{user}: {} link",
+            e.name
+        );
         assert!(
             names.contains(&folder(e, "cyrus.index")),
             "{user}: {} index not stored: {names:?}",
@@ -380,9 +387,7 @@ fn a_fifo_message_file_leaves_no_cyrus_lock_held() {
             format!("Subject: m{i}\r\n\r\nbody {i}\r\n").as_bytes(),
         );
     }
-    let fifo = server
-        .mailbox_path(&server.user_mailbox("dave"))
-        .join("2.");
+    let fifo = server.mailbox_path(&server.user_mailbox("dave")).join("2.");
     assert!(fifo.exists(), "{fifo:?}");
     mkfifo(&fifo);
     let work = TempDir::new("trust-fifo-cyrus");
@@ -591,7 +596,6 @@ fn an_emptied_mailboxes_db_tombstones_nothing_without_allow_mass_delete() {
             "{user}: {names:?}"
         );
     }
-
 }
 
 /// With a real Cyrus (`delete_mode: immediate`): renames and single deletions are tombstoned as
@@ -678,8 +682,8 @@ fn a_missing_message_file_is_reported_with_its_path_uid_and_mailbox() {
     let inbox = mailbox(&spool, "user.alice");
     let gone = spool.mailbox_dir(inbox).unwrap().join("3.");
     std::fs::remove_file(&gone).unwrap();
-    let index = mailpack::spool::index::read(&spool.meta_path(inbox, MetaFile::Index).unwrap())
-        .unwrap();
+    let index =
+        mailpack::spool::index::read(&spool.meta_path(inbox, MetaFile::Index).unwrap()).unwrap();
     for via in [Via::Local, Via::Agent] {
         let dir = work.path().join(format!("{via:?}"));
         let o = run_guarded(
@@ -705,7 +709,11 @@ fn a_missing_message_file_is_reported_with_its_path_uid_and_mailbox() {
         assert!(!out.contains("changed on every"), "{out}");
         // The mailbox's other messages are stored; its metadata is not.
         let archive = open_archive(&dir, "alice").unwrap();
-        for r in index.records.iter().filter(|r| r.uid != 3 && !r.is_unlinked()) {
+        for r in index
+            .records
+            .iter()
+            .filter(|r| r.uid != 3 && !r.is_unlinked())
+        {
             assert!(archive.has_file(&r.guid), "{via:?}: uid {}", r.uid);
         }
         assert!(!live_names(&dir, "alice").contains(&folder(inbox, "cyrus.index")));
