@@ -30,7 +30,6 @@ use crate::error::{Error, Result};
 use crate::guid::{Guid, HashingReader};
 use crate::archive::member_header;
 use crate::archive::scan::Damage;
-use crate::archive::{HEADER_LEN, MAX_MEMBER_PAYLOAD};
 use crate::io::{fsync_dir, open_private, random_id, DurableFile, Faults, ReadAt};
 use index::IndexRead;
 
@@ -278,6 +277,7 @@ impl Archive {
     /// compaction renaming a new generation into place meanwhile changes nothing it reads.
     pub fn open(paths: &ArchivePaths, notices: &mut Vec<String>) -> Result<Archive> {
         let (source, index) = open_consistent(paths)?;
+        refuse_empty(&source)?;
         Archive::load(paths, source, index, Access::Read, &Faults::none(), notices)
     }
 
@@ -854,59 +854,76 @@ fn read_at_most(source: &ArchiveHandle, at: u64, buf: &mut [u8]) -> Result<usize
 }
 
 /// Checks that the bytes after the last commit (`from` to `len`) are what an interrupted writer
-/// leaves, the only bytes any command may cut: mailpack members whose integrity field vouches
-/// for them, then at most one member the file ends inside, or zeros the file system filled in
-/// at the end (formats/archive.md section 9). Anything else (a complete member failing its
-/// checksum, a commit marker, foreign bytes) is damage to report, not a tail to remove.
+/// leaves, the only bytes any command may cut (formats/archive.md 6.2): intact mailpack members,
+/// then at most one member the file ends inside (its deflate stream runs into the end of the
+/// file), or zeros the file system filled in at the end (section 9). Anything else (a member
+/// that decodes completely but fails its integrity field, one that does not decode without the
+/// file's end explaining it, a commit marker, foreign bytes) is damage to report, not a tail.
 fn check_tail(source: &ArchiveHandle, from: u64, len: u64, damage: &[Damage]) -> Result<()> {
+    use crate::archive::{MemberError, MemberReader};
     let path = source.path();
     if let Some(d) = damage.iter().find(|d| {
-        d.offset >= from && d.entry.as_deref().is_some_and(|e| e.starts_with(crate::archive::RUNS_DIR))
+        d.offset >= from
+            && d
+                .entry
+                .as_deref()
+                .is_some_and(|e| e.starts_with(crate::archive::RUNS_DIR))
     }) {
         return Err(damaged(path, d));
     }
     let zeros_from = zero_suffix_start(source, from, len)?;
     let signature = member_signature();
-    let mut at = from;
-    let mut buf = vec![0u8; 64 << 10];
-    while at < zeros_from {
-        let mut head = [0u8; HEADER_LEN];
+    let mut members =
+        MemberReader::new(source.reader_at(0), from).map_err(|e| Error::io("seek", path, e))?;
+    let mut raw = Vec::new();
+    loop {
+        let at = members.position();
+        if at >= len || at >= zeros_from {
+            return Ok(());
+        }
+        let mut head = [0u8; 16];
         let n = read_at_most(source, at, &mut head)?;
-        let known = n.min(signature.len());
-        if head[..known] != signature[..known] {
+        if head[..n] != signature[..n] {
             return Err(not_a_tail(path, at, "bytes that are not a mailpack member"));
         }
-        if n < HEADER_LEN {
-            return Ok(()); // the file ends inside a member's header
+        match members.next_member(&mut raw) {
+            Ok(None) => return Ok(()),
+            Ok(Some(m)) if m.integrity.is_ok() => {}
+            Ok(Some(_)) => {
+                return Err(not_a_tail(
+                    path,
+                    at,
+                    "a complete member that fails its integrity field (damage, not an \
+                     interrupted write)",
+                ))
+            }
+            // The deflate stream runs into the end of the file: a torn append.
+            Err(MemberError::Torn { .. }) => return Ok(()),
+            // Bytes that do not decode, explained by a zero-filled end of the file.
+            Err(MemberError::Bad { .. }) if zeros_from < len => return Ok(()),
+            Err(MemberError::Bad { detail, .. }) => {
+                return Err(not_a_tail(
+                    path,
+                    at,
+                    &format!("a member that does not decode ({detail})"),
+                ))
+            }
+            Err(MemberError::Io(e)) => return Err(Error::io("read", path, e)),
         }
-        let payload_len = u64::from(u32::from_le_bytes(head[16..20].try_into().expect("4")));
-        let payload_crc = u32::from_le_bytes(head[20..24].try_into().expect("4"));
-        if payload_len > MAX_MEMBER_PAYLOAD {
-            return Err(not_a_tail(path, at, "a member header claiming an impossible length"));
-        }
-        let end = at + HEADER_LEN as u64 + payload_len;
-        if end > zeros_from {
-            return Ok(()); // torn: the file, or its written part, ends inside this member
-        }
-        let mut reader = source.reader_at(at + HEADER_LEN as u64);
-        let mut crc = crc32fast::Hasher::new();
-        let mut left = payload_len;
-        while left > 0 {
-            let want = (buf.len() as u64).min(left) as usize;
-            reader
-                .read_exact(&mut buf[..want])
-                .map_err(|e| Error::io("read", path, e))?;
-            crc.update(&buf[..want]);
-            left -= want as u64;
-        }
-        if crc.finalize() != payload_crc {
-            return Err(not_a_tail(
-                path,
-                at,
-                "a complete member that fails its checksum (damage, not an interrupted write)",
-            ));
-        }
-        at = end;
+    }
+}
+
+/// An empty file at an archive's name holds nothing to read: readers report it. (A writer that
+/// commits nothing removes the file it created; only a crash leaves one, and the next writer
+/// takes it as new.)
+fn refuse_empty(source: &ArchiveHandle) -> Result<()> {
+    if source.len()? == 0 {
+        return Err(Error::Foreign {
+            path: source.path().to_path_buf(),
+            detail: "is empty and holds no committed run (a crash during a first backup \
+                     leaves this; the next backup of the user writes it)"
+                .into(),
+        });
     }
     Ok(())
 }
@@ -922,8 +939,18 @@ fn not_a_tail(path: &Path, at: u64, what: &str) -> Error {
     )
 }
 
-/// Where the run of zero bytes that ends the file starts (`len` when it does not end in zero).
+/// Fewest trailing zero bytes taken as a zero-filled end rather than data: a member's trailer
+/// (CRC32 and length) often ends in a zero byte or two, never in eight.
+const MIN_ZERO_FILL: u64 = 8;
+
+/// Where the run of zero bytes that ends the file starts (`len` when it does not end in at
+/// least `MIN_ZERO_FILL` zero bytes).
 fn zero_suffix_start(source: &ArchiveHandle, from: u64, len: u64) -> Result<u64> {
+    let start = zero_run_start(source, from, len)?;
+    Ok(if len - start >= MIN_ZERO_FILL { start } else { len })
+}
+
+fn zero_run_start(source: &ArchiveHandle, from: u64, len: u64) -> Result<u64> {
     let mut end = len;
     let mut buf = vec![0u8; 64 << 10];
     while end > from {
@@ -985,7 +1012,10 @@ impl<R: Read> Read for CheckedEntry<'_, R> {
                 format!("entry {}: {e}", self.name),
             ))
         })?;
-        if n > 0 && self.inner.count() == self.size && self.inner.digest() != self.expected {
+        // Checked when the last byte arrives, and again at the end: an index claiming an empty
+        // entry must not make its check vanish.
+        let at_end = n == 0 || self.inner.count() == self.size;
+        if at_end && self.inner.count() == self.size && self.inner.digest() != self.expected {
             return Err(io::Error::other(Error::corrupt(
                 self.path,
                 self.member,
@@ -1056,6 +1086,13 @@ impl StoreWriter {
             // fsync the directory so the new archive's name survives a crash.
             fsync_dir(&paths.dir(), &options.faults)?;
         }
+        let source = ArchiveHandle::from_file(
+            &paths.archive,
+            file.try_clone()
+                .map_err(|e| Error::io("dup", &paths.archive, e))?,
+        );
+        // An empty file is what a crash leaves between creating an archive and its first
+        // member: a writer takes it as new (readers report it, `refuse_empty`).
         let source = ArchiveHandle::from_file(
             &paths.archive,
             file.try_clone()

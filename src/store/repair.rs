@@ -120,17 +120,23 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
         IndexRead::Valid { runs, .. } => Some(runs.clone()),
         _ => None,
     };
-    match Archive::open(paths, &mut Vec::new()) {
+    // The open checks only what it must (the index's last commit, a tail); a repair reads every
+    // byte, as `verify` does, to find damage anywhere.
+    let problem = match Archive::open(paths, &mut Vec::new()) {
         Ok(archive) => {
             report.runs_kept = archive.runs().len() as u64;
             report.entries_kept = archive.entries.len() as u64;
-            return Ok(report);
+            first_damage(&source, bytes_before)?
         }
         // A foreign file is not ours to rewrite, even aside.
         Err(e @ Error::Foreign { .. }) => return Err(e),
-        Err(e @ Error::Corrupt { .. }) => report.reason = Some(e.to_string()),
+        Err(e @ Error::Corrupt { .. }) => Some(e.to_string()),
         Err(e) => return Err(e),
-    }
+    };
+    let Some(problem) = problem else {
+        return Ok(report);
+    };
+    report.reason = Some(problem);
     report.needed = true;
 
     let (salvaged, damage, archive_id) = salvage(&source, bytes_before)?;
@@ -236,6 +242,21 @@ impl Archive {
             .collect();
         Ok((Archive::from_runs(paths.clone(), source, archive_id, runs, 0), problems))
     }
+}
+
+/// The first damage a full scan finds before the end of the last commit, or after it where the
+/// bytes are not an interrupted writer's tail.
+fn first_damage(source: &ArchiveHandle, len: u64) -> Result<Option<String>> {
+    let outcome = scan_runs(source, 0, None, None)?;
+    if let Some(d) = outcome.damage_in_committed() {
+        return Ok(Some(super::damaged(source.path(), d).to_string()));
+    }
+    if outcome.committed_end < len {
+        if let Err(e) = check_tail(source, outcome.committed_end, len, &outcome.damage) {
+            return Ok(Some(e.to_string()));
+        }
+    }
+    Ok(None)
 }
 
 /// Reads the whole file and collects every entry that reads and checks, grouped by the commit

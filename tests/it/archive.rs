@@ -298,6 +298,14 @@ fn gnu_tar_lists_and_extracts_the_archive() {
     }
 }
 
+/// Opens the archive as a writer would (which cuts an interrupted run's tail and rewrites a
+/// stale index) and closes it again; returns what it repaired.
+fn writer_repairs(paths: &ArchivePaths) -> Vec<String> {
+    let mut notices = Vec::new();
+    drop(StoreWriter::open(paths, &options(1, Faults::none()), &mut notices).unwrap());
+    notices
+}
+
 fn copy_prefix(src: &ArchivePaths, len: u64, dst: &ArchivePaths, with_index: Option<&[u8]>) {
     let bytes = std::fs::read(&src.archive).unwrap();
     std::fs::write(&dst.archive, &bytes[..len as usize]).unwrap();
@@ -338,10 +346,28 @@ fn truncation_anywhere_in_the_last_run_gives_the_previous_commit() {
         // lost its tail, index did not), or no index at all.
         for index in [Some(&index_1[..]), Some(&index_2[..]), None] {
             copy_prefix(&paths, cut, &cut_paths, index);
+            if index == Some(&index_2[..]) {
+                // The index vouches for run 2, so the cut is damage, not a tail: refused by a
+                // reader and a writer alike, and the file is left exactly as it is.
+                let mut notices = Vec::new();
+                match Archive::open(&cut_paths, &mut notices) {
+                    Err(Error::Corrupt { .. }) => {}
+                    other => panic!("cut {cut}: expected damage, got {:?}", other.map(|_| ())),
+                }
+                assert!(StoreWriter::open(&cut_paths, &opts, &mut notices).is_err());
+                assert_eq!(std::fs::metadata(&cut_paths.archive).unwrap().len(), cut);
+                continue;
+            }
+            // A reader sees the previous commit and leaves the file as it is.
             let mut notices = Vec::new();
             let archive = Archive::open(&cut_paths, &mut notices)
                 .unwrap_or_else(|e| panic!("cut {cut}: {e}"));
             assert_eq!(archive.runs().len(), 1, "cut {cut}");
+            assert_matches(&archive, &model_1);
+            drop(archive);
+            assert_eq!(std::fs::metadata(&cut_paths.archive).unwrap().len(), cut);
+            // The next writer cuts the interrupted run's tail.
+            let notices = writer_repairs(&cut_paths);
             assert_eq!(
                 std::fs::metadata(&cut_paths.archive).unwrap().len(),
                 start,
@@ -349,11 +375,10 @@ fn truncation_anywhere_in_the_last_run_gives_the_previous_commit() {
             );
             if cut > start {
                 assert!(
-                    notices.iter().any(|n| n.contains("uncommitted")),
+                    notices.iter().any(|n| n.contains("interrupted")),
                     "cut {cut}: {notices:?}"
                 );
             }
-            assert_matches(&archive, &model_1);
         }
         // The next append succeeds and lands after the previous commit.
         {
@@ -417,13 +442,17 @@ fn an_uncommitted_run_is_dropped_and_a_reader_leaves_a_busy_writers_tail_alone()
         other => panic!("expected busy, got {:?}", other.map(|_| ())),
     }
     drop(store); // dies without committing
+    // A reader still leaves the tail alone; the next writer cuts it.
     let (archive, notices) = open(&paths);
+    assert!(notices.is_empty(), "{notices:?}");
+    assert!(std::fs::metadata(&paths.archive).unwrap().len() > committed);
+    assert_matches(&archive, &model);
+    let notices = writer_repairs(&paths);
     assert!(
-        notices.iter().any(|n| n.contains("uncommitted")),
+        notices.iter().any(|n| n.contains("interrupted")),
         "{notices:?}"
     );
     assert_eq!(std::fs::metadata(&paths.archive).unwrap().len(), committed);
-    assert_matches(&archive, &model);
 }
 
 #[test]
@@ -456,7 +485,7 @@ fn session_with_fault(
     on: FaultOn,
     rng_seed: u64,
     model: &mut Model,
-) -> (bool, Model) {
+) -> (bool, Model, bool) {
     let mut rng = Rng::new(rng_seed);
     let ops = vec![
         Op::File("folders/u-1/cyrus.index".into(), rng.noise(2000)),
@@ -468,7 +497,7 @@ fn session_with_fault(
     let before = model.clone();
     let faults = Faults::fail_nth(n, on);
     let mut opts = options(2, faults.clone());
-    opts.faults = faults;
+    opts.faults = faults.clone();
     let result = write_run(paths, &ops, &opts, model);
     let mut after = before.clone();
     for op in &ops {
@@ -482,7 +511,8 @@ fn session_with_fault(
         }
     }
     *model = before;
-    (result.is_ok(), after)
+    // Once `n` passes the number of counted operations, no fault fired: the sweep is done.
+    (result.is_ok(), after, faults.seen() >= n)
 }
 
 #[test]
@@ -504,10 +534,15 @@ fn a_failed_write_or_fsync_at_any_point_leaves_the_last_commit() {
             )
             .unwrap();
             let before = model.clone();
-            let (ok, after) = session_with_fault(&paths, n, on, 5, &mut model);
+            let (ok, after, fired) = session_with_fault(&paths, n, on, 5, &mut model);
             // Reopen without faults: the state is the old or the new commit, never a mixture,
             // and the new one whenever commit said Ok.
+            // The next writer's open repairs what the fault left (a torn tail, a stale index).
             let mut notices = Vec::new();
+            drop(
+                StoreWriter::open(&paths, &options(1, Faults::none()), &mut notices)
+                    .unwrap_or_else(|e| panic!("{on:?} #{n}: {e}")),
+            );
             let archive =
                 Archive::open(&paths, &mut notices).unwrap_or_else(|e| panic!("{on:?} #{n}: {e}"));
             let runs = archive.runs().len();
@@ -538,7 +573,8 @@ fn a_failed_write_or_fsync_at_any_point_leaves_the_last_commit() {
             )
             .unwrap();
             assert_matches(&open(&paths).0, &m);
-            if ok {
+            if !fired {
+                assert!(ok, "{on:?} #{n}: failed without a fault");
                 break; // n passed the number of operations: every one has been failed once
             }
             n += 1;
@@ -742,20 +778,28 @@ fn a_missing_stale_or_corrupt_index_is_rebuilt_with_the_same_answers() {
 
     let check = |setup: &dyn Fn(), expect_notice: &str| {
         setup();
+        // A reader rebuilds the index in memory only: same answers, the file as it was.
+        let stale = std::fs::read(&paths.index).ok();
         let (archive, notices) = open(&paths);
+        assert!(notices.is_empty(), "a reader wrote: {notices:?}");
+        assert_matches(&archive, &model);
+        assert_eq!(std::fs::read(&paths.index).ok(), stale, "a reader wrote the index");
+        drop(archive);
+        // The next writer rewrites it.
+        let notices = writer_repairs(&paths);
         assert!(
             notices.iter().any(|n| n.contains(expect_notice)),
             "{expect_notice}: {notices:?}"
         );
-        assert_matches(&archive, &model);
         assert_eq!(
             std::fs::read(&paths.index).unwrap(),
             good_index,
             "{expect_notice}: index not restored"
         );
-        let (_, notices) = open(&paths);
+        let (archive, notices) = open(&paths);
+        assert_matches(&archive, &model);
         assert!(
-            notices.is_empty(),
+            writer_repairs(&paths).is_empty() && notices.is_empty(),
             "second open repaired again: {notices:?}"
         );
     };
@@ -866,7 +910,9 @@ fn the_streaming_lookup_agrees_with_the_full_index_and_falls_back_when_stale() {
         |archive: &Archive, name: &str| archive.latest(name).map(|(run, e)| (run, e.clone()));
     for name in &names {
         assert_eq!(
-            find_latest(&paths, name, &mut Vec::new()).unwrap(),
+            find_latest(&paths, name, &mut Vec::new())
+                .unwrap()
+                .map(|(run, e, _)| (run, e)),
             expect(&archive, name),
             "{name}"
         );
@@ -898,7 +944,7 @@ fn the_streaming_lookup_agrees_with_the_full_index_and_falls_back_when_stale() {
     )
     .unwrap();
     std::fs::write(&paths.index, &index_3).unwrap();
-    let (run, entry) = find_latest(&paths, "folders/u-1/cyrus.index", &mut Vec::new())
+    let (run, entry, _) = find_latest(&paths, "folders/u-1/cyrus.index", &mut Vec::new())
         .unwrap()
         .unwrap();
     assert_eq!((run, entry.size), (4, 6));
@@ -907,7 +953,7 @@ fn the_streaming_lookup_agrees_with_the_full_index_and_falls_back_when_stale() {
     let at = rotten.len() / 2;
     rotten[at] ^= 0x40;
     std::fs::write(&paths.index, &rotten).unwrap();
-    let (run, _) = find_latest(&paths, "folders/u-1/cyrus.index", &mut Vec::new())
+    let (run, _, _) = find_latest(&paths, "folders/u-1/cyrus.index", &mut Vec::new())
         .unwrap()
         .unwrap();
     assert_eq!(run, 4);

@@ -356,12 +356,27 @@ fn a_killed_backup_loses_nothing_and_the_next_run_completes() {
         for paths in mailpack::store::list_archives(dir.path()).unwrap() {
             let user = paths.user.clone().unwrap();
             assert_every_committed_state_consistent(dir.path(), &user);
-            let report = mailpack::store::verify(&paths).unwrap();
-            assert!(
-                report.problems.is_empty(),
-                "round {round} {user}: {:?}",
-                report.problems
-            );
+            // Readers never repair: an interrupted run's tail, a first run that never
+            // committed, or an index the killed run did not bring up to date are reported as
+            // such (the next backup mends them); nothing else may be.
+            let empty = std::fs::metadata(&paths.archive).unwrap().len() == 0;
+            let problems: Vec<_> = match mailpack::store::verify(&paths) {
+                Ok(report) => report
+                    .problems
+                    .into_iter()
+                    .filter(|p| {
+                        !(p.detail.contains("belong to no committed run")
+                            || p.detail.contains("holds no committed run")
+                            || p.detail.contains("the index"))
+                    })
+                    .collect(),
+                Err(e) if empty => {
+                    assert!(e.to_string().contains("is empty"), "{e}");
+                    Vec::new()
+                }
+                Err(e) => panic!("round {round} {user}: {e}"),
+            };
+            assert!(problems.is_empty(), "round {round} {user}: {problems:?}");
         }
     }
     run_backup(&server.config_path(), dir.path(), &[]);

@@ -551,9 +551,11 @@ open(sys.argv[1], "wb").write(gzip.compress(buf.getvalue()))
         "--eml",
         target.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    // A reader's finding (exit 1): the file is not a mailpack archive and nothing is read.
+    assert_eq!(o.status.code(), Some(1));
     assert!(
-        crate::util::stderr(&o).contains("alice.tar.gz"),
+        crate::util::stderr(&o).contains("alice.tar.gz")
+            && crate::util::stderr(&o).contains("not a mailpack archive"),
         "{}",
         crate::util::stderr(&o)
     );
