@@ -28,7 +28,7 @@ use crate::archive::{
 };
 use crate::error::{Error, Result};
 use crate::guid::{Guid, HashingReader};
-use crate::archive::member_header;
+use crate::archive::{member_header, HEADER_LEN, MAX_MEMBER_PAYLOAD};
 use crate::archive::scan::Damage;
 use crate::io::{fsync_dir, open_private, random_id, DurableFile, Faults, ReadAt};
 use index::IndexRead;
@@ -886,6 +886,18 @@ fn check_tail(source: &ArchiveHandle, from: u64, len: u64, damage: &[Damage]) ->
         if head[..n] != signature[..n] {
             return Err(not_a_tail(path, at, "bytes that are not a mailpack member"));
         }
+        // Where the member's integrity field says it ends: a torn member must reach past the
+        // end of the file, or into its zero-filled end.
+        let mut field = [0u8; HEADER_LEN];
+        let claimed_end = (read_at_most(source, at, &mut field)? == HEADER_LEN).then(|| {
+            let payload = u64::from(u32::from_le_bytes(field[16..20].try_into().expect("4")));
+            (payload <= MAX_MEMBER_PAYLOAD).then_some(at + HEADER_LEN as u64 + payload)
+        });
+        let reaches = |limit: u64| match claimed_end {
+            None => true, // the file ends inside the header itself
+            Some(Some(end)) => end > limit,
+            Some(None) => false,
+        };
         match members.next_member(&mut raw) {
             Ok(None) => return Ok(()),
             Ok(Some(m)) if m.integrity.is_ok() => {}
@@ -898,9 +910,18 @@ fn check_tail(source: &ArchiveHandle, from: u64, len: u64, damage: &[Damage]) ->
                 ))
             }
             // The deflate stream runs into the end of the file: a torn append.
-            Err(MemberError::Torn { .. }) => return Ok(()),
+            Err(MemberError::Torn { .. }) if reaches(len - 1) => return Ok(()),
             // Bytes that do not decode, explained by a zero-filled end of the file.
-            Err(MemberError::Bad { .. }) if zeros_from < len => return Ok(()),
+            Err(MemberError::Bad { .. }) if zeros_from < len && reaches(zeros_from) => {
+                return Ok(())
+            }
+            Err(MemberError::Torn { detail, .. }) => {
+                return Err(not_a_tail(
+                    path,
+                    at,
+                    &format!("a member that ends before its integrity field says ({detail})"),
+                ))
+            }
             Err(MemberError::Bad { detail, .. }) => {
                 return Err(not_a_tail(
                     path,
@@ -1086,11 +1107,6 @@ impl StoreWriter {
             // fsync the directory so the new archive's name survives a crash.
             fsync_dir(&paths.dir(), &options.faults)?;
         }
-        let source = ArchiveHandle::from_file(
-            &paths.archive,
-            file.try_clone()
-                .map_err(|e| Error::io("dup", &paths.archive, e))?,
-        );
         // An empty file is what a crash leaves between creating an archive and its first
         // member: a writer takes it as new (readers report it, `refuse_empty`).
         let source = ArchiveHandle::from_file(
