@@ -67,6 +67,25 @@ pub struct RepairReport {
 }
 
 impl RepairReport {
+    fn new(paths: &ArchivePaths, dry_run: bool, bytes_before: u64) -> RepairReport {
+        RepairReport {
+            archive: paths.archive.clone(),
+            user: paths.user.clone(),
+            needed: false,
+            dry_run,
+            reason: None,
+            kept_aside: None,
+            runs_kept: 0,
+            entries_kept: 0,
+            lost_entries: Vec::new(),
+            lost_unnamed: 0,
+            lost_runs: Vec::new(),
+            damage: Vec::new(),
+            bytes_before,
+            bytes_after: None,
+        }
+    }
+
     /// Whether anything committed is missing from the repaired archive.
     pub fn lost_anything(&self) -> bool {
         !self.lost_entries.is_empty() || !self.lost_runs.is_empty()
@@ -99,22 +118,7 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
     let _lock = WriterLock::acquire(&paths.lock, options.writer.wait, &options.writer.faults)?;
     let source = ArchiveHandle::open(&paths.archive)?;
     let bytes_before = source.len()?;
-    let mut report = RepairReport {
-        archive: paths.archive.clone(),
-        user: paths.user.clone(),
-        needed: false,
-        dry_run: options.dry_run,
-        reason: None,
-        kept_aside: None,
-        runs_kept: 0,
-        entries_kept: 0,
-        lost_entries: Vec::new(),
-        lost_unnamed: 0,
-        lost_runs: Vec::new(),
-        damage: Vec::new(),
-        bytes_before,
-        bytes_after: None,
-    };
+    let mut report = RepairReport::new(paths, options.dry_run, bytes_before);
     let index = index::read(&paths.index)?;
     let indexed = match &index {
         IndexRead::Valid { runs, .. } => Some(runs.clone()),
@@ -175,22 +179,7 @@ impl Archive {
         let source = ArchiveHandle::open(&paths.archive)?;
         let len = source.len()?;
         let (salvaged, damage, archive_id) = salvage(&source, len)?;
-        let mut report = RepairReport {
-            archive: paths.archive.clone(),
-            user: paths.user.clone(),
-            needed: true,
-            dry_run: true,
-            reason: None,
-            kept_aside: None,
-            runs_kept: 0,
-            entries_kept: 0,
-            lost_entries: Vec::new(),
-            lost_unnamed: 0,
-            lost_runs: Vec::new(),
-            damage: Vec::new(),
-            bytes_before: len,
-            bytes_after: None,
-        };
+        let mut report = RepairReport::new(paths, true, len);
         let plan = plan_runs(salvaged, &mut report);
         let indexed = match index::read(&paths.index)? {
             IndexRead::Valid { runs, .. } => Some(runs),
