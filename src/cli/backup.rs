@@ -145,6 +145,7 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
     if tty {
         eprintln!();
     }
+    p.notices(&summary.foreign);
     if let Some(refused) = &summary.refused {
         if args.json {
             p.json("mass-delete-refused", refused)?;

@@ -11,7 +11,7 @@ use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
 use crate::error::{Error, Result};
 use crate::scan::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::spool::{LockOptions, Spool};
-use crate::store::{list_archives, ArchivePaths, StoreWriter, WriterOptions};
+use crate::store::{list_own_archives, ArchivePaths, StoreWriter, WriterOptions};
 
 /// How many users a worker claims at once after a quick run (one that read no message file):
 /// their listings then cross in one round trip, which on a run that finds nothing changed is
@@ -80,6 +80,8 @@ pub struct BackupSummary {
     /// Set when the users that vanished from the server were not marked gone (`MASS_GONE_*`),
     /// or the server listed no user at all: why, for the operator.
     pub refused: Option<MassGone>,
+    /// `*.tar.gz` files in the archive directory that are not mailpack archives: left alone.
+    pub foreign: Vec<String>,
 }
 
 /// Users with archives here that the server did not list, left as they were.
@@ -146,10 +148,9 @@ pub fn backup(
             .map(|u| (u.clone(), !on_server.contains(u)))
             .collect()
     };
-    let archived: Vec<String> = list_archives(&options.archive_dir)?
-        .into_iter()
-        .filter_map(|paths| paths.user)
-        .collect();
+    // A foreign file at an archive's name is neither a user to mark gone nor one to count.
+    let (own, foreign) = list_own_archives(&options.archive_dir)?;
+    let archived: Vec<String> = own.into_iter().filter_map(|paths| paths.user).collect();
     let refused = mass_gone(&archived, &on_server, options.allow_mass_delete);
     if options.users.is_empty() {
         for user in &archived {
@@ -188,6 +189,7 @@ pub fn backup(
         failed: 0,
         with_problems: 0,
         refused,
+        foreign,
     };
     std::thread::scope(|scope| {
         for worker in 0..jobs {
