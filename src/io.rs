@@ -300,6 +300,14 @@ pub fn rename(from: &Path, to: &Path, faults: &Faults) -> Result<()> {
     fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
 }
 
+/// Gives the file at `from` the further name `to` (which must not exist), through the fault plan.
+pub fn hard_link(from: &Path, to: &Path, faults: &Faults) -> Result<()> {
+    if faults.fires(FaultOn::Rename) {
+        return Err(Error::io("link", to, injected()));
+    }
+    fs::hard_link(from, to).map_err(|e| Error::io("link", to, e))
+}
+
 /// Removes `path` if it exists, through the fault plan.
 pub fn remove_if_present(path: &Path, faults: &Faults) -> Result<()> {
     if faults.fires(FaultOn::Rename) {

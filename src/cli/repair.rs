@@ -43,6 +43,7 @@ pub(super) fn run(args: RepairArgs, p: &mut Printer) -> Result<u8, Error> {
                 continue;
             }
         };
+        p.notices(&report.notices);
         if report.lost_anything() {
             code = code.max(1);
         }

@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 
 use super::index::{self, IndexRead};
 use super::{
-    check_tail, hex_id, parse_id, scan_runs, Archive, ArchiveHandle, ArchivePaths, WriterLock,
-    WriterOptions,
+    check_tail, hex_id, parse_id, scan_runs, Access, Archive, ArchiveHandle, ArchivePaths,
+    WriterLock, WriterOptions,
 };
 use crate::archive::scan::Damage;
 use crate::archive::{ArchiveWriter, EntryKind, RunSummary, ScanEvent, ScannedEntry, Scanner};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
-use crate::io::{create_private, fsync_dir, rename, DurableFile};
+use crate::io::{create_private, fsync_dir, hard_link, rename, DurableFile};
 
 /// Directory of the entries that list what a repair lost.
 pub const REPAIRS_DIR: &str = "repairs/";
@@ -64,6 +64,8 @@ pub struct RepairReport {
     pub damage: Vec<DamageFound>,
     pub bytes_before: u64,
     pub bytes_after: Option<u64>,
+    /// What was mended on an archive that needed no repair (a tail cut, an index rebuilt).
+    pub notices: Vec<String>,
 }
 
 impl RepairReport {
@@ -83,6 +85,7 @@ impl RepairReport {
             damage: Vec::new(),
             bytes_before,
             bytes_after: None,
+            notices: Vec::new(),
         }
     }
 
@@ -138,6 +141,19 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
         Err(e) => return Err(e),
     };
     let Some(problem) = problem else {
+        // Nothing damaged: only what any writer mends (an interrupted tail, a missing or stale
+        // index) is mended, unless this is a dry run.
+        if !options.dry_run {
+            let writable = ArchiveHandle::open_writable(&paths.archive)?;
+            Archive::load(
+                paths,
+                writable,
+                index,
+                Access::Write,
+                &options.writer.faults,
+                &mut report.notices,
+            )?;
+        }
         return Ok(report);
     };
     report.reason = Some(problem);
@@ -535,7 +551,7 @@ fn write_repaired(
     // bytes until the copy is renamed over the archive's name), so no crash can leave the
     // archive's name empty or the damaged bytes without a name.
     let aside = aside_name(&paths.archive, options.now);
-    std::fs::hard_link(&paths.archive, &aside).map_err(|e| Error::io("link", &aside, e))?;
+    hard_link(&paths.archive, &aside, faults)?;
     let dir = paths.dir();
     fsync_dir(&dir, faults)?;
     let mut index_aside = aside.as_os_str().to_owned();

@@ -9,6 +9,7 @@ mod compact;
 mod cyrus;
 mod cyrus_smoke;
 mod fixtures;
+mod repair;
 mod restore;
 mod spool_db;
 mod spool_index;
