@@ -188,6 +188,18 @@ pub fn open_own(path: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// As `open_own`, read-write, for a writer holding the lock (never creates the file).
+pub fn open_own_writable(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(NO_FOLLOW)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    ensure_regular(&file, path)?;
+    Ok(file)
+}
+
 fn open_error(path: &Path, e: io::Error) -> Error {
     if e.raw_os_error() == Some(libc::ELOOP) {
         return Error::Foreign {
@@ -250,14 +262,20 @@ impl Seek for ReadAt {
     }
 }
 
-/// Creates `path` for reading and writing with mode 0600, or empties a file left there: the
-/// temporary files of an atomic replace or a rewrite, whose leftovers from a crash are stale.
+/// Creates `path` for reading and writing with mode 0600, replacing a file left there: the
+/// temporary files of an atomic replace or a rewrite, whose leftovers from a crash are stale. The
+/// old name is removed rather than the file truncated, so a hard link or symlink planted at the
+/// name leads nowhere: the file it leads to is never written.
 pub fn create_private(path: &Path) -> Result<File> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", path, e)),
+    }
     OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .custom_flags(NO_FOLLOW)
         .open(path)

@@ -2,7 +2,7 @@
 //! per committed run. It is only a cache of what a scan of the archive yields, so every way it
 //! can be wrong (missing, torn, rotten, stale) ends in a rebuild, never in lost data.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -20,6 +20,7 @@ const FRAME_LEN: usize = 52;
 pub const HEADER_LEN: usize = 32;
 pub const MAX_BLOCK: u32 = 256 << 20;
 
+#[derive(Clone)]
 pub enum IndexRead {
     Missing,
     /// Unusable as a whole; the reason is for the operator.
@@ -31,6 +32,9 @@ pub enum IndexRead {
         good_len: u64,
         file_len: u64,
     },
+    /// An index trusted only for how much was committed, not for what: `reindex` reads every
+    /// entry again, but an archive that ends before `end` is still damage, not a tail.
+    Floor { archive_id: [u8; 16], end: u64 },
 }
 
 pub fn encode_header(archive_id: &[u8; 16]) -> Vec<u8> {
@@ -178,10 +182,13 @@ fn read_str(r: &mut &[u8]) -> io::Result<String> {
 
 /// Reads and checks the whole index.
 pub fn read(path: &Path) -> Result<IndexRead> {
-    let mut file = match File::open(path) {
+    let mut file = match crate::io::open_own(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(IndexRead::Missing),
-        Err(e) => return Err(Error::io("open", path, e)),
+        Err(Error::NotFound(_)) => return Ok(IndexRead::Missing),
+        // A symlink or FIFO at the index's name is not read (nor followed); the index is
+        // rebuilt from the archive.
+        Err(Error::Foreign { detail, .. }) => return Ok(IndexRead::Invalid(detail)),
+        Err(e) => return Err(e),
     };
     let file_len = file
         .metadata()
@@ -243,7 +250,7 @@ pub fn read(path: &Path) -> Result<IndexRead> {
             }
         };
         if let Some(prev) = runs.last() {
-            if run.run != prev.run + 1 || run.start != prev.end {
+            if Some(run.run) != prev.run.checked_add(1) || run.start != prev.end {
                 return Ok(IndexRead::Invalid(format!(
                     "index block at byte {pos} does not follow run {}",
                     prev.run
@@ -274,10 +281,10 @@ pub struct Lookup {
 /// only after its block's CRC checks out. `None` when the index is missing or not fully valid
 /// (the caller then falls back to a full open).
 pub fn find_latest(path: &Path, name: &str) -> Result<Option<Lookup>> {
-    let mut file = match File::open(path) {
+    let mut file = match crate::io::open_own(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("open", path, e)),
+        Err(Error::NotFound(_) | Error::Foreign { .. }) => return Ok(None),
+        Err(e) => return Err(e),
     };
     let mut header = [0u8; HEADER_LEN];
     if file.read_exact(&mut header).is_err()
@@ -308,7 +315,7 @@ pub fn find_latest(path: &Path, name: &str) -> Result<Option<Lookup>> {
         match scan_block_for(&mut chunks, body_len, name.as_bytes()) {
             Ok(Some((frame, hit))) => {
                 if let Some(prev) = &lookup.last {
-                    if frame.run != prev.run + 1 || frame.start != prev.end {
+                    if Some(frame.run) != prev.run.checked_add(1) || frame.start != prev.end {
                         return Ok(None);
                     }
                 }
@@ -474,10 +481,7 @@ pub fn append(
     let file = if created {
         create_private(path)?
     } else {
-        OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("open", path, e))?
+        crate::io::open_own_writable(path)?
     };
     let mut file = DurableFile::new(file, path, faults.clone());
     let mut bytes = Vec::new();

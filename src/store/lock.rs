@@ -72,6 +72,15 @@ impl WriterLock {
         }
     }
 
+    /// As `acquire`, for a command that works on an existing archive only: when the archive does
+    /// not exist, it says so without creating a lock file beside nothing.
+    pub fn acquire_existing(archive: &Path, path: &Path, wait: LockWait) -> Result<WriterLock> {
+        if std::fs::symlink_metadata(archive).is_err() {
+            return Err(Error::NotFound(format!("archive {}", archive.display())));
+        }
+        WriterLock::acquire(path, wait, &Faults::none())
+    }
+
     /// Removes the lock file while holding it; see `acquire` for why that is safe.
     pub fn remove_file(&self, path: &Path) {
         if still_named(&self.file, path) {

@@ -17,7 +17,6 @@ pub use verify::{verify, Problem, VerifyReport};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -277,22 +276,43 @@ impl Archive {
     /// compaction renaming a new generation into place meanwhile changes nothing it reads.
     pub fn open(paths: &ArchivePaths, notices: &mut Vec<String>) -> Result<Archive> {
         let (source, index) = open_consistent(paths)?;
+        Archive::load_read_only(paths, source, index, notices)
+    }
+
+    /// Reads an archive already open as `source`, with the index read beside it.
+    fn load_read_only(
+        paths: &ArchivePaths,
+        source: ArchiveHandle,
+        index: IndexRead,
+        notices: &mut Vec<String>,
+    ) -> Result<Archive> {
         refuse_empty(&source)?;
         Archive::load(paths, source, index, Access::Read, &Faults::none(), notices)
     }
 
-    /// Rebuilds the index from the archive alone, whatever the current index says.
+    /// Rebuilds the index from the archive alone, whatever the current index says. The old
+    /// index still vouches for how much was committed: an archive that ends before that is
+    /// damage for `repair`, not a tail to cut.
     pub fn reindex(
         paths: &ArchivePaths,
         wait: LockWait,
         notices: &mut Vec<String>,
     ) -> Result<Archive> {
-        let _lock = WriterLock::acquire(&paths.lock, wait, &Faults::none())?;
-        let source = ArchiveHandle::open(&paths.archive)?;
+        let _lock = WriterLock::acquire_existing(&paths.archive, &paths.lock, wait)?;
+        let source = ArchiveHandle::open_writable(&paths.archive)?;
+        let index = match index::read(&paths.index)? {
+            IndexRead::Valid {
+                archive_id, runs, ..
+            } if !runs.is_empty() => IndexRead::Floor {
+                archive_id,
+                end: runs.last().expect("not empty").end,
+            },
+            _ => IndexRead::Missing,
+        };
         let archive = Archive::load(
             paths,
             source,
-            IndexRead::Missing,
+            index,
             Access::Write,
             &Faults::none(),
             notices,
@@ -356,6 +376,10 @@ impl Archive {
             }
             IndexRead::Invalid(reason) => {
                 rebuilt = Some(format!("the index is unusable: {reason}"))
+            }
+            IndexRead::Floor { archive_id, end } => {
+                rebuilt = Some("a rebuild was asked for".into());
+                floor = Some((end, archive_id));
             }
         }
 
@@ -647,33 +671,10 @@ impl ArchiveHandle {
 
     /// Opens an existing archive read-write, for a writer holding the lock.
     fn open_writable(path: &Path) -> Result<ArchiveHandle> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => Error::Foreign {
-                    path: path.to_path_buf(),
-                    detail: "is a symbolic link; mailpack opens its own files only by their real name"
-                        .into(),
-                },
-                _ if e.kind() == io::ErrorKind::NotFound => {
-                    Error::NotFound(format!("archive {}", path.display()))
-                }
-                _ => Error::io("open", path, e),
-            })?;
-        if !file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .file_type()
-            .is_file()
-        {
-            return Err(Error::Foreign {
-                path: path.to_path_buf(),
-                detail: "is not a regular file".into(),
-            });
-        }
+        let file = crate::io::open_own_writable(path).map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!("archive {}", path.display())),
+            e => e,
+        })?;
         Ok(ArchiveHandle::from_file(path, file))
     }
 
@@ -887,7 +888,8 @@ fn check_tail(source: &ArchiveHandle, from: u64, len: u64, damage: &[Damage]) ->
             return Err(not_a_tail(path, at, "bytes that are not a mailpack member"));
         }
         // Where the member's integrity field says it ends: a torn member must reach past the
-        // end of the file, or into its zero-filled end.
+        // end of the file (one that ends exactly there is complete, and damaged if it does not
+        // decode), or into its zero-filled end.
         let mut field = [0u8; HEADER_LEN];
         let claimed_end = (read_at_most(source, at, &mut field)? == HEADER_LEN).then(|| {
             let payload = u64::from(u32::from_le_bytes(field[16..20].try_into().expect("4")));
@@ -910,7 +912,7 @@ fn check_tail(source: &ArchiveHandle, from: u64, len: u64, damage: &[Damage]) ->
                 ))
             }
             // The deflate stream runs into the end of the file: a torn append.
-            Err(MemberError::Torn { .. }) if reaches(len - 1) => return Ok(()),
+            Err(MemberError::Torn { .. }) if reaches(len) => return Ok(()),
             // Bytes that do not decode, explained by a zero-filled end of the file.
             Err(MemberError::Bad { .. }) if zeros_from < len && reaches(zeros_from) => {
                 return Ok(())
@@ -1079,17 +1081,28 @@ pub struct StoreWriter {
     /// This writer created the archive file: if it commits nothing, it removes it again, so a
     /// refused user leaves no empty files behind.
     created: bool,
-    _lock: WriterLock,
+    lock: WriterLock,
 }
 
 impl Drop for StoreWriter {
     fn drop(&mut self) {
-        let paths = &self.archive.paths;
-        let empty = std::fs::symlink_metadata(&paths.archive).is_ok_and(|m| m.len() == 0);
-        if self.created && self.archive.runs.is_empty() && empty {
-            let _ = std::fs::remove_file(&paths.archive);
-            self._lock.remove_file(&paths.lock);
+        if self.created && self.archive.runs.is_empty() {
+            let paths = &self.archive.paths;
+            remove_created(&paths.archive, &self.archive.source.file);
+            self.lock.remove_file(&paths.lock);
         }
+    }
+}
+
+/// Removes an archive file this writer created, if it is still empty and still the file at
+/// that name (never another file renamed there meanwhile).
+fn remove_created(path: &Path, created: &File) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(ours), Ok(named)) = (created.metadata(), std::fs::symlink_metadata(path)) else {
+        return;
+    };
+    if ours.dev() == named.dev() && ours.ino() == named.ino() && named.len() == 0 {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -1103,26 +1116,44 @@ impl StoreWriter {
     ) -> Result<StoreWriter> {
         let lock = WriterLock::acquire(&paths.lock, options.wait, &options.faults)?;
         let (file, created) = open_private(&paths.archive)?;
-        if created {
-            // fsync the directory so the new archive's name survives a crash.
-            fsync_dir(&paths.dir(), &options.faults)?;
-        }
-        // An empty file is what a crash leaves between creating an archive and its first
-        // member: a writer takes it as new (readers report it, `refuse_empty`).
-        let source = ArchiveHandle::from_file(
-            &paths.archive,
-            file.try_clone()
-                .map_err(|e| Error::io("dup", &paths.archive, e))?,
-        );
-        let index = index::read(&paths.index)?;
-        let archive = Archive::load(
-            paths,
-            source,
-            index,
-            Access::Write,
-            &options.faults,
-            notices,
-        )?;
+        let loaded = (|| {
+            if created {
+                // fsync the directory so the new archive's name survives a crash.
+                fsync_dir(&paths.dir(), &options.faults)?;
+            }
+            // An empty file is what a crash leaves between creating an archive and its first
+            // member: a writer takes it as new (readers report it, `refuse_empty`).
+            let source = ArchiveHandle::from_file(
+                &paths.archive,
+                file.try_clone()
+                    .map_err(|e| Error::io("dup", &paths.archive, e))?,
+            );
+            // An index beside an archive that did not exist describes nothing here (its
+            // archive was removed by hand): it is replaced by the first commit.
+            let index = if created {
+                IndexRead::Missing
+            } else {
+                index::read(&paths.index)?
+            };
+            Archive::load(
+                paths,
+                source,
+                index,
+                Access::Write,
+                &options.faults,
+                notices,
+            )
+        })();
+        let archive = match loaded {
+            Ok(archive) => archive,
+            Err(e) => {
+                if created {
+                    remove_created(&paths.archive, &file);
+                    lock.remove_file(&paths.lock);
+                }
+                return Err(e);
+            }
+        };
         let archive_id = match archive.archive_id {
             Some(id) => id,
             None => random_id()?,
@@ -1148,7 +1179,7 @@ impl StoreWriter {
             poisoned: false,
             index_failure: None,
             created,
-            _lock: lock,
+            lock,
         })
     }
 

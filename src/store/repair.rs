@@ -118,7 +118,7 @@ struct SalvagedRun {
 
 /// Repairs the archive of `paths` as formats/archive.md section 6.1 says, under its writer lock.
 pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairReport> {
-    let _lock = WriterLock::acquire(&paths.lock, options.writer.wait, &options.writer.faults)?;
+    let _lock = WriterLock::acquire_existing(&paths.archive, &paths.lock, options.writer.wait)?;
     let source = ArchiveHandle::open(&paths.archive)?;
     let bytes_before = source.len()?;
     let mut report = RepairReport::new(paths, options.dry_run, bytes_before);

@@ -48,7 +48,7 @@ impl Rewriter {
         options: &WriterOptions,
         notices: &mut Vec<String>,
     ) -> Result<Rewriter> {
-        let lock = WriterLock::acquire(&paths.lock, options.wait, &options.faults)?;
+        let lock = WriterLock::acquire_existing(&paths.archive, &paths.lock, options.wait)?;
         let source = ArchiveHandle::open_writable(&paths.archive)?;
         let index = index::read(&paths.index)?;
         let archive = Archive::load(

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::index::{self, IndexRead};
+use super::index::IndexRead;
 use super::{scan_runs, Archive, ArchivePaths};
 use crate::error::Result;
 
@@ -36,15 +36,17 @@ pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
     let mut repaired = Vec::new();
     // Opening repairs what may be repaired; damage inside committed data makes it fail, and the
     // scan below then names every problem.
-    let opened = Archive::open(paths, &mut repaired);
+    // One generation, one handle: the open and the scan read the same bytes even if a
+    // compaction renames a new archive over the name meanwhile.
+    let (source, index) = super::open_consistent(paths)?;
+    let opened = Archive::load_read_only(paths, source.clone(), index.clone(), &mut repaired);
     match opened {
         Err(crate::Error::NotFound(what)) => return Err(crate::Error::NotFound(what)),
         // Not ours: nothing in it is checked as if it were an archive.
         Err(e @ crate::Error::Foreign { .. }) => return Err(e),
         _ => {}
     }
-    let outcome = scan_runs(&super::ArchiveHandle::open(&paths.archive)?, 0, None, None)?;
-    let index = index::read(&paths.index)?;
+    let outcome = scan_runs(&source, 0, None, None)?;
 
     // Entries by member, to name what a damaged member holds.
     let mut members: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
@@ -98,6 +100,8 @@ pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
         IndexRead::Invalid(reason) => {
             problems.push(index_problem(0, format!("the index is unusable: {reason}")))
         }
+        // Only `reindex` makes one; a file's index never reads as this.
+        IndexRead::Floor { .. } => {}
         IndexRead::Valid { runs, .. } => {
             for (i, scanned) in outcome.runs.iter().enumerate() {
                 let Some(indexed) = runs.get(i) else {
