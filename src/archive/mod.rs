@@ -26,6 +26,9 @@ pub const MAX_NAME: usize = 4096;
 pub const MAX_MARKER: usize = 64 << 10;
 /// Largest pax extended header a reader will hold.
 pub const MAX_PAX: usize = 1 << 20;
+/// Largest entry size a reader will step over (256 TiB): far past any message or metadata
+/// file, and small enough that the size rounded up to tar blocks cannot overflow.
+pub const MAX_ENTRY_SIZE: u64 = 1 << 48;
 
 pub const FILES_DIR: &str = "files/";
 pub const RUNS_DIR: &str = "runs/";

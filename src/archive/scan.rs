@@ -12,7 +12,7 @@ use super::member::{Member, MemberError, MemberReader};
 use super::tar::{decode_block, decode_pax, padded, Block, RawHeader, BLOCK};
 use super::{
     check_name, marker_run, EntryKind, EntryRecord, Placement, SourceStat, FILES_DIR,
-    MARKER_FORMAT, MAX_MARKER, MAX_PAX, PAX_PREFIX,
+    MARKER_FORMAT, MAX_ENTRY_SIZE, MAX_MARKER, MAX_PAX, PAX_PREFIX,
 };
 use crate::guid::Guid;
 
@@ -112,7 +112,7 @@ pub struct Scanner<R> {
     hasher: Sha1,
     marker_body: Vec<u8>,
     /// A marker whose data ended in this member: committed if nothing follows it in the member.
-    pending_marker: Option<(Partial, Guid)>,
+    pending_marker: Option<Partial>,
     entry_after_marker: bool,
 }
 
@@ -231,7 +231,7 @@ impl<R: Read + Seek> Scanner<R> {
         if matches!(self.state, State::SkipMember) {
             self.reset_tar();
         }
-        if let Some((partial, sha1)) = self.pending_marker.take() {
+        if let Some(partial) = self.pending_marker.take() {
             let clean = !self.entry_after_marker
                 && matches!(self.state, State::Header)
                 && self.header.is_empty()
@@ -258,7 +258,6 @@ impl<R: Read + Seek> Scanner<R> {
                     "commit marker does not stand alone in its gzip member".into(),
                 );
             }
-            let _ = sha1;
         }
         self.entry_after_marker = false;
         self.events.push_back(ScanEvent::MemberEnd(member));
@@ -428,6 +427,18 @@ impl<R: Read + Seek> Scanner<R> {
             bad = Some(e);
         }
         let within = header_stream - member.stream_start;
+        if size > MAX_ENTRY_SIZE {
+            // No entry this large was ever written: the size field is damaged, and the entry
+            // cannot be stepped over.
+            self.damage(
+                member.offset,
+                Some(within),
+                Some(name),
+                format!("entry size {size} is beyond any mailpack writes ({MAX_ENTRY_SIZE})"),
+            );
+            self.state = State::SkipMember;
+            return;
+        }
         if let Some(detail) = bad {
             // The size is still known, so the entry can be stepped over.
             self.damage(member.offset, Some(within), Some(name.clone()), detail);
@@ -489,12 +500,11 @@ impl<R: Read + Seek> Scanner<R> {
             }
             Err(e) => problems.push(e.clone()),
         }
-        if let Some(run) = marker_run(&partial.name) {
-            let _ = run;
+        if marker_run(&partial.name).is_some() {
             if partial.kind != EntryKind::File {
                 problems.push("commit marker is not a regular file".into());
             } else if problems.is_empty() {
-                self.pending_marker = Some((partial, sha1));
+                self.pending_marker = Some(partial);
                 return;
             }
         }
@@ -671,5 +681,37 @@ mod tests {
             assert_eq!(parse_time(&format_time(ns)), Some(ns));
         }
         assert_eq!(parse_time("12.5"), None);
+    }
+
+    #[test]
+    fn an_entry_size_past_the_cap_is_damage_not_an_overflow() {
+        for size in [u64::MAX, MAX_ENTRY_SIZE + 1] {
+            let mut tar = Vec::new();
+            super::super::tar::encode_headers(
+                &super::super::tar::HeaderSpec {
+                    name: "files/0000000000000000000000000000000000000000",
+                    kind: EntryKind::File,
+                    target: "",
+                    size,
+                    mtime: 0,
+                    pax: Vec::new(),
+                },
+                &mut tar,
+            );
+            tar.extend_from_slice(&[b'x'; 1024]);
+            let member = crate::archive::writer::compress_member(&tar, 6).unwrap();
+            let scanner =
+                Scanner::new(std::io::Cursor::new(member), Path::new("t.tar.gz"), 0).unwrap();
+            let damage: Vec<Damage> = scanner
+                .filter_map(|e| match e {
+                    ScanEvent::Damage(d) => Some(d),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                damage.iter().any(|d| d.offset == 0 && d.detail.contains("entry size")),
+                "{size}: {damage:?}"
+            );
+        }
     }
 }

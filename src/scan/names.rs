@@ -113,7 +113,8 @@ pub fn parse_records(bytes: &[u8]) -> Option<Vec<Record>> {
         let line = std::str::from_utf8(&rest[..nl]).ok()?;
         let (k, v) = line.split_once(' ')?;
         let (k, v): (usize, usize) = (k.parse().ok()?, v.parse().ok()?);
-        let body = rest.get(nl + 1..nl + 1 + k.checked_add(v)?.checked_add(1)?)?;
+        let end = (nl + 1).checked_add(k.checked_add(v)?.checked_add(1)?)?;
+        let body = rest.get(nl + 1..end)?;
         if body.last() != Some(&b'\n') {
             return None;
         }
@@ -121,7 +122,7 @@ pub fn parse_records(bytes: &[u8]) -> Option<Vec<Record>> {
             key: body[..k].to_vec(),
             value: body[k..k + v].to_vec(),
         });
-        rest = &rest[nl + 1 + k + v + 1..];
+        rest = &rest[end..];
     }
     Some(out)
 }
@@ -129,6 +130,14 @@ pub fn parse_records(bytes: &[u8]) -> Option<Vec<Record>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_lengths_near_the_limit_are_refused_not_overflowed() {
+        let huge = format!("{RECORDS_MAGIC}{} {}\nab\n", usize::MAX, 1);
+        assert!(parse_records(huge.as_bytes()).is_none());
+        let huge = format!("{RECORDS_MAGIC}1 {}\nab\n", usize::MAX - 1);
+        assert!(parse_records(huge.as_bytes()).is_none());
+    }
 
     #[test]
     fn imap_names_are_valid_entry_names() {

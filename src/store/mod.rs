@@ -129,7 +129,6 @@ pub(crate) fn scan_runs_with(
     archive_id: Option<[u8; 16]>,
     on_run: &mut dyn FnMut(CommittedRun) -> Result<()>,
 ) -> Result<ScanOutcome> {
-    use crate::archive::scan::Damage;
     let path = source.path();
     let file_len = source.len()?;
     let scanner = Scanner::new(source.reader_at(0), path, from)
