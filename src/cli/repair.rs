@@ -1,4 +1,4 @@
-//! `mailpack repair`: the explicit salvage of a damaged archive (formats/archive.md 6.1).
+//! `mailpack repair`: the explicit salvage of a damaged archive (formats/archive.md 6.3).
 
 use std::path::PathBuf;
 
@@ -44,7 +44,7 @@ pub(super) fn run(args: RepairArgs, p: &mut Printer) -> Result<u8, Error> {
             }
         };
         p.notices(&report.notices);
-        if report.lost_anything() {
+        if report.lost_anything() || report.index_failure.is_some() {
             code = code.max(1);
         }
         if args.json {

@@ -1,4 +1,4 @@
-//! `repair`: the one explicit salvage of a damaged archive (formats/archive.md section 6.1). It
+//! `repair`: the one explicit salvage of a damaged archive (formats/archive.md section 6.3). It
 //! keeps the damaged file aside under a name of its own, never deleted by mailpack, and writes a
 //! new archive holding every committed entry that still reads and checks, with its run; what is
 //! lost is reported and recorded in the new archive (`repairs/<n>`) so the next backup can
@@ -64,6 +64,9 @@ pub struct RepairReport {
     pub damage: Vec<DamageFound>,
     pub bytes_before: u64,
     pub bytes_after: Option<u64>,
+    /// The repaired archive is in place but its index could not be written: the next open
+    /// rebuilds it (exit 1, like a committed run whose index append failed).
+    pub index_failure: Option<String>,
     /// What was mended on an archive that needed no repair (a tail cut, an index rebuilt).
     pub notices: Vec<String>,
 }
@@ -85,6 +88,7 @@ impl RepairReport {
             damage: Vec::new(),
             bytes_before,
             bytes_after: None,
+            index_failure: None,
             notices: Vec::new(),
         }
     }
@@ -116,7 +120,7 @@ struct SalvagedRun {
     counted: u64,
 }
 
-/// Repairs the archive of `paths` as formats/archive.md section 6.1 says, under its writer lock.
+/// Repairs the archive of `paths` as formats/archive.md section 6.3 says, under its writer lock.
 pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairReport> {
     let _lock = WriterLock::acquire_existing(&paths.archive, &paths.lock, options.writer.wait)?;
     let source = ArchiveHandle::open(&paths.archive)?;
@@ -129,7 +133,8 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
     };
     // The open checks only what it must (the index's last commit, a tail); a repair reads every
     // byte, as `verify` does, to find damage anywhere.
-    let problem = match Archive::open(paths, &mut Vec::new()) {
+    let problem = match Archive::load_read_only(paths, source.clone(), index.clone(), &mut Vec::new())
+    {
         Ok(archive) => {
             report.runs_kept = archive.runs().len() as u64;
             report.entries_kept = archive.entries.len() as u64;
@@ -551,22 +556,44 @@ fn write_repaired(
     // bytes until the copy is renamed over the archive's name), so no crash can leave the
     // archive's name empty or the damaged bytes without a name.
     let aside = aside_name(&paths.archive, options.now);
-    hard_link(&paths.archive, &aside, faults)?;
     let dir = paths.dir();
-    fsync_dir(&dir, faults)?;
     let mut index_aside = aside.as_os_str().to_owned();
     index_aside.push(".idx");
-    if std::fs::symlink_metadata(&paths.index).is_ok() {
-        rename(&paths.index, Path::new(&index_aside), faults)?;
+    let replaced = (|| {
+        // The name must still lead to the bytes that were salvaged: the lock keeps mailpack's
+        // writers out, not someone's `mv`.
+        if !source.is_current() {
+            return Err(Error::corrupt(
+                &paths.archive,
+                0,
+                "the archive was replaced while it was being repaired; nothing was changed",
+            ));
+        }
+        hard_link(&paths.archive, &aside, faults)?;
         fsync_dir(&dir, faults)?;
+        if std::fs::symlink_metadata(&paths.index).is_ok() {
+            rename(&paths.index, Path::new(&index_aside), faults)?;
+            fsync_dir(&dir, faults)?;
+        }
+        rename(&tmp, &paths.archive, faults)
+    })();
+    if let Err(e) = replaced {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    rename(&tmp, &paths.archive, faults)?;
     fsync_dir(&dir, faults)?;
-    let id = *archive_id;
-    index::write_full(&paths.index, &id, &outcome.runs, faults)?;
     report.kept_aside = Some(aside);
     report.bytes_after = Some(outcome.file_len);
     report.runs_kept = outcome.runs.len() as u64;
+    // The repair is done once the copy has the archive's name; an index is only a cache.
+    if let Err(e) = index::write_full(&paths.index, archive_id, &outcome.runs, faults) {
+        report.notices.push(format!(
+            "{}: the repaired archive is in place, but its index could not be written ({e}); \
+             the next command that opens it rebuilds it",
+            paths.index.display()
+        ));
+        report.index_failure = Some(e.to_string());
+    }
     Ok(())
 }
 
