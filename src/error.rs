@@ -75,11 +75,9 @@ impl fmt::Display for Error {
                 "{} is damaged at byte {offset}: {detail}",
                 path.display()
             ),
-            Error::Foreign { path, detail } => write!(
-                f,
-                "{} {detail}: not a mailpack archive, left untouched",
-                path.display()
-            ),
+            Error::Foreign { path, detail } => {
+                write!(f, "{} {detail}; left untouched", path.display())
+            }
             Error::Unsupported { path, detail } => {
                 write!(f, "{}: unsupported: {detail}", path.display())
             }

@@ -219,7 +219,7 @@ fn ensure_regular(file: &File, path: &Path) -> Result<()> {
     if !meta.file_type().is_file() {
         return Err(Error::Foreign {
             path: path.to_path_buf(),
-            detail: "is not a regular file".into(),
+            detail: "is not a regular file, so not a mailpack archive".into(),
         });
     }
     Ok(())
@@ -256,7 +256,10 @@ impl Seek for ReadAt {
             SeekFrom::End(d) => self.file.metadata()?.len().checked_add_signed(d),
         };
         self.pos = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start or past 2^64")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start or past 2^64",
+            )
         })?;
         Ok(self.pos)
     }

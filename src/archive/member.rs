@@ -196,9 +196,7 @@ impl<R: Read + Seek> MemberReader<R> {
         let mut counted = self.input.take().expect("checked above");
         counted.start_member();
         let mut decoder = GzDecoder::new(counted);
-        let result = (&mut decoder)
-            .take(limit as u64 + 1)
-            .read_to_end(raw);
+        let result = (&mut decoder).take(limit as u64 + 1).read_to_end(raw);
         let counted = decoder.into_inner();
         let end = counted.consumed;
         let integrity = counted.integrity();
@@ -301,7 +299,8 @@ impl<R: Read + Seek> MemberReader<R> {
 
 /// Longest payload (deflate data and trailer) of a member mailpack writes: `MEMBER_TARGET` bytes
 /// of tar deflate to at most that plus 5 bytes per 16 KiB stored block; the rest is headroom.
-pub const MAX_MEMBER_PAYLOAD: u64 = super::MEMBER_TARGET as u64 + (super::MEMBER_TARGET as u64 >> 6) + 1024;
+pub const MAX_MEMBER_PAYLOAD: u64 =
+    super::MEMBER_TARGET as u64 + (super::MEMBER_TARGET as u64 >> 6) + 1024;
 
 /// CRC32 bytes a resync may check per byte it passes over. A real archive's next member is the
 /// first candidate checked; only forged headers packed into damage ever spend this.

@@ -8,7 +8,9 @@ pub mod scan;
 mod tar;
 mod writer;
 
-pub use member::{member_header, Member, MemberError, MemberReader, HEADER_LEN, MAX_MEMBER_PAYLOAD};
+pub use member::{
+    member_header, Member, MemberError, MemberReader, HEADER_LEN, MAX_MEMBER_PAYLOAD,
+};
 pub use reader::open_entry;
 pub use scan::{ScanEvent, ScannedEntry, Scanner};
 pub use tar::padded;

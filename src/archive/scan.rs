@@ -709,7 +709,9 @@ mod tests {
                 })
                 .collect();
             assert!(
-                damage.iter().any(|d| d.offset == 0 && d.detail.contains("entry size")),
+                damage
+                    .iter()
+                    .any(|d| d.offset == 0 && d.detail.contains("entry size")),
                 "{size}: {damage:?}"
             );
         }

@@ -42,7 +42,11 @@ pub struct RunSummary {
 impl RunSummary {
     /// The summary that writes a marker again as it was (a compaction's or a repair's copy of
     /// a run): the original writer's host, tool, counters and unknown keys, and `compacted`.
-    pub fn from_marker(time: i64, fields: &[(String, String)], compacted: Option<i64>) -> RunSummary {
+    pub fn from_marker(
+        time: i64,
+        fields: &[(String, String)],
+        compacted: Option<i64>,
+    ) -> RunSummary {
         let mut summary = RunSummary {
             time,
             compacted,

@@ -27,23 +27,22 @@ pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
     };
     let paths = selection(&args.archive, file)?.one()?;
     let mut notices = Vec::new();
-    let mut degraded = false;
     let result = {
         let stdout = io::stdout();
         let mut out = Out::new(stdout.lock());
-        let r = commands::cat(&paths, &spec, &mut out, &mut notices, &mut degraded);
+        let r = commands::cat(&paths, &spec, &mut out, &mut notices);
         if out.closed() {
             p.mark_stdout_closed();
         }
-        r.and_then(|n| {
+        r.and_then(|served| {
             out.flush()
-                .map(|_| n)
+                .map(|_| served)
                 .map_err(|e| Error::io("write", "standard output", e))
         })
     };
     p.notices(&notices);
     match result {
         Err(_) if p.stdout_closed() => Ok(0),
-        r => r.map(|_| u8::from(degraded)),
+        r => r.map(|served| u8::from(served.degraded)),
     }
 }

@@ -77,7 +77,10 @@ pub(super) fn run(args: RepairArgs, p: &mut Printer) -> Result<u8, Error> {
             p.line(&format!("{name}: run {}: {}", r.run, r.detail))?;
         }
         for e in &report.lost_entries {
-            p.line(&format!("{name}: lost {} (run {}, sha1 {})", e.name, e.run, e.sha1))?;
+            p.line(&format!(
+                "{name}: lost {} (run {}, sha1 {})",
+                e.name, e.run, e.sha1
+            ))?;
         }
         let verb = if report.dry_run { "would keep" } else { "kept" };
         p.line(&format!(

@@ -163,14 +163,20 @@ pub fn ls(paths: &ArchivePaths, all: bool) -> Result<Listing> {
     Ok(listing)
 }
 
+/// What `cat` wrote.
+pub struct Served {
+    pub bytes: u64,
+    /// The archive is damaged (a notice says where); the entry still read and checked.
+    pub degraded: bool,
+}
+
 /// Writes the latest committed version of an entry (a name, or a message SHA-1) to `out`.
 pub fn cat(
     paths: &ArchivePaths,
     spec: &str,
     out: &mut dyn Write,
     notices: &mut Vec<String>,
-    degraded: &mut bool,
-) -> Result<u64> {
+) -> Result<Served> {
     let name = match spec.parse::<Guid>() {
         Ok(guid) => file_entry_name(&guid),
         Err(()) => spec.to_string(),
@@ -187,32 +193,34 @@ pub fn cat(
         }
         Err(e) => return Err(e),
     };
-    let (_, entry, source) = found
-        .filter(|(_, e, _)| !e.is_tombstone())
-        .ok_or_else(|| match &damage {
-            Some(e) => Error::corrupt(
-                &paths.archive,
-                0,
-                format!("{name} does not read from this damaged archive ({e})"),
-            ),
-            None => Error::NotFound(format!("{name} in {}", paths.archive.display())),
-        })?;
+    let (_, entry, source) =
+        found
+            .filter(|(_, e, _)| !e.is_tombstone())
+            .ok_or_else(|| match &damage {
+                Some(e) => Error::corrupt(
+                    &paths.archive,
+                    0,
+                    format!("{name} does not read from this damaged archive ({e})"),
+                ),
+                None => Error::NotFound(format!("{name} in {}", paths.archive.display())),
+            })?;
+    let degraded = damage.is_some();
     if let Some(e) = damage {
         notices.push(format!("{e}; {name} still reads and was served"));
-        *degraded = true;
     }
     if entry.kind == EntryKind::Symlink {
         writeln!(out, "{}", entry.target).map_err(|e| Error::io("write", "standard output", e))?;
-        return Ok(0);
+        return Ok(Served { bytes: 0, degraded });
     }
     let mut reader = source.read_entry(&entry)?;
-    io::copy(&mut reader, out).map_err(|e| match e.into_inner() {
+    let bytes = io::copy(&mut reader, out).map_err(|e| match e.into_inner() {
         Some(inner) => match inner.downcast::<Error>() {
             Ok(err) => *err,
             Err(other) => Error::io("copy", &paths.archive, io::Error::other(other)),
         },
         None => Error::io("copy", &paths.archive, io::Error::other("read failed")),
-    })
+    })?;
+    Ok(Served { bytes, degraded })
 }
 
 /// Salvages a damaged archive (`store::repair`); an archive that opens cleanly is left alone.

@@ -4,7 +4,6 @@
 //! new members; every commit marker is written again with its run's new `start` and `entries`.
 //! Memory is one member at a time plus the index, whatever the archive's size.
 
-
 use super::plan::{plan, CompactPlan, PlanOptions};
 use crate::archive::{padded, RunSummary};
 use crate::error::{Error, Result};
@@ -123,4 +122,3 @@ pub fn compact(
     outcome.entries_dropped = total - kept;
     Ok(outcome)
 }
-

@@ -34,7 +34,10 @@ pub enum IndexRead {
     },
     /// An index trusted only for how much was committed, not for what: `reindex` reads every
     /// entry again, but an archive that ends before `end` is still damage, not a tail.
-    Floor { archive_id: [u8; 16], end: u64 },
+    Floor {
+        archive_id: [u8; 16],
+        end: u64,
+    },
 }
 
 pub fn encode_header(archive_id: &[u8; 16]) -> Vec<u8> {

@@ -22,13 +22,13 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::archive::scan::Damage;
+use crate::archive::{member_header, HEADER_LEN, MAX_MEMBER_PAYLOAD};
 use crate::archive::{
     open_entry, ArchiveWriter, CommittedRun, EntryKind, EntryRecord, RunSummary, ScanEvent, Scanner,
 };
 use crate::error::{Error, Result};
 use crate::guid::{Guid, HashingReader};
-use crate::archive::{member_header, HEADER_LEN, MAX_MEMBER_PAYLOAD};
-use crate::archive::scan::Damage;
 use crate::io::{fsync_dir, open_private, random_id, DurableFile, Faults, ReadAt};
 use index::IndexRead;
 
@@ -131,8 +131,8 @@ pub(crate) fn scan_runs_with(
 ) -> Result<ScanOutcome> {
     let path = source.path();
     let file_len = source.len()?;
-    let scanner = Scanner::new(source.reader_at(0), path, from)
-        .map_err(|e| Error::io("seek", path, e))?;
+    let scanner =
+        Scanner::new(source.reader_at(0), path, from).map_err(|e| Error::io("seek", path, e))?;
     let mut out = ScanOutcome {
         runs: Vec::new(),
         archive_id,
@@ -158,7 +158,9 @@ pub(crate) fn scan_runs_with(
                                 Some(expected) => {
                                     format!("entry says run {run} but stands in run {expected}")
                                 }
-                                None => format!("entry says run {run} but no run may follow 2^64-1"),
+                                None => {
+                                    format!("entry says run {run} but no run may follow 2^64-1")
+                                }
                             },
                             torn: false,
                         });
@@ -471,7 +473,11 @@ impl Archive {
             source,
             archive_id,
             runs,
-            if access == Access::Write { index_len } else { 0 },
+            if access == Access::Write {
+                index_len
+            } else {
+                0
+            },
         ))
     }
 
@@ -835,7 +841,7 @@ fn check_signature(source: &ArchiveHandle, file_len: u64) -> Result<()> {
     }
     Err(Error::Foreign {
         path: source.path().to_path_buf(),
-        detail: "does not begin with a mailpack gzip member".into(),
+        detail: "is not a mailpack archive: it does not begin with a mailpack gzip member".into(),
     })
 }
 
@@ -864,8 +870,7 @@ fn check_tail(source: &ArchiveHandle, from: u64, len: u64, damage: &[Damage]) ->
     let path = source.path();
     if let Some(d) = damage.iter().find(|d| {
         d.offset >= from
-            && d
-                .entry
+            && d.entry
                 .as_deref()
                 .is_some_and(|e| e.starts_with(crate::archive::RUNS_DIR))
     }) {
@@ -969,7 +974,11 @@ const MIN_ZERO_FILL: u64 = 8;
 /// least `MIN_ZERO_FILL` zero bytes).
 fn zero_suffix_start(source: &ArchiveHandle, from: u64, len: u64) -> Result<u64> {
     let start = zero_run_start(source, from, len)?;
-    Ok(if len - start >= MIN_ZERO_FILL { start } else { len })
+    Ok(if len - start >= MIN_ZERO_FILL {
+        start
+    } else {
+        len
+    })
 }
 
 fn zero_run_start(source: &ArchiveHandle, from: u64, len: u64) -> Result<u64> {

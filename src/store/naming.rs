@@ -136,7 +136,9 @@ pub fn list_own_archives(dir: &Path) -> Result<(Vec<ArchivePaths>, Vec<String>)>
     let mut own = Vec::new();
     let mut skipped = Vec::new();
     for paths in list_archives(dir)? {
-        match crate::io::open_own(&paths.archive).and_then(|f| begins_as_archive(&f, &paths)) {
+        let opened = super::ArchiveHandle::open(&paths.archive)
+            .and_then(|source| super::check_signature(&source, source.len()?));
+        match opened {
             Ok(()) => own.push(paths),
             Err(e @ (Error::Foreign { .. } | Error::NotFound(_))) => {
                 skipped.push(format!("skipped: {e}"))
@@ -146,22 +148,6 @@ pub fn list_own_archives(dir: &Path) -> Result<(Vec<ArchivePaths>, Vec<String>)>
         }
     }
     Ok((own, skipped))
-}
-
-fn begins_as_archive(file: &std::fs::File, paths: &ArchivePaths) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let signature = crate::archive::member_header(0, 0);
-    let mut head = [0u8; 16];
-    let n = file
-        .read_at(&mut head, 0)
-        .map_err(|e| Error::io("read", &paths.archive, e))?;
-    if head[..n] == signature[..n] {
-        return Ok(());
-    }
-    Err(Error::Foreign {
-        path: paths.archive.clone(),
-        detail: "does not begin with a mailpack gzip member".into(),
-    })
 }
 
 #[cfg(test)]

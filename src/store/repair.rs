@@ -133,18 +133,18 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
     };
     // The open checks only what it must (the index's last commit, a tail); a repair reads every
     // byte, as `verify` does, to find damage anywhere.
-    let problem = match Archive::load_read_only(paths, source.clone(), index.clone(), &mut Vec::new())
-    {
-        Ok(archive) => {
-            report.runs_kept = archive.runs().len() as u64;
-            report.entries_kept = archive.entries.len() as u64;
-            first_damage(&source, bytes_before)?
-        }
-        // A foreign file is not ours to rewrite, even aside.
-        Err(e @ Error::Foreign { .. }) => return Err(e),
-        Err(e @ Error::Corrupt { .. }) => Some(e.to_string()),
-        Err(e) => return Err(e),
-    };
+    let problem =
+        match Archive::load_read_only(paths, source.clone(), index.clone(), &mut Vec::new()) {
+            Ok(archive) => {
+                report.runs_kept = archive.runs().len() as u64;
+                report.entries_kept = archive.entries.len() as u64;
+                first_damage(&source, bytes_before)?
+            }
+            // A foreign file is not ours to rewrite, even aside.
+            Err(e @ Error::Foreign { .. }) => return Err(e),
+            Err(e @ Error::Corrupt { .. }) => Some(e.to_string()),
+            Err(e) => return Err(e),
+        };
     let Some(problem) = problem else {
         // Nothing damaged: only what any writer mends (an interrupted tail, a missing or stale
         // index) is mended, unless this is a dry run.
@@ -222,9 +222,12 @@ impl Archive {
                 )
             })
             .collect();
-        problems.extend(report.lost_runs.iter().map(|r| {
-            format!("{}: run {}: {}", paths.archive.display(), r.run, r.detail)
-        }));
+        problems.extend(
+            report
+                .lost_runs
+                .iter()
+                .map(|r| format!("{}: run {}: {}", paths.archive.display(), r.run, r.detail)),
+        );
         problems.extend(report.lost_entries.iter().map(|e| {
             format!(
                 "{}: lost entry {} of run {}",
@@ -250,7 +253,10 @@ impl Archive {
                 run
             })
             .collect();
-        Ok((Archive::from_runs(paths.clone(), source, archive_id, runs, 0), problems))
+        Ok((
+            Archive::from_runs(paths.clone(), source, archive_id, runs, 0),
+            problems,
+        ))
     }
 }
 
@@ -526,7 +532,9 @@ fn write_repaired(
                 host: options.host.clone(),
                 ..Default::default()
             };
-            summary.extra.push(("repaired".into(), options.now.to_string()));
+            summary
+                .extra
+                .push(("repaired".into(), options.now.to_string()));
             summary.counts.push((
                 "lost-entries".into(),
                 report.lost_entries.len() as u64 + report.lost_unnamed,
@@ -613,7 +621,8 @@ fn copy_entry(
         Err(Error::Corrupt { .. }) => return Ok(false),
         Err(e) => return Err(e),
     };
-    let appended = writer.append_reader(&r.name, &mut data, r.size, Some(r.sha1), r.stat, e.mtime)?;
+    let appended =
+        writer.append_reader(&r.name, &mut data, r.size, Some(r.sha1), r.stat, e.mtime)?;
     Ok(appended.is_ok())
 }
 

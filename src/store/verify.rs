@@ -161,10 +161,7 @@ pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
         }
     }
     if outcome.runs.is_empty() {
-        problems.push(index_problem(
-            0,
-            "the file holds no committed run".into(),
-        ));
+        problems.push(index_problem(0, "the file holds no committed run".into()));
     }
     problems.sort_by_key(|p| (p.offset, p.within));
 

@@ -442,7 +442,7 @@ fn an_uncommitted_run_is_dropped_and_a_reader_leaves_a_busy_writers_tail_alone()
         other => panic!("expected busy, got {:?}", other.map(|_| ())),
     }
     drop(store); // dies without committing
-    // A reader still leaves the tail alone; the next writer cuts it.
+                 // A reader still leaves the tail alone; the next writer cuts it.
     let (archive, notices) = open(&paths);
     assert!(notices.is_empty(), "{notices:?}");
     assert!(std::fs::metadata(&paths.archive).unwrap().len() > committed);
@@ -783,7 +783,11 @@ fn a_missing_stale_or_corrupt_index_is_rebuilt_with_the_same_answers() {
         let (archive, notices) = open(&paths);
         assert!(notices.is_empty(), "a reader wrote: {notices:?}");
         assert_matches(&archive, &model);
-        assert_eq!(std::fs::read(&paths.index).ok(), stale, "a reader wrote the index");
+        assert_eq!(
+            std::fs::read(&paths.index).ok(),
+            stale,
+            "a reader wrote the index"
+        );
         drop(archive);
         // The next writer rewrites it.
         let notices = writer_repairs(&paths);

@@ -148,7 +148,11 @@ fn a_fault_at_any_step_of_a_repair_keeps_the_damaged_bytes_and_a_retry_finishes(
         // The next repair (or, when the copy is already in place, nothing) finishes the job.
         let again = repair(&paths, &options(Faults::none())).unwrap();
         assert_eq!(again.needed, !was_repaired, "fault {n}: {again:?}");
-        assert_eq!(kept(&paths), repaired_state, "fault {n}: the retry ({again:?})");
+        assert_eq!(
+            kept(&paths),
+            repaired_state,
+            "fault {n}: the retry ({again:?})"
+        );
         let problems = mailpack::store::verify(&paths).unwrap().problems;
         assert!(problems.is_empty(), "fault {n}: {problems:?}");
         assert!(

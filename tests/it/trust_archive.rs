@@ -442,7 +442,14 @@ fn an_empty_archive_file_is_reported_by_readers_and_taken_as_new_by_a_writer() {
             assert_ne!(o.code, 0, "{what}");
         }
     }
-    let o = mp(&["put", "--archive-dir", s(&dir), "--user", "victim", s(&input)]);
+    let o = mp(&[
+        "put",
+        "--archive-dir",
+        s(&dir),
+        "--user",
+        "victim",
+        s(&input),
+    ]);
     assert_eq!(o.code, 0, "{}", o.text());
     let o = mp(&["verify", "--archive-dir", s(&dir), "--user", "victim"]);
     assert_eq!(o.code, 0, "{}", o.text());
