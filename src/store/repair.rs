@@ -107,6 +107,14 @@ pub struct RepairOptions {
     pub host: String,
 }
 
+/// What a full scan salvaged: the runs, each damaged place, and the archive id its markers
+/// carry (none when no marker reads).
+struct Salvage {
+    runs: Vec<SalvagedRun>,
+    damage: Vec<Damage>,
+    archive_id: Option<[u8; 16]>,
+}
+
 /// A run as the salvage found it: its marker's facts and the entries before it that read.
 struct SalvagedRun {
     run: u64,
@@ -164,7 +172,11 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
     report.reason = Some(problem);
     report.needed = true;
 
-    let (salvaged, damage, archive_id) = salvage(&source, bytes_before)?;
+    let Salvage {
+        runs: salvaged,
+        damage,
+        archive_id,
+    } = salvage(&source, bytes_before)?;
     report.damage = damage
         .iter()
         .map(|d| DamageFound {
@@ -199,7 +211,11 @@ impl Archive {
     pub fn open_degraded(paths: &ArchivePaths) -> Result<(Archive, Vec<String>)> {
         let source = ArchiveHandle::open(&paths.archive)?;
         let len = source.len()?;
-        let (salvaged, damage, archive_id) = salvage(&source, len)?;
+        let Salvage {
+            runs: salvaged,
+            damage,
+            archive_id,
+        } = salvage(&source, len)?;
         let mut report = RepairReport::new(paths, true, len);
         let plan = plan_runs(salvaged, &mut report);
         let indexed = match index::read(&paths.index)? {
@@ -278,10 +294,7 @@ fn first_damage(source: &ArchiveHandle, len: u64) -> Result<Option<String>> {
 /// Reads the whole file and collects every entry that reads and checks, grouped by the commit
 /// marker that follows it. Entries after the last marker are kept only when what follows the
 /// last marker is not an interrupted write (then it was committed data whose marker is lost).
-fn salvage(
-    source: &ArchiveHandle,
-    len: u64,
-) -> Result<(Vec<SalvagedRun>, Vec<Damage>, Option<[u8; 16]>)> {
+fn salvage(source: &ArchiveHandle, len: u64) -> Result<Salvage> {
     let path = source.path();
     let scanner =
         Scanner::new(source.reader_at(0), path, 0).map_err(|e| Error::io("seek", path, e))?;
@@ -354,7 +367,11 @@ fn salvage(
             });
         }
     }
-    Ok((runs, damage, archive_id))
+    Ok(Salvage {
+        runs,
+        damage,
+        archive_id,
+    })
 }
 
 /// Orders the salvaged runs into consecutive run numbers, as an archive must have them. A run

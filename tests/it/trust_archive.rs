@@ -1128,7 +1128,7 @@ fn cat_checks_the_bytes_against_the_sha1_in_the_name() {
 fn resync_bomb() -> Vec<u8> {
     use flate2::{Compress, Compression, FlushCompress};
     // The bomb: a raw deflate stream of more than 64 MiB of zeros, final block included.
-    let zeros = vec![0u8; (mailpack::archive::MAX_MEMBER_RAW + (1 << 20)) as usize];
+    let zeros = vec![0u8; mailpack::archive::MAX_MEMBER_RAW + (1 << 20)];
     let mut c = Compress::new(Compression::best(), false);
     let mut bomb = Vec::with_capacity(256 << 10);
     let status = c
