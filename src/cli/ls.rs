@@ -58,7 +58,12 @@ pub(super) fn run(args: LsArgs, p: &mut Printer) -> Result<u8, Error> {
         for r in &as_of.refused {
             p.note(&format!("refused: {r}"));
         }
-        Ok(if as_of.refused.is_empty() { 0 } else { 1 })
+        for d in &as_of.damage {
+            p.note(d);
+        }
+        Ok(u8::from(
+            !as_of.refused.is_empty() || !as_of.damage.is_empty(),
+        ))
     } else {
         let paths = selection(&args.archive, args.file)?.one()?;
         let listing = commands::ls(&paths, args.all)?;

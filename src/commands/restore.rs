@@ -657,11 +657,16 @@ pub struct AsOf {
     pub time: i64,
     pub mailboxes: Vec<MailboxAsOf>,
     pub refused: Vec<String>,
+    /// Where the archive is damaged, and each mailbox that could not be read from it (exit 1).
+    /// What is listed still read and checked.
+    pub damage: Vec<String>,
 }
 
-/// The mailboxes and messages an archive held as of `at` (the newest run at or before it).
+/// The mailboxes and messages an archive held as of `at` (the newest run at or before it). On
+/// a damaged archive, every mailbox that still reads is listed and the rest are named in
+/// `damage`.
 pub fn as_of(paths: &ArchivePaths, at: Option<i64>, notices: &mut Vec<String>) -> Result<AsOf> {
-    let archive = Archive::open(paths, notices)?;
+    let (archive, damage) = crate::commands::open_for_reading(paths, notices)?;
     let run = run_at(&archive, at)?;
     let (mailboxes, refused) = mailboxes_at(&archive, run.run);
     let mut out = AsOf {
@@ -669,9 +674,17 @@ pub fn as_of(paths: &ArchivePaths, at: Option<i64>, notices: &mut Vec<String>) -
         time: run.time,
         mailboxes: Vec::new(),
         refused,
+        damage,
     };
     for m in &mailboxes {
-        let data = read_mailbox(&archive, m)?;
+        let data = match read_mailbox(&archive, m) {
+            Ok(data) => data,
+            Err(lost) => {
+                out.damage
+                    .push(format!("{}: not listed: {lost}", m.name.internal()));
+                continue;
+            }
+        };
         let h = &data.index.header;
         out.mailboxes.push(MailboxAsOf {
             name: m.name.internal(),

@@ -582,6 +582,37 @@ fn a_metadata_entry_that_fails_its_checks_is_reported_lost_and_the_rest_is_resto
         "{}",
         stderr(&o)
     );
+
+    // `ls --at` lists every other mailbox and names the one it could not read (exit 1).
+    let o = ls_at(&archives);
+    assert_no_crash(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let listed = stdout(&o);
+    for mailbox in expected.keys().filter(|m| *m != "user.alice") {
+        assert!(
+            listed.contains(&format!("{mailbox} uniqueid")),
+            "{mailbox}: {listed}"
+        );
+    }
+    assert!(!listed.contains("user.alice uniqueid"), "{listed}");
+    assert!(
+        stderr(&o).contains("user.alice: not listed: ") && stderr(&o).contains(&inbox_index),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `ls --at` of alice's archive as of now.
+fn ls_at(archives: &Path) -> std::process::Output {
+    run(&[
+        "ls",
+        "--archive-dir",
+        archives.to_str().unwrap(),
+        "--user",
+        "alice",
+        "--at",
+        "2100-01-01",
+    ])
 }
 
 #[test]
@@ -630,4 +661,19 @@ fn a_damaged_archive_restores_what_still_reads_and_reports_the_damage() {
         bytes,
         "a restore never changes the archive"
     );
+
+    // `ls --at` on the damaged archive lists every mailbox (they all still read), says where
+    // the damage is, exits 1, and changes nothing either.
+    let o = ls_at(&archives);
+    assert_no_crash(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let listed = stdout(&o);
+    for mailbox in expected.keys() {
+        assert!(
+            listed.contains(&format!("{mailbox} uniqueid")),
+            "{mailbox}: {listed}"
+        );
+    }
+    assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&paths.archive).unwrap(), bytes);
 }
