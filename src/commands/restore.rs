@@ -220,11 +220,7 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
         let data = match read_mailbox(archive, m) {
             Ok(d) => d,
             Err(lost) => {
-                report.bad.push(format!(
-                    "mailbox {}: not restored: {lost}",
-                    m.name.relative('/')
-                ));
-                push_lost(&mut report.lost, lost);
+                not_restored(&mut report, m, lost);
                 continue;
             }
         };
@@ -241,11 +237,7 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
             records = match expunged_between(archive, m, records, t1, t2)? {
                 Ok(r) => r,
                 Err(lost) => {
-                    report.bad.push(format!(
-                        "mailbox {}: not restored: {lost}",
-                        m.name.relative('/')
-                    ));
-                    push_lost(&mut report.lost, lost);
+                    not_restored(&mut report, m, lost);
                     continue;
                 }
             };
@@ -273,6 +265,15 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
 }
 
 /// Adds a lost entry once: messages stored once may be listed by several mailboxes.
+/// A mailbox left out because an entry it needs did not read: reported, and the entry listed.
+fn not_restored(report: &mut RestoreReport, m: &MailboxAt, lost: LostEntry) {
+    report.bad.push(format!(
+        "mailbox {}: not restored: {lost}",
+        m.name.relative('/')
+    ));
+    push_lost(&mut report.lost, lost);
+}
+
 fn push_lost(lost: &mut Vec<LostEntry>, entry: LostEntry) {
     if !lost.iter().any(|l| l.entry == entry.entry) {
         lost.push(entry);
