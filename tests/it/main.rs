@@ -16,6 +16,7 @@ mod spool_index;
 mod spool_lock;
 mod spool_view;
 mod trust_archive;
+mod trust_heal;
 mod trust_restore;
 mod trust_spool;
 mod util;
