@@ -36,6 +36,10 @@ pub enum Error {
     NotFound(String),
     /// An earlier write or fsync failed; the writer must be reopened, which repairs the tail.
     Poisoned(PathBuf),
+    /// A peer broke its protocol: the agent, an IMAP or LMTP server said something it must not.
+    Protocol { peer: String, detail: String },
+    /// An external tool mailpack runs (`cyr_dbtool`, `quota`, ssh) failed.
+    External { tool: String, detail: String },
     /// The request itself is wrong (bad name, bad argument).
     Usage(String),
 }
@@ -59,6 +63,20 @@ impl Error {
 
     pub fn usage(detail: impl Into<String>) -> Error {
         Error::Usage(detail.into())
+    }
+
+    pub fn protocol(peer: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Protocol {
+            peer: peer.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn external(tool: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::External {
+            tool: tool.into(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -95,6 +113,8 @@ impl fmt::Display for Error {
                 "an earlier write to {} failed; reopen the archive to repair it",
                 path.display()
             ),
+            Error::Protocol { peer, detail } => write!(f, "{peer}: {detail}"),
+            Error::External { tool, detail } => write!(f, "{tool}: {detail}"),
             Error::Usage(detail) => f.write_str(detail),
         }
     }
@@ -106,5 +126,32 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// A problem found while parsing bytes, at a byte offset; the caller attaches the file name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub offset: u64,
+    pub detail: String,
+}
+
+impl ParseError {
+    pub fn new(offset: u64, detail: impl Into<String>) -> ParseError {
+        ParseError {
+            offset,
+            detail: detail.into(),
+        }
+    }
+
+    /// The error for the file the bytes came from.
+    pub fn in_file(self, path: &Path) -> Error {
+        Error::corrupt(path, self.offset, self.detail)
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at byte {}: {}", self.offset, self.detail)
     }
 }

@@ -357,6 +357,30 @@ pub fn random_id() -> Result<[u8; 16]> {
     Ok(id)
 }
 
+/// The stat of the file an entry was copied from, recorded so the next run can tell whether the
+/// source changed without opening it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SourceStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl SourceStat {
+    pub fn of(meta: &std::fs::Metadata) -> SourceStat {
+        use std::os::unix::fs::MetadataExt;
+        SourceStat {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

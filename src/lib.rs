@@ -1,19 +1,26 @@
 //! mailpack backs up Cyrus IMAP servers into one append-only `<user>.tar.gz` per user.
 //!
-//! Layers, each depending only on those below it:
+//! Layers, each depending only on those below it (nothing imports `cli`; nothing below
+//! `commands` imports it):
 //! - `cli`: argument parsing, printing, exit codes (the only layer that talks to a person);
 //! - `commands`: one function per subcommand, returning values;
-//! - `store`: an archive with its sidecar index, writer lock and recovery;
-//! - `archive`: gzip members and tar entries, with no knowledge of Cyrus or the index;
-//! - foundation: `error`, `guid`, `io`.
+//! - `scan` (the backup passes), `restore`, `compact`: peers that never import each other;
+//! - `store`: an archive with its sidecar index, writer lock and recovery; `agent`: the spool
+//!   read locally or over ssh, behind one `Source` interface;
+//! - `entries`: the entry vocabulary (formats/backup-entries.md) both backup and restore use;
+//! - `archive` (gzip members and tar entries, no knowledge of Cyrus or the index) and `spool`
+//!   (Cyrus's files, read-only): never import each other;
+//! - foundation: `error`, `guid`, `io`, `time`, `host`.
 
 pub mod agent;
 pub mod archive;
 pub mod cli;
 pub mod commands;
 pub mod compact;
+pub mod entries;
 pub mod error;
 pub mod guid;
+pub mod host;
 pub mod io;
 pub mod restore;
 pub mod scan;

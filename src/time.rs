@@ -103,6 +103,13 @@ pub fn format_utc(t: i64) -> String {
     )
 }
 
+/// The current time in Unix seconds (0 before 1970, which no real clock reads).
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

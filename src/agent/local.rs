@@ -7,9 +7,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
-use crate::archive::SourceStat;
 use crate::error::{Error, Result};
 use crate::guid::Guid;
+use crate::io::SourceStat;
 use crate::spool::cyrusdb::Record;
 use crate::spool::file::{self, Follow};
 use crate::spool::lock::{FileLock, LockMode};

@@ -16,9 +16,9 @@ pub use server::serve;
 use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use crate::archive::SourceStat;
 use crate::error::Result;
 use crate::guid::Guid;
+use crate::io::SourceStat;
 use crate::spool::cyrusdb::Record;
 use crate::spool::name::MboxName;
 

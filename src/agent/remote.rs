@@ -15,9 +15,9 @@ use super::frame::{
 };
 use super::server::{error_from_json, Inbound, Outbound, MAX_LISTING, PROTOCOL, VERSION};
 use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
-use crate::archive::SourceStat;
 use crate::error::{Error, Result};
 use crate::guid::Guid;
+use crate::io::SourceStat;
 use crate::spool::cyrusdb::Record;
 use crate::spool::name::MboxName;
 

@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use super::frame::{base64, read_frame, write_frame, FrameError, FrameKind, CHUNK, STREAM_BUFFER};
 use super::{Source, UserListing};
-use crate::archive::SourceStat;
 use crate::error::{Error, Result};
 use crate::guid::HashingReader;
+use crate::io::SourceStat;
 
 pub const PROTOCOL: &str = "mailpack-agent";
 pub const VERSION: u64 = 1;
@@ -64,7 +64,10 @@ pub(crate) fn error_json(e: &Error) -> Value {
             ("unsupported", json!({ "path": path, "detail": detail }))
         }
         Error::Usage(_) => ("usage", json!({})),
-        Error::Io { .. } | Error::Poisoned(_) => ("io", json!({})),
+        // The backup host only needs the message of a failure on the agent's side.
+        Error::Io { .. } | Error::Poisoned(_) | Error::Protocol { .. } | Error::External { .. } => {
+            ("io", json!({}))
+        }
     };
     let mut v = json!({ "kind": kind, "message": e.to_string() });
     if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
@@ -270,7 +273,7 @@ pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) ->
             "protocol": PROTOCOL,
             "version": VERSION,
             "compress": if deflate { "deflate" } else { "none" },
-            "host": crate::commands::hostname(),
+            "host": crate::host::hostname(),
             "tool": format!("mailpack {}", env!("CARGO_PKG_VERSION")),
         }),
     )?;

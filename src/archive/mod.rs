@@ -17,6 +17,7 @@ pub use tar::padded;
 pub use writer::{ArchiveWriter, CommittedRun, EntryRejected, RunSummary};
 
 use crate::guid::Guid;
+use crate::io::SourceStat;
 
 /// Tar bytes per gzip member before the writer starts a new one.
 pub const MEMBER_TARGET: usize = 1 << 20;
@@ -42,30 +43,6 @@ pub const MARKER_FORMAT: &str = "mailpack-archive 1";
 pub enum EntryKind {
     File,
     Symlink,
-}
-
-/// The stat of the file an entry was copied from, recorded so the next run can tell whether the
-/// source changed without opening it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct SourceStat {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-}
-
-impl SourceStat {
-    pub fn of(meta: &std::fs::Metadata) -> SourceStat {
-        use std::os::unix::fs::MetadataExt;
-        SourceStat {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        }
-    }
 }
 
 /// Where an entry's bytes are: the member holding its first header, that header's offset in the

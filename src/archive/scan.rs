@@ -11,10 +11,11 @@ use sha1::{Digest, Sha1};
 use super::member::{Member, MemberError, MemberReader};
 use super::tar::{decode_block, decode_pax, padded, Block, RawHeader, BLOCK};
 use super::{
-    check_name, marker_run, EntryKind, EntryRecord, Placement, SourceStat, FILES_DIR,
-    MARKER_FORMAT, MAX_ENTRY_SIZE, MAX_MARKER, MAX_PAX, PAX_PREFIX,
+    check_name, marker_run, EntryKind, EntryRecord, Placement, FILES_DIR, MARKER_FORMAT,
+    MAX_ENTRY_SIZE, MAX_MARKER, MAX_PAX, PAX_PREFIX,
 };
 use crate::guid::Guid;
+use crate::io::SourceStat;
 
 #[derive(Debug)]
 pub enum ScanEvent {

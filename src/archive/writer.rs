@@ -16,12 +16,13 @@ use sha1::{Digest, Sha1};
 use super::member::{member_header, HEADER_LEN};
 use super::tar::{encode_headers, padded, HeaderSpec};
 use super::{
-    check_name, EntryKind, EntryRecord, Placement, SourceStat, FILES_DIR, MARKER_FORMAT,
-    MEMBER_TARGET, PAX_PREFIX, RUNS_DIR,
+    check_name, EntryKind, EntryRecord, Placement, FILES_DIR, MARKER_FORMAT, MEMBER_TARGET,
+    PAX_PREFIX, RUNS_DIR,
 };
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::DurableFile;
+use crate::io::SourceStat;
 
 /// What the commit marker records besides the run bookkeeping.
 #[derive(Clone, Debug, Default)]

@@ -10,9 +10,10 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::archive::{file_entry_name, EntryKind, EntryRecord, RunSummary, SourceStat};
+use crate::archive::{file_entry_name, EntryKind, EntryRecord, RunSummary};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
+use crate::io::SourceStat;
 use crate::store::{
     self, Archive, ArchivePaths, LockWait, StoreWriter, VerifyReport, WriterOptions,
 };
@@ -394,14 +395,5 @@ fn hash_file(path: &Path) -> Result<(Guid, u64)> {
     Ok(reader.finish())
 }
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
+pub use crate::host::hostname;
+pub use crate::time::now;

@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 
 use super::{folder_records, read_all, restorable, LostEntry, MailboxAt, Messages};
 use crate::archive::EntryKind;
+use crate::entries::{FOLDER_ANNOTATIONS_DB, FOLDER_MAILBOXES_DB};
 use crate::error::{Error, Result};
 use crate::io::{remove_if_present, Faults};
-use crate::scan::names::{FOLDER_ANNOTATIONS_DB, FOLDER_MAILBOXES_DB};
 use crate::spool::cyrusdb::Record;
 use crate::spool::mboxlist::{MailboxEntry, Mboxlist, MboxlistFormat};
 use crate::spool::{MetaFile, Spool};

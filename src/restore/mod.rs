@@ -14,11 +14,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::archive::{EntryKind, EntryRecord};
-use crate::error::{Error, Result};
-use crate::guid::Guid;
-use crate::scan::names::{
+use crate::entries::{
     parse_imap_entry, FOLDERS_DIR, FOLDER_ANNOTATIONS_DB, FOLDER_MAILBOXES_DB, IMAP_DIR,
 };
+use crate::error::{Error, Result};
+use crate::guid::Guid;
 use crate::spool::header::MailboxHeader;
 use crate::spool::index::{IndexFile, IndexRecord};
 use crate::spool::name::MboxName;
@@ -349,7 +349,7 @@ pub fn folder_records(
     };
     let path = &archive.paths().archive;
     let bytes = read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err))?;
-    crate::scan::names::parse_records(&bytes).ok_or_else(|| {
+    crate::entries::parse_records(&bytes).ok_or_else(|| {
         LostEntry::of(
             path,
             e,

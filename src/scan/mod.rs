@@ -3,18 +3,14 @@
 //! what changed, under Cyrus's locks, and streams message files whose GUID the archive lacks,
 //! checking each SHA-1. Reads the spool, writes only through the store's writer.
 
-pub mod names;
 mod user;
 
-pub use names::{
-    folder_entry, imap_entry, meta_entry, parse_records, records_bytes, FOLDER_ANNOTATIONS_DB,
-    FOLDER_MAILBOXES_DB,
-};
 pub use user::{backup_user, record_user_gone, UserOptions, UserReport};
 
 use std::collections::HashMap;
 
-use crate::archive::{EntryKind, EntryRecord, SourceStat};
+use crate::archive::{EntryKind, EntryRecord};
+use crate::io::SourceStat;
 use crate::store::Archive;
 
 /// The latest committed version of every name in an archive.
@@ -56,7 +52,7 @@ impl<'a> Recorded<'a> {
             .filter(|e| {
                 e.kind == EntryKind::Symlink
                     && !e.target.is_empty()
-                    && e.name.starts_with(names::IMAP_DIR)
+                    && e.name.starts_with(crate::entries::IMAP_DIR)
             })
             .map(|e| (e.name.as_str(), e.target.as_str()))
     }

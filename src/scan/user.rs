@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
-use super::names::{self, folder_entry, folder_target, imap_entry, records_bytes};
 use super::{same_file, Recorded};
 use crate::agent::{MailboxListing, Source, UserFileListing};
 use crate::archive::{file_entry_name, ArchiveWriter, RunSummary};
+use crate::entries::{self, folder_entry, folder_target, imap_entry, records_bytes};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::spool::MetaFile;
@@ -165,8 +165,8 @@ pub fn backup_user(
         // The mailbox list records and mailbox annotations came with the listing: stored when
         // they differ from the last stored copy.
         for (file, records) in [
-            (names::FOLDER_MAILBOXES_DB, &m.records),
-            (names::FOLDER_ANNOTATIONS_DB, &m.annotations),
+            (entries::FOLDER_MAILBOXES_DB, &m.records),
+            (entries::FOLDER_ANNOTATIONS_DB, &m.annotations),
         ] {
             let name = folder_entry(&uid, file);
             let bytes = records_bytes(&records.iter().collect::<Vec<_>>());
@@ -236,7 +236,7 @@ pub fn backup_user(
         // Per-user files that disappeared (a sieve script deleted, ...).
         for name in recorded
             .latest_names()
-            .filter(|n| n.starts_with(names::META_DIR) && !listed_files.contains(*n))
+            .filter(|n| n.starts_with(entries::META_DIR) && !listed_files.contains(*n))
         {
             writer.append_symlink(name, "", time)?;
         }
@@ -272,7 +272,7 @@ pub fn record_user_gone(
         .chain(
             recorded
                 .latest_names()
-                .filter(|n| n.starts_with(names::META_DIR))
+                .filter(|n| n.starts_with(entries::META_DIR))
                 .map(str::to_string),
         )
         .collect();
@@ -359,7 +359,7 @@ fn mass_delete(
 /// `imap/DELETED/user/...`: a user's mailbox lives under `user.`; one deleted with
 /// `delete_mode: delayed` under `<deletedprefix>.user.`, whatever the prefix is.
 fn is_deleted_mailbox(link: &str) -> bool {
-    names::parse_imap_entry(link).is_some_and(|n| {
+    entries::parse_imap_entry(link).is_some_and(|n| {
         n.parts.first().map(String::as_str) != Some("user")
             && n.parts.get(1).map(String::as_str) == Some("user")
     })
@@ -596,7 +596,8 @@ fn backup_user_files(
     let user = report.user.clone();
     let mut seen_names = HashSet::new();
     for f in listed {
-        if crate::archive::check_name(&f.entry).is_err() || !f.entry.starts_with(names::META_DIR) {
+        if crate::archive::check_name(&f.entry).is_err() || !f.entry.starts_with(entries::META_DIR)
+        {
             report
                 .problems
                 .push(format!("{user}: {:?} is not a per-user file name", f.entry));

@@ -233,7 +233,7 @@ pub struct MailboxSnapshot {
     pub header: super::header::MailboxHeader,
     pub index: super::index::IndexFile,
     /// The stat of each file as read (same order as `MetaFile::ALL`).
-    pub stats: [Option<crate::archive::SourceStat>; 3],
+    pub stats: [Option<crate::io::SourceStat>; 3],
 }
 
 impl Spool {
@@ -294,13 +294,13 @@ impl Spool {
         // Sizes come from the files' own stat: each is checked against the file's cap before
         // anything is allocated (a sparse file can claim a terabyte).
         let read_locked =
-            |lock: &FileLock, cap: file::Cap| -> Result<(Vec<u8>, crate::archive::SourceStat)> {
+            |lock: &FileLock, cap: file::Cap| -> Result<(Vec<u8>, crate::io::SourceStat)> {
                 let meta = lock
                     .file()
                     .metadata()
                     .map_err(|err| Error::io("stat", lock.path(), err))?;
                 let bytes = file::read_capped(lock.file(), lock.path(), meta.len(), cap)?;
-                Ok((bytes, crate::archive::SourceStat::of(&meta)))
+                Ok((bytes, crate::io::SourceStat::of(&meta)))
             };
         let (index_bytes, index_stat) = read_locked(&index_lock, file::INDEX_CAP)?;
         stats[1] = Some(index_stat);
@@ -312,7 +312,7 @@ impl Spool {
         let (header_bytes, header_meta) =
             file::read(&header_path, file::Follow::No, file::HEADER_CAP)?
                 .ok_or_else(|| missing("cyrus.header"))?;
-        stats[0] = Some(crate::archive::SourceStat::of(&header_meta));
+        stats[0] = Some(crate::io::SourceStat::of(&header_meta));
 
         let annotations_path = self
             .meta_path(e, MetaFile::Annotations)

@@ -8,9 +8,10 @@ use std::path::Path;
 
 use byteorder::{ByteOrder, LittleEndian as LE, ReadBytesExt, WriteBytesExt};
 
-use crate::archive::{CommittedRun, EntryKind, EntryRecord, Placement, SourceStat, MAX_NAME};
+use crate::archive::{CommittedRun, EntryKind, EntryRecord, Placement, MAX_NAME};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
+use crate::io::SourceStat;
 use crate::io::{create_private, fsync_dir, write_atomic, DurableFile, Faults};
 
 pub const MAGIC: &[u8; 8] = b"MAILPKIX";

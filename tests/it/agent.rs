@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use mailpack::agent::{serve, LocalSource, RemoteSource, Source};
-use mailpack::archive::{EntryKind, SourceStat};
+use mailpack::archive::EntryKind;
 use mailpack::scan::{backup_user, UserOptions, UserReport};
 use mailpack::spool::{LockOptions, Spool};
 use mailpack::store::{Archive, ArchivePaths, StoreWriter, WriterOptions};
@@ -17,6 +17,7 @@ use mailpack::Guid;
 use crate::cyrus::{CyrusOptions, CyrusServer};
 use crate::spool_view::populate;
 use crate::util::TempDir;
+use mailpack::io::SourceStat;
 
 /// A copy of the committed real-Cyrus fixture spool (two users, many kinds of mailbox).
 pub fn fixture_spool(dir: &Path) -> PathBuf {

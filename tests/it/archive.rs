@@ -6,12 +6,13 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-use mailpack::archive::{file_entry_name, RunSummary, SourceStat};
+use mailpack::archive::{file_entry_name, RunSummary};
 use mailpack::io::{FaultOn, Faults};
 use mailpack::store::{verify, Archive, ArchivePaths, LockWait, StoreWriter, WriterOptions};
 use mailpack::{Error, Guid};
 
 use crate::util::{Rng, TempDir};
+use mailpack::io::SourceStat;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Want {

@@ -8,7 +8,8 @@ use std::io::Read;
 use std::path::Path;
 
 use mailpack::commands::backup::{backup, BackupOptions, SpoolAccess, UserOutcome};
-use mailpack::scan::{folder_entry, imap_entry, UserReport};
+use mailpack::entries::{folder_entry, imap_entry};
+use mailpack::scan::UserReport;
 use mailpack::spool::{LockOptions, MetaFile, Spool};
 use mailpack::store::{Archive, ArchivePaths, WriterOptions};
 

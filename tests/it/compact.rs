@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use mailpack::archive::{file_entry_name, EntryKind, RunSummary, SourceStat};
+use mailpack::archive::{file_entry_name, EntryKind, RunSummary};
 use mailpack::compact::{compact, plan, CompactOptions, CompactOutcome, CompactPlan, PlanOptions};
 use mailpack::io::{FaultOn, Faults};
 use mailpack::store::{verify, Archive, ArchivePaths, LockWait, StoreWriter, WriterOptions};
 use mailpack::Guid;
 
 use crate::util::{Rng, TempDir};
+use mailpack::io::SourceStat;
 
 const DAY: i64 = 86_400;
 

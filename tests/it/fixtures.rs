@@ -5,12 +5,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use mailpack::archive::{file_entry_name, RunSummary, SourceStat};
+use mailpack::archive::{file_entry_name, RunSummary};
 use mailpack::io::Faults;
 use mailpack::store::{verify, Archive, ArchivePaths, LockWait, StoreWriter, WriterOptions};
 use mailpack::Guid;
 
 use crate::util::{Rng, TempDir};
+use mailpack::io::SourceStat;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")

@@ -427,7 +427,7 @@ fn no_two_exported_mailboxes_share_a_place() {
     for (levels, target) in &links {
         let mut parts = vec!["user".to_string(), "alice".to_string()];
         parts.extend(levels.iter().map(|l| l.to_string()));
-        let name = mailpack::scan::names::imap_entry(&MboxName {
+        let name = mailpack::entries::imap_entry(&MboxName {
             domain: None,
             parts,
         });

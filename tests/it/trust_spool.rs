@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mailpack::archive::{EntryKind, RunSummary};
-use mailpack::scan::imap_entry;
+use mailpack::entries::imap_entry;
 use mailpack::spool::mboxlist::MailboxEntry;
 use mailpack::spool::{MetaFile, Spool};
 use mailpack::store::{Archive, ArchivePaths, StoreWriter, WriterOptions};

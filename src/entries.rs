@@ -1,5 +1,6 @@
-//! Entry names a backup writes (formats/backup-entries.md), and the records format for raw
-//! cyrusdb records.
+//! The entry vocabulary of formats/backup-entries.md: the `imap/`, `folders/` and `meta/` names a
+//! backup writes and a restore reads, and the records format for raw cyrusdb records. It sits
+//! below both the backup passes and restore, so neither depends on the other.
 
 use crate::spool::cyrusdb::Record;
 use crate::spool::name::MboxName;
