@@ -1,4 +1,4 @@
-//! The `cyrus.index`, `cyrus.header` and dlist parsers (formats/parts/cyrus-index-header.md)
+//! The `cyrus.index`, `cyrus.header` and dlist parsers (formats/cyrus.md section 8)
 //! against real files: mailboxes written by Cyrus 2.3, 2.4 and 3.10 (from Cyrus's own test
 //! suite, read in place from ../shared/reference/cyrus-test-data), a live Cyrus 3.6 server,
 //! and, for versions with no real sample, files built here by an encoder written from the

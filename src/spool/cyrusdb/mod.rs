@@ -1,6 +1,6 @@
 //! Readers for Cyrus's key-value database files ("cyrusdb"): mailboxes.db, seen and
 //! subscription files, annotations and the like, in the three on-disk formats Cyrus 2.x–3.x
-//! writes: twoskip, skiplist and flat (formats/parts/cyrusdb.md).
+//! writes: twoskip, skiplist and flat (formats/cyrus.md section 7).
 //!
 //! This module owns format detection and the record type every reader returns. It only reads:
 //! it never writes, locks, truncates or "recovers" a database file, even when Cyrus itself
