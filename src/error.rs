@@ -40,6 +40,8 @@ pub enum Error {
     Protocol { peer: String, detail: String },
     /// An external tool mailpack runs (`cyr_dbtool`, `quota`, ssh) failed.
     External { tool: String, detail: String },
+    /// A configuration file mailpack was pointed at (imapd.conf) says something it cannot use.
+    Config { path: PathBuf, detail: String },
     /// The request itself is wrong (bad name, bad argument).
     Usage(String),
 }
@@ -63,6 +65,13 @@ impl Error {
 
     pub fn usage(detail: impl Into<String>) -> Error {
         Error::Usage(detail.into())
+    }
+
+    pub fn config(path: impl AsRef<Path>, detail: impl Into<String>) -> Error {
+        Error::Config {
+            path: path.as_ref().to_path_buf(),
+            detail: detail.into(),
+        }
     }
 
     pub fn protocol(peer: impl Into<String>, detail: impl Into<String>) -> Error {
@@ -113,6 +122,7 @@ impl fmt::Display for Error {
                 "an earlier write to {} failed; reopen the archive to repair it",
                 path.display()
             ),
+            Error::Config { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Protocol { peer, detail } => write!(f, "{peer}: {detail}"),
             Error::External { tool, detail } => write!(f, "{tool}: {detail}"),
             Error::Usage(detail) => f.write_str(detail),

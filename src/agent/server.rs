@@ -63,7 +63,9 @@ pub(crate) fn error_json(e: &Error) -> Value {
         Error::Unsupported { path, detail } | Error::Foreign { path, detail } => {
             ("unsupported", json!({ "path": path, "detail": detail }))
         }
-        Error::Usage(_) => ("usage", json!({})),
+        // A wrong imapd.conf on the mail host travels as "usage", as it did before it had its
+        // own variant: the wire format stays as formats/protocol.md has it.
+        Error::Usage(_) | Error::Config { .. } => ("usage", json!({})),
         // The backup host only needs the message of a failure on the agent's side.
         Error::Io { .. } | Error::Poisoned(_) | Error::Protocol { .. } | Error::External { .. } => {
             ("io", json!({}))

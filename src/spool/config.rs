@@ -70,16 +70,13 @@ impl Config {
             match get(k) {
                 None => Ok(default),
                 Some(v) => parse_bool(v).ok_or_else(|| {
-                    Error::usage(format!(
-                        "{}: {k}: {v:?} is not a yes/no value",
-                        path.display()
-                    ))
+                    Error::config(path, format!("{k}: {v:?} is not a yes/no value"))
                 }),
             }
         };
-        let configdirectory = get("configdirectory").map(resolve).ok_or_else(|| {
-            Error::usage(format!("{}: configdirectory is not set", path.display()))
-        })?;
+        let configdirectory = get("configdirectory")
+            .map(resolve)
+            .ok_or_else(|| Error::config(path, "configdirectory is not set"))?;
         let prefixed = |prefix: &str| -> BTreeMap<String, PathBuf> {
             raw.iter()
                 .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), resolve(v))))
@@ -88,10 +85,7 @@ impl Config {
         };
         let partitions = prefixed("partition-");
         if partitions.is_empty() {
-            return Err(Error::usage(format!(
-                "{}: no partition-<name> is set",
-                path.display()
-            )));
+            return Err(Error::config(path, "no partition-<name> is set"));
         }
         let virtdomains = match get("virtdomains").map(|v| v.to_ascii_lowercase()) {
             None => VirtDomains::Off,
@@ -100,10 +94,10 @@ impl Config {
                 Some(true) => VirtDomains::On,
                 Some(false) => VirtDomains::Off,
                 None => {
-                    return Err(Error::usage(format!(
-                        "{}: virtdomains: {v:?} is not off, userid or on",
-                        path.display()
-                    )))
+                    return Err(Error::config(
+                        path,
+                        format!("virtdomains: {v:?} is not off, userid or on"),
+                    ))
                 }
             },
         };
@@ -179,10 +173,7 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 
 fn read_into(path: &Path, raw: &mut BTreeMap<String, String>, depth: usize) -> Result<()> {
     if depth > MAX_INCLUDE_DEPTH {
-        return Err(Error::usage(format!(
-            "{}: @include nested too deeply",
-            path.display()
-        )));
+        return Err(Error::config(path, "@include nested too deeply"));
     }
     // Without blocking and regular files only: a FIFO given as --config must not hang the run.
     let (file, meta) =
@@ -194,11 +185,10 @@ fn read_into(path: &Path, raw: &mut BTreeMap<String, String>, depth: usize) -> R
             )
         })?;
     if meta.len() > MAX_CONFIG_BYTES {
-        return Err(Error::usage(format!(
-            "{}: {} bytes is too large for imapd.conf",
-            path.display(),
-            meta.len()
-        )));
+        return Err(Error::config(
+            path,
+            format!("{} bytes is too large for imapd.conf", meta.len()),
+        ));
     }
     let cap = super::file::Cap {
         name: "MAX_CONFIG_BYTES",
