@@ -1,4 +1,4 @@
-//! Proves the real-Cyrus fixture (cyrus.rs) against Cyrus 3.6: every operation later tests
+//! Proves the real-Cyrus fixture (support/cyrus/) against Cyrus 3.6: every operation later tests
 //! rely on is performed and read back over IMAP (and on disk where it matters).
 
 use std::collections::BTreeSet;

@@ -6,7 +6,6 @@ mod backup;
 mod bench_spool;
 mod cli;
 mod compact;
-mod cyrus;
 mod cyrus_smoke;
 mod fixtures;
 mod repair;
@@ -15,8 +14,12 @@ mod spool_db;
 mod spool_index;
 mod spool_lock;
 mod spool_view;
+mod support;
 mod trust_archive;
 mod trust_heal;
 mod trust_restore;
 mod trust_spool;
 mod util;
+
+// Test modules name the Cyrus harness `crate::cyrus`.
+use support::cyrus;

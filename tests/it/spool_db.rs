@@ -10,24 +10,8 @@ use std::process::{Command, Stdio};
 
 use mailpack::spool::cyrusdb::{self, DbFormat, Record};
 
-use crate::cyrus::{CyrusOptions, CyrusServer, CYRUS_BIN};
+use crate::cyrus::{cyrus_ids, CyrusOptions, CyrusServer, CYRUS_BIN};
 use crate::util::Rng;
-
-extern "C" {
-    fn geteuid() -> u32;
-}
-
-/// The uid/gid Cyrus tools must run as: Cyrus refuses to run as root.
-fn cyrus_ids() -> Option<(u32, u32)> {
-    if unsafe { geteuid() } != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    passwd.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        (f.len() > 3 && f[0] == "cyrus").then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
-    })
-}
 
 /// Runs `cyr_dbtool` against one file with a batch script on stdin (the only binary-safe way
 /// in and out: keys and values travel as IMAP literals).

@@ -1,0 +1,3 @@
+//! Support code for the tests that is more than a helper: the Cyrus harness.
+
+pub mod cyrus;
