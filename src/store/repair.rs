@@ -5,13 +5,12 @@
 //! store it again from the spool.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::index::{self, IndexRead};
-use super::{
-    check_tail, hex_id, parse_id, scan_runs, Access, Archive, ArchiveHandle, ArchivePaths,
-    WriterLock, WriterOptions,
-};
+use super::open::{check_tail, damaged, scan_runs, Access};
+use super::{hex_id, parse_id, Archive, ArchiveHandle, ArchivePaths, WriterLock, WriterOptions};
 use crate::archive::scan::Damage;
 use crate::archive::{ArchiveWriter, EntryKind, RunSummary, ScanEvent, ScannedEntry, Scanner};
 use crate::error::{Error, Result};
@@ -20,6 +19,9 @@ use crate::io::{create_private, fsync_dir, hard_link, rename, DurableFile};
 
 /// Directory of the entries that list what a repair lost.
 pub const REPAIRS_DIR: &str = "repairs/";
+
+/// Largest `repairs/<n>` list read back (names of lost entries, about 100 bytes each).
+const MAX_REPAIR_LIST: u64 = 256 << 20;
 
 /// One entry a repair could not keep.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -274,6 +276,25 @@ impl Archive {
             problems,
         ))
     }
+
+    /// The entries the repair that wrote the newest run lost (its `repairs/<n>` entry), when the
+    /// newest run is a repair's: the next backup stores them again from the spool.
+    pub fn repair_losses(&self) -> Result<Option<BTreeSet<String>>> {
+        let Some(last) = self.runs.last() else {
+            return Ok(None);
+        };
+        let name = format!("{REPAIRS_DIR}{}", last.run);
+        let Some(entry) = self.entries_of(last).iter().find(|e| e.name == name) else {
+            return Ok(None);
+        };
+        // The list is bounded by what the repair lost, but read with a cap all the same.
+        let mut list = Vec::new();
+        self.read_entry(entry)?
+            .take(MAX_REPAIR_LIST)
+            .read_to_end(&mut list)
+            .map_err(|e| Error::io("read", &self.paths.archive, e))?;
+        Ok(Some(parse_losses(&list)))
+    }
 }
 
 /// The first damage a full scan finds before the end of the last commit, or after it where the
@@ -281,7 +302,7 @@ impl Archive {
 fn first_damage(source: &ArchiveHandle, len: u64) -> Result<Option<String>> {
     let outcome = scan_runs(source, 0, None, None)?;
     if let Some(d) = outcome.damage_in_committed() {
-        return Ok(Some(super::damaged(source.path(), d).to_string()));
+        return Ok(Some(damaged(source.path(), d).to_string()));
     }
     if outcome.committed_end < len {
         if let Err(e) = check_tail(source, outcome.committed_end, len, &outcome.damage) {
@@ -660,7 +681,7 @@ fn aside_name(archive: &Path, now: i64) -> PathBuf {
 }
 
 /// What `Archive::repair_losses` reads: the lost names listed in a `repairs/<n>` entry.
-pub(super) fn parse_losses(list: &[u8]) -> BTreeSet<String> {
+fn parse_losses(list: &[u8]) -> BTreeSet<String> {
     String::from_utf8_lossy(list)
         .lines()
         .filter_map(|line| line.split_once(' ').map(|(_, name)| name.to_string()))

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::open::{scan_runs_with, Access};
 use super::{
-    hex_id, index, scan_runs_with, Access, Archive, ArchiveHandle, ArchivePaths, RunInfo,
-    WriterLock, WriterOptions,
+    hex_id, index, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterOptions,
 };
 use crate::archive::{ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
