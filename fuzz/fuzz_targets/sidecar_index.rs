@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mailpack::archive::EntryKind;
-use mailpack::store::index::{self, IndexRead, HEADER_LEN};
+use mailpack::store::sidecar::{self, IndexRead, HEADER_LEN};
 use mailpack::store::{self, Archive, ArchivePaths};
 
 /// Archives an index may describe (see fuzz/README.md for where they came from).
@@ -83,7 +83,7 @@ fn exercise(paths: &ArchivePaths, archive: Option<&[u8]>, idx: &[u8]) {
     write_file(&paths.index, idx);
 
     // A name the index is likely to hold, so the streaming lookup decodes a hit.
-    let name = match index::read(&paths.index) {
+    let name = match sidecar::read(&paths.index) {
         Ok(IndexRead::Valid { runs, .. }) => runs
             .iter()
             .rev()
@@ -92,7 +92,7 @@ fn exercise(paths: &ArchivePaths, archive: Option<&[u8]>, idx: &[u8]) {
         _ => None,
     }
     .unwrap_or_else(|| "imap/INBOX/subscriptions".to_string());
-    let _ = index::find_latest(&paths.index, &name);
+    let _ = sidecar::find_latest(&paths.index, &name);
     let mut notices = Vec::new();
     // Trusts the index when its last run matches the archive, else opens (which may rewrite
     // the index): rewrite it before the next step.

@@ -5,13 +5,13 @@
 //! rebuilt (with `repair`, the trust rules of section 6), `read` reads entries back, `writer`
 //! commits new runs.
 
-pub mod index;
 mod lock;
 mod naming;
 mod open;
 mod read;
 mod repair;
 mod rewrite;
+pub mod sidecar;
 mod verify;
 mod writer;
 

@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::index::{self, IndexRead};
+use super::sidecar::{self, IndexRead};
 use super::{hex_id, parse_id, Archive, ArchiveHandle, ArchivePaths, LockWait, WriterLock};
 use crate::archive::scan::Damage;
 use crate::archive::{member_header, HEADER_LEN, MAX_MEMBER_PAYLOAD};
@@ -241,7 +241,7 @@ impl Archive {
     ) -> Result<Archive> {
         let _lock = WriterLock::acquire_existing(&paths.archive, &paths.lock, wait)?;
         let source = ArchiveHandle::open_writable(&paths.archive)?;
-        let index = match index::read(&paths.index)? {
+        let index = match sidecar::read(&paths.index)? {
             IndexRead::Valid {
                 archive_id, runs, ..
             } if !runs.is_empty() => IndexRead::Floor {
@@ -386,7 +386,7 @@ impl Archive {
             if let Some(reason) = &rebuilt {
                 match &archive_id {
                     Some(id) if !runs.is_empty() => {
-                        index::write_full(&paths.index, id, &runs, faults)?;
+                        sidecar::write_full(&paths.index, id, &runs, faults)?;
                         index_len = index_file_len(&paths.index)?;
                     }
                     _ => {
@@ -400,7 +400,7 @@ impl Archive {
                 ));
             } else if new_runs || index_torn {
                 let id = archive_id.expect("runs carry an archive id");
-                index::write_full(&paths.index, &id, &runs, faults)?;
+                sidecar::write_full(&paths.index, &id, &runs, faults)?;
                 index_len = index_file_len(&paths.index)?;
                 notices.push(format!(
                     "{}: brought the index up to date",
@@ -428,7 +428,7 @@ impl Archive {
 pub(super) fn open_consistent(paths: &ArchivePaths) -> Result<(ArchiveHandle, IndexRead)> {
     for _ in 0..3 {
         let source = ArchiveHandle::open(&paths.archive)?;
-        let index = index::read(&paths.index)?;
+        let index = sidecar::read(&paths.index)?;
         if source.is_current() {
             return Ok((source, index));
         }

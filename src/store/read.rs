@@ -7,8 +7,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::index;
 use super::open::marker_matches;
+use super::sidecar;
 use super::{message_guid, Archive, ArchivePaths};
 use crate::archive::{open_entry, EntryKind, EntryRecord};
 use crate::error::{Error, Result};
@@ -39,7 +39,7 @@ pub fn find_latest(
     notices: &mut Vec<String>,
 ) -> Result<Option<(u64, EntryRecord, ArchiveHandle)>> {
     let source = ArchiveHandle::open(&paths.archive)?;
-    if let Some(lookup) = index::find_latest(&paths.index, name)? {
+    if let Some(lookup) = sidecar::find_latest(&paths.index, name)? {
         if let Some(last) = &lookup.last {
             // Read after the index: a commit in between shows up as a longer archive, a
             // compaction in between as a generation the name no longer leads to.

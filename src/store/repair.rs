@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::index::{self, IndexRead};
 use super::open::{check_tail, damaged, scan_runs, Access};
+use super::sidecar::{self, IndexRead};
 use super::{hex_id, parse_id, Archive, ArchiveHandle, ArchivePaths, WriterLock, WriterOptions};
 use crate::archive::scan::Damage;
 use crate::archive::{ArchiveWriter, EntryKind, RunSummary, ScanEvent, ScannedEntry, Scanner};
@@ -136,7 +136,7 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
     let source = ArchiveHandle::open(&paths.archive)?;
     let bytes_before = source.len()?;
     let mut report = RepairReport::new(paths, options.dry_run, bytes_before);
-    let index = index::read(&paths.index)?;
+    let index = sidecar::read(&paths.index)?;
     let indexed = match &index {
         IndexRead::Valid { runs, .. } => Some(runs.clone()),
         _ => None,
@@ -220,7 +220,7 @@ impl Archive {
         } = salvage(&source, len)?;
         let mut report = RepairReport::new(paths, true, len);
         let plan = plan_runs(salvaged, &mut report);
-        let indexed = match index::read(&paths.index)? {
+        let indexed = match sidecar::read(&paths.index)? {
             IndexRead::Valid { runs, .. } => Some(runs),
             _ => None,
         };
@@ -632,7 +632,7 @@ fn write_repaired(
     report.bytes_after = Some(outcome.file_len);
     report.runs_kept = outcome.runs.len() as u64;
     // The repair is done once the copy has the archive's name; an index is only a cache.
-    if let Err(e) = index::write_full(&paths.index, archive_id, &outcome.runs, faults) {
+    if let Err(e) = sidecar::write_full(&paths.index, archive_id, &outcome.runs, faults) {
         report.notices.push(format!(
             "{}: the repaired archive is in place, but its index could not be written ({e}); \
              the next command that opens it rebuilds it",

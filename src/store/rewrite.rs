@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::open::{scan_runs_with, Access};
 use super::{
-    hex_id, index, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterOptions,
+    hex_id, sidecar, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterOptions,
 };
 use crate::archive::{ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
@@ -50,7 +50,7 @@ impl Rewriter {
     ) -> Result<Rewriter> {
         let lock = WriterLock::acquire_existing(&paths.archive, &paths.lock, options.wait)?;
         let source = ArchiveHandle::open_writable(&paths.archive)?;
-        let index = index::read(&paths.index)?;
+        let index = sidecar::read(&paths.index)?;
         let archive = Archive::load(
             paths,
             source,
@@ -151,7 +151,7 @@ impl Rewriter {
             index_tmp,
             self.options.faults.clone(),
         );
-        index_file.write_all_at_end(&index::encode_header(&self.archive_id))?;
+        index_file.write_all_at_end(&sidecar::encode_header(&self.archive_id))?;
         let mut k = 0;
         let written = &self.written;
         let copy = ArchiveHandle::open(tmp)?;
@@ -170,7 +170,7 @@ impl Rewriter {
                 ));
             }
             k += 1;
-            index_file.write_all_at_end(&index::encode_block(&found))
+            index_file.write_all_at_end(&sidecar::encode_block(&found))
         })?;
         if let Some(d) = outcome.damage.first() {
             return Err(Error::corrupt(
@@ -205,7 +205,7 @@ fn index_tmp(paths: &ArchivePaths) -> PathBuf {
 
 fn block_digest(run: &CommittedRun) -> [u8; 20] {
     use sha1::Digest;
-    sha1::Sha1::digest(index::encode_block(run)).into()
+    sha1::Sha1::digest(sidecar::encode_block(run)).into()
 }
 
 impl Drop for Rewriter {

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use super::index::IndexRead;
 use super::open::{open_consistent, scan_runs};
+use super::sidecar::IndexRead;
 use super::{Archive, ArchivePaths};
 use crate::error::Result;
 

@@ -5,8 +5,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::index::{self, IndexRead};
 use super::open::Access;
+use super::sidecar::{self, IndexRead};
 use super::{hex_id, Archive, ArchiveHandle, ArchivePaths, LockWait, RunInfo, WriterLock};
 use crate::archive::{ArchiveWriter, RunSummary};
 use crate::error::{Error, Result};
@@ -96,7 +96,7 @@ impl StoreWriter {
             let index = if created {
                 IndexRead::Missing
             } else {
-                index::read(&paths.index)?
+                sidecar::read(&paths.index)?
             };
             Archive::load(
                 paths,
@@ -173,7 +173,7 @@ impl StoreWriter {
         let run = self.writer.commit(summary)?;
         // The run is durable in the archive now; if the index append fails, the next open
         // re-indexes it from the archive's tail.
-        match index::append(
+        match sidecar::append(
             &self.archive.paths.index,
             &self.archive_id,
             self.archive.index_len,

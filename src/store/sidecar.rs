@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use byteorder::{ByteOrder, LittleEndian as LE, ReadBytesExt, WriteBytesExt};
+use byteorder::{ByteOrder, LittleEndian as LE, ReadBytesExt};
 
 use crate::archive::{CommittedRun, EntryKind, EntryRecord, Placement, MAX_NAME};
 use crate::error::{Error, Result};
@@ -44,58 +44,51 @@ pub enum IndexRead {
 pub fn encode_header(archive_id: &[u8; 16]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(MAGIC);
-    out.write_u32::<LE>(VERSION).expect("vec write");
-    out.write_u32::<LE>(0).expect("vec write");
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(archive_id);
     out
 }
 
 pub fn encode_block(run: &CommittedRun) -> Vec<u8> {
     let mut body = Vec::with_capacity(64 + run.entries.len() * 96);
-    body.write_u64::<LE>(run.run).expect("vec write");
-    body.write_u64::<LE>(run.start).expect("vec write");
-    body.write_u64::<LE>(run.marker_offset).expect("vec write");
-    body.write_u64::<LE>(run.end).expect("vec write");
-    body.write_i64::<LE>(run.time).expect("vec write");
-    body.write_i64::<LE>(run.compacted.unwrap_or(0))
-        .expect("vec write");
-    body.write_u32::<LE>(run.entries.len() as u32)
-        .expect("vec write");
+    body.extend_from_slice(&run.run.to_le_bytes());
+    body.extend_from_slice(&run.start.to_le_bytes());
+    body.extend_from_slice(&run.marker_offset.to_le_bytes());
+    body.extend_from_slice(&run.end.to_le_bytes());
+    body.extend_from_slice(&run.time.to_le_bytes());
+    body.extend_from_slice(&run.compacted.unwrap_or(0).to_le_bytes());
+    body.extend_from_slice(&(run.entries.len() as u32).to_le_bytes());
     for e in &run.entries {
         body.push(match e.kind {
             EntryKind::File => 1,
             EntryKind::Symlink => 2,
         });
-        body.write_u16::<LE>(e.name.len() as u16)
-            .expect("vec write");
+        body.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
         body.extend_from_slice(e.name.as_bytes());
-        body.write_u16::<LE>(e.target.len() as u16)
-            .expect("vec write");
+        body.extend_from_slice(&(e.target.len() as u16).to_le_bytes());
         body.extend_from_slice(e.target.as_bytes());
-        body.write_u64::<LE>(e.placement.member).expect("vec write");
-        body.write_u32::<LE>(e.placement.header_at)
-            .expect("vec write");
-        body.write_u64::<LE>(e.placement.data_at)
-            .expect("vec write");
-        body.write_u64::<LE>(e.size).expect("vec write");
+        body.extend_from_slice(&e.placement.member.to_le_bytes());
+        body.extend_from_slice(&e.placement.header_at.to_le_bytes());
+        body.extend_from_slice(&e.placement.data_at.to_le_bytes());
+        body.extend_from_slice(&e.size.to_le_bytes());
         body.extend_from_slice(&e.sha1.0);
         match &e.stat {
             None => body.push(0),
             Some(s) => {
                 body.push(1);
-                body.write_u64::<LE>(s.dev).expect("vec write");
-                body.write_u64::<LE>(s.ino).expect("vec write");
-                body.write_u64::<LE>(s.size).expect("vec write");
-                body.write_i64::<LE>(s.mtime_ns).expect("vec write");
-                body.write_i64::<LE>(s.ctime_ns).expect("vec write");
+                body.extend_from_slice(&s.dev.to_le_bytes());
+                body.extend_from_slice(&s.ino.to_le_bytes());
+                body.extend_from_slice(&s.size.to_le_bytes());
+                body.extend_from_slice(&s.mtime_ns.to_le_bytes());
+                body.extend_from_slice(&s.ctime_ns.to_le_bytes());
             }
         }
     }
     let mut out = Vec::with_capacity(body.len() + 8);
-    out.write_u32::<LE>(body.len() as u32).expect("vec write");
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
-    out.write_u32::<LE>(crc32fast::hash(&body))
-        .expect("vec write");
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     out
 }
 
