@@ -15,7 +15,7 @@ pub mod sidecar;
 mod verify;
 mod writer;
 
-pub use lock::{LockWait, WriterLock};
+pub use lock::{WriterLock, WriterWait};
 pub use naming::{decode_user, encode_user, list_archives, list_own_archives, ArchivePaths};
 pub use read::{find_latest, ArchiveHandle};
 pub use repair::{repair, RepairOptions, RepairReport, REPAIRS_DIR};

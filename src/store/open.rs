@@ -7,7 +7,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use super::sidecar::{self, IndexRead};
-use super::{hex_id, parse_id, Archive, ArchiveHandle, ArchivePaths, LockWait, WriterLock};
+use super::{hex_id, parse_id, Archive, ArchiveHandle, ArchivePaths, WriterLock, WriterWait};
 use crate::archive::scan::Damage;
 use crate::archive::{member_header, HEADER_LEN, MAX_MEMBER_PAYLOAD};
 use crate::archive::{CommittedRun, EntryRecord, ScanEvent, Scanner};
@@ -236,7 +236,7 @@ impl Archive {
     /// damage for `repair`, not a tail to cut.
     pub fn reindex(
         paths: &ArchivePaths,
-        wait: LockWait,
+        wait: WriterWait,
         notices: &mut Vec<String>,
     ) -> Result<Archive> {
         let _lock = WriterLock::acquire_existing(&paths.archive, &paths.lock, wait)?;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::open::Access;
 use super::sidecar::{self, IndexRead};
-use super::{hex_id, Archive, ArchiveHandle, ArchivePaths, LockWait, RunInfo, WriterLock};
+use super::{hex_id, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterWait};
 use crate::archive::{ArchiveWriter, RunSummary};
 use crate::error::{Error, Result};
 use crate::io::{fsync_dir, open_private, random_id, DurableFile, Faults};
@@ -15,7 +15,7 @@ use crate::io::{fsync_dir, open_private, random_id, DurableFile, Faults};
 /// Options for a writer.
 #[derive(Clone)]
 pub struct WriterOptions {
-    pub wait: LockWait,
+    pub wait: WriterWait,
     pub level: u32,
     pub threads: usize,
     pub faults: Faults,
@@ -24,7 +24,7 @@ pub struct WriterOptions {
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
-            wait: LockWait::No,
+            wait: WriterWait::FailIfBusy,
             level: 6,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             faults: Faults::none(),
