@@ -26,7 +26,7 @@ pub use writer::{StoreWriter, WriterOptions};
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::archive::{CommittedRun, EntryRecord};
+use crate::archive::{ArchiveId, CommittedRun, EntryRecord};
 use crate::guid::Guid;
 
 /// One committed run as the store keeps it in memory.
@@ -48,7 +48,7 @@ pub struct Archive {
     paths: ArchivePaths,
     /// The generation of the archive file this state was read from; every read goes here.
     source: ArchiveHandle,
-    archive_id: Option<[u8; 16]>,
+    archive_id: Option<ArchiveId>,
     runs: Vec<RunInfo>,
     entries: Vec<EntryRecord>,
     /// Length of the index file's valid part, 0 when the next commit must create it.
@@ -57,26 +57,11 @@ pub struct Archive {
     files: std::cell::OnceCell<std::collections::HashSet<Guid>>,
 }
 
-pub(crate) fn hex_id(id: &[u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn parse_id(hex: &str) -> Option<[u8; 16]> {
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-        id[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
-    }
-    Some(id)
-}
-
 impl Archive {
     fn from_runs(
         paths: ArchivePaths,
         source: ArchiveHandle,
-        archive_id: Option<[u8; 16]>,
+        archive_id: Option<ArchiveId>,
         runs: Vec<CommittedRun>,
         index_len: u64,
     ) -> Archive {
@@ -116,8 +101,8 @@ impl Archive {
         &self.paths
     }
 
-    pub fn archive_id(&self) -> Option<String> {
-        self.archive_id.as_ref().map(hex_id)
+    pub fn archive_id(&self) -> Option<ArchiveId> {
+        self.archive_id
     }
 
     pub fn runs(&self) -> &[RunInfo] {

@@ -7,10 +7,10 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use super::sidecar::{self, IndexRead};
-use super::{hex_id, parse_id, Archive, ArchiveHandle, ArchivePaths, WriterLock, WriterWait};
+use super::{Archive, ArchiveHandle, ArchivePaths, WriterLock, WriterWait};
 use crate::archive::scan::Damage;
 use crate::archive::{member_header, HEADER_LEN, MAX_MEMBER_PAYLOAD};
-use crate::archive::{CommittedRun, EntryRecord, ScanEvent, Scanner};
+use crate::archive::{ArchiveId, CommittedRun, EntryRecord, ScanEvent, Scanner};
 use crate::error::{Error, Result};
 use crate::io::{DurableFile, Faults};
 
@@ -26,7 +26,7 @@ pub(super) enum Access {
 /// What a scan of part of the archive found.
 pub(crate) struct ScanOutcome {
     pub runs: Vec<CommittedRun>,
-    pub archive_id: Option<[u8; 16]>,
+    pub archive_id: Option<ArchiveId>,
     pub committed_end: u64,
     pub damage: Vec<Damage>,
     pub members: u64,
@@ -45,7 +45,7 @@ pub(crate) fn scan_runs(
     source: &ArchiveHandle,
     from: u64,
     prev: Option<(u64, u64)>,
-    archive_id: Option<[u8; 16]>,
+    archive_id: Option<ArchiveId>,
 ) -> Result<ScanOutcome> {
     let mut runs = Vec::new();
     let mut outcome = scan_runs_with(source, from, prev, archive_id, &mut |run| {
@@ -62,7 +62,7 @@ pub(crate) fn scan_runs_with(
     source: &ArchiveHandle,
     from: u64,
     prev: Option<(u64, u64)>,
-    archive_id: Option<[u8; 16]>,
+    archive_id: Option<ArchiveId>,
     on_run: &mut dyn FnMut(CommittedRun) -> Result<()>,
 ) -> Result<ScanOutcome> {
     let path = source.path();
@@ -119,12 +119,11 @@ pub(crate) fn scan_runs_with(
             ScanEvent::Damage(d) => out.damage.push(d),
             ScanEvent::Commit(m) => {
                 let mut problems = Vec::new();
-                let id = parse_id(&m.archive_id);
+                let id = m.archive_id.parse::<ArchiveId>().ok();
                 match (out.archive_id, id) {
                     (Some(known), Some(id)) if known != id => problems.push(format!(
                         "archive-id {} is not this archive's {}",
-                        m.archive_id,
-                        hex_id(&known)
+                        m.archive_id, known
                     )),
                     (None, Some(id)) => out.archive_id = Some(id),
                     _ => {}
@@ -190,7 +189,7 @@ pub(crate) fn scan_runs_with(
 pub(super) fn marker_matches(
     source: &ArchiveHandle,
     run: &CommittedRun,
-    archive_id: &[u8; 16],
+    archive_id: &ArchiveId,
 ) -> bool {
     let Ok(scanner) = Scanner::new(source.reader_at(0), source.path(), run.marker_offset) else {
         return false;
@@ -201,7 +200,7 @@ pub(super) fn marker_matches(
                 return m.run == run.run
                     && m.member.end == run.end
                     && m.member.integrity.is_ok()
-                    && parse_id(&m.archive_id) == Some(*archive_id)
+                    && m.archive_id.parse::<ArchiveId>().ok() == Some(*archive_id)
             }
             ScanEvent::MemberEnd(_) | ScanEvent::Damage(_) => return false,
             ScanEvent::Entry(_) => {}
@@ -280,7 +279,7 @@ impl Archive {
         let mut index_torn = false;
         // The index vouches that data up to here was committed: a scan that cannot see that
         // far has found damage or a cut, never a tail to remove.
-        let mut floor: Option<(u64, [u8; 16])> = None;
+        let mut floor: Option<(u64, ArchiveId)> = None;
         let mut known_runs = Vec::new();
         let mut known_id = None;
         match read {

@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 
 use super::open::{check_tail, damaged, scan_runs, Access};
 use super::sidecar::{self, IndexRead};
-use super::{hex_id, parse_id, Archive, ArchiveHandle, ArchivePaths, WriterLock, WriterOptions};
+use super::{Archive, ArchiveHandle, ArchivePaths, WriterLock, WriterOptions};
 use crate::archive::scan::Damage;
-use crate::archive::{ArchiveWriter, EntryKind, RunSummary, ScanEvent, ScannedEntry, Scanner};
+use crate::archive::{
+    ArchiveId, ArchiveWriter, EntryKind, RunSummary, ScanEvent, ScannedEntry, Scanner,
+};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::{create_private, fsync_dir, hard_link, rename, DurableFile};
@@ -114,7 +116,7 @@ pub struct RepairOptions {
 struct Salvage {
     runs: Vec<SalvagedRun>,
     damage: Vec<Damage>,
-    archive_id: Option<[u8; 16]>,
+    archive_id: Option<ArchiveId>,
 }
 
 /// A run as the salvage found it: its marker's facts and the entries before it that read.
@@ -322,7 +324,7 @@ fn salvage(source: &ArchiveHandle, len: u64) -> Result<Salvage> {
     let mut runs: Vec<SalvagedRun> = Vec::new();
     let mut damage = Vec::new();
     let mut pending = Vec::new();
-    let mut archive_id: Option<[u8; 16]> = None;
+    let mut archive_id: Option<ArchiveId> = None;
     let mut last_end = 0;
     for event in scanner {
         match event {
@@ -340,7 +342,7 @@ fn salvage(source: &ArchiveHandle, len: u64) -> Result<Salvage> {
             }
             ScanEvent::Damage(d) => damage.push(d),
             ScanEvent::Commit(m) => {
-                let id = parse_id(&m.archive_id);
+                let id = m.archive_id.parse::<ArchiveId>().ok();
                 if archive_id.is_none() {
                     archive_id = id;
                 }
@@ -517,7 +519,7 @@ fn account_losses(
 fn write_repaired(
     paths: &ArchivePaths,
     source: &ArchiveHandle,
-    archive_id: &[u8; 16],
+    archive_id: &ArchiveId,
     plan: &[SalvagedRun],
     options: &RepairOptions,
     report: &mut RepairReport,
@@ -529,7 +531,7 @@ fn write_repaired(
         DurableFile::new(create_private(&tmp)?, &tmp, faults.clone()),
         0,
         first_run,
-        hex_id(archive_id),
+        archive_id.to_string(),
         options.writer.level,
         options.writer.threads,
     )?;

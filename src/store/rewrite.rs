@@ -6,10 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use super::open::{scan_runs_with, Access};
-use super::{
-    hex_id, sidecar, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterOptions,
-};
-use crate::archive::{ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
+use super::{sidecar, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterOptions};
+use crate::archive::{ArchiveId, ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
 use crate::io::{create_private, fsync_dir, remove_if_present, rename, DurableFile};
 
@@ -29,7 +27,7 @@ impl ArchivePaths {
 /// An archive locked for rewriting, with its committed state.
 pub struct Rewriter {
     archive: Archive,
-    archive_id: [u8; 16],
+    archive_id: ArchiveId,
     options: WriterOptions,
     writer: Option<ArchiveWriter>,
     /// Each run written: its number and a digest of its index block (frame and every entry
@@ -88,7 +86,7 @@ impl Rewriter {
             DurableFile::new(file, &tmp, self.options.faults.clone()),
             0,
             first_run,
-            hex_id(&self.archive_id),
+            self.archive_id.to_string(),
             self.options.level,
             self.options.threads,
         )?;

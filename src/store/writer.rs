@@ -7,10 +7,10 @@ use std::path::Path;
 
 use super::open::Access;
 use super::sidecar::{self, IndexRead};
-use super::{hex_id, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterWait};
-use crate::archive::{ArchiveWriter, RunSummary};
+use super::{Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterWait};
+use crate::archive::{ArchiveId, ArchiveWriter, RunSummary};
 use crate::error::{Error, Result};
-use crate::io::{fsync_dir, open_private, random_id, DurableFile, Faults};
+use crate::io::{fsync_dir, open_private, DurableFile, Faults};
 
 /// Options for a writer.
 #[derive(Clone)]
@@ -36,7 +36,7 @@ impl Default for WriterOptions {
 pub struct StoreWriter {
     archive: Archive,
     writer: ArchiveWriter,
-    archive_id: [u8; 16],
+    archive_id: ArchiveId,
     faults: Faults,
     poisoned: bool,
     /// Set when a committed run's index append failed: the run stands, the index is stale.
@@ -119,7 +119,7 @@ impl StoreWriter {
         };
         let archive_id = match archive.archive_id {
             Some(id) => id,
-            None => random_id()?,
+            None => ArchiveId::random()?,
         };
         let writer = ArchiveWriter::new(
             DurableFile::new(file, &paths.archive, options.faults.clone()),
@@ -130,7 +130,7 @@ impl StoreWriter {
                     paths.archive.display()
                 ))
             })?,
-            hex_id(&archive_id),
+            archive_id.to_string(),
             options.level,
             options.threads,
         )?;
