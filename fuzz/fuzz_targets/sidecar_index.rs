@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mailpack::archive::EntryKind;
-use mailpack::store::index::{self, IndexRead, HEADER_LEN};
+use mailpack::archive::{ArchiveId, EntryKind};
+use mailpack::store::sidecar::{self, IndexRead, HEADER_LEN};
 use mailpack::store::{self, Archive, ArchivePaths};
 
 /// Archives an index may describe (see fuzz/README.md for where they came from).
@@ -33,8 +33,8 @@ const ARCHIVES: &[&[u8]] = &[
 ];
 
 /// Archive-id of each of `ARCHIVES`, read from their first commit marker on first use.
-fn archive_ids() -> &'static [Option<[u8; 16]>] {
-    static IDS: OnceLock<Vec<Option<[u8; 16]>>> = OnceLock::new();
+fn archive_ids() -> &'static [Option<ArchiveId>] {
+    static IDS: OnceLock<Vec<Option<ArchiveId>>> = OnceLock::new();
     IDS.get_or_init(|| {
         let paths = scratch();
         ARCHIVES
@@ -43,12 +43,7 @@ fn archive_ids() -> &'static [Option<[u8; 16]>] {
                 write_file(&paths.archive, bytes);
                 remove(&paths.index);
                 let mut notices = Vec::new();
-                let id = Archive::open(paths, &mut notices).ok()?.archive_id()?;
-                let mut out = [0u8; 16];
-                for (i, b) in out.iter_mut().enumerate() {
-                    *b = u8::from_str_radix(id.get(2 * i..2 * i + 2)?, 16).ok()?;
-                }
-                Some(out)
+                Archive::open(paths, &mut notices).ok()?.archive_id()
             })
             .collect()
     })
@@ -70,7 +65,7 @@ fn pick_archive(data: &[u8]) -> Option<&'static [u8]> {
     if selector > 0 {
         return ARCHIVES.get(selector - 1).copied();
     }
-    let id: [u8; 16] = data.get(16..HEADER_LEN)?.try_into().ok()?;
+    let id = ArchiveId(data.get(16..HEADER_LEN)?.try_into().ok()?);
     let k = archive_ids().iter().position(|a| *a == Some(id))?;
     Some(ARCHIVES[k])
 }
@@ -83,7 +78,7 @@ fn exercise(paths: &ArchivePaths, archive: Option<&[u8]>, idx: &[u8]) {
     write_file(&paths.index, idx);
 
     // A name the index is likely to hold, so the streaming lookup decodes a hit.
-    let name = match index::read(&paths.index) {
+    let name = match sidecar::read(&paths.index) {
         Ok(IndexRead::Valid { runs, .. }) => runs
             .iter()
             .rev()
@@ -92,7 +87,7 @@ fn exercise(paths: &ArchivePaths, archive: Option<&[u8]>, idx: &[u8]) {
         _ => None,
     }
     .unwrap_or_else(|| "imap/INBOX/subscriptions".to_string());
-    let _ = index::find_latest(&paths.index, &name);
+    let _ = sidecar::find_latest(&paths.index, &name);
     let mut notices = Vec::new();
     // Trusts the index when its last run matches the archive, else opens (which may rewrite
     // the index): rewrite it before the next step.

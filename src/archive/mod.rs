@@ -2,12 +2,14 @@
 //! and 4). This layer knows nothing of Cyrus, the sidecar index or locks; it writes members in
 //! order, scans them back with exact offsets, and reads one entry by seeking to its member.
 
+mod id;
 mod member;
 mod reader;
 pub mod scan;
 mod tar;
 mod writer;
 
+pub use id::ArchiveId;
 pub use member::{
     member_header, Member, MemberError, MemberReader, HEADER_LEN, MAX_MEMBER_PAYLOAD,
 };

@@ -22,7 +22,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::Selection;
 use crate::error::Error;
-use crate::store::{LockWait, WriterOptions};
+use crate::store::{WriterOptions, WriterWait};
 use output::Printer;
 
 #[derive(Parser, Debug)]
@@ -116,7 +116,11 @@ pub(super) fn selection(args: &ArchiveArgs, file: Option<PathBuf>) -> Result<Sel
 
 pub(super) fn writer_options(wait: bool, jobs: Option<usize>, level: u32) -> WriterOptions {
     let mut options = WriterOptions {
-        wait: if wait { LockWait::Yes } else { LockWait::No },
+        wait: if wait {
+            WriterWait::UntilFree
+        } else {
+            WriterWait::FailIfBusy
+        },
         level,
         ..WriterOptions::default()
     };

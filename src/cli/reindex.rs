@@ -8,7 +8,7 @@ use super::output::Printer;
 use super::{selection, ArchiveArgs};
 use crate::commands;
 use crate::error::Error;
-use crate::store::LockWait;
+use crate::store::WriterWait;
 
 #[derive(Args, Debug)]
 pub(super) struct ReindexArgs {
@@ -24,9 +24,9 @@ pub(super) struct ReindexArgs {
 pub(super) fn run(args: ReindexArgs, p: &mut Printer) -> Result<u8, Error> {
     let selected = selection(&args.archive, args.file)?;
     let wait = if args.wait {
-        LockWait::Yes
+        WriterWait::UntilFree
     } else {
-        LockWait::No
+        WriterWait::FailIfBusy
     };
     let mut code = 0;
     let mut skipped = Vec::new();

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::SourceStat;
 use crate::store::{
-    self, Archive, ArchivePaths, LockWait, StoreWriter, VerifyReport, WriterOptions,
+    self, Archive, ArchivePaths, StoreWriter, VerifyReport, WriterOptions, WriterWait,
 };
 
 /// Which archive(s) a command is about.
@@ -253,7 +253,7 @@ pub struct ReindexReport {
     pub notices: Vec<String>,
 }
 
-pub fn reindex(paths: &ArchivePaths, wait: LockWait) -> Result<ReindexReport> {
+pub fn reindex(paths: &ArchivePaths, wait: WriterWait) -> Result<ReindexReport> {
     let mut notices = Vec::new();
     let archive = Archive::reindex(paths, wait, &mut notices)?;
     Ok(ReindexReport {

@@ -2,8 +2,8 @@
 //! window can still need (`plan`, read-only, also the `--dry-run` report), then rewrites the
 //! archive keeping only those (`compact`), copying untouched members without recompressing.
 
+mod execute;
 mod plan;
-mod rewrite;
 
+pub use execute::{compact, CompactOptions, CompactOutcome};
 pub use plan::{plan, threshold_percent, CompactPlan, Dropped, PlanOptions};
-pub use rewrite::{compact, CompactOptions, CompactOutcome};

@@ -31,26 +31,28 @@ fn still_named(file: &File, path: &Path) -> bool {
     }
 }
 
+/// What taking the writer lock does when another writer holds it. (Cyrus's own locks have their
+/// bounded wait, `spool::lock::LockWait`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LockWait {
-    /// Fail at once with `Error::Busy` when another writer holds it.
-    No,
+pub enum WriterWait {
+    /// Fail at once with `Error::Busy`.
+    FailIfBusy,
     /// Block until the other writer is done.
-    Yes,
+    UntilFree,
 }
 
 impl WriterLock {
-    pub fn acquire(path: &Path, wait: LockWait, faults: &Faults) -> Result<WriterLock> {
+    pub fn acquire(path: &Path, wait: WriterWait, faults: &Faults) -> Result<WriterLock> {
         loop {
             let (file, created) = open_private(path)?;
             if created {
                 fsync_dir(&parent_dir(path), faults)?;
             }
             match wait {
-                LockWait::Yes => file
+                WriterWait::UntilFree => file
                     .lock_exclusive()
                     .map_err(|e| Error::io("lock", path, e))?,
-                LockWait::No => {
+                WriterWait::FailIfBusy => {
                     if let Err(e) = file.try_lock_exclusive() {
                         if e.kind() == std::io::ErrorKind::WouldBlock
                             || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
@@ -74,7 +76,7 @@ impl WriterLock {
 
     /// As `acquire`, for a command that works on an existing archive only: when the archive does
     /// not exist, it says so without creating a lock file beside nothing.
-    pub fn acquire_existing(archive: &Path, path: &Path, wait: LockWait) -> Result<WriterLock> {
+    pub fn acquire_existing(archive: &Path, path: &Path, wait: WriterWait) -> Result<WriterLock> {
         if std::fs::symlink_metadata(archive).is_err() {
             return Err(Error::NotFound(format!("archive {}", archive.display())));
         }

@@ -137,7 +137,7 @@ pub fn list_own_archives(dir: &Path) -> Result<(Vec<ArchivePaths>, Vec<String>)>
     let mut skipped = Vec::new();
     for paths in list_archives(dir)? {
         let opened = super::ArchiveHandle::open(&paths.archive)
-            .and_then(|source| super::check_signature(&source, source.len()?));
+            .and_then(|source| super::open::check_signature(&source, source.len()?));
         match opened {
             Ok(()) => own.push(paths),
             Err(e @ (Error::Foreign { .. } | Error::NotFound(_))) => {

@@ -5,21 +5,25 @@
 //! store it again from the spool.
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::index::{self, IndexRead};
-use super::{
-    check_tail, hex_id, parse_id, scan_runs, Access, Archive, ArchiveHandle, ArchivePaths,
-    WriterLock, WriterOptions,
-};
+use super::open::{check_tail, damaged, scan_runs, Access};
+use super::sidecar::{self, IndexRead};
+use super::{Archive, ArchiveHandle, ArchivePaths, WriterLock, WriterOptions};
 use crate::archive::scan::Damage;
-use crate::archive::{ArchiveWriter, EntryKind, RunSummary, ScanEvent, ScannedEntry, Scanner};
+use crate::archive::{
+    ArchiveId, ArchiveWriter, EntryKind, RunSummary, ScanEvent, ScannedEntry, Scanner,
+};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::{create_private, fsync_dir, hard_link, rename, DurableFile};
 
 /// Directory of the entries that list what a repair lost.
 pub const REPAIRS_DIR: &str = "repairs/";
+
+/// Largest `repairs/<n>` list read back (names of lost entries, about 100 bytes each).
+const MAX_REPAIR_LIST: u64 = 256 << 20;
 
 /// One entry a repair could not keep.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -112,7 +116,7 @@ pub struct RepairOptions {
 struct Salvage {
     runs: Vec<SalvagedRun>,
     damage: Vec<Damage>,
-    archive_id: Option<[u8; 16]>,
+    archive_id: Option<ArchiveId>,
 }
 
 /// A run as the salvage found it: its marker's facts and the entries before it that read.
@@ -134,7 +138,7 @@ pub fn repair(paths: &ArchivePaths, options: &RepairOptions) -> Result<RepairRep
     let source = ArchiveHandle::open(&paths.archive)?;
     let bytes_before = source.len()?;
     let mut report = RepairReport::new(paths, options.dry_run, bytes_before);
-    let index = index::read(&paths.index)?;
+    let index = sidecar::read(&paths.index)?;
     let indexed = match &index {
         IndexRead::Valid { runs, .. } => Some(runs.clone()),
         _ => None,
@@ -218,7 +222,7 @@ impl Archive {
         } = salvage(&source, len)?;
         let mut report = RepairReport::new(paths, true, len);
         let plan = plan_runs(salvaged, &mut report);
-        let indexed = match index::read(&paths.index)? {
+        let indexed = match sidecar::read(&paths.index)? {
             IndexRead::Valid { runs, .. } => Some(runs),
             _ => None,
         };
@@ -274,6 +278,25 @@ impl Archive {
             problems,
         ))
     }
+
+    /// The entries the repair that wrote the newest run lost (its `repairs/<n>` entry), when the
+    /// newest run is a repair's: the next backup stores them again from the spool.
+    pub fn repair_losses(&self) -> Result<Option<BTreeSet<String>>> {
+        let Some(last) = self.runs.last() else {
+            return Ok(None);
+        };
+        let name = format!("{REPAIRS_DIR}{}", last.run);
+        let Some(entry) = self.entries_of(last).iter().find(|e| e.name == name) else {
+            return Ok(None);
+        };
+        // The list is bounded by what the repair lost, but read with a cap all the same.
+        let mut list = Vec::new();
+        self.read_entry(entry)?
+            .take(MAX_REPAIR_LIST)
+            .read_to_end(&mut list)
+            .map_err(|e| Error::io("read", &self.paths.archive, e))?;
+        Ok(Some(parse_losses(&list)))
+    }
 }
 
 /// The first damage a full scan finds before the end of the last commit, or after it where the
@@ -281,7 +304,7 @@ impl Archive {
 fn first_damage(source: &ArchiveHandle, len: u64) -> Result<Option<String>> {
     let outcome = scan_runs(source, 0, None, None)?;
     if let Some(d) = outcome.damage_in_committed() {
-        return Ok(Some(super::damaged(source.path(), d).to_string()));
+        return Ok(Some(damaged(source.path(), d).to_string()));
     }
     if outcome.committed_end < len {
         if let Err(e) = check_tail(source, outcome.committed_end, len, &outcome.damage) {
@@ -301,7 +324,7 @@ fn salvage(source: &ArchiveHandle, len: u64) -> Result<Salvage> {
     let mut runs: Vec<SalvagedRun> = Vec::new();
     let mut damage = Vec::new();
     let mut pending = Vec::new();
-    let mut archive_id: Option<[u8; 16]> = None;
+    let mut archive_id: Option<ArchiveId> = None;
     let mut last_end = 0;
     for event in scanner {
         match event {
@@ -319,7 +342,7 @@ fn salvage(source: &ArchiveHandle, len: u64) -> Result<Salvage> {
             }
             ScanEvent::Damage(d) => damage.push(d),
             ScanEvent::Commit(m) => {
-                let id = parse_id(&m.archive_id);
+                let id = m.archive_id.parse::<ArchiveId>().ok();
                 if archive_id.is_none() {
                     archive_id = id;
                 }
@@ -496,7 +519,7 @@ fn account_losses(
 fn write_repaired(
     paths: &ArchivePaths,
     source: &ArchiveHandle,
-    archive_id: &[u8; 16],
+    archive_id: &ArchiveId,
     plan: &[SalvagedRun],
     options: &RepairOptions,
     report: &mut RepairReport,
@@ -508,7 +531,7 @@ fn write_repaired(
         DurableFile::new(create_private(&tmp)?, &tmp, faults.clone()),
         0,
         first_run,
-        hex_id(archive_id),
+        archive_id.to_string(),
         options.writer.level,
         options.writer.threads,
     )?;
@@ -611,7 +634,7 @@ fn write_repaired(
     report.bytes_after = Some(outcome.file_len);
     report.runs_kept = outcome.runs.len() as u64;
     // The repair is done once the copy has the archive's name; an index is only a cache.
-    if let Err(e) = index::write_full(&paths.index, archive_id, &outcome.runs, faults) {
+    if let Err(e) = sidecar::write_full(&paths.index, archive_id, &outcome.runs, faults) {
         report.notices.push(format!(
             "{}: the repaired archive is in place, but its index could not be written ({e}); \
              the next command that opens it rebuilds it",
@@ -660,7 +683,7 @@ fn aside_name(archive: &Path, now: i64) -> PathBuf {
 }
 
 /// What `Archive::repair_losses` reads: the lost names listed in a `repairs/<n>` entry.
-pub(super) fn parse_losses(list: &[u8]) -> BTreeSet<String> {
+fn parse_losses(list: &[u8]) -> BTreeSet<String> {
     String::from_utf8_lossy(list)
         .lines()
         .filter_map(|line| line.split_once(' ').map(|(_, name)| name.to_string()))

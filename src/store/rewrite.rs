@@ -5,11 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    hex_id, index, scan_runs_with, Access, Archive, ArchiveHandle, ArchivePaths, RunInfo,
-    WriterLock, WriterOptions,
-};
-use crate::archive::{ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
+use super::open::{scan_runs_with, Access};
+use super::{sidecar, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterOptions};
+use crate::archive::{ArchiveId, ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
 use crate::io::{create_private, fsync_dir, remove_if_present, rename, DurableFile};
 
@@ -29,7 +27,7 @@ impl ArchivePaths {
 /// An archive locked for rewriting, with its committed state.
 pub struct Rewriter {
     archive: Archive,
-    archive_id: [u8; 16],
+    archive_id: ArchiveId,
     options: WriterOptions,
     writer: Option<ArchiveWriter>,
     /// Each run written: its number and a digest of its index block (frame and every entry
@@ -50,7 +48,7 @@ impl Rewriter {
     ) -> Result<Rewriter> {
         let lock = WriterLock::acquire_existing(&paths.archive, &paths.lock, options.wait)?;
         let source = ArchiveHandle::open_writable(&paths.archive)?;
-        let index = index::read(&paths.index)?;
+        let index = sidecar::read(&paths.index)?;
         let archive = Archive::load(
             paths,
             source,
@@ -88,7 +86,7 @@ impl Rewriter {
             DurableFile::new(file, &tmp, self.options.faults.clone()),
             0,
             first_run,
-            hex_id(&self.archive_id),
+            self.archive_id.to_string(),
             self.options.level,
             self.options.threads,
         )?;
@@ -151,7 +149,7 @@ impl Rewriter {
             index_tmp,
             self.options.faults.clone(),
         );
-        index_file.write_all_at_end(&index::encode_header(&self.archive_id))?;
+        index_file.write_all_at_end(&sidecar::encode_header(&self.archive_id))?;
         let mut k = 0;
         let written = &self.written;
         let copy = ArchiveHandle::open(tmp)?;
@@ -170,7 +168,7 @@ impl Rewriter {
                 ));
             }
             k += 1;
-            index_file.write_all_at_end(&index::encode_block(&found))
+            index_file.write_all_at_end(&sidecar::encode_block(&found))
         })?;
         if let Some(d) = outcome.damage.first() {
             return Err(Error::corrupt(
@@ -205,7 +203,7 @@ fn index_tmp(paths: &ArchivePaths) -> PathBuf {
 
 fn block_digest(run: &CommittedRun) -> [u8; 20] {
     use sha1::Digest;
-    sha1::Sha1::digest(index::encode_block(run)).into()
+    sha1::Sha1::digest(sidecar::encode_block(run)).into()
 }
 
 impl Drop for Rewriter {

@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
-use super::index::IndexRead;
-use super::{scan_runs, Archive, ArchivePaths};
+use super::open::{open_consistent, scan_runs};
+use super::sidecar::IndexRead;
+use super::{Archive, ArchivePaths};
 use crate::error::Result;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -38,7 +39,7 @@ pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
     // scan below then names every problem.
     // One generation, one handle: the open and the scan read the same bytes even if a
     // compaction renames a new archive over the name meanwhile.
-    let (source, index) = super::open_consistent(paths)?;
+    let (source, index) = open_consistent(paths)?;
     let opened = Archive::load_read_only(paths, source.clone(), index.clone(), &mut repaired);
     match opened {
         Err(crate::Error::NotFound(what)) => return Err(crate::Error::NotFound(what)),

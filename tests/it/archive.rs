@@ -8,7 +8,7 @@ use std::process::Command;
 
 use mailpack::archive::{file_entry_name, RunSummary};
 use mailpack::io::{FaultOn, Faults};
-use mailpack::store::{verify, Archive, ArchivePaths, LockWait, StoreWriter, WriterOptions};
+use mailpack::store::{verify, Archive, ArchivePaths, StoreWriter, WriterOptions, WriterWait};
 use mailpack::{Error, Guid};
 
 use crate::util::{Rng, TempDir};
@@ -32,7 +32,7 @@ enum Op {
 
 fn options(threads: usize, faults: Faults) -> WriterOptions {
     WriterOptions {
-        wait: LockWait::No,
+        wait: WriterWait::FailIfBusy,
         level: 6,
         threads,
         faults,
@@ -465,7 +465,7 @@ fn a_waiting_writer_proceeds_when_the_first_one_finishes() {
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let mut opts = options(1, Faults::none());
-        opts.wait = LockWait::Yes;
+        opts.wait = WriterWait::UntilFree;
         let mut s = StoreWriter::open(&p2, &opts, &mut Vec::new()).unwrap();
         tx.send(()).unwrap();
         s.writer().append_symlink("imap/X", "folders/x", 0).unwrap();

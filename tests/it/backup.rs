@@ -545,7 +545,7 @@ fn a_busy_archive_fails_only_its_own_user() {
     let bob = ArchivePaths::for_user(dir.path(), "bob").unwrap();
     let _held = mailpack::store::WriterLock::acquire(
         &bob.lock,
-        mailpack::store::LockWait::No,
+        mailpack::store::WriterWait::FailIfBusy,
         &mailpack::io::Faults::none(),
     )
     .unwrap();

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use mailpack::io::Faults;
-use mailpack::store::{ArchivePaths, LockWait, WriterLock};
+use mailpack::store::{ArchivePaths, WriterLock, WriterWait};
 use mailpack::Guid;
 
 use crate::util::{run, stderr, stdout, Rng, TempDir};
@@ -172,7 +172,7 @@ fn a_busy_archive_is_reported_at_once_and_usage_errors_exit_2() {
     let d = dir.path().to_str().unwrap();
     let f = write(src.path(), "m", b"message");
     let paths = ArchivePaths::for_user(dir.path(), "bob").unwrap();
-    let lock = WriterLock::acquire(&paths.lock, LockWait::No, &Faults::none()).unwrap();
+    let lock = WriterLock::acquire(&paths.lock, WriterWait::FailIfBusy, &Faults::none()).unwrap();
     let o = run(&["put", "--archive-dir", d, "--user", "bob", &f]);
     assert_eq!(o.status.code(), Some(2));
     assert!(

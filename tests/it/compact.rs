@@ -8,7 +8,7 @@ use std::io::Read;
 use mailpack::archive::{file_entry_name, EntryKind, RunSummary};
 use mailpack::compact::{compact, plan, CompactOptions, CompactOutcome, CompactPlan, PlanOptions};
 use mailpack::io::{FaultOn, Faults};
-use mailpack::store::{verify, Archive, ArchivePaths, LockWait, StoreWriter, WriterOptions};
+use mailpack::store::{verify, Archive, ArchivePaths, StoreWriter, WriterOptions, WriterWait};
 use mailpack::Guid;
 
 use crate::util::{Rng, TempDir};
@@ -48,7 +48,7 @@ enum Op<'a> {
 
 fn run_at(paths: &ArchivePaths, day: i64, ops: &[Op]) {
     let opts = WriterOptions {
-        wait: LockWait::No,
+        wait: WriterWait::FailIfBusy,
         level: 6,
         threads: 1,
         faults: Faults::none(),
@@ -356,7 +356,7 @@ fn compact_options(now_day: i64, faults: Faults) -> CompactOptions {
             ..PlanOptions::default()
         },
         writer: WriterOptions {
-            wait: LockWait::No,
+            wait: WriterWait::FailIfBusy,
             level: 6,
             threads: 2,
             faults,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use mailpack::archive::{file_entry_name, RunSummary};
 use mailpack::io::Faults;
-use mailpack::store::{verify, Archive, ArchivePaths, LockWait, StoreWriter, WriterOptions};
+use mailpack::store::{verify, Archive, ArchivePaths, StoreWriter, WriterOptions, WriterWait};
 use mailpack::Guid;
 
 use crate::util::{Rng, TempDir};
@@ -24,7 +24,7 @@ fn blessing() -> bool {
 /// Writes the sound fixture: three runs with messages, metadata, links and a tombstone.
 fn make_ok(paths: &ArchivePaths) {
     let opts = WriterOptions {
-        wait: LockWait::No,
+        wait: WriterWait::FailIfBusy,
         level: 6,
         threads: 1,
         faults: Faults::none(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use mailpack::archive::{ArchiveWriter, RunSummary, ScanEvent, Scanner};
 use mailpack::io::{DurableFile, Faults};
-use mailpack::store::index::{self, IndexRead};
+use mailpack::store::sidecar::{self, IndexRead};
 use mailpack::store::{Archive, ArchivePaths};
 use mailpack::Guid;
 
@@ -251,16 +251,16 @@ fn tamper_index(paths: &ArchivePaths, edit: impl Fn(&mut mailpack::archive::Entr
         archive_id,
         mut runs,
         ..
-    } = index::read(&paths.index).unwrap()
+    } = sidecar::read(&paths.index).unwrap()
     else {
         panic!("index not valid before tampering");
     };
-    let mut bytes = index::encode_header(&archive_id);
+    let mut bytes = sidecar::encode_header(&archive_id);
     for run in &mut runs {
         for e in &mut run.entries {
             edit(e);
         }
-        bytes.extend(index::encode_block(run));
+        bytes.extend(sidecar::encode_block(run));
     }
     std::fs::write(&paths.index, bytes).unwrap();
 }
@@ -1591,7 +1591,7 @@ fn a_committed_run_whose_index_append_fails_exits_1_and_is_indexed_next_time() {
     drop(a);
     // The next writer's open indexes the run again.
     put_ok(&d, "u", &extra);
-    let IndexRead::Valid { runs, .. } = index::read(&paths.index).unwrap() else {
+    let IndexRead::Valid { runs, .. } = sidecar::read(&paths.index).unwrap() else {
         panic!("index invalid after the next put");
     };
     assert_eq!(

@@ -1,8 +1,9 @@
-//! Applying a plan (formats/compaction.md, "Rewrite"). One pass over the archive in file order,
-//! guided by the index: a stretch of members whose entries all stay is copied byte for byte; a
-//! member with dropped entries is decompressed and its kept entries' tar bytes are packed into
-//! new members; every commit marker is written again with its run's new `start` and `entries`.
-//! Memory is one member at a time plus the index, whatever the archive's size.
+//! Executing a plan (formats/compaction.md, "Rewrite"): `compact` plans, then writes the copy
+//! through `store::Rewriter`, which checks it and puts it in place. One pass over the archive in
+//! file order, guided by the index: a stretch of members whose entries all stay is copied byte for
+//! byte; a member with dropped entries is decompressed and its kept entries' tar bytes are packed
+//! into new members; every commit marker is written again with its run's new `start` and
+//! `entries`. Memory is one member at a time plus the index, whatever the archive's size.
 
 use super::plan::{plan, CompactPlan, PlanOptions};
 use crate::archive::{padded, RunSummary};

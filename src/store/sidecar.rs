@@ -6,9 +6,9 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use byteorder::{ByteOrder, LittleEndian as LE, ReadBytesExt, WriteBytesExt};
+use byteorder::{ByteOrder, LittleEndian as LE, ReadBytesExt};
 
-use crate::archive::{CommittedRun, EntryKind, EntryRecord, Placement, MAX_NAME};
+use crate::archive::{ArchiveId, CommittedRun, EntryKind, EntryRecord, Placement, MAX_NAME};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::SourceStat;
@@ -27,7 +27,7 @@ pub enum IndexRead {
     /// Unusable as a whole; the reason is for the operator.
     Invalid(String),
     Valid {
-        archive_id: [u8; 16],
+        archive_id: ArchiveId,
         runs: Vec<CommittedRun>,
         /// Bytes of the file that hold good blocks; anything after is a torn append.
         good_len: u64,
@@ -36,66 +36,59 @@ pub enum IndexRead {
     /// An index trusted only for how much was committed, not for what: `reindex` reads every
     /// entry again, but an archive that ends before `end` is still damage, not a tail.
     Floor {
-        archive_id: [u8; 16],
+        archive_id: ArchiveId,
         end: u64,
     },
 }
 
-pub fn encode_header(archive_id: &[u8; 16]) -> Vec<u8> {
+pub fn encode_header(archive_id: &ArchiveId) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(MAGIC);
-    out.write_u32::<LE>(VERSION).expect("vec write");
-    out.write_u32::<LE>(0).expect("vec write");
-    out.extend_from_slice(archive_id);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&archive_id.0);
     out
 }
 
 pub fn encode_block(run: &CommittedRun) -> Vec<u8> {
     let mut body = Vec::with_capacity(64 + run.entries.len() * 96);
-    body.write_u64::<LE>(run.run).expect("vec write");
-    body.write_u64::<LE>(run.start).expect("vec write");
-    body.write_u64::<LE>(run.marker_offset).expect("vec write");
-    body.write_u64::<LE>(run.end).expect("vec write");
-    body.write_i64::<LE>(run.time).expect("vec write");
-    body.write_i64::<LE>(run.compacted.unwrap_or(0))
-        .expect("vec write");
-    body.write_u32::<LE>(run.entries.len() as u32)
-        .expect("vec write");
+    body.extend_from_slice(&run.run.to_le_bytes());
+    body.extend_from_slice(&run.start.to_le_bytes());
+    body.extend_from_slice(&run.marker_offset.to_le_bytes());
+    body.extend_from_slice(&run.end.to_le_bytes());
+    body.extend_from_slice(&run.time.to_le_bytes());
+    body.extend_from_slice(&run.compacted.unwrap_or(0).to_le_bytes());
+    body.extend_from_slice(&(run.entries.len() as u32).to_le_bytes());
     for e in &run.entries {
         body.push(match e.kind {
             EntryKind::File => 1,
             EntryKind::Symlink => 2,
         });
-        body.write_u16::<LE>(e.name.len() as u16)
-            .expect("vec write");
+        body.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
         body.extend_from_slice(e.name.as_bytes());
-        body.write_u16::<LE>(e.target.len() as u16)
-            .expect("vec write");
+        body.extend_from_slice(&(e.target.len() as u16).to_le_bytes());
         body.extend_from_slice(e.target.as_bytes());
-        body.write_u64::<LE>(e.placement.member).expect("vec write");
-        body.write_u32::<LE>(e.placement.header_at)
-            .expect("vec write");
-        body.write_u64::<LE>(e.placement.data_at)
-            .expect("vec write");
-        body.write_u64::<LE>(e.size).expect("vec write");
+        body.extend_from_slice(&e.placement.member.to_le_bytes());
+        body.extend_from_slice(&e.placement.header_at.to_le_bytes());
+        body.extend_from_slice(&e.placement.data_at.to_le_bytes());
+        body.extend_from_slice(&e.size.to_le_bytes());
         body.extend_from_slice(&e.sha1.0);
         match &e.stat {
             None => body.push(0),
             Some(s) => {
                 body.push(1);
-                body.write_u64::<LE>(s.dev).expect("vec write");
-                body.write_u64::<LE>(s.ino).expect("vec write");
-                body.write_u64::<LE>(s.size).expect("vec write");
-                body.write_i64::<LE>(s.mtime_ns).expect("vec write");
-                body.write_i64::<LE>(s.ctime_ns).expect("vec write");
+                body.extend_from_slice(&s.dev.to_le_bytes());
+                body.extend_from_slice(&s.ino.to_le_bytes());
+                body.extend_from_slice(&s.size.to_le_bytes());
+                body.extend_from_slice(&s.mtime_ns.to_le_bytes());
+                body.extend_from_slice(&s.ctime_ns.to_le_bytes());
             }
         }
     }
     let mut out = Vec::with_capacity(body.len() + 8);
-    out.write_u32::<LE>(body.len() as u32).expect("vec write");
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
-    out.write_u32::<LE>(crc32fast::hash(&body))
-        .expect("vec write");
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     out
 }
 
@@ -211,7 +204,7 @@ pub fn read(path: &Path) -> Result<IndexRead> {
             "index version {version} is not {VERSION}"
         )));
     }
-    let archive_id: [u8; 16] = header[16..32].try_into().expect("16 bytes");
+    let archive_id = ArchiveId(header[16..32].try_into().expect("16 bytes"));
     let mut runs: Vec<CommittedRun> = Vec::new();
     let mut pos = HEADER_LEN as u64;
     let mut reader = io::BufReader::new(file);
@@ -275,7 +268,7 @@ pub fn read(path: &Path) -> Result<IndexRead> {
 /// What `find_latest` saw: the newest committed version of a name, and the last run's frame so
 /// the caller can check the index is current before trusting the answer.
 pub struct Lookup {
-    pub archive_id: [u8; 16],
+    pub archive_id: ArchiveId,
     pub found: Option<(u64, EntryRecord)>,
     pub last: Option<CommittedRun>,
 }
@@ -297,7 +290,7 @@ pub fn find_latest(path: &Path, name: &str) -> Result<Option<Lookup>> {
     {
         return Ok(None);
     }
-    let archive_id: [u8; 16] = header[16..32].try_into().expect("16 bytes");
+    let archive_id = ArchiveId(header[16..32].try_into().expect("16 bytes"));
     let mut lookup = Lookup {
         archive_id,
         found: None,
@@ -461,7 +454,7 @@ fn record_len(rec: &[u8]) -> Option<usize> {
 /// Replaces the index with one holding `runs` (after a rebuild).
 pub fn write_full(
     path: &Path,
-    archive_id: &[u8; 16],
+    archive_id: &ArchiveId,
     runs: &[CommittedRun],
     faults: &Faults,
 ) -> Result<()> {
@@ -476,7 +469,7 @@ pub fn write_full(
 /// of the index's valid part; 0 means the index does not exist yet.
 pub fn append(
     path: &Path,
-    archive_id: &[u8; 16],
+    archive_id: &ArchiveId,
     good_len: u64,
     run: &CommittedRun,
     faults: &Faults,
@@ -558,7 +551,7 @@ mod tests {
     fn blocks_round_trip_and_a_torn_tail_is_ignored() {
         let dir = tempdir();
         let path = dir.join("u.idx");
-        let id = [9u8; 16];
+        let id = ArchiveId([9u8; 16]);
         let r1 = sample_run(1, 0);
         let r2 = sample_run(2, 200);
         let len1 = append(&path, &id, 0, &r1, &Faults::none()).unwrap();

@@ -1,0 +1,199 @@
+//! The one writer of an archive (formats/archive.md section 7): takes the writer lock, opens the
+//! archive for writing (cutting an interrupted tail first), and commits each run in the
+//! documented durability order: the marker, fsync of the archive, then the index block.
+
+use std::fs::File;
+use std::path::Path;
+
+use super::open::Access;
+use super::sidecar::{self, IndexRead};
+use super::{Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterWait};
+use crate::archive::{ArchiveId, ArchiveWriter, RunSummary};
+use crate::error::{Error, Result};
+use crate::io::{fsync_dir, open_private, DurableFile, Faults};
+
+/// Options for a writer.
+#[derive(Clone)]
+pub struct WriterOptions {
+    pub wait: WriterWait,
+    pub level: u32,
+    pub threads: usize,
+    pub faults: Faults,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            wait: WriterWait::FailIfBusy,
+            level: 6,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            faults: Faults::none(),
+        }
+    }
+}
+
+/// The one writer of an archive: holds the lock for its whole life.
+pub struct StoreWriter {
+    archive: Archive,
+    writer: ArchiveWriter,
+    archive_id: ArchiveId,
+    faults: Faults,
+    poisoned: bool,
+    /// Set when a committed run's index append failed: the run stands, the index is stale.
+    index_failure: Option<String>,
+    /// This writer created the archive file: if it commits nothing, it removes it again, so a
+    /// refused user leaves no empty files behind.
+    created: bool,
+    lock: WriterLock,
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        if self.created && self.archive.runs.is_empty() {
+            let paths = &self.archive.paths;
+            remove_created(&paths.archive, &self.archive.source.file);
+            self.lock.remove_file(&paths.lock);
+        }
+    }
+}
+
+/// Removes an archive file this writer created, if it is still empty and still the file at
+/// that name (never another file renamed there meanwhile).
+fn remove_created(path: &Path, created: &File) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(ours), Ok(named)) = (created.metadata(), std::fs::symlink_metadata(path)) else {
+        return;
+    };
+    if ours.dev() == named.dev() && ours.ino() == named.ino() && named.len() == 0 {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+impl StoreWriter {
+    /// Takes the writer lock and opens (creating if needed) the archive of `paths`, repairing
+    /// any uncommitted tail first.
+    pub fn open(
+        paths: &ArchivePaths,
+        options: &WriterOptions,
+        notices: &mut Vec<String>,
+    ) -> Result<StoreWriter> {
+        let lock = WriterLock::acquire(&paths.lock, options.wait, &options.faults)?;
+        let (file, created) = open_private(&paths.archive)?;
+        let loaded = (|| {
+            if created {
+                // fsync the directory so the new archive's name survives a crash.
+                fsync_dir(&paths.dir(), &options.faults)?;
+            }
+            // An empty file is what a crash leaves between creating an archive and its first
+            // member: a writer takes it as new (readers report it, `refuse_empty`).
+            let source = ArchiveHandle::from_file(
+                &paths.archive,
+                file.try_clone()
+                    .map_err(|e| Error::io("dup", &paths.archive, e))?,
+            );
+            // An index beside an archive that did not exist describes nothing here (its
+            // archive was removed by hand): it is replaced by the first commit.
+            let index = if created {
+                IndexRead::Missing
+            } else {
+                sidecar::read(&paths.index)?
+            };
+            Archive::load(
+                paths,
+                source,
+                index,
+                Access::Write,
+                &options.faults,
+                notices,
+            )
+        })();
+        let archive = match loaded {
+            Ok(archive) => archive,
+            Err(e) => {
+                if created {
+                    remove_created(&paths.archive, &file);
+                    lock.remove_file(&paths.lock);
+                }
+                return Err(e);
+            }
+        };
+        let archive_id = match archive.archive_id {
+            Some(id) => id,
+            None => ArchiveId::random()?,
+        };
+        let writer = ArchiveWriter::new(
+            DurableFile::new(file, &paths.archive, options.faults.clone()),
+            archive.committed_len(),
+            archive.next_run().ok_or_else(|| {
+                Error::usage(format!(
+                    "{}: run numbers are exhausted; nothing was committed",
+                    paths.archive.display()
+                ))
+            })?,
+            archive_id.to_string(),
+            options.level,
+            options.threads,
+        )?;
+        Ok(StoreWriter {
+            archive,
+            writer,
+            archive_id,
+            faults: options.faults.clone(),
+            poisoned: false,
+            index_failure: None,
+            created,
+            lock,
+        })
+    }
+
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// Why the last commit's index block is missing, when it is (the run itself is committed).
+    pub fn index_failure(&self) -> Option<&str> {
+        self.index_failure.as_deref()
+    }
+
+    pub fn writer(&mut self) -> &mut ArchiveWriter {
+        &mut self.writer
+    }
+
+    /// The committed state and the writer at once: a backup compares against the first while
+    /// appending through the second.
+    pub fn split(&mut self) -> (&Archive, &mut ArchiveWriter) {
+        (&self.archive, &mut self.writer)
+    }
+
+    /// Commits the run: marker, fsync of the archive, then the index block and its fsync.
+    pub fn commit(&mut self, summary: &RunSummary) -> Result<&RunInfo> {
+        if self.poisoned {
+            return Err(Error::Poisoned(self.archive.paths.archive.clone()));
+        }
+        let run = self.writer.commit(summary)?;
+        // The run is durable in the archive now; if the index append fails, the next open
+        // re-indexes it from the archive's tail.
+        match sidecar::append(
+            &self.archive.paths.index,
+            &self.archive_id,
+            self.archive.index_len,
+            &run,
+            &self.faults,
+        ) {
+            Ok(len) => self.archive.index_len = len,
+            Err(e) => {
+                // Committed all the same: report it, and let no further run append to an
+                // index whose length is unknown (the next open rebuilds it).
+                self.poisoned = true;
+                self.index_failure = Some(format!(
+                    "run {} is committed, but its index block was not written ({e}); the next \
+                     open rebuilds the index",
+                    run.run
+                ));
+            }
+        }
+        self.archive.archive_id = Some(self.archive_id);
+        self.archive.push_run(run);
+        Ok(self.archive.runs.last().expect("just pushed"))
+    }
+}
