@@ -1,6 +1,7 @@
 //! An archive with its sidecar index and writer lock (formats/archive.md sections 5 to 8): opening
-//! (which repairs an uncommitted tail and rebuilds a bad index), looking entries up, reading them
-//! by seeking, and committing runs in the documented durability order. This file holds the
+//! (a reader never writes; only a writer holding the lock cuts an interrupted tail or rewrites a
+//! bad index), looking entries up, reading them by seeking, and committing runs in the
+//! documented durability order. This file holds the
 //! committed state (`Archive`, `RunInfo`); `open` builds it and decides what may be cut or
 //! rebuilt (with `repair`, the trust rules of section 6), `read` reads entries back, `writer`
 //! commits new runs.
