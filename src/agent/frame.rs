@@ -1,6 +1,6 @@
 //! Frames (formats/protocol.md section 2): a big-endian u32 length, a kind byte, a payload of at
-//! most `MAX_FRAME` bytes, checked before anything is allocated. Plus the JSON and base64
-//! helpers the payloads use, and the optional deflate layer.
+//! most `MAX_FRAME` bytes, checked before anything is allocated. What the payloads hold is
+//! proto.rs's.
 
 use std::io::{self, Read, Write};
 
@@ -58,13 +58,14 @@ pub enum FrameError {
 }
 
 impl FrameError {
+    /// The session with `peer` is over: it closed, or sent something that is not a frame.
     pub fn into_error(self, peer: &str) -> Error {
         match self {
-            FrameError::Closed => Error::usage(format!("{peer} closed the connection")),
+            FrameError::Closed => Error::protocol(peer, "closed the connection"),
             FrameError::Protocol(detail) => {
-                Error::usage(format!("{peer}: protocol error: {detail}"))
+                Error::protocol(peer, format!("protocol error: {detail}"))
             }
-            FrameError::Io(e) => Error::usage(format!("{peer}: {e}")),
+            FrameError::Io(e) => Error::protocol(peer, e.to_string()),
         }
     }
 }
@@ -155,77 +156,9 @@ pub fn write_frame(w: &mut impl Write, kind: FrameKind, payload: &[u8]) -> io::R
     w.write_all(payload)
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-pub fn base64(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-pub fn unbase64(s: &str) -> Option<Vec<u8>> {
-    let s = s.as_bytes();
-    if !s.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    for chunk in s.chunks(4) {
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 {
-            return None;
-        }
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            let v = if i >= 4 - pad {
-                0
-            } else {
-                B64.iter().position(|&x| x == c)? as u32
-            };
-            n |= v << (18 - 6 * i);
-        }
-        for i in 0..3 - pad {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trips() {
-        for data in [
-            &b""[..],
-            b"f",
-            b"fo",
-            b"foo",
-            b"foob",
-            b"fooba",
-            b"foobar",
-            &[0, 255, 31],
-        ] {
-            assert_eq!(unbase64(&base64(data)).unwrap(), data);
-        }
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert!(
-            unbase64("Zm8").is_none() && unbase64("Z===").is_none() && unbase64("Zm!=").is_none()
-        );
-    }
 
     #[test]
     fn frames_are_bounded_before_allocation() {

@@ -5,6 +5,7 @@
 
 mod frame;
 mod local;
+mod proto;
 mod remote;
 mod server;
 

@@ -7,19 +7,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde_json::{json, Value};
-
 use super::frame::{
-    read_header, read_payload, read_rest, unbase64, write_frame, Frame, FrameError, FrameKind,
-    STREAM_BUFFER,
+    read_header, read_payload, read_rest, write_frame, Frame, FrameError, FrameKind, STREAM_BUFFER,
 };
-use super::server::{error_from_json, Inbound, Outbound, MAX_LISTING, PROTOCOL, VERSION};
-use super::{MailboxListing, MessageFile, OpenedMailbox, Source, UserFileListing, UserListing};
+use super::proto::{
+    Compress, Inbound, Message, Outbound, REmpty, REnd, RError, RFetch, RFetchMany, RHello,
+    RListing, ROpenMailbox, RReadUserFile, RUsers, TFetch, THello, TRequest, MAX_LISTING, PROTOCOL,
+    VERSION,
+};
+use super::{MessageFile, OpenedMailbox, Source, UserListing};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::SourceStat;
-use crate::spool::cyrusdb::Record;
-use crate::spool::name::MboxName;
 
 type BoxRead = Box<dyn Read + Send>;
 type BoxWrite = Box<dyn Write + Send>;
@@ -67,72 +66,6 @@ pub struct RemoteSource {
     listed: std::collections::VecDeque<(String, Result<UserListing>)>,
 }
 
-fn stat_from(v: &Value) -> Result<Option<SourceStat>> {
-    if v.is_null() {
-        return Ok(None);
-    }
-    serde_json::from_value(v.clone())
-        .map(Some)
-        .map_err(|e| Error::usage(format!("agent sent a bad stat: {e}")))
-}
-
-fn records_from(v: &Value) -> Result<Vec<Record>> {
-    let bad = || Error::usage("agent sent a bad record list");
-    v.as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|pair| {
-            let key =
-                unbase64(pair.get(0).and_then(Value::as_str).ok_or_else(bad)?).ok_or_else(bad)?;
-            let value =
-                unbase64(pair.get(1).and_then(Value::as_str).ok_or_else(bad)?).ok_or_else(bad)?;
-            Ok(Record { key, value })
-        })
-        .collect()
-}
-
-pub(crate) fn listing_from(v: &Value) -> Result<UserListing> {
-    let bad = |what: &str| Error::usage(format!("agent sent a bad listing: {what}"));
-    let mut out = UserListing::default();
-    for m in v["mailboxes"].as_array().ok_or_else(|| bad("mailboxes"))? {
-        let parts = m["parts"]
-            .as_array()
-            .ok_or_else(|| bad("parts"))?
-            .iter()
-            .map(|p| p.as_str().map(str::to_string).ok_or_else(|| bad("part")))
-            .collect::<Result<Vec<_>>>()?;
-        let stats = m["stats"].as_array().ok_or_else(|| bad("stats"))?;
-        if stats.len() != 3 {
-            return Err(bad("stats"));
-        }
-        out.mailboxes.push(MailboxListing {
-            name: MboxName {
-                domain: m["domain"].as_str().map(str::to_string),
-                parts,
-            },
-            uniqueid: m["uniqueid"].as_str().map(str::to_string),
-            records: records_from(&m["records"])?,
-            annotations: records_from(&m["annotations"])?,
-            stats: [
-                stat_from(&stats[0])?,
-                stat_from(&stats[1])?,
-                stat_from(&stats[2])?,
-            ],
-        });
-    }
-    for f in v["user_files"]
-        .as_array()
-        .ok_or_else(|| bad("user_files"))?
-    {
-        out.user_files.push(UserFileListing {
-            entry: f["entry"].as_str().ok_or_else(|| bad("entry"))?.to_string(),
-            stat: stat_from(&f["stat"])?.ok_or_else(|| bad("stat"))?,
-            link: f["link"].as_str().map(str::to_string),
-        });
-    }
-    Ok(out)
-}
-
 impl RemoteSource {
     /// Starts `command` with `sh -c` (normally `ssh user@host mailpack agent`) and greets it.
     /// The agent's stderr goes to ours.
@@ -144,7 +77,7 @@ impl RemoteSource {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| Error::usage(format!("cannot start {command:?}: {e}")))?;
+            .map_err(|e| Error::external("sh", format!("cannot start {command:?}: {e}")))?;
         let input = child.stdout.take().expect("piped");
         super::widen_pipe(input.as_fd());
         let output = child.stdin.take().expect("piped");
@@ -182,28 +115,33 @@ impl RemoteSource {
             ahead: Default::default(),
             listed: Default::default(),
         };
-        s.send(
-            FrameKind::Hello,
-            &json!({
-                "protocol": PROTOCOL,
-                "versions": [VERSION],
-                "compress": if compress { "deflate" } else { "none" },
-            }),
-        )?;
+        let compress = if compress {
+            Compress::Deflate
+        } else {
+            Compress::None
+        };
+        let hello = THello {
+            protocol: PROTOCOL.into(),
+            versions: vec![VERSION],
+            compress,
+        };
+        s.send_all(FrameKind::Hello, [hello.encode()])?;
         let hello = s.frame()?;
         if hello.kind != FrameKind::Hello {
             return Err(s.unexpected(&hello));
         }
-        let v: Value = serde_json::from_slice(&hello.payload).unwrap_or(Value::Null);
-        if v["version"].as_u64() != Some(VERSION) {
-            return Err(Error::usage(format!(
-                "{} does not speak {PROTOCOL} version {VERSION}",
-                s.peer
-            )));
-        }
-        if compress {
-            if v["compress"] != "deflate" {
-                return Err(Error::usage(format!("{} refused compression", s.peer)));
+        let Some(hello) = RHello::decode(&hello.payload)
+            .ok()
+            .filter(|h| h.version == VERSION)
+        else {
+            return Err(Error::protocol(
+                &s.peer,
+                format!("does not speak {PROTOCOL} version {VERSION}"),
+            ));
+        };
+        if compress == Compress::Deflate {
+            if hello.compress != Compress::Deflate {
+                return Err(Error::protocol(&s.peer, "refused compression"));
             }
             s.inbound = std::mem::replace(
                 &mut s.inbound,
@@ -219,21 +157,21 @@ impl RemoteSource {
         Ok(s)
     }
 
-    fn send(&mut self, kind: FrameKind, v: &Value) -> Result<()> {
-        self.send_all(kind, std::slice::from_ref(v))
-    }
-
     /// Frames in one write. A write that failed may have sent some of them: the stream is then
     /// out of step.
-    fn send_all(&mut self, kind: FrameKind, values: &[Value]) -> Result<()> {
+    fn send_all(
+        &mut self,
+        kind: FrameKind,
+        payloads: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<()> {
         let out = &mut self.out;
-        let sent = values
-            .iter()
-            .try_for_each(|v| write_frame(&mut *out, kind, v.to_string().as_bytes()))
+        let sent = payloads
+            .into_iter()
+            .try_for_each(|payload| write_frame(&mut *out, kind, &payload))
             .and_then(|_| out.flush());
         sent.map_err(|e| {
             self.broken = true;
-            Error::usage(format!("{}: {e}", self.peer))
+            Error::protocol(&self.peer, e.to_string())
         })
     }
 
@@ -243,7 +181,7 @@ impl RemoteSource {
     }
 
     fn out_of_step(&self) -> Error {
-        Error::usage(format!("{}: the session is out of step", self.peer))
+        Error::protocol(&self.peer, "the session is out of step")
     }
 
     /// A read from the stream that failed leaves it somewhere inside a frame: out of step.
@@ -278,36 +216,41 @@ impl RemoteSource {
     fn unexpected(&mut self, f: &Frame) -> Error {
         self.broken = true;
         match f.kind {
-            FrameKind::Abort => Error::usage(format!(
-                "{} aborted: {}",
-                self.peer,
-                String::from_utf8_lossy(&f.payload)
-            )),
-            kind => Error::usage(format!("{}: unexpected {kind:?} frame", self.peer)),
+            FrameKind::Abort => Error::protocol(
+                &self.peer,
+                format!("aborted: {}", String::from_utf8_lossy(&f.payload)),
+            ),
+            kind => Error::protocol(&self.peer, format!("unexpected {kind:?} frame")),
         }
     }
 
     /// Sends a request; returns its `REPLY`, or the agent's error.
-    fn request(&mut self, req: Value) -> Result<Value> {
+    fn request<T: Message>(&mut self, request: &TRequest) -> Result<T> {
         self.read_listings_sent_ahead(self.ahead.len())?;
         self.discard_pending()?;
-        self.send(FrameKind::Request, &req)?;
+        self.send_all(FrameKind::Request, [request.encode()])?;
         self.answer()
     }
 
     /// Reads one answer: a `REPLY`, or an `ERROR` turned back into the agent's error.
-    fn answer(&mut self) -> Result<Value> {
+    fn answer<T: Message>(&mut self) -> Result<T> {
         let f = self.frame()?;
         match f.kind {
             // What follows the REPLY (files) cannot be told apart without it.
-            FrameKind::Reply => serde_json::from_slice(&f.payload).map_err(|e| {
+            FrameKind::Reply => T::decode(&f.payload).map_err(|e| {
                 self.broken = true;
-                Error::usage(format!("{}: bad REPLY: {e}", self.peer))
+                Error::protocol(&self.peer, format!("bad REPLY: {e}"))
             }),
-            FrameKind::Error => Err(error_from_json(
-                &serde_json::from_slice(&f.payload).unwrap_or(Value::Null),
-            )),
+            FrameKind::Error => Err(self.agent_error(&f.payload)),
             _ => Err(self.unexpected(&f)),
+        }
+    }
+
+    /// The error an `ERROR` frame carries. The frame was read whole: the session stays in step.
+    fn agent_error(&self, payload: &[u8]) -> Error {
+        match RError::decode(payload) {
+            Ok(error) => error.into_error(),
+            Err(e) => Error::protocol(&self.peer, format!("bad ERROR: {e}")),
         }
     }
 
@@ -331,7 +274,7 @@ impl RemoteSource {
     /// stopped early), so the next request's answer is the next thing on the wire.
     fn discard_pending(&mut self) -> Result<()> {
         while self.pending.pop_front().is_some() {
-            match self.answer() {
+            match self.answer::<RFetch>() {
                 Ok(_) => drop(FileStream::new(self, u64::MAX, None)),
                 Err(e) if self.broken => return Err(e),
                 Err(_) => {}
@@ -345,21 +288,28 @@ impl RemoteSource {
 
     /// Reads the answer to a `list-user`: its `REPLY` and the listing after it.
     fn answer_listing(&mut self) -> Result<UserListing> {
-        self.answer()?;
+        self.answer::<REmpty>()?;
         let doc = self.read_file(MAX_LISTING)?;
-        let v: Value = serde_json::from_slice(&doc)
-            .map_err(|e| Error::usage(format!("{}: bad listing: {e}", self.peer)))?;
-        listing_from(&v)
+        let listing = RListing::decode(&doc)
+            .map_err(|e| Error::protocol(&self.peer, format!("bad listing: {e}")))?;
+        Ok(listing.into())
     }
 
     /// Reads a whole file of at most `max` bytes and checks its `END`.
     fn read_file(&mut self, max: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        let mut stream = FileStream::new(self, max, None);
-        stream
-            .read_to_end(&mut out)
-            .map_err(|e| Error::usage(format!("{e}")))?;
+        let read = FileStream::new(self, max, None).read_to_end(&mut out);
+        read.map_err(|e| self.file_error(e))?;
         Ok(out)
+    }
+
+    /// The error a `FileStream` read failed with: every one it makes carries ours.
+    fn file_error(&self, e: io::Error) -> Error {
+        let text = e.to_string();
+        match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+            Some(Ok(error)) => *error,
+            _ => Error::protocol(&self.peer, text),
+        }
     }
 }
 
@@ -400,9 +350,9 @@ impl<'a> FileStream<'a> {
             self.count += len as u64;
             if self.count > self.max {
                 self.source.broken = true;
-                return Err(io::Error::other(format!(
-                    "{}: a file longer than {} bytes",
-                    self.source.peer, self.max
+                return Err(io::Error::other(Error::protocol(
+                    &self.source.peer,
+                    format!("a file longer than {} bytes", self.max),
                 )));
             }
             self.left = len;
@@ -415,30 +365,28 @@ impl<'a> FileStream<'a> {
         match f.kind {
             FrameKind::End => {
                 self.done = true;
-                let v: Value = serde_json::from_slice(&f.payload).unwrap_or(Value::Null);
-                let sha1 = v["sha1"].as_str().unwrap_or_default();
-                let digest = match self.expected {
-                    Some(guid) => guid.to_string(),
-                    None => Guid(sha1::Digest::finalize(std::mem::take(&mut self.hasher)).into())
-                        .to_string(),
-                };
-                if v["size"].as_u64() != Some(self.count) || sha1 != digest {
-                    return Err(io::Error::new(
+                let refused = |detail: String| {
+                    io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!(
-                            "{}: the file arrived as {} bytes with SHA-1 {digest}; the agent sent {} with {sha1}",
-                            self.source.peer,
-                            self.count,
-                            v["size"]
-                        ),
-                    ));
+                        Error::protocol(&self.source.peer, detail),
+                    )
+                };
+                let end = REnd::decode(&f.payload).map_err(|e| refused(format!("bad END: {e}")))?;
+                let digest = match self.expected {
+                    Some(guid) => guid,
+                    None => Guid(sha1::Digest::finalize(std::mem::take(&mut self.hasher)).into()),
+                };
+                if end.size != self.count || end.sha1 != digest {
+                    return Err(refused(format!(
+                        "the file arrived as {} bytes with SHA-1 {digest}; the agent sent {} with {}",
+                        self.count, end.size, end.sha1
+                    )));
                 }
                 Ok(())
             }
             FrameKind::Error => {
                 self.done = true;
-                let v: Value = serde_json::from_slice(&f.payload).unwrap_or(Value::Null);
-                Err(io::Error::other(error_from_json(&v)))
+                Err(io::Error::other(self.source.agent_error(&f.payload)))
             }
             _ => {
                 let e = self.source.unexpected(&f);
@@ -486,17 +434,8 @@ impl Drop for FileStream<'_> {
 
 impl Source for RemoteSource {
     fn users(&mut self) -> Result<Vec<String>> {
-        let v = self.request(json!({ "op": "users" }))?;
-        v["users"]
-            .as_array()
-            .ok_or_else(|| Error::usage("agent sent no user list"))?
-            .iter()
-            .map(|u| {
-                u.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| Error::usage("agent sent a bad user name"))
-            })
-            .collect()
+        let reply: RUsers = self.request(&TRequest::Users)?;
+        Ok(reply.users)
     }
 
     /// Listings asked for ahead are used in the order they were asked for, and one for a user
@@ -521,31 +460,19 @@ impl Source for RemoteSource {
         self.discard_pending()?;
         // One write for them all: the agent answers them back to back, and ssh carries them
         // as one packet each way.
-        let requests: Vec<Value> = users
+        let requests = users
             .iter()
-            .map(|user| json!({ "op": "list-user", "user": user }))
-            .collect();
-        self.send_all(FrameKind::Request, &requests)?;
+            .map(|user| TRequest::ListUser { user: user.clone() }.encode());
+        self.send_all(FrameKind::Request, requests)?;
         self.ahead.extend(users.iter().cloned());
         Ok(())
     }
 
     fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox> {
-        let v = self.request(json!({
-            "op": "open-mailbox", "user": user, "uniqueid": uniqueid,
-        }))?;
-        let stats = v["stats"]
-            .as_array()
-            .filter(|s| s.len() == 3)
-            .ok_or_else(|| {
-                self.broken = true;
-                Error::usage("agent sent bad stats")
-            })?;
-        let stats = [
-            stat_from(&stats[0])?,
-            stat_from(&stats[1])?,
-            stat_from(&stats[2])?,
-        ];
+        let ROpenMailbox { stats } = self.request(&TRequest::OpenMailbox {
+            user: user.into(),
+            uniqueid: uniqueid.into(),
+        })?;
         let max = crate::archive::MAX_MEMBER_RAW as u64;
         let header = self.read_file(max)?;
         let index = self.read_file(u32::MAX as u64)?;
@@ -565,13 +492,15 @@ impl Source for RemoteSource {
         if messages.is_empty() {
             return Ok(());
         }
-        let items: Vec<Value> = messages
+        let items = messages
             .iter()
-            .map(|(uid, guid, archived)| {
-                json!({ "uid": uid, "guid": guid.to_string(), "archived": archived })
+            .map(|&(uid, guid, archived)| TFetch {
+                uid,
+                guid,
+                archived,
             })
             .collect();
-        self.request(json!({ "op": "fetch-many", "items": items }))?;
+        self.request::<RFetchMany>(&TRequest::FetchMany { items })?;
         self.pending = messages.iter().map(|(u, g, _)| (*u, *g)).collect();
         Ok(())
     }
@@ -586,19 +515,17 @@ impl Source for RemoteSource {
             self.pending.pop_front();
             self.answer()
         } else {
-            self.request(json!({
-                "op": "fetch", "uid": uid, "guid": guid.to_string(), "archived": archived,
+            self.request(&TRequest::Fetch(TFetch {
+                uid,
+                guid: *guid,
+                archived,
             }))
         };
-        let v = match reply {
-            Ok(v) => v,
+        let size = match reply {
+            Ok(RFetch { size }) => size,
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let size = v["size"].as_u64().ok_or_else(|| {
-            self.broken = true;
-            Error::usage("agent sent no size")
-        })?;
         Ok(Some(MessageFile {
             size,
             reader: Box::new(FileStream::new(self, size, Some(*guid))),
@@ -606,17 +533,19 @@ impl Source for RemoteSource {
     }
 
     fn close_mailbox(&mut self) -> Result<()> {
-        self.request(json!({ "op": "close-mailbox" })).map(|_| ())
+        self.request::<REmpty>(&TRequest::CloseMailbox).map(|_| ())
     }
 
     fn read_user_file(&mut self, user: &str, entry: &str) -> Result<Option<(Vec<u8>, SourceStat)>> {
-        let v = match self.request(json!({ "op": "read-user-file", "user": user, "entry": entry }))
-        {
-            Ok(v) => v,
+        let request = TRequest::ReadUserFile {
+            user: user.into(),
+            entry: entry.into(),
+        };
+        let stat = match self.request(&request) {
+            Ok(RReadUserFile { stat }) => stat,
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let stat = stat_from(&v["stat"])?.ok_or_else(|| Error::usage("agent sent no stat"))?;
         let bytes = self.read_file(u32::MAX as u64)?;
         Ok(Some((bytes, stat)))
     }
@@ -633,7 +562,7 @@ impl Source for RemoteSource {
 impl Drop for RemoteSource {
     fn drop(&mut self) {
         if !self.broken {
-            let _ = self.request(json!({ "op": "bye" }));
+            let _ = self.request::<REmpty>(&TRequest::Bye);
         }
         if let Some(mut child) = self.child.take() {
             // Closing our ends lets an agent that is still reading see end of file.
