@@ -640,7 +640,7 @@ fn copy_entry(
     };
     let appended =
         writer.append_reader(&r.name, &mut data, r.size, Some(r.sha1), r.stat, e.mtime)?;
-    Ok(appended.is_ok())
+    Ok(matches!(appended, crate::archive::Appended::Stored(_)))
 }
 
 /// `<archive>.damaged-<UTC time>`, with `-2`, `-3`... when a repair in the same second left one.
