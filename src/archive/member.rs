@@ -10,6 +10,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use flate2::bufread::GzDecoder;
 
 use super::MAX_MEMBER_RAW;
+use crate::error::ParseError;
 
 /// A decoded member: its byte range in the archive file, and whether its mailpack integrity
 /// field (formats/archive.md section 3.1) vouches for every compressed byte.
@@ -17,8 +18,9 @@ use super::MAX_MEMBER_RAW;
 pub struct Member {
     pub offset: u64,
     pub end: u64,
-    /// `Err` says which byte range does not match what the writer recorded.
-    pub integrity: Result<(), String>,
+    /// `Err` says which byte range does not match what the writer recorded; its offset is the
+    /// member's, as for every damaged member.
+    pub integrity: Result<(), ParseError>,
 }
 
 /// Length of the fixed member header mailpack writes, FEXTRA included.
@@ -165,20 +167,21 @@ impl<R> Counted<R> {
         );
     }
 
-    fn integrity(&self) -> Result<(), String> {
+    fn integrity(&self) -> Result<(), ParseError> {
+        let bad = |detail: &str| Err(ParseError::new(self.member_start, detail));
         let Some(payload_len) = (self.consumed - self.member_start).checked_sub(HEADER_LEN as u64)
         else {
-            return Err("gzip member is shorter than the header mailpack writes".into());
+            return bad("gzip member is shorter than the header mailpack writes");
         };
         let expected = member_header(payload_len as u32, self.payload_crc.clone().finalize());
         if self.head.len() < HEADER_LEN || self.head[..16] != expected[..16] {
-            return Err("gzip member header is not the one mailpack writes".into());
+            return bad("gzip member header is not the one mailpack writes");
         }
         if self.head[16..20] != expected[16..20] {
-            return Err("gzip member length does not match its header".into());
+            return bad("gzip member length does not match its header");
         }
         if self.head[20..24] != expected[20..24] {
-            return Err("compressed bytes do not match the member's checksum".into());
+            return bad("compressed bytes do not match the member's checksum");
         }
         Ok(())
     }

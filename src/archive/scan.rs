@@ -312,7 +312,7 @@ impl<R: Read + Seek> Scanner<R> {
                                     self.pending_pax.take().expect("pax pending");
                                 // Placed at the pax header, as every entry's damage is.
                                 let within = Some(start - mpos.stream_start);
-                                self.damage(mpos.offset, within, None, e);
+                                self.damage(mpos.offset, within, None, e.detail);
                                 self.state = State::SkipMember;
                             }
                         }
@@ -356,7 +356,7 @@ impl<R: Read + Seek> Scanner<R> {
             Ok(Block::Zero) => return,
             Ok(Block::Header(h)) => h,
             Err(e) => {
-                self.damage(pos.offset, Some(within), None, e);
+                self.damage(pos.offset, Some(within), None, e.detail);
                 self.pending_pax = None;
                 self.state = State::SkipMember;
                 return;

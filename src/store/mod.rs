@@ -170,7 +170,7 @@ pub(crate) fn scan_runs_with(
             }
             ScanEvent::MemberEnd(m) => {
                 out.members += 1;
-                if let Err(detail) = m.integrity {
+                if let Err(crate::error::ParseError { detail, .. }) = m.integrity {
                     out.damage.push(Damage {
                         offset: m.offset,
                         within: None,
@@ -766,9 +766,7 @@ impl ArchiveHandle {
         let mut raw = Vec::new();
         loop {
             match members.next_member(&mut raw) {
-                Ok(Some(m)) => m
-                    .integrity
-                    .map_err(|detail| Error::corrupt(path, m.offset, detail))?,
+                Ok(Some(m)) => m.integrity.map_err(|e| e.in_file(path))?,
                 Ok(None) => {
                     return Err(Error::corrupt(
                         path,

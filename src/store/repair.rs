@@ -307,7 +307,7 @@ fn salvage(source: &ArchiveHandle, len: u64) -> Result<Salvage> {
         match event {
             ScanEvent::Entry(e) => pending.push(e),
             ScanEvent::MemberEnd(m) => {
-                if let Err(detail) = m.integrity {
+                if let Err(crate::error::ParseError { detail, .. }) = m.integrity {
                     damage.push(Damage {
                         offset: m.offset,
                         within: None,
