@@ -1,12 +1,16 @@
-//! Decodes an archive one gzip member at a time, knowing exactly where each member starts and
-//! ends in the file, so the scanner can give every entry its member offset. Each member is held
-//! whole (bounded by `MAX_MEMBER_RAW`); the writer keeps them near 1 MiB.
+//! One gzip member as formats/archive.md section 3.1 frames it, both ways. `compress_member`
+//! encodes one (mailpack's header with its integrity field, raw deflate, the gzip trailer) and
+//! chooses how hard deflate should work on it; `MemberReader` decodes an archive one member at a
+//! time, knowing exactly where each member starts and ends in the file, so the scanner can give
+//! every entry its member offset. Each member is held whole (bounded by `MAX_MEMBER_RAW`); the
+//! writer keeps them near 1 MiB.
 
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 
 use flate2::bufread::GzDecoder;
 
 use super::MAX_MEMBER_RAW;
+use crate::error::ParseError;
 
 /// A decoded member: its byte range in the archive file, and whether its mailpack integrity
 /// field (formats/archive.md section 3.1) vouches for every compressed byte.
@@ -14,8 +18,9 @@ use super::MAX_MEMBER_RAW;
 pub struct Member {
     pub offset: u64,
     pub end: u64,
-    /// `Err` says which byte range does not match what the writer recorded.
-    pub integrity: Result<(), String>,
+    /// `Err` says which byte range does not match what the writer recorded; its offset is the
+    /// member's, as for every damaged member.
+    pub integrity: Result<(), ParseError>,
 }
 
 /// Length of the fixed member header mailpack writes, FEXTRA included.
@@ -32,6 +37,88 @@ pub fn member_header(payload_len: u32, payload_crc: u32) -> [u8; HEADER_LEN] {
     h[16..20].copy_from_slice(&payload_len.to_le_bytes());
     h[20..24].copy_from_slice(&payload_crc.to_le_bytes());
     h
+}
+
+/// One gzip member framed as formats/archive.md section 3.1 says: a fixed header whose FEXTRA
+/// field records the length and CRC32 of everything after it, so `verify` can vouch for every
+/// byte of the file (the gzip CRC alone covers only the decompressed bytes).
+pub fn compress_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let strategy = choose_strategy(raw, level);
+    let mut out = vec![0u8; HEADER_LEN + zlib_rs::compress_bound(raw.len()) + 8];
+    let deflated_len = {
+        let (deflated, rc) =
+            zlib_rs::compress_slice(&mut out[HEADER_LEN..], raw, deflate_config(level, strategy));
+        if rc != zlib_rs::ReturnCode::Ok {
+            return Err(io::Error::other(format!("deflate failed: {rc:?}")));
+        }
+        deflated.len()
+    };
+    out.truncate(HEADER_LEN + deflated_len);
+    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    let payload = &out[HEADER_LEN..];
+    let header = member_header(payload.len() as u32, crc32fast::hash(payload));
+    out[..HEADER_LEN].copy_from_slice(&header);
+    Ok(out)
+}
+
+fn deflate_config(level: u32, strategy: zlib_rs::Strategy) -> zlib_rs::DeflateConfig {
+    zlib_rs::DeflateConfig {
+        level: level as i32,
+        method: zlib_rs::Method::Deflated,
+        // Negative: raw deflate; the gzip framing is ours.
+        window_bits: -15,
+        mem_level: 8,
+        strategy,
+    }
+}
+
+/// Bytes of a sample tried both ways before a member is Huffman-coded only.
+const STRATEGY_SAMPLE: usize = 64 << 10;
+
+/// Mail attachments are base64 of already-compressed files: their bytes carry about 6 bits of
+/// entropy each and no repeated strings, so string matching (most of deflate's time) gains
+/// nothing over Huffman coding alone. A member that is mostly base64 lines is Huffman-coded only,
+/// unless a sample shows that matching does pay (base64 of text, say). Output stays standard
+/// deflate and depends only on the input.
+fn choose_strategy(raw: &[u8], level: u32) -> zlib_rs::Strategy {
+    use zlib_rs::Strategy;
+    if level < 2 || base64_share(raw) < 0.7 {
+        return Strategy::Default;
+    }
+    let sample = &raw[..raw.len().min(STRATEGY_SAMPLE)];
+    let mut buf = vec![0u8; zlib_rs::compress_bound(sample.len())];
+    let size = |buf: &mut [u8], strategy| {
+        let (out, rc) = zlib_rs::compress_slice(buf, sample, deflate_config(level, strategy));
+        if rc == zlib_rs::ReturnCode::Ok {
+            out.len()
+        } else {
+            usize::MAX
+        }
+    };
+    let huffman = size(&mut buf, Strategy::HuffmanOnly);
+    let matched = size(&mut buf, Strategy::Default);
+    if (matched as f64) < huffman as f64 * 0.97 {
+        Strategy::Default
+    } else {
+        Strategy::HuffmanOnly
+    }
+}
+
+/// The share of `raw` in lines of at least 60 base64 characters (MIME wraps at 76).
+fn base64_share(raw: &[u8]) -> f64 {
+    if raw.is_empty() {
+        return 0.0;
+    }
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
+    let mut in_lines = 0usize;
+    for line in raw.split(|&b| b == b'\n') {
+        let body = line.strip_suffix(b"\r").unwrap_or(line);
+        if body.len() >= 60 && body.iter().all(|&b| is_b64(b)) {
+            in_lines += line.len() + 1;
+        }
+    }
+    in_lines as f64 / raw.len() as f64
 }
 
 #[derive(Debug)]
@@ -80,20 +167,21 @@ impl<R> Counted<R> {
         );
     }
 
-    fn integrity(&self) -> Result<(), String> {
+    fn integrity(&self) -> Result<(), ParseError> {
+        let bad = |detail: &str| Err(ParseError::new(self.member_start, detail));
         let Some(payload_len) = (self.consumed - self.member_start).checked_sub(HEADER_LEN as u64)
         else {
-            return Err("gzip member is shorter than the header mailpack writes".into());
+            return bad("gzip member is shorter than the header mailpack writes");
         };
         let expected = member_header(payload_len as u32, self.payload_crc.clone().finalize());
         if self.head.len() < HEADER_LEN || self.head[..16] != expected[..16] {
-            return Err("gzip member header is not the one mailpack writes".into());
+            return bad("gzip member header is not the one mailpack writes");
         }
         if self.head[16..20] != expected[16..20] {
-            return Err("gzip member length does not match its header".into());
+            return bad("gzip member length does not match its header");
         }
         if self.head[20..24] != expected[20..24] {
-            return Err("compressed bytes do not match the member's checksum".into());
+            return bad("compressed bytes do not match the member's checksum");
         }
         Ok(())
     }
@@ -342,7 +430,7 @@ mod tests {
     use std::io::{Cursor, Write};
 
     fn gz(data: &[u8]) -> Vec<u8> {
-        crate::archive::writer::compress_member(data, 6).unwrap()
+        compress_member(data, 6).unwrap()
     }
 
     #[test]
@@ -420,5 +508,51 @@ mod tests {
         assert_eq!(r.resync(0).unwrap(), Some(a.len() as u64));
         r.next_member(&mut raw).unwrap().unwrap();
         assert_eq!(raw, b"two");
+    }
+
+    fn round_trip(raw: &[u8]) -> Vec<u8> {
+        let member = compress_member(raw, 6).unwrap();
+        let mut out = Vec::new();
+        let mut d = flate2::read::GzDecoder::new(&member[..]);
+        std::io::Read::read_to_end(&mut d, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn base64_attachments_are_huffman_coded_and_text_is_not() {
+        let mut state = 1u64;
+        let mut noise = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        };
+        let random: Vec<u8> = (0..300_000).map(|_| noise()).collect();
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = Vec::new();
+        for chunk in random.chunks(57) {
+            let mut line = String::new();
+            for group in chunk.chunks(3) {
+                let n = group.iter().fold(0u32, |acc, &b| acc << 8 | b as u32)
+                    << (8 * (3 - group.len()));
+                for i in 0..4 {
+                    line.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            b64.extend_from_slice(line.as_bytes());
+            b64.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(choose_strategy(&b64, 6), zlib_rs::Strategy::HuffmanOnly);
+        assert_eq!(round_trip(&b64), b64);
+        let text = b"Dear team, the quarterly report is attached. Regards, Alice\r\n".repeat(5000);
+        assert_eq!(choose_strategy(&text, 6), zlib_rs::Strategy::Default);
+        assert_eq!(round_trip(&text), text);
+        // Base64 of repetitive text: matching still pays, so it is kept.
+        let repetitive: Vec<u8> =
+            b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWkFCQ0RF\r\n"
+                .repeat(3000)
+                .to_vec();
+        assert_eq!(choose_strategy(&repetitive, 6), zlib_rs::Strategy::Default);
+        assert_eq!(round_trip(&[]), Vec::<u8>::new());
     }
 }

@@ -2,21 +2,25 @@
 //! and 4). This layer knows nothing of Cyrus, the sidecar index or locks; it writes members in
 //! order, scans them back with exact offsets, and reads one entry by seeking to its member.
 
+mod deflate_pool;
 mod id;
+mod marker;
 mod member;
+mod pax;
 mod reader;
 pub mod scan;
 mod tar;
 mod writer;
 
 pub use id::ArchiveId;
+pub use marker::RunSummary;
 pub use member::{
     member_header, Member, MemberError, MemberReader, HEADER_LEN, MAX_MEMBER_PAYLOAD,
 };
 pub use reader::open_entry;
 pub use scan::{ScanEvent, ScannedEntry, Scanner};
 pub use tar::padded;
-pub use writer::{ArchiveWriter, CommittedRun, EntryRejected, RunSummary};
+pub use writer::{Appended, ArchiveWriter, CommittedRun, EntryRejected};
 
 use crate::guid::Guid;
 use crate::io::SourceStat;
@@ -37,8 +41,6 @@ pub const MAX_ENTRY_SIZE: u64 = 1 << 48;
 
 pub const FILES_DIR: &str = "files/";
 pub const RUNS_DIR: &str = "runs/";
-pub const PAX_PREFIX: &str = "MAILPACK.";
-pub const MARKER_FORMAT: &str = "mailpack-archive 1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -101,15 +103,6 @@ pub fn file_entry_name(guid: &Guid) -> String {
     format!("{FILES_DIR}{guid}")
 }
 
-/// The run number of a commit marker entry name, if it is one.
-pub fn marker_run(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix(RUNS_DIR)?;
-    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,14 +114,5 @@ mod tests {
         for bad in ["", "/etc/passwd", "a/../b", "a//b", "./a", "a/", "a\0b"] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn marker_names() {
-        assert_eq!(marker_run("runs/17"), Some(17));
-        assert_eq!(marker_run("runs/017"), None);
-        assert_eq!(marker_run("runs/"), None);
-        assert_eq!(marker_run("runs/1x"), None);
-        assert_eq!(marker_run("files/1"), None);
     }
 }

@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
+use super::marker::{self, marker_run};
 use super::member::{Member, MemberError, MemberReader};
+use super::pax::PaxMeta;
 use super::tar::{decode_block, decode_pax, padded, Block, RawHeader, BLOCK};
 use super::{
-    check_name, marker_run, EntryKind, EntryRecord, Placement, FILES_DIR, MARKER_FORMAT,
-    MAX_ENTRY_SIZE, MAX_MARKER, MAX_PAX, PAX_PREFIX,
+    check_name, EntryKind, EntryRecord, Placement, FILES_DIR, MAX_ENTRY_SIZE, MAX_MARKER, MAX_PAX,
 };
 use crate::guid::Guid;
-use crate::io::SourceStat;
 
 #[derive(Debug)]
 pub enum ScanEvent {
@@ -239,16 +239,23 @@ impl<R: Read + Seek> Scanner<R> {
                 && self.pending_pax.is_none()
                 && partial.header_stream == partial.member.stream_start;
             if clean {
-                match parse_marker(&partial, &self.marker_body) {
-                    Ok(marker) => self.events.push_back(ScanEvent::Commit(ScannedMarker {
+                let name_run = marker_run(&partial.name).expect("only markers are pending");
+                match marker::decode(name_run, partial.size, &self.marker_body) {
+                    Ok(m) => self.events.push_back(ScanEvent::Commit(ScannedMarker {
+                        run: m.run,
+                        archive_id: m.archive_id,
+                        time: m.time,
+                        start: m.start,
+                        entries: m.entries,
+                        fields: m.fields,
                         member: member.clone(),
-                        ..marker
                     })),
-                    Err(detail) => self.damage(
+                    // The damage is placed at the marker's header, as for any other entry.
+                    Err(e) => self.damage(
                         member.offset,
                         Some(partial.header_stream - partial.member.stream_start),
                         Some(partial.name.clone()),
-                        detail,
+                        e.detail,
                     ),
                 }
             } else {
@@ -303,7 +310,9 @@ impl<R: Read + Seek> Scanner<R> {
                             Err(e) => {
                                 let (_, mpos, start) =
                                     self.pending_pax.take().expect("pax pending");
-                                self.damage(mpos.offset, Some(start - mpos.stream_start), None, e);
+                                // Placed at the pax header, as every entry's damage is.
+                                let within = Some(start - mpos.stream_start);
+                                self.damage(mpos.offset, within, None, e.detail);
                                 self.state = State::SkipMember;
                             }
                         }
@@ -347,7 +356,7 @@ impl<R: Read + Seek> Scanner<R> {
             Ok(Block::Zero) => return,
             Ok(Block::Header(h)) => h,
             Err(e) => {
-                self.damage(pos.offset, Some(within), None, e);
+                self.damage(pos.offset, Some(within), None, e.detail);
                 self.pending_pax = None;
                 self.state = State::SkipMember;
                 return;
@@ -490,7 +499,7 @@ impl<R: Read + Seek> Scanner<R> {
                 Err(_) => problems.push("files/ entry not named by a SHA-1".to_string()),
             }
         }
-        let pax = pax_meta(&partial.pax);
+        let pax = PaxMeta::decode(&partial.pax);
         match &pax {
             Ok(meta) => {
                 if let Some(claimed) = meta.sha1 {
@@ -555,134 +564,9 @@ impl<R: Read + Seek> Iterator for Scanner<R> {
     }
 }
 
-struct PaxMeta {
-    run: Option<u64>,
-    sha1: Option<Guid>,
-    stat: Option<SourceStat>,
-}
-
-fn pax_meta(records: &[(String, String)]) -> Result<PaxMeta, String> {
-    let mut meta = PaxMeta {
-        run: None,
-        sha1: None,
-        stat: None,
-    };
-    let mut stat = SourceStat::default();
-    let mut stat_fields = 0;
-    for (k, v) in records {
-        let Some(key) = k.strip_prefix(PAX_PREFIX) else {
-            continue;
-        };
-        let bad = || format!("pax record {k}={v:?} is malformed");
-        match key {
-            "run" => meta.run = Some(v.parse().map_err(|_| bad())?),
-            "sha1" => meta.sha1 = Some(v.parse().map_err(|_| bad())?),
-            "dev" => (stat.dev, stat_fields) = (v.parse().map_err(|_| bad())?, stat_fields + 1),
-            "ino" => (stat.ino, stat_fields) = (v.parse().map_err(|_| bad())?, stat_fields + 1),
-            "size" => (stat.size, stat_fields) = (v.parse().map_err(|_| bad())?, stat_fields + 1),
-            "mtime" => {
-                (stat.mtime_ns, stat_fields) = (parse_time(v).ok_or_else(bad)?, stat_fields + 1)
-            }
-            "ctime" => {
-                (stat.ctime_ns, stat_fields) = (parse_time(v).ok_or_else(bad)?, stat_fields + 1)
-            }
-            _ => {}
-        }
-    }
-    match stat_fields {
-        0 => {}
-        5 => meta.stat = Some(stat),
-        _ => return Err("incomplete MAILPACK source stat records".into()),
-    }
-    Ok(meta)
-}
-
-/// `<seconds>.<9 digits>` as written by `format_time`.
-pub(crate) fn parse_time(v: &str) -> Option<i64> {
-    let (secs, nanos) = v.split_once('.')?;
-    if nanos.len() != 9 {
-        return None;
-    }
-    let secs: i64 = secs.parse().ok()?;
-    let nanos: i64 = nanos.parse().ok()?;
-    secs.checked_mul(1_000_000_000)?
-        .checked_add(if secs < 0 { -nanos } else { nanos })
-}
-
-pub(crate) fn format_time(ns: i64) -> String {
-    let sign = if ns < 0 { "-" } else { "" };
-    let abs = ns.unsigned_abs();
-    format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)
-}
-
-fn parse_marker(partial: &Partial, body: &[u8]) -> Result<ScannedMarker, String> {
-    let name_run = marker_run(&partial.name).expect("only markers get here");
-    if partial.size as usize > MAX_MARKER {
-        return Err(format!("commit marker of {} bytes", partial.size));
-    }
-    let text = std::str::from_utf8(body).map_err(|_| "commit marker is not UTF-8".to_string())?;
-    let mut fields = Vec::new();
-    for line in text.lines() {
-        let (k, v) = line
-            .split_once('=')
-            .ok_or_else(|| format!("commit marker line {line:?} has no '='"))?;
-        fields.push((k.to_string(), v.to_string()));
-    }
-    let get = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .ok_or_else(|| format!("commit marker lacks {key}"))
-    };
-    if get("format")? != MARKER_FORMAT {
-        return Err(format!(
-            "commit marker format {:?} is not {MARKER_FORMAT:?}",
-            get("format")?
-        ));
-    }
-    let num = |key: &str| -> Result<u64, String> {
-        get(key)?
-            .parse()
-            .map_err(|_| format!("commit marker {key} is not a number"))
-    };
-    let run = num("run")?;
-    if run != name_run {
-        return Err(format!("commit marker runs/{name_run} says run={run}"));
-    }
-    let archive_id = get("archive-id")?.to_string();
-    if archive_id.len() != 32 || !archive_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("commit marker archive-id is malformed".into());
-    }
-    let time: i64 = get("time")?
-        .parse()
-        .map_err(|_| "commit marker time is not a number".to_string())?;
-    Ok(ScannedMarker {
-        run,
-        archive_id,
-        time,
-        start: num("start")?,
-        entries: num("entries")?,
-        fields,
-        member: Member {
-            offset: 0,
-            end: 0,
-            integrity: Ok(()),
-        },
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_round_trip() {
-        for ns in [0, 1, 1_700_000_000_123_456_789, -5_000_000_001] {
-            assert_eq!(parse_time(&format_time(ns)), Some(ns));
-        }
-        assert_eq!(parse_time("12.5"), None);
-    }
 
     #[test]
     fn an_entry_size_past_the_cap_is_damage_not_an_overflow() {
@@ -700,7 +584,7 @@ mod tests {
                 &mut tar,
             );
             tar.extend_from_slice(&[b'x'; 1024]);
-            let member = crate::archive::writer::compress_member(&tar, 6).unwrap();
+            let member = super::super::member::compress_member(&tar, 6).unwrap();
             let scanner =
                 Scanner::new(std::io::Cursor::new(member), Path::new("t.tar.gz"), 0).unwrap();
             let damage: Vec<Damage> = scanner

@@ -3,6 +3,7 @@
 //! crate every Rust tar user relies on; reading is strict and reports instead of guessing.
 
 use super::{EntryKind, MAX_NAME};
+use crate::error::ParseError;
 
 pub const BLOCK: usize = 512;
 
@@ -137,11 +138,13 @@ pub struct RawHeader {
     pub mtime: u64,
 }
 
-pub fn decode_block(block: &[u8; BLOCK]) -> Result<Block, String> {
+/// Decodes one header block. Error offsets count from the block's start: the field at fault.
+pub fn decode_block(block: &[u8; BLOCK]) -> Result<Block, ParseError> {
     if block.iter().all(|&b| b == 0) {
         return Ok(Block::Zero);
     }
-    let stored = parse_octal(&block[148..156]).ok_or("header checksum field is not octal")?;
+    let stored = parse_octal(&block[148..156])
+        .ok_or_else(|| ParseError::new(148, "header checksum field is not octal"))?;
     let computed: u64 = block
         .iter()
         .enumerate()
@@ -154,30 +157,35 @@ pub fn decode_block(block: &[u8; BLOCK]) -> Result<Block, String> {
         })
         .sum();
     if stored != computed {
-        return Err(format!(
-            "header checksum {stored} does not match computed {computed}"
+        return Err(ParseError::new(
+            148,
+            format!("header checksum {stored} does not match computed {computed}"),
         ));
     }
     if &block[257..263] != b"ustar\0" && &block[257..263] != b"ustar " {
-        return Err("not a ustar header".into());
+        return Err(ParseError::new(257, "not a ustar header"));
     }
     let size = if block[124] & 0x80 != 0 {
         // Base-256 (GNU): big-endian in the remaining bytes.
         let mut v: u64 = (block[124] & 0x7f) as u64;
         for &b in &block[125..136] {
-            v = v.checked_mul(256).ok_or("size overflows")? | b as u64;
+            v = v
+                .checked_mul(256)
+                .ok_or_else(|| ParseError::new(124, "size overflows"))?
+                | b as u64;
         }
         v
     } else {
-        parse_octal(&block[124..136]).ok_or("size field is not octal")?
+        parse_octal(&block[124..136])
+            .ok_or_else(|| ParseError::new(124, "size field is not octal"))?
     };
     let mtime = parse_octal(&block[136..148]).unwrap_or(0);
-    let mut name = field_str(&block[0..100])?;
-    let prefix = field_str(&block[345..500])?;
+    let mut name = field_str(block, 0..100)?;
+    let prefix = field_str(block, 345..500)?;
     if !prefix.is_empty() {
         name = format!("{prefix}/{name}");
     }
-    let link = field_str(&block[157..257])?;
+    let link = field_str(block, 157..257)?;
     Ok(Block::Header(RawHeader {
         typeflag: block[156],
         name,
@@ -187,9 +195,13 @@ pub fn decode_block(block: &[u8; BLOCK]) -> Result<Block, String> {
     }))
 }
 
-fn field_str(field: &[u8]) -> Result<String, String> {
+/// The NUL-terminated text in `block[range]`.
+fn field_str(block: &[u8; BLOCK], range: std::ops::Range<usize>) -> Result<String, ParseError> {
+    let at = range.start as u64;
+    let field = &block[range];
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8(field[..end].to_vec()).map_err(|_| "header name is not UTF-8".to_string())
+    String::from_utf8(field[..end].to_vec())
+        .map_err(|_| ParseError::new(at, "header name is not UTF-8"))
 }
 
 fn parse_octal(field: &[u8]) -> Option<u64> {
@@ -215,30 +227,35 @@ fn parse_octal(field: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-/// Parses pax records strictly: a record whose length does not match is corrupt.
-pub fn decode_pax(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+/// Parses pax records strictly: a record whose length does not match is corrupt. Error offsets
+/// count from the body's start: the record at fault.
+pub fn decode_pax(body: &[u8]) -> Result<Vec<(String, String)>, ParseError> {
     let mut out = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
         if rest.iter().all(|&b| b == 0) {
             break;
         }
+        let at = (body.len() - rest.len()) as u64;
+        let bad = |detail: &str| ParseError::new(at, detail);
         let space = rest
             .iter()
             .position(|&b| b == b' ')
-            .ok_or("pax record has no length")?;
+            .ok_or_else(|| bad("pax record has no length"))?;
         let len: usize = std::str::from_utf8(&rest[..space])
             .ok()
             .and_then(|s| s.parse().ok())
-            .ok_or("pax record length is not a number")?;
+            .ok_or_else(|| bad("pax record length is not a number"))?;
         if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
-            return Err("pax record length does not match its contents".into());
+            return Err(bad("pax record length does not match its contents"));
         }
         let record = std::str::from_utf8(&rest[space + 1..len - 1])
-            .map_err(|_| "pax record is not UTF-8")?;
-        let (k, v) = record.split_once('=').ok_or("pax record has no '='")?;
+            .map_err(|_| bad("pax record is not UTF-8"))?;
+        let (k, v) = record
+            .split_once('=')
+            .ok_or_else(|| bad("pax record has no '='"))?;
         if k.len() > MAX_NAME || v.len() > MAX_NAME {
-            return Err("pax record too long".into());
+            return Err(bad("pax record too long"));
         }
         out.push((k.to_string(), v.to_string()));
         rest = &rest[len..];
@@ -258,6 +275,21 @@ mod tests {
             let decoded = decode_pax(&out).unwrap();
             assert_eq!(decoded, vec![("path".to_string(), v.to_string())]);
         }
+    }
+
+    #[test]
+    fn pax_errors_name_the_record() {
+        let mut body = Vec::new();
+        push_pax_record(&mut body, "path", "a");
+        let second = body.len() as u64;
+        body.extend_from_slice(b"8 path=b\n");
+        assert_eq!(
+            decode_pax(&body),
+            Err(ParseError::new(
+                second,
+                "pax record length does not match its contents"
+            ))
+        );
     }
 
     #[test]
@@ -306,6 +338,8 @@ mod tests {
         );
         let mut block: [u8; BLOCK] = out[..BLOCK].try_into().unwrap();
         block[3] ^= 1;
-        assert!(decode_block(&block).unwrap_err().contains("checksum"));
+        let e = decode_block(&block).unwrap_err();
+        assert!(e.detail.contains("checksum"));
+        assert_eq!(e.offset, 148);
     }
 }

@@ -1,72 +1,23 @@
 //! Appends entries to an archive as gzip members and commits a run with its marker
-//! (formats/archive.md sections 3 and 4). Members are deflated on a small thread pool and written
-//! strictly in order, so the output bytes do not depend on the thread count. The writer never
-//! decides durability on its own: `commit` fsyncs the archive and nothing else; the store writes
-//! the index after it.
+//! (formats/archive.md sections 3 and 4). Members are deflated on a small thread pool
+//! (deflate_pool.rs) and written strictly in order, so the output bytes do not depend on the
+//! thread count. The writer never decides durability on its own: `commit` fsyncs the archive and
+//! nothing else; the store writes the index after it.
 
-use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use sha1::{Digest, Sha1};
 
-use super::member::{member_header, HEADER_LEN};
+use super::deflate_pool::DeflatePool;
+use super::marker::{self, RunSummary};
+use super::pax::PaxMeta;
 use super::tar::{encode_headers, padded, HeaderSpec};
-use super::{
-    check_name, EntryKind, EntryRecord, Placement, FILES_DIR, MARKER_FORMAT, MEMBER_TARGET,
-    PAX_PREFIX, RUNS_DIR,
-};
+use super::{check_name, EntryKind, EntryRecord, Placement, FILES_DIR, MEMBER_TARGET};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::DurableFile;
 use crate::io::SourceStat;
-
-/// What the commit marker records besides the run bookkeeping.
-#[derive(Clone, Debug, Default)]
-pub struct RunSummary {
-    pub time: i64,
-    pub host: String,
-    /// Written as `count.<name>=<value>`; names are `[a-z0-9.-]+`.
-    pub counts: Vec<(String, u64)>,
-    /// The `tool` line; `None` writes this build's. A compaction keeps the original writer's.
-    pub tool: Option<String>,
-    /// When a compaction wrote this marker (the `compacted` key).
-    pub compacted: Option<i64>,
-    /// Further `key=value` lines, kept as they are: a compaction carries over keys it does not
-    /// know, so a newer writer's facts survive an older compactor.
-    pub extra: Vec<(String, String)>,
-}
-
-impl RunSummary {
-    /// The summary that writes a marker again as it was (a compaction's or a repair's copy of
-    /// a run): the original writer's host, tool, counters and unknown keys, and `compacted`.
-    pub fn from_marker(
-        time: i64,
-        fields: &[(String, String)],
-        compacted: Option<i64>,
-    ) -> RunSummary {
-        let mut summary = RunSummary {
-            time,
-            compacted,
-            ..Default::default()
-        };
-        for (k, v) in fields {
-            match k.as_str() {
-                "format" | "archive-id" | "run" | "time" | "entries" | "start" | "compacted" => {}
-                "host" => summary.host = v.clone(),
-                "tool" => summary.tool = Some(v.clone()),
-                _ => match (k.strip_prefix("count."), v.parse::<u64>()) {
-                    (Some(name), Ok(n)) => summary.counts.push((name.to_string(), n)),
-                    _ => summary.extra.push((k.clone(), v.clone())),
-                },
-            }
-        }
-        summary
-    }
-}
 
 /// A run made durable by `commit`.
 #[derive(Clone, Debug)]
@@ -83,8 +34,17 @@ pub struct CommittedRun {
 
 /// A source that did not match what the caller expected (size or SHA-1). Nothing of it stays in
 /// the archive and the writer remains usable.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct EntryRejected(pub String);
+
+/// What became of an entry the writer was asked to copy from a source.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// The entry is in the run, with the SHA-1 its data hashed to.
+    Stored(Guid),
+    /// The source did not match; nothing of it was kept.
+    Rejected(EntryRejected),
+}
 
 /// The header-relevant facts of an entry about to be appended.
 struct NewEntry<'a> {
@@ -128,7 +88,7 @@ pub struct ArchiveWriter {
     first_seq: u64,
     member_offsets: Vec<u64>,
     entries: Vec<PendingEntry>,
-    deflater: Deflater,
+    deflate_pool: DeflatePool,
     poisoned: bool,
     /// Whether `commit` fsyncs. A compaction writes many runs into a temporary file that only
     /// counts once it is renamed, so one fsync before the rename does for all of them.
@@ -158,7 +118,7 @@ impl ArchiveWriter {
             first_seq: 0,
             member_offsets: Vec::new(),
             entries: Vec::new(),
-            deflater: Deflater::new(level, threads),
+            deflate_pool: DeflatePool::new(level, threads),
             poisoned: false,
             sync_on_commit: true,
         })
@@ -319,16 +279,19 @@ impl ArchiveWriter {
             let entry = NewEntry::file(name, data.len() as u64, sha1, stat, mtime);
             self.append_small(entry, data)
         } else {
-            self.append_large(
+            let appended = self.append_large(
                 name,
                 &mut &data[..],
                 data.len() as u64,
                 Some(sha1),
                 stat,
                 mtime,
-            )
-            .map(|r| r.map(|_| ()).map_err(|e| Error::usage(e.0)))
-            .and_then(|r| r)
+            );
+            match appended {
+                Ok(Appended::Stored(_)) => Ok(()),
+                Ok(Appended::Rejected(rejected)) => Err(Error::usage(rejected.0)),
+                Err(e) => Err(e),
+            }
         };
         self.poison_on_err(r).map(|_| sha1)
     }
@@ -344,7 +307,7 @@ impl ArchiveWriter {
         expect: Option<Guid>,
         stat: Option<SourceStat>,
         mtime: u64,
-    ) -> Result<Result<Guid, EntryRejected>> {
+    ) -> Result<Appended> {
         self.check()?;
         check_name(name).map_err(Error::usage)?;
         if self.entry_len(name, "", size, stat.is_some()) <= MEMBER_TARGET as u64 {
@@ -355,59 +318,28 @@ impl ArchiveWriter {
                 .and_then(|_| probe_extra(source));
             let extra = match read {
                 Ok(extra) => extra,
-                Err(e) => return Ok(Err(EntryRejected(format!("read failed: {e}")))),
+                Err(e) => return Ok(rejected(format!("read failed: {e}"))),
             };
-            if let Some(rejected) = size_mismatch(size, data.len() as u64, extra) {
-                return Ok(Err(rejected));
+            if let Some(mismatch) = size_mismatch(size, data.len() as u64, extra) {
+                return Ok(Appended::Rejected(mismatch));
             }
             let sha1 = Guid::of(&data);
             if let Some(expect) = expect {
                 if expect != sha1 {
-                    return Ok(Err(EntryRejected(format!(
+                    return Ok(rejected(format!(
                         "data hashes to {sha1}, expected {expect}"
-                    ))));
+                    )));
                 }
             }
             if let Err(e) = check_files_name(name, &sha1) {
-                return Ok(Err(EntryRejected(e.to_string())));
+                return Ok(rejected(e.to_string()));
             }
             let entry = NewEntry::file(name, size, sha1, stat, mtime);
             let r = self.append_small(entry, &data);
-            return self.poison_on_err(r).map(|_| Ok(sha1));
+            return self.poison_on_err(r).map(|_| Appended::Stored(sha1));
         }
         let r = self.append_large(name, source, size, expect, stat, mtime);
         self.poison_on_err(r)
-    }
-
-    fn pax_for(
-        &self,
-        name: &str,
-        sha1: Option<Guid>,
-        stat: Option<SourceStat>,
-    ) -> Vec<(String, String)> {
-        let mut pax = Vec::new();
-        let is_message = name.starts_with(FILES_DIR);
-        if is_message && stat.is_none() {
-            return pax;
-        }
-        pax.push((format!("{PAX_PREFIX}run"), self.run.to_string()));
-        if let (Some(sha1), false) = (sha1, is_message) {
-            pax.push((format!("{PAX_PREFIX}sha1"), sha1.to_string()));
-        }
-        if let Some(s) = stat {
-            pax.push((format!("{PAX_PREFIX}dev"), s.dev.to_string()));
-            pax.push((format!("{PAX_PREFIX}ino"), s.ino.to_string()));
-            pax.push((format!("{PAX_PREFIX}size"), s.size.to_string()));
-            pax.push((
-                format!("{PAX_PREFIX}mtime"),
-                super::scan::format_time(s.mtime_ns),
-            ));
-            pax.push((
-                format!("{PAX_PREFIX}ctime"),
-                super::scan::format_time(s.ctime_ns),
-            ));
-        }
-        pax
     }
 
     fn headers(&self, e: &NewEntry) -> Vec<u8> {
@@ -420,7 +352,7 @@ impl ArchiveWriter {
                 target: e.target,
                 size: e.size,
                 mtime: e.mtime,
-                pax: self.pax_for(e.name, sha_for_pax, e.stat),
+                pax: PaxMeta::for_entry(e.name, self.run, sha_for_pax, e.stat).encode(),
             },
             &mut out,
         );
@@ -482,7 +414,7 @@ impl ArchiveWriter {
         expect: Option<Guid>,
         stat: Option<SourceStat>,
         mtime: u64,
-    ) -> Result<Result<Guid, EntryRejected>> {
+    ) -> Result<Appended> {
         if !self.member.is_empty() {
             self.close_member()?;
         }
@@ -499,9 +431,9 @@ impl ArchiveWriter {
             expect
         };
         if !name.starts_with(FILES_DIR) && expect.is_none() {
-            return Ok(Err(EntryRejected(format!(
+            return Ok(rejected(format!(
                 "{name}: entries over {MEMBER_TARGET} bytes outside {FILES_DIR} need their SHA-1 up front"
-            ))));
+            )));
         }
         let headers = self.headers(&NewEntry {
             name,
@@ -573,7 +505,7 @@ impl ArchiveWriter {
             self.written = save_written;
             self.seq = save_seq;
             self.member_offsets.truncate(save_offsets);
-            return Ok(Err(EntryRejected(reason)));
+            return Ok(rejected(reason));
         }
         let pad = (padded(size) - size) as usize;
         self.member.resize(self.member.len() + pad, 0);
@@ -596,22 +528,25 @@ impl ArchiveWriter {
         if !self.member.is_empty() {
             self.close_member()?;
         }
-        Ok(Ok(sha1))
+        Ok(Appended::Stored(sha1))
     }
 
     fn close_member(&mut self) -> Result<()> {
         let raw = std::mem::replace(&mut self.member, Vec::with_capacity(MEMBER_TARGET + 4096));
         let seq = self.seq;
         self.seq += 1;
-        self.deflater.submit(seq, raw);
-        while self.deflater.in_flight() > self.deflater.max_in_flight() {
+        self.deflate_pool.submit(seq, raw);
+        while self.deflate_pool.in_flight() > self.deflate_pool.max_in_flight() {
             self.write_next()?;
         }
         Ok(())
     }
 
     fn write_next(&mut self) -> Result<()> {
-        let (seq, compressed) = self.deflater.next_done().expect("a member is in flight");
+        let (seq, compressed) = self
+            .deflate_pool
+            .next_done()
+            .expect("a member is in flight");
         let compressed = compressed.map_err(|e| Error::io("compress", self.file.path(), e))?;
         debug_assert_eq!(seq, self.first_seq + self.member_offsets.len() as u64);
         self.member_offsets.push(self.written);
@@ -621,7 +556,7 @@ impl ArchiveWriter {
     }
 
     fn drain(&mut self) -> Result<()> {
-        while self.deflater.in_flight() > 0 {
+        while self.deflate_pool.in_flight() > 0 {
             self.write_next()?;
         }
         Ok(())
@@ -652,43 +587,13 @@ impl ArchiveWriter {
         if !self.member.is_empty() {
             self.close_member()?;
         }
-        let mut body = String::new();
-        body.push_str(&format!("format={MARKER_FORMAT}\n"));
-        body.push_str(&format!("archive-id={}\n", self.archive_id));
-        body.push_str(&format!("run={}\n", self.run));
-        body.push_str(&format!("time={}\n", summary.time));
-        body.push_str(&format!("host={}\n", summary.host.replace('\n', " ")));
-        match &summary.tool {
-            Some(tool) => body.push_str(&format!("tool={}\n", tool.replace('\n', " "))),
-            None => body.push_str(&format!("tool=mailpack {}\n", env!("CARGO_PKG_VERSION"))),
-        }
-        body.push_str(&format!("entries={}\n", self.entries.len()));
-        body.push_str(&format!("start={}\n", self.run_start));
-        for (k, v) in &summary.counts {
-            if !marker_key_ok(k) {
-                return Err(Error::usage(format!(
-                    "counter name {k:?} is not [a-z0-9.-]+"
-                )));
-            }
-            body.push_str(&format!("count.{k}={v}\n"));
-        }
-        if let Some(t) = summary.compacted {
-            body.push_str(&format!("compacted={t}\n"));
-        }
-        for (k, v) in &summary.extra {
-            if !marker_key_ok(k) || v.contains('\n') {
-                return Err(Error::usage(format!(
-                    "marker line {k:?}={v:?} is not key=value"
-                )));
-            }
-            body.push_str(&format!("{k}={v}\n"));
-        }
-        let name = format!("{RUNS_DIR}{}", self.run);
-        let headers = encode_marker_headers(&name, body.len() as u64, self.run, summary.time);
-        let mut raw = headers;
-        raw.extend_from_slice(body.as_bytes());
-        raw.resize(padded(raw.len() as u64) as usize, 0);
-        self.member = raw;
+        self.member = marker::encode(
+            self.run,
+            &self.archive_id,
+            self.entries.len() as u64,
+            self.run_start,
+            summary,
+        )?;
         self.close_member()?;
         self.drain()?;
         // The run is committed only once its marker is on stable storage.
@@ -722,29 +627,6 @@ impl ArchiveWriter {
     }
 }
 
-/// Marker keys are `[a-z0-9.-]+` (formats/archive.md section 4).
-fn marker_key_ok(k: &str) -> bool {
-    !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-}
-
-fn encode_marker_headers(name: &str, size: u64, run: u64, time: i64) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_headers(
-        &HeaderSpec {
-            name,
-            kind: EntryKind::File,
-            target: "",
-            size,
-            mtime: time.max(0) as u64,
-            pax: vec![(format!("{PAX_PREFIX}run"), run.to_string())],
-        },
-        &mut out,
-    );
-    out
-}
-
 fn check_files_name(name: &str, sha1: &Guid) -> Result<()> {
     if let Some(hex) = name.strip_prefix(FILES_DIR) {
         if hex.parse::<Guid>().ok() != Some(*sha1) {
@@ -767,6 +649,10 @@ fn probe_extra(source: &mut dyn Read) -> io::Result<bool> {
     }
 }
 
+fn rejected(reason: String) -> Appended {
+    Appended::Rejected(EntryRejected(reason))
+}
+
 fn size_mismatch(expected: u64, got: u64, extra: bool) -> Option<EntryRejected> {
     if got < expected {
         Some(EntryRejected(format!(
@@ -778,222 +664,5 @@ fn size_mismatch(expected: u64, got: u64, extra: bool) -> Option<EntryRejected> 
         )))
     } else {
         None
-    }
-}
-
-type Job = (Vec<u8>, mpsc::SyncSender<io::Result<Vec<u8>>>);
-
-/// Compresses members on `threads` workers; results are collected in submission order.
-struct Deflater {
-    level: u32,
-    jobs: Option<mpsc::SyncSender<Job>>,
-    workers: Vec<JoinHandle<()>>,
-    in_flight: VecDeque<(u64, mpsc::Receiver<io::Result<Vec<u8>>>)>,
-    threads: usize,
-}
-
-impl Deflater {
-    fn new(level: u32, threads: usize) -> Deflater {
-        let threads = threads.max(1);
-        let mut deflater = Deflater {
-            level,
-            jobs: None,
-            workers: Vec::new(),
-            in_flight: VecDeque::new(),
-            threads,
-        };
-        if threads > 1 {
-            let (tx, rx) = mpsc::sync_channel::<Job>(threads * 2);
-            let rx = Arc::new(Mutex::new(rx));
-            for _ in 0..threads {
-                let rx = Arc::clone(&rx);
-                deflater.workers.push(std::thread::spawn(move || loop {
-                    let job = rx.lock().map(|r| r.recv());
-                    let Ok(Ok((raw, reply))) = job else { return };
-                    let _ = reply.send(compress_member(&raw, level));
-                }));
-            }
-            deflater.jobs = Some(tx);
-        }
-        deflater
-    }
-
-    fn max_in_flight(&self) -> usize {
-        if self.threads > 1 {
-            self.threads * 2
-        } else {
-            0
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    fn submit(&mut self, seq: u64, raw: Vec<u8>) {
-        let (tx, rx) = mpsc::sync_channel(1);
-        match &self.jobs {
-            Some(jobs) => {
-                if let Err(mpsc::SendError((raw, reply))) = jobs.send((raw, tx)) {
-                    // Workers gone (cannot happen while we hold the sender): compress here.
-                    let _ = reply.send(compress_member(&raw, self.level));
-                }
-            }
-            None => {
-                let _ = tx.send(compress_member(&raw, self.level));
-            }
-        }
-        self.in_flight.push_back((seq, rx));
-    }
-
-    fn next_done(&mut self) -> Option<(u64, io::Result<Vec<u8>>)> {
-        let (seq, rx) = self.in_flight.pop_front()?;
-        let result = rx
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("compression worker died")));
-        Some((seq, result))
-    }
-}
-
-impl Drop for Deflater {
-    fn drop(&mut self) {
-        self.in_flight.clear();
-        self.jobs = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
-}
-
-/// One gzip member framed as formats/archive.md section 3.1 says: a fixed header whose FEXTRA
-/// field records the length and CRC32 of everything after it, so `verify` can vouch for every
-/// byte of the file (the gzip CRC alone covers only the decompressed bytes).
-pub(crate) fn compress_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let strategy = choose_strategy(raw, level);
-    let mut out = vec![0u8; HEADER_LEN + zlib_rs::compress_bound(raw.len()) + 8];
-    let deflated_len = {
-        let (deflated, rc) =
-            zlib_rs::compress_slice(&mut out[HEADER_LEN..], raw, deflate_config(level, strategy));
-        if rc != zlib_rs::ReturnCode::Ok {
-            return Err(io::Error::other(format!("deflate failed: {rc:?}")));
-        }
-        deflated.len()
-    };
-    out.truncate(HEADER_LEN + deflated_len);
-    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    let payload = &out[HEADER_LEN..];
-    let header = member_header(payload.len() as u32, crc32fast::hash(payload));
-    out[..HEADER_LEN].copy_from_slice(&header);
-    Ok(out)
-}
-
-fn deflate_config(level: u32, strategy: zlib_rs::Strategy) -> zlib_rs::DeflateConfig {
-    zlib_rs::DeflateConfig {
-        level: level as i32,
-        method: zlib_rs::Method::Deflated,
-        // Negative: raw deflate; the gzip framing is ours.
-        window_bits: -15,
-        mem_level: 8,
-        strategy,
-    }
-}
-
-/// Bytes of a sample tried both ways before a member is Huffman-coded only.
-const STRATEGY_SAMPLE: usize = 64 << 10;
-
-/// Mail attachments are base64 of already-compressed files: their bytes carry about 6 bits of
-/// entropy each and no repeated strings, so string matching (most of deflate's time) gains
-/// nothing over Huffman coding alone. A member that is mostly base64 lines is Huffman-coded only,
-/// unless a sample shows that matching does pay (base64 of text, say). Output stays standard
-/// deflate and depends only on the input.
-fn choose_strategy(raw: &[u8], level: u32) -> zlib_rs::Strategy {
-    use zlib_rs::Strategy;
-    if level < 2 || base64_share(raw) < 0.7 {
-        return Strategy::Default;
-    }
-    let sample = &raw[..raw.len().min(STRATEGY_SAMPLE)];
-    let mut buf = vec![0u8; zlib_rs::compress_bound(sample.len())];
-    let size = |buf: &mut [u8], strategy| {
-        let (out, rc) = zlib_rs::compress_slice(buf, sample, deflate_config(level, strategy));
-        if rc == zlib_rs::ReturnCode::Ok {
-            out.len()
-        } else {
-            usize::MAX
-        }
-    };
-    let huffman = size(&mut buf, Strategy::HuffmanOnly);
-    let matched = size(&mut buf, Strategy::Default);
-    if (matched as f64) < huffman as f64 * 0.97 {
-        Strategy::Default
-    } else {
-        Strategy::HuffmanOnly
-    }
-}
-
-/// The share of `raw` in lines of at least 60 base64 characters (MIME wraps at 76).
-fn base64_share(raw: &[u8]) -> f64 {
-    if raw.is_empty() {
-        return 0.0;
-    }
-    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
-    let mut in_lines = 0usize;
-    for line in raw.split(|&b| b == b'\n') {
-        let body = line.strip_suffix(b"\r").unwrap_or(line);
-        if body.len() >= 60 && body.iter().all(|&b| is_b64(b)) {
-            in_lines += line.len() + 1;
-        }
-    }
-    in_lines as f64 / raw.len() as f64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn round_trip(raw: &[u8]) -> Vec<u8> {
-        let member = compress_member(raw, 6).unwrap();
-        let mut out = Vec::new();
-        let mut d = flate2::read::GzDecoder::new(&member[..]);
-        std::io::Read::read_to_end(&mut d, &mut out).unwrap();
-        out
-    }
-
-    #[test]
-    fn base64_attachments_are_huffman_coded_and_text_is_not() {
-        let mut state = 1u64;
-        let mut noise = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as u8
-        };
-        let random: Vec<u8> = (0..300_000).map(|_| noise()).collect();
-        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut b64 = Vec::new();
-        for chunk in random.chunks(57) {
-            let mut line = String::new();
-            for group in chunk.chunks(3) {
-                let n = group.iter().fold(0u32, |acc, &b| acc << 8 | b as u32)
-                    << (8 * (3 - group.len()));
-                for i in 0..4 {
-                    line.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            b64.extend_from_slice(line.as_bytes());
-            b64.extend_from_slice(b"\r\n");
-        }
-        assert_eq!(choose_strategy(&b64, 6), zlib_rs::Strategy::HuffmanOnly);
-        assert_eq!(round_trip(&b64), b64);
-        let text = b"Dear team, the quarterly report is attached. Regards, Alice\r\n".repeat(5000);
-        assert_eq!(choose_strategy(&text, 6), zlib_rs::Strategy::Default);
-        assert_eq!(round_trip(&text), text);
-        // Base64 of repetitive text: matching still pays, so it is kept.
-        let repetitive: Vec<u8> =
-            b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWkFCQ0RF\r\n"
-                .repeat(3000)
-                .to_vec();
-        assert_eq!(choose_strategy(&repetitive, 6), zlib_rs::Strategy::Default);
-        assert_eq!(round_trip(&[]), Vec::<u8>::new());
     }
 }

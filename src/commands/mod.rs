@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::archive::{file_entry_name, EntryKind, EntryRecord, RunSummary};
+use crate::archive::{file_entry_name, Appended, EntryKind, EntryRecord, RunSummary};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::SourceStat;
@@ -342,13 +342,13 @@ pub fn put(paths: &ArchivePaths, options: &PutOptions) -> Result<PutReport> {
             }
         };
         let appended = if small {
-            Ok(store.writer().append_bytes(&name, &data, stat, mtime)?)
+            Appended::Stored(store.writer().append_bytes(&name, &data, stat, mtime)?)
         } else {
             store
                 .writer()
                 .append_reader(&name, &mut file, meta.len(), Some(guid), stat, mtime)?
         };
-        if let Err(rejected) = appended {
+        if let Appended::Rejected(rejected) = appended {
             return Err(Error::Changed {
                 path: path.clone(),
                 detail: rejected.0,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::{same_file, Recorded};
 use crate::agent::{MailboxListing, Source, UserFileListing};
-use crate::archive::{file_entry_name, ArchiveWriter, RunSummary};
+use crate::archive::{file_entry_name, Appended, ArchiveWriter, RunSummary};
 use crate::entries::{self, folder_entry, folder_target, imap_entry, records_bytes};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
@@ -527,12 +527,12 @@ impl Pass2<'_> {
             )?;
             drop(file);
             match appended {
-                Ok(_) => {
+                Appended::Stored(_) => {
                     self.added.insert(r.guid);
                     self.report.messages_added += 1;
                     self.healing.stored(&file_entry_name(&r.guid));
                 }
-                Err(rejected) => {
+                Appended::Rejected(rejected) => {
                     self.report.problems.push(format!(
                         "{}: uid {}: {}; the mailbox's metadata is not stored this run",
                         m.name, r.uid, rejected.0

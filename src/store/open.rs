@@ -106,7 +106,7 @@ pub(crate) fn scan_runs_with(
             }
             ScanEvent::MemberEnd(m) => {
                 out.members += 1;
-                if let Err(detail) = m.integrity {
+                if let Err(crate::error::ParseError { detail, .. }) = m.integrity {
                     out.damage.push(Damage {
                         offset: m.offset,
                         within: None,

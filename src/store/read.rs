@@ -168,9 +168,7 @@ impl ArchiveHandle {
         let mut raw = Vec::new();
         loop {
             match members.next_member(&mut raw) {
-                Ok(Some(m)) => m
-                    .integrity
-                    .map_err(|detail| Error::corrupt(path, m.offset, detail))?,
+                Ok(Some(m)) => m.integrity.map_err(|e| e.in_file(path))?,
                 Ok(None) => {
                     return Err(Error::corrupt(
                         path,

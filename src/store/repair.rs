@@ -330,7 +330,7 @@ fn salvage(source: &ArchiveHandle, len: u64) -> Result<Salvage> {
         match event {
             ScanEvent::Entry(e) => pending.push(e),
             ScanEvent::MemberEnd(m) => {
-                if let Err(detail) = m.integrity {
+                if let Err(crate::error::ParseError { detail, .. }) = m.integrity {
                     damage.push(Damage {
                         offset: m.offset,
                         within: None,
@@ -663,7 +663,7 @@ fn copy_entry(
     };
     let appended =
         writer.append_reader(&r.name, &mut data, r.size, Some(r.sha1), r.stat, e.mtime)?;
-    Ok(appended.is_ok())
+    Ok(matches!(appended, crate::archive::Appended::Stored(_)))
 }
 
 /// `<archive>.damaged-<UTC time>`, with `-2`, `-3`... when a repair in the same second left one.

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
-use mailpack::archive::{file_entry_name, RunSummary};
+use mailpack::archive::{file_entry_name, Appended, RunSummary};
 use mailpack::io::{FaultOn, Faults};
 use mailpack::store::{verify, Archive, ArchivePaths, StoreWriter, WriterOptions, WriterWait};
 use mailpack::{Error, Guid};
@@ -84,7 +84,7 @@ fn write_run(
                     None,
                     1_700_000_000,
                 )?;
-                assert_eq!(r.expect("message accepted"), guid);
+                assert_eq!(r, Appended::Stored(guid), "message accepted");
                 next.insert(name, Want::File(data.clone()));
             }
             Op::Link(name, target) => {
@@ -417,7 +417,7 @@ fn an_uncommitted_run_is_dropped_and_a_reader_leaves_a_busy_writers_tail_alone()
     let mut store = StoreWriter::open(&paths, &options(1, Faults::none()), &mut notices).unwrap();
     let big = Rng::new(4).noise(3 << 20); // several members reach the file before any commit
     let guid = Guid::of(&big);
-    store
+    let appended = store
         .writer()
         .append_reader(
             &file_entry_name(&guid),
@@ -427,8 +427,8 @@ fn an_uncommitted_run_is_dropped_and_a_reader_leaves_a_busy_writers_tail_alone()
             None,
             0,
         )
-        .unwrap()
         .unwrap();
+    assert_eq!(appended, Appended::Stored(guid));
     assert!(std::fs::metadata(&paths.archive).unwrap().len() > committed);
 
     // While the writer holds its lock, readers see the committed state and do not cut its tail.
@@ -639,7 +639,7 @@ fn a_source_that_changes_size_or_hash_is_rejected_without_trace() {
                 0,
             )
             .unwrap();
-        assert!(short.is_err());
+        assert!(matches!(short, Appended::Rejected(_)));
         let long = store
             .writer()
             .append_reader(
@@ -651,7 +651,7 @@ fn a_source_that_changes_size_or_hash_is_rejected_without_trace() {
                 0,
             )
             .unwrap();
-        assert!(long.is_err());
+        assert!(matches!(long, Appended::Rejected(_)));
         let mut other = data.clone();
         other[100] ^= 1;
         let wrong = store
@@ -665,8 +665,8 @@ fn a_source_that_changes_size_or_hash_is_rejected_without_trace() {
                 0,
             )
             .unwrap();
-        assert!(wrong.is_err());
-        store
+        assert!(matches!(wrong, Appended::Rejected(_)));
+        let stored = store
             .writer()
             .append_reader(
                 &name,
@@ -676,8 +676,8 @@ fn a_source_that_changes_size_or_hash_is_rejected_without_trace() {
                 None,
                 0,
             )
-            .unwrap()
             .unwrap();
+        assert_eq!(stored, Appended::Stored(guid));
     }
     store.commit(&summary(0)).unwrap();
     drop(store);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use mailpack::archive::{ArchiveWriter, RunSummary, ScanEvent, Scanner};
+use mailpack::archive::{Appended, ArchiveWriter, RunSummary, ScanEvent, Scanner};
 use mailpack::io::{DurableFile, Faults};
 use mailpack::store::sidecar::{self, IndexRead};
 use mailpack::store::{Archive, ArchivePaths};
@@ -1354,16 +1354,17 @@ fn archive_at_run(paths: &ArchivePaths, run: u64, data: &[u8]) {
     )
     .unwrap();
     let g = Guid::of(data);
-    w.append_reader(
-        &format!("files/{g}"),
-        &mut &data[..],
-        data.len() as u64,
-        Some(g),
-        None,
-        1_700_000_000,
-    )
-    .unwrap()
-    .unwrap();
+    let appended = w
+        .append_reader(
+            &format!("files/{g}"),
+            &mut &data[..],
+            data.len() as u64,
+            Some(g),
+            None,
+            1_700_000_000,
+        )
+        .unwrap();
+    assert_eq!(appended, Appended::Stored(g));
     w.commit(&RunSummary {
         time: 1_700_000_000,
         host: "test".into(),
