@@ -1,24 +1,21 @@
 //! Exports to files (formats/restore.md, "Exports"): Maildir++ folders, mboxrd files, or one
-//! `.eml` per message. Every path is built under the target from checked name levels, every
-//! directory on the way is created or must already be a real directory (a symlink planted in
-//! the target is refused, not followed), and files are created new: a re-run after an
-//! interruption skips what is already there.
+//! `.eml` per message, as the restore targets `MaildirExport`, `MboxExport` and `EmlExport`.
+//! Every path is built under the target from checked name levels, every directory on the way is
+//! created or must already be a real directory (a symlink planted in the target is refused, not
+//! followed), and files are created new: a re-run after an interruption skips what is already
+//! there.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::plan::{MessageTarget, Outcome, Request, RestorePlan, Target};
+use super::select::{message_record, plan_copy, plan_message, read_message, CopySteps, Selected};
 use crate::error::{Error, Result};
+use crate::guid::Guid;
 use crate::spool::index::IndexRecord;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExportFormat {
-    Maildir,
-    Mbox,
-    Eml,
-}
+use crate::store::Archive;
 
 /// One message to export, with what the format can carry of it.
 pub struct ExportMessage<'a> {
@@ -40,6 +37,15 @@ pub fn ensure_dir(root: &Path, levels: &[String]) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Something other than what an export makes sits at a path in its target: the caller's target
+/// holds it, and it is left as it is.
+fn not_followed(path: &Path, what: &str) -> Error {
+    Error::usage(format!(
+        "{} exists and is not {what} (a symlink is never followed)",
+        path.display()
+    ))
+}
+
 fn create_real_dir(path: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     match fs::DirBuilder::new().mode(0o700).create(path) {
@@ -49,10 +55,7 @@ fn create_real_dir(path: &Path) -> Result<()> {
             if meta.file_type().is_dir() {
                 Ok(())
             } else {
-                Err(Error::usage(format!(
-                    "{} exists and is not a directory (a symlink is never followed)",
-                    path.display()
-                )))
+                Err(not_followed(path, "a directory"))
             }
         }
         Err(e) => Err(Error::io("create", path, e)),
@@ -90,10 +93,14 @@ pub fn write_new(path: &Path, bytes: &[u8], mtime: Option<i64>) -> Result<bool> 
             Err(e) => return Err(Error::io("create", path, e)),
         }
     }
-    Err(Error::usage(format!(
-        "{} appeared again while the export replaced it; another process writes in the target",
-        path.display()
-    )))
+    Err(Error::io(
+        "create",
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "it appeared again while the export replaced it; another process writes in the target",
+        ),
+    ))
 }
 
 fn create_exclusive(path: &Path) -> std::io::Result<File> {
@@ -110,12 +117,7 @@ fn create_exclusive(path: &Path) -> std::io::Result<File> {
 /// and checked on the open descriptor, so what is read is what was checked.
 fn holds(path: &Path, bytes: &[u8]) -> Result<bool> {
     use std::io::Read;
-    let not_a_file = || {
-        Error::usage(format!(
-            "{} exists and is not a regular file (a symlink is never followed)",
-            path.display()
-        ))
-    };
+    let not_a_file = || not_followed(path, "a regular file");
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -215,7 +217,8 @@ impl WritePool {
             .as_ref()
             .expect("open until finish")
             .send((path, bytes, mtime))
-            .map_err(|_| Error::usage("the export's writer threads stopped"))
+            .expect("the writer threads receive until finish closes the queue");
+        Ok(())
     }
 
     /// Waits for every queued file; returns how many were written and how many were there.
@@ -508,6 +511,261 @@ impl MboxFile {
 /// `.eml`: `<dir>/<uid>.eml`, the message's bytes as stored, mtime = internal date.
 pub fn eml_path(dir: &Path, record: &IndexRecord) -> PathBuf {
     dir.join(format!("{}.eml", record.uid))
+}
+
+/// A pool sized to the machine, made when the first file is queued.
+fn writer_pool(slot: &mut Option<WritePool>) -> &WritePool {
+    slot.get_or_insert_with(|| {
+        WritePool::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
+
+/// Waits for the pool's files, counts them, and makes the tree under `root` durable.
+fn finish_export(pool: Option<WritePool>, root: &Path, out: &mut Outcome) -> Result<()> {
+    if let Some(pool) = pool {
+        let (written, there) = pool.finish()?;
+        out.messages_written += written;
+        out.messages_already_there += there;
+    }
+    if root.exists() {
+        sync_tree(root)?;
+    }
+    Ok(())
+}
+
+/// `--maildir DIR`: a Maildir++ tree, the INBOX at its root and every other mailbox a
+/// `.<levels>` folder (`maildir_folder`); a single message goes to `new/<sha1>.mailpack`.
+pub struct MaildirExport {
+    pub root: PathBuf,
+}
+
+impl<'a> Target<'a> for MaildirExport {
+    type Steps = CopySteps<'a>;
+
+    fn plan(&self, archive: &'a Archive, request: &Request) -> Result<RestorePlan<CopySteps<'a>>> {
+        let root = &self.root;
+        let mut plan = plan_copy(archive, request, |s, _| {
+            Some(match maildir_folder(&s.levels, s.inbox) {
+                Some(f) => root.join(f).display().to_string(),
+                None => root.display().to_string(),
+            })
+        })?;
+        // A file's name holds its flags, which are settled only when its folder is opened.
+        if let CopySteps::Mailboxes { selected, .. } = &plan.steps {
+            for s in selected {
+                for (r, _) in &s.records {
+                    plan.writes.push(format!("{root:?} {}", r.uid));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    fn execute(&self, plan: RestorePlan<CopySteps<'a>>) -> Result<Outcome> {
+        let (mut out, steps) = plan.into_start();
+        match steps {
+            CopySteps::Mailboxes { messages, selected } => {
+                let mut pending = None;
+                for s in &selected {
+                    let exports = s.messages();
+                    let folder = MaildirFolder::open(&self.root, &s.levels, s.inbox, &exports)?;
+                    for m in &exports {
+                        let Some(bytes) = read_message(&messages, s, m.record, &mut out) else {
+                            continue;
+                        };
+                        out.writes.push(folder.path_of(m).display().to_string());
+                        folder.write(writer_pool(&mut pending), m, bytes)?;
+                    }
+                }
+                finish_export(pending, &self.root, &mut out)?;
+            }
+            CopySteps::Message { sha1, bytes } => {
+                let path = self.message_path(sha1);
+                out.writes.push(path.display().to_string());
+                for sub in ["new", "cur", "tmp"] {
+                    ensure_dir(&self.root, &[sub.to_string()])?;
+                }
+                out.count(write_new(&path, &bytes, None)?);
+                sync_tree(&self.root)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl MessageTarget<'_> for MaildirExport {
+    fn plan_message(&self, sha1: Guid, bytes: Vec<u8>) -> Result<RestorePlan<Self::Steps>> {
+        let write = self.message_path(sha1).display().to_string();
+        Ok(plan_message(sha1, bytes, write))
+    }
+}
+
+impl MaildirExport {
+    fn message_path(&self, sha1: Guid) -> PathBuf {
+        self.root.join("new").join(format!("{sha1}.mailpack"))
+    }
+}
+
+/// `--eml DIR`: one directory per mailbox (`export_levels`), one `<uid>.eml` per message; a
+/// single message goes to `<sha1>.eml` at the top.
+pub struct EmlExport {
+    pub root: PathBuf,
+}
+
+impl<'a> Target<'a> for EmlExport {
+    type Steps = CopySteps<'a>;
+
+    fn plan(&self, archive: &'a Archive, request: &Request) -> Result<RestorePlan<CopySteps<'a>>> {
+        let mut plan = plan_copy(archive, request, |s, _| {
+            Some(self.dir_of(s).display().to_string())
+        })?;
+        if let CopySteps::Mailboxes { selected, .. } = &plan.steps {
+            for s in selected {
+                let dir = self.dir_of(s);
+                for (r, _) in &s.records {
+                    plan.writes.push(eml_path(&dir, r).display().to_string());
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    fn execute(&self, plan: RestorePlan<CopySteps<'a>>) -> Result<Outcome> {
+        let (mut out, steps) = plan.into_start();
+        match steps {
+            CopySteps::Mailboxes { messages, selected } => {
+                let mut pending = None;
+                for s in &selected {
+                    let dir = ensure_dir(&self.root, &s.export_levels())?;
+                    for (record, _) in &s.records {
+                        let Some(bytes) = read_message(&messages, s, record, &mut out) else {
+                            continue;
+                        };
+                        let path = eml_path(&dir, record);
+                        out.writes.push(path.display().to_string());
+                        let secs = record.internaldate_ns.div_euclid(1_000_000_000);
+                        writer_pool(&mut pending).submit(path, bytes, Some(secs))?;
+                    }
+                }
+                finish_export(pending, &self.root, &mut out)?;
+            }
+            CopySteps::Message { sha1, bytes } => {
+                let path = self.message_path(sha1);
+                out.writes.push(path.display().to_string());
+                ensure_dir(&self.root, &[])?;
+                out.count(write_new(&path, &bytes, None)?);
+                sync_tree(&self.root)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl MessageTarget<'_> for EmlExport {
+    fn plan_message(&self, sha1: Guid, bytes: Vec<u8>) -> Result<RestorePlan<Self::Steps>> {
+        let write = self.message_path(sha1).display().to_string();
+        Ok(plan_message(sha1, bytes, write))
+    }
+}
+
+impl EmlExport {
+    fn dir_of(&self, s: &Selected) -> PathBuf {
+        self.root.join(s.export_levels().join("/"))
+    }
+
+    fn message_path(&self, sha1: Guid) -> PathBuf {
+        self.root.join(format!("{sha1}.eml"))
+    }
+}
+
+/// `--mbox PATH`: one mailbox makes PATH an mboxrd file; several make PATH a directory holding
+/// `<levels>.mbox` per mailbox, its levels above the last as subdirectories.
+pub struct MboxExport {
+    pub path: PathBuf,
+}
+
+impl<'a> Target<'a> for MboxExport {
+    type Steps = CopySteps<'a>;
+
+    fn plan(&self, archive: &'a Archive, request: &Request) -> Result<RestorePlan<CopySteps<'a>>> {
+        let mut plan = plan_copy(archive, request, |s, several| {
+            let (_, file) = self.file_of(s, several)?;
+            Some(file.display().to_string())
+        })?;
+        if let CopySteps::Mailboxes { selected, .. } = &plan.steps {
+            let several = selected.len() > 1;
+            for s in selected {
+                if let Some((_, file)) = self.file_of(s, several) {
+                    plan.writes.push(file.display().to_string());
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    fn execute(&self, plan: RestorePlan<CopySteps<'a>>) -> Result<Outcome> {
+        let (mut out, steps) = plan.into_start();
+        match steps {
+            CopySteps::Mailboxes { messages, selected } => {
+                let several = selected.len() > 1;
+                for s in &selected {
+                    let Some((dirs, file)) = self.file_of(s, several) else {
+                        continue;
+                    };
+                    out.writes.push(file.display().to_string());
+                    if several {
+                        ensure_dir(&self.path, &dirs)?;
+                    }
+                    let mut mbox = MboxFile::create(&file)?;
+                    for m in &s.messages() {
+                        let Some(bytes) = read_message(&messages, s, m.record, &mut out) else {
+                            continue;
+                        };
+                        mbox.append(m, &bytes)?;
+                        out.messages_written += 1;
+                    }
+                    mbox.finish()?;
+                }
+            }
+            CopySteps::Message { sha1, bytes } => {
+                out.writes.push(self.path.display().to_string());
+                let record = message_record(sha1, &bytes);
+                let m = ExportMessage {
+                    record: &record,
+                    flags: Vec::new(),
+                    uidvalidity: 0,
+                };
+                let mut mbox = MboxFile::create(&self.path)?;
+                mbox.append(&m, &bytes)?;
+                mbox.finish()?;
+                out.messages_written += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl MessageTarget<'_> for MboxExport {
+    fn plan_message(&self, sha1: Guid, bytes: Vec<u8>) -> Result<RestorePlan<Self::Steps>> {
+        Ok(plan_message(sha1, bytes, self.path.display().to_string()))
+    }
+}
+
+impl MboxExport {
+    /// The directories to create under the target (its levels above the last) and the mbox
+    /// file of a mailbox; `None` for a mailbox without levels, which `safe_levels` never gives.
+    fn file_of(&self, s: &Selected, several: bool) -> Option<(Vec<String>, PathBuf)> {
+        if !several {
+            return Some((Vec::new(), self.path.clone()));
+        }
+        let levels = s.export_levels();
+        let (last, parents) = levels.split_last()?;
+        let file = self
+            .path
+            .join(parents.join("/"))
+            .join(format!("{last}.mbox"));
+        Some((parents.to_vec(), file))
+    }
 }
 
 #[cfg(test)]
