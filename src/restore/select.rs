@@ -16,6 +16,9 @@ use crate::spool::index::IndexRecord;
 use crate::spool::name::MboxName;
 use crate::store::Archive;
 
+/// A record with its IMAP flag names.
+pub type Flagged = (IndexRecord, Vec<String>);
+
 /// One mailbox's messages selected for a copy, with their flags.
 #[derive(Debug)]
 pub struct Selected {
@@ -25,8 +28,7 @@ pub struct Selected {
     /// The owner's INBOX itself (not a folder that is merely named INBOX).
     pub inbox: bool,
     pub uidvalidity: u32,
-    /// The records selected, each with its IMAP flag names.
-    pub records: Vec<(IndexRecord, Vec<String>)>,
+    pub records: Vec<Flagged>,
 }
 
 impl Selected {
@@ -140,7 +142,7 @@ fn select<S>(
                 continue;
             }
         };
-        let mut records: Vec<(IndexRecord, Vec<String>)> = data
+        let mut records: Vec<Flagged> = data
             .index
             .records
             .iter()
@@ -212,14 +214,13 @@ fn apart(
 
 /// Of `records` (the mailbox as of `t1`), those that are gone or expunged as of `t2`. The inner
 /// error is the later state's metadata that failed its checks.
-#[allow(clippy::type_complexity)]
 fn expunged_between(
     archive: &Archive,
     m: &MailboxAt,
-    records: Vec<(IndexRecord, Vec<String>)>,
+    records: Vec<Flagged>,
     t1: i64,
     t2: i64,
-) -> Result<std::result::Result<Vec<(IndexRecord, Vec<String>)>, LostEntry>> {
+) -> Result<std::result::Result<Vec<Flagged>, LostEntry>> {
     if t2 < t1 {
         return Err(Error::usage(
             "--expunged-between wants the earlier time first",
