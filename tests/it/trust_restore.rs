@@ -684,10 +684,12 @@ fn a_damaged_archive_restores_what_still_reads_and_reports_the_damage() {
 #[test]
 fn a_dry_run_lists_what_the_restore_then_writes_and_writes_nothing() {
     let (work, archives, _paths) = backed_up("trust-dry-run");
-    let targets: [(&str, fn(PathBuf) -> RestoreTarget); 2] =
-        [("eml", RestoreTarget::Eml), ("mbox", RestoreTarget::Mbox)];
-    for (name, target) in targets {
+    for name in ["eml", "mbox"] {
         let dir = work.path().join(name);
+        let target = |dir: PathBuf| match name {
+            "eml" => RestoreTarget::Eml(dir),
+            _ => RestoreTarget::Mbox(dir),
+        };
         let dry = RestoreOptions {
             dry_run: true,
             ..options(&archives, target(dir.clone()))
