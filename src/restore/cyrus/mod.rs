@@ -542,6 +542,9 @@ impl<'a> Target<'a> for CyrusTarget {
     }
 
     fn execute(&self, plan: RestorePlan<CyrusSteps<'a>>) -> Result<Outcome> {
+        // The report is built from the steps, not from the plan's lists: a real run reports
+        // what fails in the order it meets it (a message that does not read comes before a
+        // sieve file refused).
         let steps = plan.steps;
         let mut out = Outcome {
             mailboxes: plan.mailboxes,
