@@ -3,7 +3,8 @@
 //! fingerprinted (size and SHA-1 of the header section, which holds the Received trail and
 //! Message-ID) and each message to restore is skipped while a copy with its fingerprint is
 //! still unclaimed, so a re-run after an interruption adds nothing twice, and a mailbox that
-//! held two identical copies gets two.
+//! held two identical copies gets two. A reply the server must not give (or no reply) is
+//! `Error::Protocol`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,8 +14,12 @@ use std::time::Duration;
 use sha1::{Digest, Sha1};
 
 use super::export::ExportMessage;
+use super::plan::{MessageTarget, Outcome, Request, RestorePlan, Target};
+use super::select::{message_record, plan_copy, plan_message, read_message, CopySteps};
 use crate::error::{Error, Result};
+use crate::guid::Guid;
 use crate::spool::index::IndexRecord;
+use crate::store::Archive;
 
 /// Bytes of one untagged response or literal the client will hold.
 const MAX_LITERAL: usize = 256 << 20;
@@ -36,6 +41,76 @@ impl ImapTarget {
             return self.folder.clone();
         }
         format!("{}/{}", self.folder.trim_end_matches('/'), levels.join("/"))
+    }
+}
+
+impl<'a> Target<'a> for ImapTarget {
+    type Steps = CopySteps<'a>;
+
+    fn plan(&self, archive: &'a Archive, request: &Request) -> Result<RestorePlan<CopySteps<'a>>> {
+        let mut plan = plan_copy(archive, request, |s, several| {
+            Some(self.folder_for(&s.export_levels(), several))
+        })?;
+        if let CopySteps::Mailboxes { selected, .. } = &plan.steps {
+            let several = selected.len() > 1;
+            for s in selected {
+                let folder = self.folder_for(&s.export_levels(), several);
+                plan.writes.push(format!("imap {folder}"));
+            }
+        }
+        Ok(plan)
+    }
+
+    fn execute(&self, plan: RestorePlan<CopySteps<'a>>) -> Result<Outcome> {
+        let (mut out, steps) = plan.into_start();
+        let mut session = ImapSession::connect(self)?;
+        match steps {
+            CopySteps::Mailboxes { messages, selected } => {
+                let several = selected.len() > 1;
+                for s in &selected {
+                    let folder = self.folder_for(&s.export_levels(), several);
+                    out.writes.push(format!("imap {folder}"));
+                    let mut present = session.prepare_folder(&folder)?;
+                    for m in &s.messages() {
+                        let Some(bytes) = read_message(&messages, s, m.record, &mut out) else {
+                            continue;
+                        };
+                        if present.take(&bytes, m.record) {
+                            out.messages_already_there += 1;
+                            continue;
+                        }
+                        session.append(&folder, m, &bytes)?;
+                        out.messages_written += 1;
+                    }
+                }
+            }
+            CopySteps::Message { sha1, bytes } => {
+                let folder = self.folder_for(&[], false);
+                out.writes.push(format!("imap {folder}"));
+                let record = message_record(sha1, &bytes);
+                let mut present = session.prepare_folder(&folder)?;
+                if present.take(&bytes, &record) {
+                    out.messages_already_there += 1;
+                } else {
+                    let m = ExportMessage {
+                        record: &record,
+                        flags: Vec::new(),
+                        uidvalidity: 0,
+                    };
+                    session.append(&folder, &m, &bytes)?;
+                    out.messages_written += 1;
+                }
+            }
+        }
+        session.logout();
+        Ok(out)
+    }
+}
+
+impl MessageTarget<'_> for ImapTarget {
+    fn plan_message(&self, sha1: Guid, bytes: Vec<u8>) -> Result<RestorePlan<Self::Steps>> {
+        let write = format!("imap {}", self.folder_for(&[], false));
+        Ok(plan_message(sha1, bytes, write))
     }
 }
 
@@ -155,8 +230,9 @@ impl ImapSession {
         Ok(s)
     }
 
+    /// The server said what it must not (or closed the connection, or refused a command).
     fn fail(&self, detail: String) -> Error {
-        Error::usage(format!("IMAP server {}: {detail}", self.addr))
+        Error::protocol(format!("IMAP server {}", self.addr), detail)
     }
 
     fn read_line(&mut self) -> Result<Vec<u8>> {

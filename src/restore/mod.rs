@@ -1,11 +1,15 @@
 //! Restore (issue 6): what an archive held as of a run, read back mailbox by mailbox, and
-//! written out to a Cyrus server (`cyrus`), an IMAP server (`imap`) or files (`export`).
-//! Everything that comes out of an archive is treated as untrusted: names become paths only
-//! through `safe_levels`, and every message's SHA-1 is checked as it is read.
+//! written out to a Cyrus server (`cyrus`), an IMAP server (`imap`) or files (`export`), each a
+//! `plan::Target` that plans first and then executes the plan; copies (files, IMAP) choose
+//! their messages through `select`. Everything that comes out of an archive is treated as
+//! untrusted: names become paths only through `safe_levels`, and every message's SHA-1 is
+//! checked as it is read.
 
 pub mod cyrus;
 pub mod export;
 pub mod imap;
+pub mod plan;
+pub mod select;
 
 pub use crate::time::{format_utc, parse_time};
 
@@ -275,6 +279,16 @@ impl LostEntry {
         }
     }
 
+    /// `e`, whose bytes read and checked but do not parse as what they should be.
+    pub fn damaged(archive: &Path, e: &EntryRecord, detail: String) -> LostEntry {
+        LostEntry {
+            entry: e.name.clone(),
+            archive: archive.to_path_buf(),
+            offset: Some(e.placement.member),
+            detail,
+        }
+    }
+
     /// An entry a mailbox needs that the archive does not hold as of the run.
     pub fn missing(archive: &Path, entry: String) -> LostEntry {
         LostEntry {
@@ -331,9 +345,9 @@ pub fn read_mailbox(
     let index_entry = entry("cyrus.index")?;
     let read = |e: &EntryRecord| read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err));
     let header = crate::spool::header::parse(&read(header_entry)?)
-        .map_err(|err| LostEntry::of(path, header_entry, &Error::usage(err.to_string())))?;
+        .map_err(|err| LostEntry::damaged(path, header_entry, err.to_string()))?;
     let index = crate::spool::index::parse(&read(index_entry)?)
-        .map_err(|err| LostEntry::of(path, index_entry, &Error::usage(err.to_string())))?;
+        .map_err(|err| LostEntry::damaged(path, index_entry, err.to_string()))?;
     Ok(MailboxData { header, index })
 }
 
@@ -349,13 +363,8 @@ pub fn folder_records(
     };
     let path = &archive.paths().archive;
     let bytes = read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err))?;
-    crate::entries::parse_records(&bytes).ok_or_else(|| {
-        LostEntry::of(
-            path,
-            e,
-            &Error::usage("not in the records format".to_string()),
-        )
-    })
+    crate::entries::parse_records(&bytes)
+        .ok_or_else(|| LostEntry::damaged(path, e, "not in the records format".to_string()))
 }
 
 /// The message files of an archive by SHA-1, to read many by seeking without a lookup each.

@@ -677,3 +677,32 @@ fn a_damaged_archive_restores_what_still_reads_and_reports_the_damage() {
     assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
     assert_eq!(std::fs::read(&paths.archive).unwrap(), bytes);
 }
+
+/// Issue 14: a restore is planned, then the plan is executed; a dry run stops at the plan. For
+/// the exports whose file names the plan knows in full, the dry run lists exactly what the real
+/// run then writes, and it writes nothing.
+#[test]
+fn a_dry_run_lists_what_the_restore_then_writes_and_writes_nothing() {
+    let (work, archives, _paths) = backed_up("trust-dry-run");
+    for name in ["eml", "mbox"] {
+        let dir = work.path().join(name);
+        let target = |dir: PathBuf| match name {
+            "eml" => RestoreTarget::Eml(dir),
+            _ => RestoreTarget::Mbox(dir),
+        };
+        let dry = RestoreOptions {
+            dry_run: true,
+            ..options(&archives, target(dir.clone()))
+        };
+        let planned = restore(&dry).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!dir.exists(), "{name}: the dry run wrote");
+        assert!(!planned.writes.is_empty(), "{name}: {planned:?}");
+        let done = restore(&options(&archives, target(dir.clone())))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(done.bad.is_empty() && done.lost.is_empty(), "{done:?}");
+        assert_eq!(planned.writes, done.writes, "{name}");
+        assert_eq!(planned.mailboxes, done.mailboxes, "{name}");
+        assert_eq!(planned.messages_written, 0, "{name}");
+        assert!(done.messages_written > 0, "{name}: {done:?}");
+    }
+}

@@ -1,24 +1,27 @@
-//! Exports to files (formats/restore.md, "Exports"): Maildir++ folders, mboxrd files, or one
-//! `.eml` per message. Every path is built under the target from checked name levels, every
-//! directory on the way is created or must already be a real directory (a symlink planted in
-//! the target is refused, not followed), and files are created new: a re-run after an
-//! interruption skips what is already there.
+//! Exports to files (formats/restore.md, "Exports"): Maildir++ folders (`maildir`), mboxrd
+//! files (`mbox`), or one `.eml` per message (`eml`), each a restore target. This module holds
+//! what they share: where a mailbox goes (`export_levels`) and how a file is written. Every
+//! path is built under the target from checked name levels, every directory on the way is
+//! created or must already be a real directory (a symlink planted in the target is refused, not
+//! followed), and files are created new: a re-run after an interruption skips what is already
+//! there.
+
+mod eml;
+mod maildir;
+mod mbox;
+
+pub use eml::EmlExport;
+pub use maildir::MaildirExport;
+pub use mbox::MboxExport;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::plan::Outcome;
 use crate::error::{Error, Result};
 use crate::spool::index::IndexRecord;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExportFormat {
-    Maildir,
-    Mbox,
-    Eml,
-}
 
 /// One message to export, with what the format can carry of it.
 pub struct ExportMessage<'a> {
@@ -40,6 +43,15 @@ pub fn ensure_dir(root: &Path, levels: &[String]) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Something other than what an export makes sits at a path in its target: the caller's target
+/// holds it, and it is left as it is.
+fn not_followed(path: &Path, what: &str) -> Error {
+    Error::usage(format!(
+        "{} exists and is not {what} (a symlink is never followed)",
+        path.display()
+    ))
+}
+
 fn create_real_dir(path: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     match fs::DirBuilder::new().mode(0o700).create(path) {
@@ -49,10 +61,7 @@ fn create_real_dir(path: &Path) -> Result<()> {
             if meta.file_type().is_dir() {
                 Ok(())
             } else {
-                Err(Error::usage(format!(
-                    "{} exists and is not a directory (a symlink is never followed)",
-                    path.display()
-                )))
+                Err(not_followed(path, "a directory"))
             }
         }
         Err(e) => Err(Error::io("create", path, e)),
@@ -90,10 +99,14 @@ pub fn write_new(path: &Path, bytes: &[u8], mtime: Option<i64>) -> Result<bool> 
             Err(e) => return Err(Error::io("create", path, e)),
         }
     }
-    Err(Error::usage(format!(
-        "{} appeared again while the export replaced it; another process writes in the target",
-        path.display()
-    )))
+    Err(Error::io(
+        "create",
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "it appeared again while the export replaced it; another process writes in the target",
+        ),
+    ))
 }
 
 fn create_exclusive(path: &Path) -> std::io::Result<File> {
@@ -110,12 +123,7 @@ fn create_exclusive(path: &Path) -> std::io::Result<File> {
 /// and checked on the open descriptor, so what is read is what was checked.
 fn holds(path: &Path, bytes: &[u8]) -> Result<bool> {
     use std::io::Read;
-    let not_a_file = || {
-        Error::usage(format!(
-            "{} exists and is not a regular file (a symlink is never followed)",
-            path.display()
-        ))
-    };
+    let not_a_file = || not_followed(path, "a regular file");
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -140,12 +148,12 @@ fn holds(path: &Path, bytes: &[u8]) -> Result<bool> {
     Ok(crate::guid::Guid::of(&there) == crate::guid::Guid::of(bytes))
 }
 
-/// Writes files on a few threads. Creating a file is mostly kernel time, which more cores
-/// share; reading and decoding the archive stays on the caller's thread, in order. The first
-/// error stops nothing already queued but is returned by the next `submit` or by `finish`.
 /// A file to write: where, what, and its mtime.
 type WriteJob = (PathBuf, Vec<u8>, Option<i64>);
 
+/// Writes files on a few threads. Creating a file is mostly kernel time, which more cores
+/// share; reading and decoding the archive stays on the caller's thread, in order. The first
+/// error stops nothing already queued but is returned by the next `submit` or by `finish`.
 pub struct WritePool {
     tx: Option<std::sync::mpsc::SyncSender<WriteJob>>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -215,7 +223,8 @@ impl WritePool {
             .as_ref()
             .expect("open until finish")
             .send((path, bytes, mtime))
-            .map_err(|_| Error::usage("the export's writer threads stopped"))
+            .expect("the writer threads receive until finish closes the queue");
+        Ok(())
     }
 
     /// Waits for every queued file; returns how many were written and how many were there.
@@ -282,282 +291,29 @@ pub fn export_levels(levels: &[String], inbox: bool) -> Vec<String> {
         .collect()
 }
 
-/// The Maildir++ folder name for a mailbox's levels under the INBOX (`None` for the INBOX
-/// itself, which is the Maildir): `.` joins levels, so they are escaped by `escape_level`.
-/// `levels` are the mailbox's raw levels (`safe_levels`); a folder named `INBOX` is `.INBOX`,
-/// apart from the INBOX.
-pub fn maildir_folder(levels: &[String], inbox: bool) -> Option<String> {
-    if inbox {
-        return None;
-    }
-    let escaped: Vec<String> = levels.iter().map(|l| escape_level(l)).collect();
-    Some(format!(".{}", escaped.join(".")))
+/// A pool sized to the machine, made when the first file is queued.
+fn writer_pool(slot: &mut Option<WritePool>) -> &WritePool {
+    slot.get_or_insert_with(|| {
+        WritePool::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
 }
 
-/// The Maildir info letters for the system flags (they must be in ASCII order) and the
-/// keyword letters Dovecot's `dovecot-keywords` file assigns.
-fn maildir_info(flags: &[String], keywords: &[String]) -> String {
-    let mut letters: Vec<char> = Vec::new();
-    for f in flags {
-        match f.as_str() {
-            "\\Draft" => letters.push('D'),
-            "\\Flagged" => letters.push('F'),
-            "\\Answered" => letters.push('R'),
-            "\\Seen" => letters.push('S'),
-            "\\Deleted" => letters.push('T'),
-            k => {
-                if let Some(i) = keywords.iter().position(|x| x == k) {
-                    letters.push((b'a' + i as u8) as char);
-                }
-            }
-        }
+/// Waits for the pool's files, counts them, and makes the tree under `root` durable.
+fn finish_export(pool: Option<WritePool>, root: &Path, out: &mut Outcome) -> Result<()> {
+    if let Some(pool) = pool {
+        let (written, there) = pool.finish()?;
+        out.messages_written += written;
+        out.messages_already_there += there;
     }
-    letters.sort_unstable();
-    letters.into_iter().collect()
-}
-
-/// Maildir: one folder (the INBOX is the Maildir itself), `cur/` files named
-/// `<internaldate>.M<uid>U<uidvalidity>.mailpack:2,<info>`, mtime = internal date, bytes as
-/// stored. User flags become keyword letters `a`–`z` listed in `dovecot-keywords` (the first 26
-/// in order of appearance; more cannot be carried).
-pub struct MaildirFolder {
-    dir: PathBuf,
-    keywords: Vec<String>,
-}
-
-impl MaildirFolder {
-    pub fn open(
-        root: &Path,
-        levels: &[String],
-        inbox: bool,
-        messages: &[ExportMessage],
-    ) -> Result<Self> {
-        let mut dir = ensure_dir(root, &[])?;
-        if let Some(folder) = maildir_folder(levels, inbox) {
-            dir = ensure_dir(root, &[folder])?;
-        }
-        for sub in ["cur", "new", "tmp"] {
-            ensure_dir(&dir, &[sub.to_string()])?;
-        }
-        let mut keywords: Vec<String> = Vec::new();
-        for m in messages {
-            for f in &m.flags {
-                if !f.starts_with('\\') && !keywords.contains(f) && keywords.len() < 26 {
-                    keywords.push(f.clone());
-                }
-            }
-        }
-        if !keywords.is_empty() {
-            let list: String = keywords
-                .iter()
-                .enumerate()
-                .map(|(i, k)| format!("{i} {k}\n"))
-                .collect();
-            let path = dir.join("dovecot-keywords");
-            let _ = fs::remove_file(&path);
-            write_new(&path, list.as_bytes(), None)?;
-        }
-        Ok(MaildirFolder { dir, keywords })
+    if root.exists() {
+        sync_tree(root)?;
     }
-
-    pub fn path_of(&self, m: &ExportMessage) -> PathBuf {
-        self.dir.join("cur").join(format!(
-            "{}.M{}U{}.mailpack:2,{}",
-            m.record.internaldate_ns.div_euclid(1_000_000_000),
-            m.record.uid,
-            m.uidvalidity,
-            maildir_info(&m.flags, &self.keywords)
-        ))
-    }
-
-    /// Queued to be written straight into `cur/`: a restore target has no mail client reading
-    /// it meanwhile, so Maildir's `tmp/` hand-over buys nothing but a second directory update.
-    pub fn write(&self, pool: &WritePool, m: &ExportMessage, bytes: Vec<u8>) -> Result<()> {
-        pool.submit(
-            self.path_of(m),
-            bytes,
-            Some(m.record.internaldate_ns.div_euclid(1_000_000_000)),
-        )
-    }
-}
-
-/// `asctime` form for the mbox `From ` line: `Sun Nov 22 13:05:09 2026`.
-fn asctime(t: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let iso = super::format_utc(t); // 2026-11-22T13:05:09Z
-    let (y, m, d) = (&iso[0..4], &iso[5..7], &iso[8..10]);
-    let month = MONTHS[m.parse::<usize>().unwrap_or(1) - 1];
-    let weekday = DAYS[t.div_euclid(86_400).rem_euclid(7) as usize];
-    format!(
-        "{weekday} {month} {:>2} {} {y}",
-        d.trim_start_matches('0'),
-        &iso[11..19]
-    )
-}
-
-/// One message in mboxrd form: the `From ` line, the message with CRLF turned into LF and every
-/// line matching `^>*From ` given one more `>`, `Status`/`X-Status`/`X-Keywords` headers for the
-/// flags (as mutt, Thunderbird and Python's `mailbox` read them), and a blank line.
-pub fn mbox_entry(m: &ExportMessage, bytes: &[u8]) -> Vec<u8> {
-    let secs = m.record.internaldate_ns.div_euclid(1_000_000_000);
-    let mut out = format!("From MAILER-DAEMON {}\n", asctime(secs)).into_bytes();
-    let text: Vec<u8> = {
-        let mut v = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-                i += 1;
-                continue;
-            }
-            v.push(bytes[i]);
-            i += 1;
-        }
-        v
-    };
-    let mut status = String::new();
-    let mut xstatus = String::new();
-    let mut keywords = Vec::new();
-    for f in &m.flags {
-        match f.as_str() {
-            "\\Seen" => status.push('R'),
-            "\\Answered" => xstatus.push('A'),
-            "\\Flagged" => xstatus.push('F'),
-            "\\Deleted" => xstatus.push('D'),
-            "\\Draft" => xstatus.push('T'),
-            k if !k.starts_with('\\') => keywords.push(k.to_string()),
-            _ => {}
-        }
-    }
-    status.push('O');
-    let mut flag_headers = format!("Status: {status}\n");
-    if !xstatus.is_empty() {
-        flag_headers.push_str(&format!("X-Status: {xstatus}\n"));
-    }
-    if !keywords.is_empty() {
-        flag_headers.push_str(&format!("X-Keywords: {}\n", keywords.join(" ")));
-    }
-    let mut in_headers = true;
-    let mut lines = text.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        let last = lines.peek().is_none();
-        if last && line.is_empty() {
-            break;
-        }
-        if in_headers && line.is_empty() {
-            out.extend_from_slice(flag_headers.as_bytes());
-            in_headers = false;
-        }
-        let quoted = line.iter().position(|&b| b != b'>').map(|i| &line[i..]);
-        if quoted.is_some_and(|rest| rest.starts_with(b"From ")) {
-            out.push(b'>');
-        }
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    if in_headers {
-        out.extend_from_slice(flag_headers.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
-    out
-}
-
-/// An mbox file being appended to: created new, so an existing file is never overwritten.
-pub struct MboxFile {
-    file: File,
-    path: PathBuf,
-}
-
-impl MboxFile {
-    pub fn create(path: &Path) -> Result<MboxFile> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::usage(format!(
-                    "{} exists; an mbox export never overwrites a file",
-                    path.display()
-                )),
-                _ => Error::io("create", path, e),
-            })?;
-        Ok(MboxFile {
-            file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn append(&mut self, m: &ExportMessage, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all(&mbox_entry(m, bytes))
-            .map_err(|e| Error::io("write", &self.path, e))
-    }
-
-    pub fn finish(self) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io("fsync", &self.path, e))
-    }
-}
-
-/// `.eml`: `<dir>/<uid>.eml`, the message's bytes as stored, mtime = internal date.
-pub fn eml_path(dir: &Path, record: &IndexRecord) -> PathBuf {
-    dir.join(format!("{}.eml", record.uid))
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(uid: u32, date: i64) -> IndexRecord {
-        IndexRecord {
-            uid,
-            internaldate_ns: date * 1_000_000_000,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn mboxrd_quotes_from_lines_and_carries_flags() {
-        let r = record(1, 1_795_352_709);
-        let m = ExportMessage {
-            record: &r,
-            flags: vec!["\\Flagged".into(), "\\Seen".into(), "Work".into()],
-            uidvalidity: 1,
-        };
-        let out = mbox_entry(&m, b"Subject: x\r\n\r\nFrom here\r\n>From there\r\nok\r\n");
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(
-            text,
-            "From MAILER-DAEMON Sun Nov 22 13:05:09 2026\nSubject: x\nStatus: RO\nX-Status: F\n\
-             X-Keywords: Work\n\n>From here\n>>From there\nok\n\n"
-        );
-    }
-
-    #[test]
-    fn maildir_names_keep_the_hierarchy_unambiguous() {
-        assert_eq!(maildir_folder(&["INBOX".into()], true), None);
-        assert_eq!(
-            maildir_folder(&["INBOX".into()], false).as_deref(),
-            Some(".INBOX")
-        );
-        assert_eq!(
-            maildir_folder(&["a.b".into(), "c".into()], false).as_deref(),
-            Some(".a%2Eb.c")
-        );
-        assert_eq!(
-            maildir_info(
-                &["\\Seen".into(), "\\Answered".into(), "k".into()],
-                &["k".into()]
-            ),
-            "RSa"
-        );
-    }
 
     #[test]
     fn a_symlink_in_the_target_is_not_followed() {

@@ -1,0 +1,114 @@
+//! Files placed into a Cyrus server's directories: created beside their final name under a
+//! fresh temporary name, synced, given their mtime and the owner of the server's files, and
+//! renamed into place.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The uid and gid that own the server's files (those of its configdirectory): everything the
+/// restore creates gets them, so Cyrus can use it, and Cyrus's tools run as them.
+#[derive(Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    pub fn of(path: &Path) -> Result<Owner> {
+        let m = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        Ok(Owner {
+            uid: m.uid(),
+            gid: m.gid(),
+        })
+    }
+
+    pub fn apply(&self, path: &Path) -> Result<()> {
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(());
+        }
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
+            .map_err(|e| Error::io("chown", path, e))
+    }
+}
+
+/// Creates the directories of `path` that are missing, owned like the server's.
+pub fn create_dirs(path: &Path, owner: Owner) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut p = path;
+    while !p.exists() {
+        missing.push(p.to_path_buf());
+        p = match p.parent() {
+            Some(parent) => parent,
+            None => break,
+        };
+    }
+    for dir in missing.iter().rev() {
+        use std::os::unix::fs::DirBuilderExt;
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => owner.apply(dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create", dir, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file beside its final name and renames it there, owned like the server's files,
+/// with `mtime` (Cyrus reports a mailbox's index mtime as its `lastupdate`). The temporary name
+/// is fresh and created exclusively, never through a link planted at a predictable name.
+pub fn place(path: &Path, bytes: &[u8], mtime_ns: Option<i64>, owner: Owner) -> Result<()> {
+    let dir = crate::io::parent_dir(path);
+    create_dirs(&dir, owner)?;
+    let (tmp, mut file) = create_temp_beside(path)?;
+    let written = (|| {
+        file.write_all(bytes)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        if let Some(ns) = mtime_ns {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+            file.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+                .map_err(|e| Error::io("set the time of", &tmp, e))?;
+        }
+        owner.apply(&tmp)?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// A new file `<name>.mailpack-<random>` beside `path`, created with O_EXCL and O_NOFOLLOW.
+fn create_temp_beside(path: &Path) -> Result<(PathBuf, fs::File)> {
+    // A handful of tries: a clash with 64 random bits means someone is guessing, not chance.
+    for _ in 0..4 {
+        let id = crate::io::random_id()?;
+        let suffix: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".mailpack-{suffix}"));
+        let tmp = path.with_file_name(name);
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("create", &tmp, e)),
+        }
+    }
+    Err(Error::io(
+        "create a temporary name beside",
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "every fresh name tried exists",
+        ),
+    ))
+}
