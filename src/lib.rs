@@ -4,7 +4,7 @@
 //! `commands` imports it):
 //! - `cli`: argument parsing, printing, exit codes (the only layer that talks to a person);
 //! - `commands`: one function per subcommand, returning values;
-//! - `scan` (the backup passes), `restore`, `compact`: peers that never import each other;
+//! - `backup` (the two passes of one user's backup), `restore`, `compact`: peers that never import each other;
 //! - `store`: an archive with its sidecar index, writer lock and recovery; `agent`: the spool
 //!   read locally or over ssh, behind one `Source` interface;
 //! - `entries`: the entry vocabulary (formats/backup-entries.md) both backup and restore use;
@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod archive;
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod compact;
@@ -23,7 +24,6 @@ pub mod guid;
 pub mod host;
 pub mod io;
 pub mod restore;
-pub mod scan;
 pub mod spool;
 pub mod store;
 pub mod time;

@@ -106,7 +106,7 @@ pub fn entry_line(e: &EntryView) -> String {
     }
 }
 
-pub fn user_summary(r: &crate::scan::UserReport) -> String {
+pub fn user_summary(r: &crate::backup::UserReport) -> String {
     if r.gone {
         return format!(
             "{}: gone from the server; names tombstoned in run {}",

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use crate::agent::{LocalSource, RemoteSource, Source};
+use crate::backup::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
 use crate::error::{Error, Result};
-use crate::scan::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::spool::{LockOptions, Spool};
 use crate::store::{list_own_archives, ArchivePaths, StoreWriter, WriterOptions};
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use mailpack::agent::{serve, LocalSource, RemoteSource, Source};
 use mailpack::archive::EntryKind;
-use mailpack::scan::{backup_user, UserOptions, UserReport};
+use mailpack::backup::{backup_user, UserOptions, UserReport};
 use mailpack::spool::{LockOptions, Spool};
 use mailpack::store::{Archive, ArchivePaths, StoreWriter, WriterOptions};
 use mailpack::Guid;

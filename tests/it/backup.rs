@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
+use mailpack::backup::UserReport;
 use mailpack::commands::backup::{backup, BackupOptions, SpoolAccess, UserOutcome};
 use mailpack::entries::{folder_entry, imap_entry};
-use mailpack::scan::UserReport;
 use mailpack::spool::{LockOptions, MetaFile, Spool};
 use mailpack::store::{Archive, ArchivePaths, WriterOptions};
 

@@ -375,7 +375,7 @@ fn fifos_in_the_spool_are_refused_without_blocking() {
 #[test]
 fn a_fifo_message_file_leaves_no_cyrus_lock_held() {
     use mailpack::agent::RemoteSource;
-    use mailpack::scan::{backup_user, UserOptions};
+    use mailpack::backup::{backup_user, UserOptions};
     use mailpack::spool::lock::{FileLock, LockMethod, LockMode, LockWait};
 
     let server = CyrusServer::start(CyrusOptions::default());
