@@ -42,6 +42,10 @@ pub enum Error {
     External { tool: String, detail: String },
     /// A configuration file mailpack was pointed at (imapd.conf) says something it cannot use.
     Config { path: PathBuf, detail: String },
+    /// A rule mailpack keeps refuses the operation: the archive format cannot hold it (an entry
+    /// name, a marker key, data that does not hash to its name, a run past the last number), or
+    /// it would overwrite something already at the target.
+    Refused(String),
     /// The request itself is wrong (bad name, bad argument).
     Usage(String),
 }
@@ -65,6 +69,10 @@ impl Error {
 
     pub fn usage(detail: impl Into<String>) -> Error {
         Error::Usage(detail.into())
+    }
+
+    pub fn refused(detail: impl Into<String>) -> Error {
+        Error::Refused(detail.into())
     }
 
     pub fn config(path: impl AsRef<Path>, detail: impl Into<String>) -> Error {
@@ -125,7 +133,7 @@ impl fmt::Display for Error {
             Error::Config { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Protocol { peer, detail } => write!(f, "{peer}: {detail}"),
             Error::External { tool, detail } => write!(f, "{tool}: {detail}"),
-            Error::Usage(detail) => f.write_str(detail),
+            Error::Refused(detail) | Error::Usage(detail) => f.write_str(detail),
         }
     }
 }

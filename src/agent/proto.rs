@@ -250,7 +250,11 @@ impl RError {
             }
             // A wrong imapd.conf on the mail host travels as "usage", as it did before it had
             // its own variant.
-            Error::Usage(_) | Error::Config { .. } => ("usage", None, None, None, None),
+            // A wrong imapd.conf and a refusal travel as "usage", as they did before they had
+            // their own variants.
+            Error::Usage(_) | Error::Config { .. } | Error::Refused(_) => {
+                ("usage", None, None, None, None)
+            }
             // The backup host only needs the message of a failure on the agent's side.
             Error::Io { .. }
             | Error::Poisoned(_)

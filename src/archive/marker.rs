@@ -128,7 +128,7 @@ fn encode_body(
     body.push_str(&format!("start={start}\n"));
     for (k, v) in &summary.counts {
         if !key_ok(k) {
-            return Err(Error::usage(format!(
+            return Err(Error::refused(format!(
                 "counter name {k:?} is not [a-z0-9.-]+"
             )));
         }
@@ -139,7 +139,7 @@ fn encode_body(
     }
     for (k, v) in &summary.extra {
         if !key_ok(k) || v.contains('\n') {
-            return Err(Error::usage(format!(
+            return Err(Error::refused(format!(
                 "marker line {k:?}={v:?} is not key=value"
             )));
         }

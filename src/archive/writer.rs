@@ -153,7 +153,7 @@ impl ArchiveWriter {
         let header_len = record.placement.data_at - record.placement.header_at as u64;
         if encoded.len() > MEMBER_TARGET || encoded.len() as u64 != header_len + padded(record.size)
         {
-            return Err(Error::usage(format!(
+            return Err(Error::refused(format!(
                 "{}: {} encoded bytes do not fit one member or do not match the record",
                 record.name,
                 encoded.len()
@@ -244,9 +244,9 @@ impl ArchiveWriter {
     /// Appends a symlink; an empty target is a tombstone.
     pub fn append_symlink(&mut self, name: &str, target: &str, mtime: u64) -> Result<()> {
         self.check()?;
-        check_name(name).map_err(Error::usage)?;
+        check_name(name).map_err(Error::refused)?;
         if !target.is_empty() {
-            check_name(target).map_err(Error::usage)?;
+            check_name(target).map_err(Error::refused)?;
         }
         let entry = NewEntry {
             name,
@@ -270,7 +270,7 @@ impl ArchiveWriter {
         mtime: u64,
     ) -> Result<Guid> {
         self.check()?;
-        check_name(name).map_err(Error::usage)?;
+        check_name(name).map_err(Error::refused)?;
         let sha1 = Guid::of(data);
         check_files_name(name, &sha1)?;
         let r = if self.entry_len(name, "", data.len() as u64, stat.is_some())
@@ -289,7 +289,7 @@ impl ArchiveWriter {
             );
             match appended {
                 Ok(Appended::Stored(_)) => Ok(()),
-                Ok(Appended::Rejected(rejected)) => Err(Error::usage(rejected.0)),
+                Ok(Appended::Rejected(rejected)) => Err(Error::refused(rejected.0)),
                 Err(e) => Err(e),
             }
         };
@@ -309,7 +309,7 @@ impl ArchiveWriter {
         mtime: u64,
     ) -> Result<Appended> {
         self.check()?;
-        check_name(name).map_err(Error::usage)?;
+        check_name(name).map_err(Error::refused)?;
         if self.entry_len(name, "", size, stat.is_some()) <= MEMBER_TARGET as u64 {
             let mut data = Vec::with_capacity(size as usize);
             let read = source
@@ -578,7 +578,7 @@ impl ArchiveWriter {
     fn commit_inner(&mut self, summary: &RunSummary) -> Result<CommittedRun> {
         if self.run == u64::MAX {
             // The last number is never used, so no run number can ever wrap.
-            return Err(Error::usage(format!(
+            return Err(Error::refused(format!(
                 "{}: run numbers are exhausted (the last run is {}); nothing was committed",
                 self.file.path().display(),
                 u64::MAX - 1
@@ -630,7 +630,7 @@ impl ArchiveWriter {
 fn check_files_name(name: &str, sha1: &Guid) -> Result<()> {
     if let Some(hex) = name.strip_prefix(FILES_DIR) {
         if hex.parse::<Guid>().ok() != Some(*sha1) {
-            return Err(Error::usage(format!(
+            return Err(Error::refused(format!(
                 "{name}: data hashes to {sha1}, not to its name"
             )));
         }

@@ -224,11 +224,10 @@ fn create_like(path: &Path, root: &Path) -> Result<File> {
     let parent = crate::io::parent_dir(path);
     if !parent.exists() {
         let rel = parent.strip_prefix(root).map_err(|_| {
-            Error::usage(format!(
-                "lock file {} is outside {}",
-                path.display(),
-                root.display()
-            ))
+            Error::config(
+                root,
+                format!("lock file {} is outside the lock directory", path.display()),
+            )
         })?;
         let mut dir = root.to_path_buf();
         for part in rel.components() {

@@ -125,7 +125,7 @@ impl StoreWriter {
             DurableFile::new(file, &paths.archive, options.faults.clone()),
             archive.committed_len(),
             archive.next_run().ok_or_else(|| {
-                Error::usage(format!(
+                Error::refused(format!(
                     "{}: run numbers are exhausted; nothing was committed",
                     paths.archive.display()
                 ))

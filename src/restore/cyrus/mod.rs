@@ -364,7 +364,7 @@ fn plan_mailbox(
                     existing.name
                 )
             };
-            return Err(Error::usage(format!(
+            return Err(Error::refused(format!(
                 "{}: {what}; or export it (--maildir, --mbox, --eml) or restore it additively \
                  (--imap)",
                 p.entry.name

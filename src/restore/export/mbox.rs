@@ -113,7 +113,7 @@ impl MboxFile {
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::usage(format!(
+                std::io::ErrorKind::AlreadyExists => Error::refused(format!(
                     "{} exists; an mbox export never overwrites a file",
                     path.display()
                 )),

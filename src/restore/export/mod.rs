@@ -46,7 +46,7 @@ pub fn ensure_dir(root: &Path, levels: &[String]) -> Result<PathBuf> {
 /// Something other than what an export makes sits at a path in its target: the caller's target
 /// holds it, and it is left as it is.
 fn not_followed(path: &Path, what: &str) -> Error {
-    Error::usage(format!(
+    Error::refused(format!(
         "{} exists and is not {what} (a symlink is never followed)",
         path.display()
     ))
