@@ -45,11 +45,16 @@ fuzz_target!(|data: &[u8]| {
         // Every offset the scanner reports is a member start inside the input.
         let at = match &event {
             ScanEvent::Entry(e) => e.record.placement.member,
-            ScanEvent::Commit(m) => m.member.offset,
+            ScanEvent::Commit(mailpack::archive::scan::ScannedMarker { member, .. }) => {
+                member.offset
+            }
             ScanEvent::Damage(d) => d.offset,
             ScanEvent::MemberEnd(m) => m.offset,
         };
-        assert!(at <= data.len() as u64, "event at {at} past the input: {event:?}");
+        assert!(
+            at <= data.len() as u64,
+            "event at {at} past the input: {event:?}"
+        );
     }
 });
 

@@ -145,7 +145,10 @@ fn scratch() -> &'static ArchivePaths {
         } else {
             std::env::temp_dir()
         };
-        let dir = base.join(format!("mailpack-fuzz-sidecar_index-{}", std::process::id()));
+        let dir = base.join(format!(
+            "mailpack-fuzz-sidecar_index-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         ArchivePaths::for_archive_file(&dir.join("fuzz.tar.gz")).expect("archive paths")
     })

@@ -13,7 +13,7 @@ mod tar;
 mod writer;
 
 pub use id::ArchiveId;
-pub use marker::RunSummary;
+pub use marker::{Marker, RunSummary};
 pub use member::{
     member_header, Member, MemberError, MemberReader, HEADER_LEN, MAX_MEMBER_PAYLOAD,
 };

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-use super::marker::{self, marker_run};
+use super::marker::{self, marker_run, Marker};
 use super::member::{Member, MemberError, MemberReader};
 use super::pax::PaxMeta;
 use super::tar::{decode_block, decode_pax, padded, Block, RawHeader, BLOCK};
@@ -36,14 +36,10 @@ pub struct ScannedEntry {
     pub mtime: u64,
 }
 
+/// A commit marker as the scanner found it: what it says, and the member it stands alone in.
 #[derive(Debug, Clone)]
 pub struct ScannedMarker {
-    pub run: u64,
-    pub archive_id: String,
-    pub time: i64,
-    pub start: u64,
-    pub entries: u64,
-    pub fields: Vec<(String, String)>,
+    pub marker: Marker,
     pub member: Member,
 }
 
@@ -241,13 +237,8 @@ impl<R: Read + Seek> Scanner<R> {
             if clean {
                 let name_run = marker_run(&partial.name).expect("only markers are pending");
                 match marker::decode(name_run, partial.size, &self.marker_body) {
-                    Ok(m) => self.events.push_back(ScanEvent::Commit(ScannedMarker {
-                        run: m.run,
-                        archive_id: m.archive_id,
-                        time: m.time,
-                        start: m.start,
-                        entries: m.entries,
-                        fields: m.fields,
+                    Ok(marker) => self.events.push_back(ScanEvent::Commit(ScannedMarker {
+                        marker,
                         member: member.clone(),
                     })),
                     // The damage is placed at the marker's header, as for any other entry.

@@ -117,7 +117,7 @@ pub(crate) fn scan_runs_with(
                 }
             }
             ScanEvent::Damage(d) => out.damage.push(d),
-            ScanEvent::Commit(m) => {
+            ScanEvent::Commit(crate::archive::scan::ScannedMarker { marker: m, member }) => {
                 let mut problems = Vec::new();
                 let id = m.archive_id.parse::<ArchiveId>().ok();
                 match (out.archive_id, id) {
@@ -156,8 +156,8 @@ pub(crate) fn scan_runs_with(
                     on_run(CommittedRun {
                         run: m.run,
                         start: m.start,
-                        marker_offset: m.member.offset,
-                        end: m.member.end,
+                        marker_offset: member.offset,
+                        end: member.end,
                         time: m.time,
                         compacted: m
                             .fields
@@ -166,10 +166,10 @@ pub(crate) fn scan_runs_with(
                             .and_then(|(_, v)| v.parse().ok()),
                         entries: std::mem::take(&mut pending),
                     })?;
-                    out.committed_end = m.member.end;
+                    out.committed_end = member.end;
                 } else {
                     out.damage.push(Damage {
-                        offset: m.member.offset,
+                        offset: member.offset,
                         within: Some(0),
                         entry: Some(format!("runs/{}", m.run)),
                         detail: problems.join("; "),
@@ -178,7 +178,7 @@ pub(crate) fn scan_runs_with(
                     pending.clear();
                 }
                 expected_run = Some(m.run.checked_add(1));
-                run_start = m.member.end;
+                run_start = member.end;
             }
         }
     }
@@ -196,10 +196,10 @@ pub(super) fn marker_matches(
     };
     for event in scanner {
         match event {
-            ScanEvent::Commit(m) => {
+            ScanEvent::Commit(crate::archive::scan::ScannedMarker { marker: m, member }) => {
                 return m.run == run.run
-                    && m.member.end == run.end
-                    && m.member.integrity.is_ok()
+                    && member.end == run.end
+                    && member.integrity.is_ok()
                     && m.archive_id.parse::<ArchiveId>().ok() == Some(*archive_id)
             }
             ScanEvent::MemberEnd(_) | ScanEvent::Damage(_) => return false,

@@ -341,14 +341,14 @@ fn salvage(source: &ArchiveHandle, len: u64) -> Result<Salvage> {
                 }
             }
             ScanEvent::Damage(d) => damage.push(d),
-            ScanEvent::Commit(m) => {
+            ScanEvent::Commit(crate::archive::scan::ScannedMarker { marker: m, member }) => {
                 let id = m.archive_id.parse::<ArchiveId>().ok();
                 if archive_id.is_none() {
                     archive_id = id;
                 }
                 if id != archive_id {
                     damage.push(Damage {
-                        offset: m.member.offset,
+                        offset: member.offset,
                         within: Some(0),
                         entry: Some(format!("runs/{}", m.run)),
                         detail: "commit marker of another archive".into(),
@@ -356,11 +356,11 @@ fn salvage(source: &ArchiveHandle, len: u64) -> Result<Salvage> {
                     });
                     continue;
                 }
-                last_end = m.member.end;
+                last_end = member.end;
                 runs.push(SalvagedRun {
                     run: m.run,
-                    marker_offset: m.member.offset,
-                    end: m.member.end,
+                    marker_offset: member.offset,
+                    end: member.end,
                     time: m.time,
                     fields: m.fields,
                     entries: std::mem::take(&mut pending),

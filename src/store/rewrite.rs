@@ -228,7 +228,11 @@ impl Archive {
             .map_err(|e| Error::io("seek", path, e))?;
         for event in scanner {
             match event {
-                ScanEvent::Commit(m) if m.run == run.run => return Ok(m.fields),
+                ScanEvent::Commit(crate::archive::scan::ScannedMarker { marker: m, .. })
+                    if m.run == run.run =>
+                {
+                    return Ok(m.fields)
+                }
                 ScanEvent::Entry(_) => {}
                 _ => break,
             }

@@ -187,8 +187,8 @@ fn layout(path: &Path) -> Layout {
                 pending.push((e.record.name.clone(), e.record.placement.member));
                 in_run.push(e.record.name);
             }
-            ScanEvent::Commit(m) => {
-                markers.insert(m.member.offset, (m.run, m.start));
+            ScanEvent::Commit(mailpack::archive::scan::ScannedMarker { marker: m, member }) => {
+                markers.insert(member.offset, (m.run, m.start));
                 in_run.retain(|n| !n.starts_with("runs/"));
                 run_entries.insert(m.run, std::mem::take(&mut in_run));
             }
