@@ -72,6 +72,28 @@ impl MboxName {
         })
     }
 
+    /// The shared tree of a name that belongs to no user (formats/backup-entries.md, "Shared
+    /// mailboxes"): its top-level name, with the domain after `@` like a userid. A mailbox
+    /// deleted with delete_mode: delayed belongs to the tree it was deleted from. `None` for a
+    /// user's name, and for `user` or the deleted prefix alone, which no tree can be named.
+    pub fn shared_tree(&self, deletedprefix: &str) -> Option<String> {
+        if self.owner(deletedprefix).is_some() {
+            return None;
+        }
+        let parts: &[String] = match self.parts.first().map(String::as_str) {
+            Some(p) if p == deletedprefix => &self.parts[1..],
+            _ => &self.parts,
+        };
+        let top = parts.first().filter(|t| !t.is_empty() && *t != "user")?;
+        if *top == deletedprefix {
+            return None;
+        }
+        Some(match &self.domain {
+            Some(d) => format!("{top}@{d}"),
+            None => top.clone(),
+        })
+    }
+
     /// Whether this is `<deletedprefix>.…` (a mailbox deleted with delete_mode: delayed).
     pub fn is_deleted(&self, deletedprefix: &str) -> bool {
         self.parts.len() > 1 && self.parts[0] == deletedprefix
@@ -111,6 +133,35 @@ pub fn split_userid(userid: &str) -> (&str, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_trees_are_named_by_their_top_level_and_domain() {
+        for (name, tree) in [
+            ("Announcements", Some("Announcements")),
+            ("Announcements.2024.Q1", Some("Announcements")),
+            ("example.com!support.tickets", Some("support@example.com")),
+            ("DELETED.Announcements.6B02336D", Some("Announcements")),
+            (
+                "example.com!DELETED.support.6B02336D",
+                Some("support@example.com"),
+            ),
+            ("user.alice", None),
+            ("user.alice.Sent", None),
+            ("DELETED.user.alice.Sent.6B02336D", None),
+            ("example.com!user.bob", None),
+            ("user", None),
+            ("DELETED", None),
+            ("DELETED.DELETED", None),
+        ] {
+            assert_eq!(
+                MboxName::from_internal(name)
+                    .shared_tree("DELETED")
+                    .as_deref(),
+                tree,
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn forms_convert_both_ways() {

@@ -50,6 +50,8 @@ pub struct Spool {
     by_owner: HashMap<String, Vec<usize>>,
     /// Positions of mailboxes that belong to no user.
     shared: Vec<usize>,
+    /// Positions of each shared tree's mailboxes, in list order.
+    by_tree: HashMap<String, Vec<usize>>,
 }
 
 impl Spool {
@@ -60,10 +62,16 @@ impl Spool {
         let mboxlist = Mboxlist::read(&db)?;
         let mut by_owner: HashMap<String, Vec<usize>> = HashMap::new();
         let mut shared = Vec::new();
+        let mut by_tree: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, e) in mboxlist.entries.iter().enumerate() {
             match e.name.owner(&config.deletedprefix) {
                 Some(user) => by_owner.entry(user).or_default().push(i),
-                None => shared.push(i),
+                None => {
+                    shared.push(i);
+                    if let Some(tree) = e.name.shared_tree(&config.deletedprefix) {
+                        by_tree.entry(tree).or_default().push(i);
+                    }
+                }
             }
         }
         Ok(Spool {
@@ -71,6 +79,7 @@ impl Spool {
             mboxlist,
             by_owner,
             shared,
+            by_tree,
         })
     }
 
@@ -94,6 +103,32 @@ impl Spool {
     /// tombstones of names they used to have.
     pub fn mailboxes_of<'a>(&'a self, userid: &str) -> impl Iterator<Item = &'a MailboxEntry> + 'a {
         let ids = self.by_owner.get(userid).map_or(&[][..], Vec::as_slice);
+        ids.iter().map(|&i| &self.mboxlist.entries[i])
+    }
+
+    /// Every shared tree with at least one mailbox that exists (deleted-but-kept ones count),
+    /// sorted.
+    pub fn shared_trees(&self) -> Vec<String> {
+        let mut trees: Vec<String> = self
+            .by_tree
+            .iter()
+            .filter(|(_, ids)| {
+                ids.iter()
+                    .any(|&i| !self.mboxlist.entries[i].is_tombstone())
+            })
+            .map(|(tree, _)| tree.clone())
+            .collect();
+        trees.sort();
+        trees
+    }
+
+    /// A shared tree's mailboxes in list order: the tree, its `DELETED.` mailboxes, and the
+    /// tombstones of names it used to have.
+    pub fn mailboxes_of_tree<'a>(
+        &'a self,
+        tree: &str,
+    ) -> impl Iterator<Item = &'a MailboxEntry> + 'a {
+        let ids = self.by_tree.get(tree).map_or(&[][..], Vec::as_slice);
         ids.iter().map(|&i| &self.mboxlist.entries[i])
     }
 

@@ -10,6 +10,8 @@ pub const ARCHIVE_SUFFIX: &str = ".tar.gz";
 pub const INDEX_SUFFIX: &str = ".idx";
 pub const LOCK_SUFFIX: &str = ".lock";
 pub const MAX_ENCODED: usize = 200;
+/// The directory below the archive directory that holds shared trees' archives.
+pub const SHARED_DIR: &str = "shared";
 
 fn kept(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+' | b'@')
@@ -88,6 +90,20 @@ impl ArchivePaths {
         })
     }
 
+    /// The three files of a shared tree's archive, in the `shared/` directory below `dir`
+    /// (formats/backup-entries.md, "Shared mailboxes"): apart from every user's, whatever the
+    /// names. `user` stays `None`: the archive is no user's.
+    pub fn for_shared(dir: &Path, tree: &str) -> Result<ArchivePaths> {
+        let enc = encode_user(tree)?;
+        let dir = dir.join(SHARED_DIR);
+        Ok(ArchivePaths {
+            archive: dir.join(format!("{enc}{ARCHIVE_SUFFIX}")),
+            index: dir.join(format!("{enc}{INDEX_SUFFIX}")),
+            lock: dir.join(format!("{enc}{LOCK_SUFFIX}")),
+            user: None,
+        })
+    }
+
     /// The paths for an archive file named directly on the command line.
     pub fn for_archive_file(path: &Path) -> Result<ArchivePaths> {
         let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
@@ -153,6 +169,27 @@ pub fn list_own_archives(dir: &Path) -> Result<(Vec<ArchivePaths>, Vec<String>)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_tree_never_shares_a_file_with_a_user_of_the_same_name() {
+        let dir = Path::new("/a");
+        for name in ["support", "shared", "Announcements@example.com"] {
+            let user = ArchivePaths::for_user(dir, name).unwrap();
+            let tree = ArchivePaths::for_shared(dir, name).unwrap();
+            for (u, t) in [
+                (&user.archive, &tree.archive),
+                (&user.index, &tree.index),
+                (&user.lock, &tree.lock),
+            ] {
+                assert_ne!(u, t);
+                assert_eq!(t.parent().unwrap(), dir.join(SHARED_DIR));
+            }
+            assert_eq!(tree.user, None);
+        }
+        // The user named like the directory has a file beside it, not inside it.
+        let shared_user = ArchivePaths::for_user(dir, SHARED_DIR).unwrap();
+        assert_eq!(shared_user.archive, dir.join("shared.tar.gz"));
+    }
 
     #[test]
     fn examples_from_the_spec() {

@@ -535,3 +535,72 @@ fn mailpack_reads_a_spool_that_mixes_both_layouts() {
         );
     }
 }
+
+/// Shared trees as formats/backup-entries.md names them: each top-level mailbox that belongs to
+/// no user with everything below it, and what was deleted from it, on a real server.
+#[test]
+fn shared_mailboxes_are_grouped_into_trees_by_their_top_level_name() {
+    let server = CyrusServer::start(CyrusOptions::default());
+    server.create_user("alice");
+    let mut a = server.admin();
+    for mailbox in [
+        "Announcements",
+        "Announcements/2024",
+        "Announcements/2024/Q1",
+        "support",
+        "support/Old",
+    ] {
+        a.create(mailbox);
+    }
+    // An admin administers shared mailboxes; a user posts to one whose ACL lets them.
+    a.ok("SETACL Announcements anyone lrsip");
+    // altnamespace: a user sees shared mailboxes under "Shared Folders".
+    server.imap("alice").append(
+        "Shared Folders/Announcements",
+        &[],
+        None,
+        b"Subject: hello\r\n\r\nall hands\r\n",
+    );
+    a.ok("SETACL support/Old anyone lrsx");
+    a.delete("support/Old");
+    let spool = Spool::open(&server.config_path()).unwrap();
+    assert_eq!(spool.shared_trees(), ["Announcements", "support"]);
+    assert!(!spool
+        .users()
+        .iter()
+        .any(|u| u == "Announcements" || u == "support"));
+    let names = |tree: &str| -> Vec<String> {
+        spool
+            .mailboxes_of_tree(tree)
+            .filter(|e| !e.is_tombstone())
+            .map(|e| e.name.internal())
+            .collect()
+    };
+    assert_eq!(
+        names("Announcements"),
+        [
+            "Announcements",
+            "Announcements.2024",
+            "Announcements.2024.Q1"
+        ]
+    );
+    // In list order, which is mailboxes.db's: the deleted prefix may sort first.
+    let mut support = names("support");
+    support.sort();
+    assert_eq!(support.len(), 2, "{support:?}");
+    assert!(
+        support[0].starts_with("DELETED.support.Old."),
+        "the delayed-deleted mailbox stays with its tree: {support:?}"
+    );
+    assert_eq!(support[1], "support");
+    // Every shared mailbox is in exactly one tree, and none is a user's.
+    let in_trees: usize = spool
+        .shared_trees()
+        .iter()
+        .map(|t| spool.mailboxes_of_tree(t).count())
+        .sum();
+    assert_eq!(in_trees, spool.shared_mailboxes().count());
+    assert!(spool
+        .mailboxes_of("alice")
+        .all(|e| e.name.shared_tree("DELETED").is_none()));
+}
