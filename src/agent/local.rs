@@ -15,6 +15,7 @@ use crate::spool::file::{self, Follow};
 use crate::spool::lock::{FileLock, LockMode};
 use crate::spool::mboxlist::MailboxEntry;
 use crate::spool::user::MailboxAnnotations;
+use crate::spool::Owner;
 use crate::spool::{LockOptions, MetaFile, Spool};
 
 /// The mailbox pass 2 has open: its name lock (when Cyrus had made the lock file) and where its
@@ -154,11 +155,11 @@ impl<'a> LocalSource<'a> {
         }
     }
 
-    fn mailbox(&self, user: &str, uniqueid: &str) -> Result<&'a MailboxEntry> {
+    fn mailbox(&self, owner: &Owner, uniqueid: &str) -> Result<&'a MailboxEntry> {
         self.spool
-            .mailboxes_of(user)
+            .mailboxes_of_owner(owner)
             .find(|e| !e.is_tombstone() && e.uniqueid.as_deref() == Some(uniqueid))
-            .ok_or_else(|| Error::NotFound(format!("mailbox {uniqueid} of {user}")))
+            .ok_or_else(|| Error::NotFound(format!("mailbox {uniqueid} of {owner}")))
     }
 
     fn user_file_paths(&self, user: &str) -> Vec<(String, PathBuf)> {
@@ -190,12 +191,16 @@ impl Source for LocalSource<'_> {
         Ok(self.spool.users())
     }
 
-    fn list_user(&mut self, user: &str) -> Result<UserListing> {
-        check_user(user)?;
+    fn shared_trees(&mut self) -> Result<Vec<String>> {
+        Ok(self.spool.shared_trees())
+    }
+
+    fn list_owner(&mut self, owner: &Owner) -> Result<UserListing> {
+        check_user(owner.name())?;
         let mut listing = UserListing::default();
         for e in self
             .spool
-            .mailboxes_of(user)
+            .mailboxes_of_owner(owner)
             .filter(|e| !e.is_tombstone() && !e.is_remote())
         {
             let mut records = vec![Record {
@@ -220,6 +225,10 @@ impl Source for LocalSource<'_> {
                 stats,
             });
         }
+        let Owner::User(user) = owner else {
+            // A shared tree has no per-user files.
+            return Ok(listing);
+        };
         for (entry, path) in self.user_file_paths(user) {
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
@@ -240,10 +249,10 @@ impl Source for LocalSource<'_> {
         Ok(listing)
     }
 
-    fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox> {
-        check_user(user)?;
+    fn open_mailbox(&mut self, owner: &Owner, uniqueid: &str) -> Result<OpenedMailbox> {
+        check_user(owner.name())?;
         self.open = None;
-        let e = self.mailbox(user, uniqueid)?;
+        let e = self.mailbox(owner, uniqueid)?;
         for f in MetaFile::ALL {
             if let Some(p) = self.spool.meta_path(e, f).filter(|p| p.exists()) {
                 self.allowed(&p)?;

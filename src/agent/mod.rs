@@ -22,6 +22,7 @@ use crate::guid::Guid;
 use crate::io::SourceStat;
 use crate::spool::cyrusdb::Record;
 use crate::spool::name::MboxName;
+use crate::spool::Owner;
 
 /// What the pipes on either side of ssh are widened to (Linux's default unprivileged maximum).
 const PIPE_SIZE: libc::c_int = 1 << 20;
@@ -86,17 +87,20 @@ pub struct MessageFile<'a> {
 pub trait Source {
     /// Every user with at least one existing mailbox, sorted.
     fn users(&mut self) -> Result<Vec<String>>;
-    /// Pass 1 for a whole user: mailboxes with their records and metadata stats, and per-user
-    /// files with theirs. Opens no mailbox.
-    fn list_user(&mut self, user: &str) -> Result<UserListing>;
-    /// Says that `list_user` will be called for these users next, in this order, so a remote
+    /// Every shared tree with at least one existing mailbox, sorted (formats/backup-entries.md,
+    /// "Shared mailboxes").
+    fn shared_trees(&mut self) -> Result<Vec<String>>;
+    /// Pass 1 for a whole owner: mailboxes with their records and metadata stats, and for a
+    /// user the per-user files with theirs. Opens no mailbox.
+    fn list_owner(&mut self, owner: &Owner) -> Result<UserListing>;
+    /// Says that `list_owner` will be called for these owners next, in this order, so a remote
     /// agent can send their listings while the caller finishes other work (a commit). Asking
     /// for anything else first is allowed; a listing the caller does not go on to is dropped.
-    fn list_ahead(&mut self, _users: &[String]) -> Result<()> {
+    fn list_ahead(&mut self, _owners: &[Owner]) -> Result<()> {
         Ok(())
     }
     /// Pass 2: the mailbox's metadata under Cyrus's locks; its name lock stays held.
-    fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox>;
+    fn open_mailbox(&mut self, owner: &Owner, uniqueid: &str) -> Result<OpenedMailbox>;
     /// Says which messages of the open mailbox `fetch_message` will be asked for next, in that
     /// order, so a remote agent can send them back to back. The caller may stop early; the
     /// source then discards the rest.

@@ -87,6 +87,12 @@ pub enum TRequest {
     ListUser { user: String },
     /// Answered with `ROpenMailbox` and the mailbox's metadata files.
     OpenMailbox { user: String, uniqueid: String },
+    /// Answered with `RSharedTrees`.
+    SharedTrees,
+    /// As `list-user`, for a shared tree (its listing has no per-user files).
+    ListShared { tree: String },
+    /// As `open-mailbox`, for a mailbox of a shared tree.
+    OpenSharedMailbox { tree: String, uniqueid: String },
     /// Answered with `RFetch` and the message file.
     Fetch(TFetch),
     /// Answered with `RFetchMany`, then for each item what `Fetch` would answer.
@@ -158,6 +164,12 @@ pub struct RUsers {
     pub users: Vec<String>,
 }
 
+/// The `REPLY` to `shared-trees`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RSharedTrees {
+    pub trees: Vec<String>,
+}
+
 /// The `REPLY` to `list-user`, `close-mailbox` and `bye`: `{}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct REmpty {}
@@ -197,6 +209,7 @@ pub struct REnd {
 
 impl Message for TRequest {}
 impl Message for RUsers {}
+impl Message for RSharedTrees {}
 impl Message for REmpty {}
 impl Message for ROpenMailbox {}
 impl Message for RFetch {}

@@ -12,13 +12,14 @@ use super::frame::{
 };
 use super::proto::{
     Compress, Inbound, Message, Outbound, REmpty, REnd, RError, RFetch, RFetchMany, RHello,
-    RListing, ROpenMailbox, RReadUserFile, RUsers, TFetch, THello, TRequest, MAX_LISTING, PROTOCOL,
-    VERSION,
+    RListing, ROpenMailbox, RReadUserFile, RSharedTrees, RUsers, TFetch, THello, TRequest,
+    MAX_LISTING, PROTOCOL, VERSION,
 };
 use super::{MessageFile, OpenedMailbox, Source, UserListing};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::SourceStat;
+use crate::spool::Owner;
 
 type BoxRead = Box<dyn Read + Send>;
 type BoxWrite = Box<dyn Write + Send>;
@@ -59,11 +60,12 @@ pub struct RemoteSource {
     broken: bool,
     /// Messages asked for by `fetch-many` whose answers have not been read yet, in order.
     pending: std::collections::VecDeque<(u32, Guid)>,
-    /// Users whose `list-user` was sent ahead, answers not read yet, in order.
-    ahead: std::collections::VecDeque<String>,
+    /// Owners whose `list-user` or `list-shared` was sent ahead, answers not read yet, in
+    /// order.
+    ahead: std::collections::VecDeque<Owner>,
     /// Listings asked for ahead and read off the wire (to let another request's answer
     /// through) before their user's run asked for them, in order: at most one batch of them.
-    listed: std::collections::VecDeque<(String, Result<UserListing>)>,
+    listed: std::collections::VecDeque<(Owner, Result<UserListing>)>,
 }
 
 impl RemoteSource {
@@ -442,37 +444,50 @@ impl Source for RemoteSource {
     /// the caller did not go on to is dropped. A listing is as of when the agent answered,
     /// which may be a few runs earlier: a change after it is seen by the next backup, exactly
     /// as a change made just after any listing is.
-    fn list_user(&mut self, user: &str) -> Result<UserListing> {
+    fn shared_trees(&mut self) -> Result<Vec<String>> {
+        let reply: RSharedTrees = self.request(&TRequest::SharedTrees)?;
+        Ok(reply.trees)
+    }
+
+    fn list_owner(&mut self, owner: &Owner) -> Result<UserListing> {
         loop {
             if let Some((listed, listing)) = self.listed.pop_front() {
-                if listed == user {
+                if listed == *owner {
                     return listing;
                 }
             } else if self.ahead.is_empty() {
-                self.list_ahead(&[user.to_string()])?;
+                self.list_ahead(std::slice::from_ref(owner))?;
             } else {
                 self.read_listings_sent_ahead(1)?;
             }
         }
     }
 
-    fn list_ahead(&mut self, users: &[String]) -> Result<()> {
+    fn list_ahead(&mut self, owners: &[Owner]) -> Result<()> {
         self.discard_pending()?;
         // One write for them all: the agent answers them back to back, and ssh carries them
         // as one packet each way.
-        let requests = users
-            .iter()
-            .map(|user| TRequest::ListUser { user: user.clone() }.encode());
+        let requests = owners.iter().map(|owner| match owner {
+            Owner::User(user) => TRequest::ListUser { user: user.clone() }.encode(),
+            Owner::Shared(tree) => TRequest::ListShared { tree: tree.clone() }.encode(),
+        });
         self.send_all(FrameKind::Request, requests)?;
-        self.ahead.extend(users.iter().cloned());
+        self.ahead.extend(owners.iter().cloned());
         Ok(())
     }
 
-    fn open_mailbox(&mut self, user: &str, uniqueid: &str) -> Result<OpenedMailbox> {
-        let ROpenMailbox { stats } = self.request(&TRequest::OpenMailbox {
-            user: user.into(),
-            uniqueid: uniqueid.into(),
-        })?;
+    fn open_mailbox(&mut self, owner: &Owner, uniqueid: &str) -> Result<OpenedMailbox> {
+        let request = match owner {
+            Owner::User(user) => TRequest::OpenMailbox {
+                user: user.clone(),
+                uniqueid: uniqueid.into(),
+            },
+            Owner::Shared(tree) => TRequest::OpenSharedMailbox {
+                tree: tree.clone(),
+                uniqueid: uniqueid.into(),
+            },
+        };
+        let ROpenMailbox { stats } = self.request(&request)?;
         let max = crate::archive::MAX_MEMBER_RAW as u64;
         let header = self.read_file(max)?;
         let index = self.read_file(u32::MAX as u64)?;

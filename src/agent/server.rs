@@ -6,12 +6,13 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use super::frame::{read_frame, write_frame, FrameError, FrameKind, CHUNK, STREAM_BUFFER};
 use super::proto::{
     BadRequest, Compress, Inbound, Message, Outbound, REmpty, REnd, RError, RFetch, RFetchMany,
-    RHello, RListing, ROpenMailbox, RReadUserFile, RUsers, TFetch, THello, TRequest, PROTOCOL,
-    VERSION,
+    RHello, RListing, ROpenMailbox, RReadUserFile, RSharedTrees, RUsers, TFetch, THello, TRequest,
+    PROTOCOL, VERSION,
 };
 use super::Source;
 use crate::error::{Error, Result};
 use crate::guid::HashingReader;
+use crate::spool::Owner;
 
 /// The agent's errors name it: its stderr is the backup's (through ssh), so the operator sees
 /// them next to the backup's own.
@@ -155,6 +156,28 @@ pub fn serve<R: Read, W: Write>(source: &mut dyn Source, input: R, output: W) ->
 }
 
 /// Answers one request: its `REPLY` and files, or the source's error for the caller to send.
+fn list_owner(out: &mut impl Write, source: &mut dyn Source, owner: &Owner) -> Result<()> {
+    let listing = source.list_owner(owner)?;
+    send_reply(out, &REmpty {})?;
+    send_bytes(out, &RListing::from(&listing).encode())
+}
+
+fn open_mailbox(
+    out: &mut impl Write,
+    source: &mut dyn Source,
+    owner: &Owner,
+    uniqueid: &str,
+) -> Result<()> {
+    let m = source.open_mailbox(owner, uniqueid)?;
+    send_reply(out, &ROpenMailbox { stats: m.stats })?;
+    send_bytes(out, &m.header)?;
+    send_bytes(out, &m.index)?;
+    if let Some(a) = &m.annotations {
+        send_bytes(out, a)?;
+    }
+    Ok(())
+}
+
 fn answer_request(out: &mut impl Write, source: &mut dyn Source, request: TRequest) -> Result<()> {
     match request {
         TRequest::Users => send_reply(
@@ -163,20 +186,19 @@ fn answer_request(out: &mut impl Write, source: &mut dyn Source, request: TReque
                 users: source.users()?,
             },
         ),
-        TRequest::ListUser { user } => {
-            let listing = source.list_user(&user)?;
-            send_reply(out, &REmpty {})?;
-            send_bytes(out, &RListing::from(&listing).encode())
-        }
+        TRequest::SharedTrees => send_reply(
+            out,
+            &RSharedTrees {
+                trees: source.shared_trees()?,
+            },
+        ),
+        TRequest::ListUser { user } => list_owner(out, source, &Owner::User(user)),
+        TRequest::ListShared { tree } => list_owner(out, source, &Owner::Shared(tree)),
         TRequest::OpenMailbox { user, uniqueid } => {
-            let m = source.open_mailbox(&user, &uniqueid)?;
-            send_reply(out, &ROpenMailbox { stats: m.stats })?;
-            send_bytes(out, &m.header)?;
-            send_bytes(out, &m.index)?;
-            if let Some(a) = &m.annotations {
-                send_bytes(out, a)?;
-            }
-            Ok(())
+            open_mailbox(out, source, &Owner::User(user), &uniqueid)
+        }
+        TRequest::OpenSharedMailbox { tree, uniqueid } => {
+            open_mailbox(out, source, &Owner::Shared(tree), &uniqueid)
         }
         TRequest::Fetch(item) => fetch_item(out, source, item),
         TRequest::FetchMany { items } => {

@@ -10,7 +10,7 @@ use crate::archive::{file_entry_name, Appended, ArchiveWriter, RunSummary};
 use crate::entries::{self, folder_entry, folder_target, imap_entry, records_bytes};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
-use crate::spool::MetaFile;
+use crate::spool::{MetaFile, Owner};
 use crate::store::{Archive, StoreWriter};
 
 #[derive(Clone, Debug)]
@@ -39,7 +39,10 @@ pub const MASS_DELETE_MIN: usize = 2;
 /// What one user's run did; also what `--json` prints.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct UserReport {
+    /// The userid, or the shared tree's name when `shared`.
     pub user: String,
+    /// The archive is a shared tree's (formats/backup-entries.md, "Shared mailboxes").
+    pub shared: bool,
     pub run: Option<u64>,
     pub mailboxes: u64,
     pub changed: u64,
@@ -96,19 +99,20 @@ impl Healing {
 /// take); their listings are asked for before this run commits.
 pub fn backup_user(
     source: &mut dyn Source,
-    user: &str,
+    owner: &Owner,
     store: &mut StoreWriter,
     options: &UserOptions,
-    next_users: &mut dyn FnMut(&UserReport) -> Vec<String>,
+    next_users: &mut dyn FnMut(&UserReport) -> Vec<Owner>,
 ) -> Result<UserReport> {
     let started = Instant::now();
     let start_len = store.archive().committed_len();
     let mut report = UserReport {
-        user: user.to_string(),
+        user: owner.name().to_string(),
+        shared: owner.is_shared(),
         ..Default::default()
     };
     let traffic_before = source.traffic();
-    let listing = source.list_user(user)?;
+    let listing = source.list_owner(owner)?;
     let (archive, writer) = store.split();
     let recorded = Recorded::of(archive);
     let old_links: BTreeMap<&str, &str> = recorded.links().collect();
@@ -189,7 +193,7 @@ pub fn backup_user(
             report: &mut report,
             healing: &mut healing,
         }
-        .capture_mailbox(user, m, &uid)?;
+        .capture_mailbox(owner, m, &uid)?;
     }
 
     // Names: new and renamed mailboxes get a link, vanished names a tombstone, unless that many
@@ -260,7 +264,7 @@ pub fn backup_user(
 pub fn record_user_gone(
     store: &mut StoreWriter,
     options: &UserOptions,
-    user: &str,
+    owner: &Owner,
 ) -> Result<Option<UserReport>> {
     let started = Instant::now();
     let start_len = store.archive().committed_len();
@@ -284,7 +288,8 @@ pub fn record_user_gone(
     }
     drop(recorded);
     let mut report = UserReport {
-        user: user.to_string(),
+        user: owner.name().to_string(),
+        shared: owner.is_shared(),
         gone: true,
         ..Default::default()
     };
@@ -413,10 +418,10 @@ fn is_local_problem(e: &Error) -> bool {
 
 impl Pass2<'_> {
     /// Pass 2 for one mailbox, with bounded retries.
-    fn capture_mailbox(&mut self, user: &str, m: &MailboxListing, uid: &str) -> Result<()> {
+    fn capture_mailbox(&mut self, owner: &Owner, m: &MailboxListing, uid: &str) -> Result<()> {
         let mut missing = Vec::new();
         for _ in 0..=self.options.retries {
-            match self.capture_once(user, m, uid)? {
+            match self.capture_once(owner, m, uid)? {
                 Capture::Done => return Ok(()),
                 Capture::Missing(files) => missing = files,
             }
@@ -433,8 +438,8 @@ impl Pass2<'_> {
         Ok(())
     }
 
-    fn capture_once(&mut self, user: &str, m: &MailboxListing, uid: &str) -> Result<Capture> {
-        let opened = match self.source.open_mailbox(user, uid) {
+    fn capture_once(&mut self, owner: &Owner, m: &MailboxListing, uid: &str) -> Result<Capture> {
+        let opened = match self.source.open_mailbox(owner, uid) {
             Ok(x) => x,
             Err(Error::Busy { path }) => {
                 self.report.skipped += 1;

@@ -25,10 +25,15 @@ pub(super) struct BackupArgs {
     /// Directory holding the per-user archives (created if missing, mode 0700).
     #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
     archive_dir: PathBuf,
-    /// Only these users (repeatable); default: every user on the server, and archives of users
-    /// who are gone are marked so.
+    /// Only these users (repeatable); default: every user and every shared mailbox tree on the
+    /// server, and archives of those who are gone are marked so.
     #[arg(long, value_name = "U")]
     user: Vec<String>,
+    /// Only this shared mailbox tree (repeatable): a top-level mailbox that belongs to no user,
+    /// with the mailboxes below it (`support`, `support@example.com` in a domain). Its archive
+    /// is `<archive-dir>/shared/<name>.tar.gz`.
+    #[arg(long, value_name = "NAME")]
+    shared: Vec<String>,
     /// Users backed up at once (default: the number of cores).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
@@ -74,6 +79,7 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
         },
         archive_dir: args.archive_dir,
         users: args.user,
+        shared: args.shared,
         jobs: args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

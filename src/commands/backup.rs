@@ -10,8 +10,8 @@ use crate::agent::{LocalSource, RemoteSource, Source};
 use crate::backup::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
 use crate::error::{Error, Result};
-use crate::spool::{LockOptions, Spool};
-use crate::store::{list_own_archives, ArchivePaths, StoreWriter, WriterOptions};
+use crate::spool::{LockOptions, Owner, Spool};
+use crate::store::{list_own_archives, ArchivePaths, StoreWriter, WriterOptions, SHARED_DIR};
 
 /// How many users a worker claims at once after a quick run (one that read no message file):
 /// their listings then cross in one round trip, which on a run that finds nothing changed is
@@ -37,8 +37,12 @@ pub enum SpoolAccess {
 pub struct BackupOptions {
     pub spool: SpoolAccess,
     pub archive_dir: PathBuf,
-    /// Only these users; all users of the server (and archives of vanished users) when empty.
+    /// Only these users; all users of the server (and archives of vanished users) when both
+    /// this and `shared` are empty.
     pub users: Vec<String>,
+    /// Only these shared trees (formats/backup-entries.md, "Shared mailboxes"); all of them
+    /// when both this and `users` are empty.
+    pub shared: Vec<String>,
     pub jobs: usize,
     pub locks: LockOptions,
     pub writer: WriterOptions,
@@ -68,6 +72,7 @@ pub enum UserOutcome {
         Option<std::result::Result<Box<CompactOutcome>, String>>,
     ),
     Failed {
+        /// The userid, or "shared <tree>".
         user: String,
         error: String,
     },
@@ -137,25 +142,47 @@ pub fn backup(
         })?,
         _ => vec![open_source()?],
     };
-    let on_server = sessions[0].users()?;
+    let on_server: Vec<Owner> = sessions[0]
+        .users()?
+        .into_iter()
+        .map(Owner::User)
+        .chain(sessions[0].shared_trees()?.into_iter().map(Owner::Shared))
+        .collect();
     let spare = std::sync::Mutex::new(sessions);
-    let mut work: Vec<(String, bool)> = if options.users.is_empty() {
-        on_server.iter().map(|u| (u.clone(), false)).collect()
+    let everyone = options.users.is_empty() && options.shared.is_empty();
+    let mut work: Vec<(Owner, bool)> = if everyone {
+        on_server.iter().map(|o| (o.clone(), false)).collect()
     } else {
         options
             .users
             .iter()
-            .map(|u| (u.clone(), !on_server.contains(u)))
+            .map(|u| Owner::User(u.clone()))
+            .chain(options.shared.iter().map(|t| Owner::Shared(t.clone())))
+            .map(|o| {
+                let gone = !on_server.contains(&o);
+                (o, gone)
+            })
             .collect()
     };
-    // A foreign file at an archive's name is neither a user to mark gone nor one to count.
-    let (own, foreign) = list_own_archives(&options.archive_dir)?;
-    let archived: Vec<String> = own.into_iter().filter_map(|paths| paths.user).collect();
+    // A foreign file at an archive's name is neither an owner to mark gone nor one to count.
+    let (own, mut foreign) = list_own_archives(&options.archive_dir)?;
+    let mut archived: Vec<Owner> = own
+        .into_iter()
+        .filter_map(|paths| paths.user)
+        .map(Owner::User)
+        .collect();
+    let shared_dir = options.archive_dir.join(SHARED_DIR);
+    if shared_dir.is_dir() {
+        let (own, more) = list_own_archives(&shared_dir)?;
+        foreign.extend(more);
+        // A tree archive's file name decodes as a userid would: to the tree's name.
+        archived.extend(own.into_iter().filter_map(|p| p.user).map(Owner::Shared));
+    }
     let refused = mass_gone(&archived, &on_server, options.allow_mass_delete);
-    if options.users.is_empty() {
-        for user in &archived {
-            if !on_server.contains(user) {
-                work.push((user.clone(), true));
+    if everyone {
+        for owner in &archived {
+            if !on_server.contains(owner) {
+                work.push((owner.clone(), true));
             }
         }
     }
@@ -202,7 +229,7 @@ pub fn backup(
                 let mut source: Option<Box<dyn Source + Send + '_>> =
                     spare.lock().expect("never poisoned").pop();
                 while let Some(i) = claims.take(worker) {
-                    let (user, gone) = &work[i];
+                    let (owner, gone) = &work[i];
                     // The next users are claimed when this run is about to commit, and their
                     // listings asked for ahead; after a quick run (no message file read), a
                     // batch of them.
@@ -217,7 +244,7 @@ pub fn backup(
                             .into_iter()
                             .map(|j| &work[j])
                             .filter(|(_, gone)| !gone)
-                            .map(|(u, _)| u.clone())
+                            .map(|(o, _)| o.clone())
                             .collect()
                     };
                     let result = (|| {
@@ -229,7 +256,7 @@ pub fn backup(
                             source.as_deref_mut(),
                             writer,
                             user_options,
-                            user,
+                            owner,
                             *gone,
                             &mut claim_next,
                         )
@@ -237,7 +264,7 @@ pub fn backup(
                     let outcome = match result {
                         Ok(Some(report)) => {
                             let compaction = options.compact.as_ref().map(|plan| {
-                                compact_after_run(&options.archive_dir, user, plan, writer)
+                                compact_after_run(&options.archive_dir, owner, plan, writer)
                                     .map(Box::new)
                                     .map_err(|e| e.to_string())
                             });
@@ -247,7 +274,7 @@ pub fn backup(
                         Err(e) => {
                             source = None;
                             UserOutcome::Failed {
-                                user: user.clone(),
+                                user: owner.to_string(),
                                 error: e.to_string(),
                             }
                         }
@@ -277,17 +304,17 @@ pub fn backup(
 
 /// Whether marking the users with archives here that the server does not list as gone would be
 /// a mass deletion (`MASS_GONE_*`), or the server lists nobody: then who and why.
-fn mass_gone(archived: &[String], on_server: &[String], allow: bool) -> Option<MassGone> {
-    let server: std::collections::HashSet<&str> = on_server.iter().map(String::as_str).collect();
+fn mass_gone(archived: &[Owner], on_server: &[Owner], allow: bool) -> Option<MassGone> {
+    let server: std::collections::HashSet<&Owner> = on_server.iter().collect();
     let gone: Vec<String> = archived
         .iter()
-        .filter(|u| !server.contains(u.as_str()))
-        .cloned()
+        .filter(|o| !server.contains(o))
+        .map(Owner::to_string)
         .collect();
     if allow {
         return None;
     }
-    let message = if on_server.is_empty() {
+    let message = if !on_server.iter().any(|o| !o.is_shared()) {
         format!(
             "the server lists no user at all (an empty or wrong mailboxes.db?): nothing was \
              backed up, and none of the {} users with archives here was marked gone; if they \
@@ -377,22 +404,28 @@ fn one_user(
     source: Option<&mut (dyn Source + Send + '_)>,
     writer: &WriterOptions,
     user_options: &UserOptions,
-    user: &str,
+    owner: &Owner,
     gone: bool,
-    next_users: &mut dyn FnMut(&UserReport) -> Vec<String>,
+    next_users: &mut dyn FnMut(&UserReport) -> Vec<Owner>,
 ) -> Result<Option<UserReport>> {
-    let paths = ArchivePaths::for_user(&options.archive_dir, user)?;
+    let paths = ArchivePaths::for_owner(&options.archive_dir, owner)?;
     if gone && !paths.archive.exists() {
-        return Err(Error::NotFound(format!("user {user} on the server")));
+        return Err(Error::NotFound(match owner {
+            Owner::User(user) => format!("user {user} on the server"),
+            Owner::Shared(tree) => format!("shared mailbox {tree} on the server"),
+        }));
+    }
+    if owner.is_shared() {
+        create_archive_dir(&paths.dir())?;
     }
     let mut notices = Vec::new();
     let mut store = StoreWriter::open(&paths, writer, &mut notices)?;
     let mut report = match (gone, source) {
-        (true, _) => match record_user_gone(&mut store, user_options, user)? {
+        (true, _) => match record_user_gone(&mut store, user_options, owner)? {
             Some(r) => r,
             None => return Ok(None),
         },
-        (false, Some(source)) => backup_user(source, user, &mut store, user_options, next_users)?,
+        (false, Some(source)) => backup_user(source, owner, &mut store, user_options, next_users)?,
         (false, None) => unreachable!("a source is opened for every user on the server"),
     };
     // Repairs made while opening are worth an operator's attention.
@@ -404,11 +437,11 @@ fn one_user(
 /// afresh, so a writer that slips in between is simply waited for or reported busy.
 fn compact_after_run(
     dir: &std::path::Path,
-    user: &str,
+    owner: &Owner,
     plan: &PlanOptions,
     writer: &WriterOptions,
 ) -> Result<CompactOutcome> {
-    let paths = ArchivePaths::for_user(dir, user)?;
+    let paths = ArchivePaths::for_owner(dir, owner)?;
     let options = CompactOptions {
         plan: PlanOptions {
             now: super::now(),

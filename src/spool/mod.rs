@@ -20,4 +20,35 @@ pub mod user;
 mod view;
 
 pub use crate::error::ParseError;
+
+/// Who an archive belongs to (formats/backup-entries.md, "Shared mailboxes"): a user, with
+/// their mailboxes and per-user files, or a shared tree, with the mailboxes below a top-level
+/// mailbox that belongs to no user.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    User(String),
+    Shared(String),
+}
+
+impl Owner {
+    /// The userid or the tree's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Owner::User(name) | Owner::Shared(name) => name,
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Owner::Shared(_))
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::User(user) => f.write_str(user),
+            Owner::Shared(tree) => write!(f, "shared {tree}"),
+        }
+    }
+}
 pub use view::{LockOptions, MailboxSnapshot, MetaFile, Spool};

@@ -9,6 +9,7 @@ use super::layout;
 use super::mboxlist::{MailboxEntry, Mboxlist};
 use super::name::{self, MboxName};
 use super::user::UserFiles;
+use super::Owner;
 use crate::error::Result;
 
 /// The metadata files of a mailbox that mailpack reads.
@@ -130,6 +131,17 @@ impl Spool {
     ) -> impl Iterator<Item = &'a MailboxEntry> + 'a {
         let ids = self.by_tree.get(tree).map_or(&[][..], Vec::as_slice);
         ids.iter().map(|&i| &self.mboxlist.entries[i])
+    }
+
+    /// An owner's mailboxes: a user's or a shared tree's.
+    pub fn mailboxes_of_owner<'a>(
+        &'a self,
+        owner: &Owner,
+    ) -> Box<dyn Iterator<Item = &'a MailboxEntry> + 'a> {
+        match owner {
+            Owner::User(user) => Box::new(self.mailboxes_of(user)),
+            Owner::Shared(tree) => Box::new(self.mailboxes_of_tree(tree)),
+        }
     }
 
     /// Mailboxes that belong to no user (shared folders).

@@ -17,7 +17,9 @@ mod verify;
 mod writer;
 
 pub use lock::{WriterLock, WriterWait};
-pub use naming::{decode_user, encode_user, list_archives, list_own_archives, ArchivePaths};
+pub use naming::{
+    decode_user, encode_user, list_archives, list_own_archives, ArchivePaths, SHARED_DIR,
+};
 pub use read::{find_latest, ArchiveHandle};
 pub use repair::{repair, RepairOptions, RepairReport, REPAIRS_DIR};
 pub use rewrite::{Rewriter, REWRITE_SUFFIX};

@@ -104,6 +104,14 @@ impl ArchivePaths {
         })
     }
 
+    /// The archive of a user or of a shared tree.
+    pub fn for_owner(dir: &Path, owner: &crate::spool::Owner) -> Result<ArchivePaths> {
+        match owner {
+            crate::spool::Owner::User(user) => ArchivePaths::for_user(dir, user),
+            crate::spool::Owner::Shared(tree) => ArchivePaths::for_shared(dir, tree),
+        }
+    }
+
     /// The paths for an archive file named directly on the command line.
     pub fn for_archive_file(path: &Path) -> Result<ArchivePaths> {
         let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use mailpack::agent::{serve, LocalSource, RemoteSource, Source};
 use mailpack::archive::EntryKind;
 use mailpack::backup::{backup_user, UserOptions, UserReport};
-use mailpack::spool::{LockOptions, Spool};
+use mailpack::spool::{LockOptions, Owner, Spool};
 use mailpack::store::{Archive, ArchivePaths, StoreWriter, WriterOptions};
 use mailpack::Guid;
 
@@ -68,9 +68,13 @@ fn backup_through(source: &mut dyn Source, dir: &Path, user: &str) -> mailpack::
     let paths = ArchivePaths::for_user(dir, user).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let mut store = StoreWriter::open(&paths, &WriterOptions::default(), &mut Vec::new())?;
-    backup_user(source, user, &mut store, &user_options(), &mut |_| {
-        Vec::new()
-    })
+    backup_user(
+        source,
+        &Owner::User(user.to_string()),
+        &mut store,
+        &user_options(),
+        &mut |_| Vec::new(),
+    )
 }
 
 fn local_backup(config: &Path, dir: &Path, user: &str) -> UserReport {
@@ -108,9 +112,15 @@ fn fetches_return_the_file_asked_for_in_any_order_after_a_prefetch() {
 fn fetch_in_any_order(source: &mut dyn Source) -> usize {
     let mut checked = 0;
     for user in source.users().unwrap() {
-        for m in source.list_user(&user).unwrap().mailboxes {
+        for m in source
+            .list_owner(&Owner::User(user.to_string()))
+            .unwrap()
+            .mailboxes
+        {
             let Some(uniqueid) = m.uniqueid else { continue };
-            let opened = source.open_mailbox(&user, &uniqueid).unwrap();
+            let opened = source
+                .open_mailbox(&Owner::User(user.to_string()), &uniqueid)
+                .unwrap();
             let index = mailpack::spool::index::parse(&opened.index).unwrap();
             let live: Vec<(u32, Guid, bool)> = index
                 .records
@@ -214,21 +224,33 @@ fn listings_asked_for_ahead_are_their_users_and_those_not_gone_on_to_are_dropped
     let (mut client, agent) = piped(&config, false, None);
     let users = client.users().unwrap();
     assert!(users.len() >= 2, "{users:?}");
-    let direct: Vec<_> = users.iter().map(|u| client.list_user(u).unwrap()).collect();
+    let direct: Vec<_> = users
+        .iter()
+        .map(|u| client.list_owner(&Owner::User(u.to_string())).unwrap())
+        .collect();
     assert!(direct.iter().all(|l| !l.mailboxes.is_empty()), "{direct:?}");
     let ahead = |client: &mut RemoteSource, users: &[&str]| {
         let sent = client.traffic().1;
-        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        let users: Vec<Owner> = users.iter().map(|u| Owner::User(u.to_string())).collect();
         client.list_ahead(&users).unwrap();
         assert!(client.traffic().1 > sent, "the requests leave at once");
     };
     let (first, second) = (users[0].as_str(), users[1].as_str());
 
     ahead(&mut client, &[first, second]);
-    assert_eq!(client.list_user(first).unwrap(), direct[0]);
-    assert_eq!(client.list_user(second).unwrap(), direct[1]);
+    assert_eq!(
+        client.list_owner(&Owner::User(first.to_string())).unwrap(),
+        direct[0]
+    );
+    assert_eq!(
+        client.list_owner(&Owner::User(second.to_string())).unwrap(),
+        direct[1]
+    );
     ahead(&mut client, &[first]);
-    assert_eq!(client.list_user(second).unwrap(), direct[1]);
+    assert_eq!(
+        client.list_owner(&Owner::User(second.to_string())).unwrap(),
+        direct[1]
+    );
 
     // A mailbox opened while two listings are on the wire, whose metadata is the one the
     // listing stats; the listings are still there afterwards.
@@ -239,22 +261,40 @@ fn listings_asked_for_ahead_are_their_users_and_those_not_gone_on_to_are_dropped
         .find(|m| m.uniqueid.is_some())
         .unwrap();
     let opened = client
-        .open_mailbox(first, mailbox.uniqueid.as_deref().unwrap())
+        .open_mailbox(
+            &Owner::User(first.to_string()),
+            mailbox.uniqueid.as_deref().unwrap(),
+        )
         .unwrap();
     assert_eq!(opened.stats, mailbox.stats);
     mailpack::spool::index::parse(&opened.index).unwrap();
     client.close_mailbox().unwrap();
-    assert_eq!(client.list_user(second).unwrap(), direct[1]);
-    assert_eq!(client.list_user(first).unwrap(), direct[0]);
+    assert_eq!(
+        client.list_owner(&Owner::User(second.to_string())).unwrap(),
+        direct[1]
+    );
+    assert_eq!(
+        client.list_owner(&Owner::User(first.to_string())).unwrap(),
+        direct[0]
+    );
 
     // The agent refuses a bad user name: asked ahead and skipped, the refusal goes with it;
     // asked ahead and gone on to, it is the answer.
     ahead(&mut client, &["../etc", second]);
-    assert_eq!(client.list_user(second).unwrap(), direct[1]);
+    assert_eq!(
+        client.list_owner(&Owner::User(second.to_string())).unwrap(),
+        direct[1]
+    );
     ahead(&mut client, &["../etc"]);
-    let refused = client.list_user("../etc").unwrap_err().to_string();
+    let refused = client
+        .list_owner(&Owner::User("../etc".to_string()))
+        .unwrap_err()
+        .to_string();
     assert!(refused.contains("../etc"), "{refused}");
-    assert_eq!(client.list_user(first).unwrap(), direct[0]);
+    assert_eq!(
+        client.list_owner(&Owner::User(first.to_string())).unwrap(),
+        direct[0]
+    );
 
     // Still waiting at the end: the session ends cleanly.
     ahead(&mut client, &[first, second]);

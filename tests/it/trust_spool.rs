@@ -423,9 +423,13 @@ fn a_fifo_message_file_leaves_no_cyrus_lock_held() {
             time: mailpack::commands::now(),
             allow_mass_delete: false,
         };
-        let report = backup_user(&mut source, "dave", &mut store, &options, &mut |_| {
-            Vec::new()
-        });
+        let report = backup_user(
+            &mut source,
+            &mailpack::spool::Owner::User("dave".into()),
+            &mut store,
+            &options,
+            &mut |_| Vec::new(),
+        );
         drop(store);
         let _ = tx.send((report.map_err(|e| e.to_string()), source));
     });

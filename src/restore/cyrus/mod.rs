@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use self::place::{create_dirs, place, Owner};
+use self::place::{create_dirs, place, FileOwner};
 use super::plan::{Outcome, Request, RestorePlan, Target};
 use super::{folder_records, read_all, restorable, LostEntry, MailboxAt, Messages};
 use crate::archive::{EntryKind, EntryRecord};
@@ -50,7 +50,7 @@ pub struct CyrusSteps<'a> {
     messages: Messages<'a>,
     /// The target as it was when planned.
     spool: Spool,
-    owner: Owner,
+    owner: FileOwner,
     user: String,
     /// Mailboxes left out, each with its report line: an entry they need failed its checks.
     left_out: Vec<(String, LostEntry)>,
@@ -483,7 +483,7 @@ impl<'a> Target<'a> for CyrusTarget {
         if self.rename_to.is_some() && (request.mailboxes.len() != 1 || request.whole_user) {
             return Err(Error::usage("--as restores exactly one --mailbox"));
         }
-        let owner = Owner::of(&spool.config.configdirectory)?;
+        let owner = FileOwner::of(&spool.config.configdirectory)?;
         let mut left_out = Vec::new();
         let mut planned = Vec::new();
         for m in &request.mailboxes {
@@ -629,7 +629,7 @@ fn databases(spool: &Spool, planned: &[Planned]) -> Result<Vec<DbUpdate>> {
 }
 
 impl CyrusTarget {
-    fn tool(&self, owner: Owner, name: &str) -> Command {
+    fn tool(&self, owner: FileOwner, name: &str) -> Command {
         let mut cmd = Command::new(self.cyrus_bin.join(name));
         cmd.arg("-C").arg(&self.config);
         if unsafe { libc::geteuid() } == 0 {
@@ -671,7 +671,7 @@ impl CyrusTarget {
         Ok(())
     }
 
-    fn update_db(&self, owner: Owner, update: &DbUpdate) -> Result<()> {
+    fn update_db(&self, owner: FileOwner, update: &DbUpdate) -> Result<()> {
         if update.records.is_empty() && update.deletes.is_empty() {
             return Ok(());
         }

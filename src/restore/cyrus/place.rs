@@ -12,15 +12,15 @@ use crate::error::{Error, Result};
 /// The uid and gid that own the server's files (those of its configdirectory): everything the
 /// restore creates gets them, so Cyrus can use it, and Cyrus's tools run as them.
 #[derive(Clone, Copy)]
-pub struct Owner {
+pub struct FileOwner {
     pub uid: u32,
     pub gid: u32,
 }
 
-impl Owner {
-    pub fn of(path: &Path) -> Result<Owner> {
+impl FileOwner {
+    pub fn of(path: &Path) -> Result<FileOwner> {
         let m = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
-        Ok(Owner {
+        Ok(FileOwner {
             uid: m.uid(),
             gid: m.gid(),
         })
@@ -36,7 +36,7 @@ impl Owner {
 }
 
 /// Creates the directories of `path` that are missing, owned like the server's.
-pub fn create_dirs(path: &Path, owner: Owner) -> Result<()> {
+pub fn create_dirs(path: &Path, owner: FileOwner) -> Result<()> {
     let mut missing = Vec::new();
     let mut p = path;
     while !p.exists() {
@@ -60,7 +60,7 @@ pub fn create_dirs(path: &Path, owner: Owner) -> Result<()> {
 /// Writes a file beside its final name and renames it there, owned like the server's files,
 /// with `mtime` (Cyrus reports a mailbox's index mtime as its `lastupdate`). The temporary name
 /// is fresh and created exclusively, never through a link planted at a predictable name.
-pub fn place(path: &Path, bytes: &[u8], mtime_ns: Option<i64>, owner: Owner) -> Result<()> {
+pub fn place(path: &Path, bytes: &[u8], mtime_ns: Option<i64>, owner: FileOwner) -> Result<()> {
     let dir = crate::io::parent_dir(path);
     create_dirs(&dir, owner)?;
     let (tmp, mut file) = create_temp_beside(path)?;
