@@ -17,6 +17,9 @@ pub(super) struct CompactArgs {
     /// Only these users' archives (repeatable); default: every archive in the directory.
     #[arg(long, value_name = "U")]
     user: Vec<String>,
+    /// Only this shared mailbox tree's archive (repeatable).
+    #[arg(long, value_name = "NAME")]
+    shared: Vec<String>,
     /// Print what would be kept and dropped, per archive, without changing anything.
     #[arg(long)]
     dry_run: bool,
@@ -73,7 +76,16 @@ pub(super) fn run(args: CompactArgs, p: &mut Printer) -> Result<u8, Error> {
             dir: args.archive_dir.clone().ok_or_else(|| {
                 Error::usage("pass --archive-dir DIR (or set MAILPACK_ARCHIVE_DIR)")
             })?,
-            users: args.user.clone(),
+            owners: args
+                .user
+                .iter()
+                .map(|u| crate::spool::Owner::User(u.clone()))
+                .chain(
+                    args.shared
+                        .iter()
+                        .map(|t| crate::spool::Owner::Shared(t.clone())),
+                )
+                .collect(),
         },
         plan: args.policy.options(args.force),
         writer: writer_options(args.wait, None, args.level),

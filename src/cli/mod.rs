@@ -22,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::Selection;
 use crate::error::Error;
+use crate::spool::Owner;
 use crate::store::{WriterOptions, WriterWait};
 use output::Printer;
 
@@ -91,15 +92,19 @@ pub(super) struct ArchiveArgs {
     #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
     archive_dir: Option<PathBuf>,
     /// The Cyrus userid whose archive is meant.
-    #[arg(long, value_name = "U")]
+    #[arg(long, value_name = "U", conflicts_with = "shared")]
     user: Option<String>,
+    /// The shared mailbox tree whose archive is meant (`support`; `support@example.com` in a
+    /// domain): `<archive-dir>/shared/<name>.tar.gz`.
+    #[arg(long, value_name = "NAME")]
+    shared: Option<String>,
 }
 
 pub(super) fn selection(args: &ArchiveArgs, file: Option<PathBuf>) -> Result<Selection, Error> {
     if let Some(file) = file {
-        if args.user.is_some() {
+        if args.user.is_some() || args.shared.is_some() {
             return Err(Error::usage(
-                "give either an archive file or --user, not both",
+                "give either an archive file or --user/--shared, not both",
             ));
         }
         return Ok(Selection::File(file));
@@ -110,7 +115,12 @@ pub(super) fn selection(args: &ArchiveArgs, file: Option<PathBuf>) -> Result<Sel
         .ok_or_else(|| Error::usage("no archive named: pass --archive-dir DIR (or set MAILPACK_ARCHIVE_DIR) with --user U, or an archive file"))?;
     Ok(Selection::Dir {
         dir,
-        users: args.user.iter().cloned().collect(),
+        owners: args
+            .user
+            .iter()
+            .map(|u| Owner::User(u.clone()))
+            .chain(args.shared.iter().map(|t| Owner::Shared(t.clone())))
+            .collect(),
     })
 }
 

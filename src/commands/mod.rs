@@ -14,6 +14,7 @@ use crate::archive::{file_entry_name, Appended, EntryKind, EntryRecord, RunSumma
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::io::SourceStat;
+use crate::spool::Owner;
 use crate::store::{
     self, Archive, ArchivePaths, StoreWriter, VerifyReport, WriterOptions, WriterWait,
 };
@@ -23,8 +24,9 @@ use crate::store::{
 pub enum Selection {
     /// One archive file named directly.
     File(PathBuf),
-    /// The archives of these users in a directory; every archive there when `users` is empty.
-    Dir { dir: PathBuf, users: Vec<String> },
+    /// The archives of these owners in a directory; every archive there (users' and shared
+    /// trees') when `owners` is empty.
+    Dir { dir: PathBuf, owners: Vec<Owner> },
 }
 
 impl Selection {
@@ -37,14 +39,21 @@ impl Selection {
     pub fn resolve_noting(&self, notices: &mut Vec<String>) -> Result<Vec<ArchivePaths>> {
         match self {
             Selection::File(path) => Ok(vec![ArchivePaths::for_archive_file(path)?]),
-            Selection::Dir { dir, users } if users.is_empty() => {
-                let (own, skipped) = store::list_own_archives(dir)?;
+            Selection::Dir { dir, owners } if owners.is_empty() => {
+                let (mut own, skipped) = store::list_own_archives(dir)?;
                 notices.extend(skipped);
+                let shared = dir.join(store::SHARED_DIR);
+                if shared.is_dir() {
+                    let (trees, skipped) = store::list_own_archives(&shared)?;
+                    notices.extend(skipped);
+                    // A tree's archive is no user's: its name decodes to the tree's.
+                    own.extend(trees.into_iter().map(|p| ArchivePaths { user: None, ..p }));
+                }
                 Ok(own)
             }
-            Selection::Dir { dir, users } => users
+            Selection::Dir { dir, owners } => owners
                 .iter()
-                .map(|u| ArchivePaths::for_user(dir, u))
+                .map(|o| ArchivePaths::for_owner(dir, o))
                 .collect(),
         }
     }
@@ -52,8 +61,8 @@ impl Selection {
     /// Exactly one archive, for commands that read one.
     pub fn one(&self) -> Result<ArchivePaths> {
         match self {
-            Selection::Dir { users, .. } if users.len() != 1 => Err(Error::usage(
-                "name one archive: --user U, or the path of an archive file",
+            Selection::Dir { owners, .. } if owners.len() != 1 => Err(Error::usage(
+                "name one archive: --user U, --shared NAME, or the path of an archive file",
             )),
             _ => Ok(self.resolve()?.remove(0)),
         }

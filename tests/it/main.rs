@@ -10,6 +10,7 @@ mod cyrus_smoke;
 mod fixtures;
 mod repair;
 mod restore;
+mod shared;
 mod spool_db;
 mod spool_index;
 mod spool_lock;

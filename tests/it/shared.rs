@@ -1,0 +1,289 @@
+//! Shared mailboxes (issue 15, formats/backup-entries.md "Shared mailboxes"): each shared tree
+//! of a real Cyrus server is backed up into its own archive under `shared/`, locally and through
+//! the agent alike, with its messages, its mailboxes.db records (ACL included) and its
+//! delayed-deleted mailboxes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use mailpack::spool::{Owner, Spool};
+use mailpack::store::{Archive, ArchivePaths};
+
+use crate::cyrus::{CyrusOptions, CyrusServer};
+use crate::util::{run, stderr, stdout, TempDir};
+
+/// A server with two users and two shared trees: `Announcements` (with mailboxes below it,
+/// messages, an ACL open to everyone) and `support` (one of whose mailboxes was deleted with
+/// delete_mode: delayed).
+fn server_with_shared_trees() -> CyrusServer {
+    let server = CyrusServer::start(CyrusOptions::default());
+    for user in ["alice", "bob"] {
+        server.create_user(user);
+    }
+    let mut admin = server.admin();
+    for mailbox in [
+        "Announcements",
+        "Announcements/2024",
+        "support",
+        "support/Old",
+    ] {
+        admin.create(mailbox);
+    }
+    admin.ok("SETACL Announcements anyone lrsip");
+    admin.ok("SETACL Announcements/2024 anyone lrsip");
+    admin.ok("SETACL Announcements/2024 bob lrswipkxtecda");
+    let mut alice = server.imap("alice");
+    for (mailbox, n) in [("Announcements", 3), ("Announcements/2024", 2)] {
+        for i in 0..n {
+            alice.append(
+                &format!("Shared Folders/{mailbox}"),
+                &[],
+                None,
+                format!("Subject: {mailbox} {i}\r\n\r\nnews {i}\r\n").as_bytes(),
+            );
+        }
+    }
+    admin.ok("SETACL support/Old anyone lrsx");
+    admin.delete("support/Old");
+    server
+}
+
+fn backup(args: &[&str]) -> std::process::Output {
+    let o = run(&[&["backup", "--json"][..], args].concat());
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    o
+}
+
+/// name -> (kind, target, sha1) of every live entry of an archive.
+fn state(paths: &ArchivePaths) -> BTreeMap<String, (String, String)> {
+    let archive = Archive::open(paths, &mut Vec::new()).unwrap();
+    archive
+        .state_at(None)
+        .into_iter()
+        .map(|(_, e)| (e.name.clone(), (e.target.clone(), e.sha1.to_string())))
+        .collect()
+}
+
+fn entries_named(paths: &ArchivePaths, prefix: &str) -> Vec<String> {
+    state(paths)
+        .into_keys()
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn every_shared_tree_is_backed_up_into_its_own_archive_locally_and_through_the_agent() {
+    let server = server_with_shared_trees();
+    let config = server.config_path();
+    let work = TempDir::new("shared-backup");
+    let local = work.path().join("local");
+    let remote = work.path().join("remote");
+    let agent = format!(
+        "{} agent --config {}",
+        env!("CARGO_BIN_EXE_mailpack"),
+        config.display()
+    );
+    let o = backup(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--archive-dir",
+        local.to_str().unwrap(),
+    ]);
+    // One JSON line per owner: the two users and the two trees.
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["type"] == "user")
+        .collect();
+    let owners: BTreeSet<(String, bool)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["data"]["user"].as_str().unwrap().to_string(),
+                v["data"]["shared"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            ("Announcements".to_string(), true),
+            ("alice".to_string(), false),
+            ("bob".to_string(), false),
+            ("support".to_string(), true),
+        ]
+        .into()
+    );
+    backup(&[
+        "--remote",
+        &agent,
+        "--archive-dir",
+        remote.to_str().unwrap(),
+    ]);
+
+    let spool = Spool::open(&config).unwrap();
+    for dir in [&local, &remote] {
+        // A tree's archive lives under shared/, never beside the users'.
+        assert!(!dir.join("Announcements.tar.gz").exists());
+        assert!(!dir.join("support.tar.gz").exists());
+        for tree in ["Announcements", "support"] {
+            let paths = ArchivePaths::for_owner(dir, &Owner::Shared(tree.into())).unwrap();
+            assert_eq!(
+                paths.archive,
+                dir.join("shared").join(format!("{tree}.tar.gz"))
+            );
+            let o = run(&["verify", paths.archive.to_str().unwrap()]);
+            assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+
+            // Every message every mailbox of the tree lists is in the archive, checked.
+            let files: BTreeSet<String> = entries_named(&paths, "files/").into_iter().collect();
+            let mut messages = 0;
+            for e in spool.mailboxes_of_tree(tree).filter(|e| !e.is_tombstone()) {
+                let index = mailpack::spool::index::read(
+                    &spool
+                        .meta_path(e, mailpack::spool::MetaFile::Index)
+                        .unwrap(),
+                )
+                .unwrap();
+                for r in &index.records {
+                    assert!(
+                        files.contains(&format!("files/{}", r.guid)),
+                        "{tree}: {} uid {} is not in the archive",
+                        e.name,
+                        r.uid
+                    );
+                    messages += 1;
+                }
+            }
+            assert_eq!(messages, if tree == "Announcements" { 5 } else { 0 });
+        }
+        let announcements =
+            ArchivePaths::for_owner(dir, &Owner::Shared("Announcements".into())).unwrap();
+        assert_eq!(
+            entries_named(&announcements, "imap/"),
+            ["imap/Announcements", "imap/Announcements/2024"]
+        );
+        assert!(entries_named(&announcements, "meta/").is_empty());
+        // The mailboxes.db records carry the ACL, so a restore can put it back.
+        let archive = Archive::open(&announcements, &mut Vec::new()).unwrap();
+        let mut acls = String::new();
+        for (_, e) in archive.state_at(None) {
+            if e.name.ends_with("/mailboxes.db") {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut archive.read_entry(e).unwrap(), &mut bytes)
+                    .unwrap();
+                acls.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        assert!(acls.contains("anyone") && acls.contains("bob"), "{acls}");
+        let support = ArchivePaths::for_owner(dir, &Owner::Shared("support".into())).unwrap();
+        let links = entries_named(&support, "imap/");
+        assert_eq!(links.len(), 2, "{links:?}");
+        assert!(
+            links.contains(&"imap/support".to_string())
+                && links[0].starts_with("imap/DELETED/support/Old/"),
+            "{links:?}"
+        );
+        // Users' archives do not hold the shared mailboxes.
+        let alice = ArchivePaths::for_user(dir, "alice").unwrap();
+        assert!(entries_named(&alice, "imap/")
+            .iter()
+            .all(|n| n.starts_with("imap/user/alice")));
+    }
+    // The same archives either way, entry for entry.
+    for tree in ["Announcements", "support"] {
+        let owner = Owner::Shared(tree.into());
+        assert_eq!(
+            state(&ArchivePaths::for_owner(&local, &owner).unwrap()),
+            state(&ArchivePaths::for_owner(&remote, &owner).unwrap()),
+            "{tree}"
+        );
+    }
+
+    // `--shared NAME` backs up that tree alone; `ls --shared` reads it.
+    let one = work.path().join("one");
+    backup(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--archive-dir",
+        one.to_str().unwrap(),
+        "--shared",
+        "support",
+    ]);
+    let made: Vec<String> = walk(&one);
+    assert_eq!(
+        made,
+        [
+            "shared/support.idx",
+            "shared/support.lock",
+            "shared/support.tar.gz"
+        ]
+    );
+    let o = run(&[
+        "ls",
+        "--archive-dir",
+        local.to_str().unwrap(),
+        "--shared",
+        "Announcements",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("imap/Announcements/2024"),
+        "{}",
+        stdout(&o)
+    );
+    // `verify` of the whole directory checks the trees' archives too.
+    let o = run(&["verify", "--archive-dir", local.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let verified: BTreeSet<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["data"]["archive"].as_str().unwrap().to_string()
+        })
+        .map(|a| a.strip_prefix(local.to_str().unwrap()).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        verified,
+        [
+            "/alice.tar.gz",
+            "/bob.tar.gz",
+            "/shared/Announcements.tar.gz",
+            "/shared/support.tar.gz"
+        ]
+        .map(String::from)
+        .into()
+    );
+    // A second run finds nothing changed in the trees either.
+    let o = backup(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--archive-dir",
+        local.to_str().unwrap(),
+    ]);
+    for l in stdout(&o).lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if v["type"] == "user" {
+            assert_eq!(v["data"]["changed"], 0, "{v}");
+        }
+    }
+}
+
+/// Files below `dir`, relative, sorted.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            out.push(
+                e.path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    out.sort();
+    out
+}
