@@ -19,8 +19,18 @@ pub struct RestoreArgs {
     #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
     archive_dir: PathBuf,
     /// The Cyrus userid whose archive is read.
-    #[arg(long, value_name = "U")]
-    user: String,
+    #[arg(
+        long,
+        value_name = "U",
+        required_unless_present = "shared",
+        conflicts_with = "shared"
+    )]
+    user: Option<String>,
+    /// The shared mailbox tree whose archive is read (`support`; `support@example.com` in a
+    /// domain): `<archive-dir>/shared/<name>.tar.gz`. Its mailboxes are named in full
+    /// (`support/tickets`).
+    #[arg(long, value_name = "NAME")]
+    shared: Option<String>,
     /// Only this mailbox (repeatable): INBOX, a name under the INBOX with '/' between levels
     /// (Archive/2023), or a full name (user/alice/Archive). Default: every mailbox of the user.
     #[arg(long, value_name = "NAME")]
@@ -149,7 +159,11 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
         .transpose()?;
     let report = restore(&RestoreOptions {
         archive_dir: args.archive_dir,
-        user: args.user,
+        shared: args.shared.is_some(),
+        user: args
+            .user
+            .or(args.shared)
+            .expect("clap requires --user or --shared"),
         mailboxes: args.mailbox,
         at,
         at_run: args.run,

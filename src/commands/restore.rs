@@ -16,6 +16,7 @@ use crate::restore::{
     find_mailbox, mailboxes_at, prealloc, read_all, read_mailbox, restorable, run_at, LostEntry,
     MailboxAt,
 };
+use crate::spool::Owner;
 use crate::store::{find_latest, Archive, ArchivePaths, RunInfo};
 
 pub enum RestoreTarget {
@@ -28,7 +29,10 @@ pub enum RestoreTarget {
 
 pub struct RestoreOptions {
     pub archive_dir: PathBuf,
+    /// The userid, or the shared tree's name when `shared`.
     pub user: String,
+    /// Restore a shared mailbox tree's archive (`--shared NAME`), not a user's.
+    pub shared: bool,
     /// Only these mailboxes (see `restore::find_mailbox` for the spelling); all when empty.
     pub mailboxes: Vec<String>,
     pub at: Option<i64>,
@@ -44,7 +48,9 @@ pub struct RestoreOptions {
 /// What a restore did, or with `dry_run` would do.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RestoreReport {
+    /// The userid, or the shared tree's name when `shared`.
     pub user: String,
+    pub shared: bool,
     /// The run restored and its commit time.
     pub run: Option<u64>,
     pub run_time: Option<i64>,
@@ -71,6 +77,7 @@ impl RestoreReport {
     fn new(options: &RestoreOptions) -> RestoreReport {
         RestoreReport {
             user: options.user.clone(),
+            shared: options.shared,
             dry_run: options.dry_run,
             ..Default::default()
         }
@@ -89,7 +96,7 @@ impl RestoreReport {
 }
 
 pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
-    let paths = ArchivePaths::for_user(&options.archive_dir, &options.user)?;
+    let paths = ArchivePaths::for_owner(&options.archive_dir, &owner(options))?;
     if let (Some(sha1), None) = (options.sha1, options.uid) {
         if options.mailboxes.is_empty() {
             let mut report = RestoreReport::new(options);
@@ -153,6 +160,7 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
     }
     let request = Request {
         user: &options.user,
+        shared: options.shared,
         run: run.run,
         mailboxes,
         whole_user,
@@ -176,6 +184,14 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
     }?;
     report.add(outcome);
     Ok(report)
+}
+
+fn owner(options: &RestoreOptions) -> Owner {
+    if options.shared {
+        Owner::Shared(options.user.clone())
+    } else {
+        Owner::User(options.user.clone())
+    }
 }
 
 /// The run a restore reads: the one numbered, else the newest at or before the time asked. What
@@ -202,7 +218,14 @@ fn choose_mailboxes<'m>(
     let deleted_prefix = "DELETED";
     let owned: Vec<&MailboxAt> = all
         .iter()
-        .filter(|m| m.name.owner(deleted_prefix).as_deref() == Some(options.user.as_str()))
+        .filter(|m| {
+            let of = if options.shared {
+                m.name.shared_tree(deleted_prefix)
+            } else {
+                m.name.owner(deleted_prefix)
+            };
+            of.as_deref() == Some(options.user.as_str())
+        })
         .collect();
     if options.mailboxes.is_empty() {
         // Mailboxes deleted with delete_mode: delayed, and the #sieve mailbox where 3.6 keeps
@@ -216,7 +239,8 @@ fn choose_mailboxes<'m>(
                         || m.name.parts.get(2).is_some_and(|l| l == "#sieve"))
             })
             .collect();
-        return Ok((chosen, true));
+        // A tree has no per-user files: restoring all of it is not a whole user's restore.
+        return Ok((chosen, !options.shared));
     }
     let mut chosen = Vec::new();
     for wanted in &options.mailboxes {

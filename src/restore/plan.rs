@@ -11,7 +11,11 @@ use super::{LostEntry, MailboxAt};
 
 /// What a restore was asked for: mailboxes of one run, and which of their messages.
 pub struct Request<'m> {
+    /// The userid, or the shared tree's name when `shared`.
     pub user: &'m str,
+    /// The archive is a shared tree's (formats/backup-entries.md, "Shared mailboxes"): it has
+    /// no per-user files, and its mailboxes' names are the tree's.
+    pub shared: bool,
     /// The run whose state is restored.
     pub run: u64,
     pub mailboxes: Vec<&'m MailboxAt>,

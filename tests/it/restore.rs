@@ -93,6 +93,7 @@ fn assert_reconstruct_clean(server: &CyrusServer, user: &str) {
 fn options(dir: &Path, user: &str, target: RestoreTarget) -> RestoreOptions {
     RestoreOptions {
         archive_dir: dir.to_path_buf(),
+        shared: false,
         user: user.to_string(),
         mailboxes: Vec::new(),
         at: None,

@@ -31,6 +31,7 @@ fn backed_up(tag: &str) -> (TempDir, PathBuf, ArchivePaths) {
 fn options(dir: &Path, target: RestoreTarget) -> RestoreOptions {
     RestoreOptions {
         archive_dir: dir.to_path_buf(),
+        shared: false,
         user: "alice".into(),
         mailboxes: Vec::new(),
         at: None,

@@ -51,7 +51,9 @@ pub struct CyrusSteps<'a> {
     /// The target as it was when planned.
     spool: Spool,
     owner: FileOwner,
+    /// The userid, or the shared tree's name when `shared`.
     user: String,
+    shared: bool,
     /// Mailboxes left out, each with its report line: an entry they need failed its checks.
     left_out: Vec<(String, LostEntry)>,
     mailboxes: Vec<Planned>,
@@ -483,6 +485,11 @@ impl<'a> Target<'a> for CyrusTarget {
         if self.rename_to.is_some() && (request.mailboxes.len() != 1 || request.whole_user) {
             return Err(Error::usage("--as restores exactly one --mailbox"));
         }
+        if self.rename_to.is_some() && request.shared {
+            return Err(Error::usage(
+                "--as renames a user's mailbox, not a shared one",
+            ));
+        }
         let owner = FileOwner::of(&spool.config.configdirectory)?;
         let mut left_out = Vec::new();
         let mut planned = Vec::new();
@@ -534,6 +541,7 @@ impl<'a> Target<'a> for CyrusTarget {
             spool,
             owner,
             user: request.user.to_string(),
+            shared: request.shared,
             left_out,
             mailboxes: planned,
             databases,
@@ -567,8 +575,24 @@ impl<'a> Target<'a> for CyrusTarget {
         if !steps.mailboxes.is_empty() {
             // Placed files are not counted in the quota until the server recounts them.
             let mut cmd = self.tool(steps.owner, "quota");
-            cmd.arg("-f").arg("-u").arg(&steps.user);
-            let what = format!("-f -u {}", steps.user);
+            // A tree's quota root is its top-level mailbox, named as Cyrus's tools name it.
+            let root = if steps.shared {
+                let (top, domain) = crate::spool::name::split_userid(&steps.user);
+                crate::spool::name::MboxName {
+                    domain: domain.map(str::to_string),
+                    parts: vec![top.to_string()],
+                }
+                .internal()
+            } else {
+                steps.user.clone()
+            };
+            let what = if steps.shared {
+                cmd.arg("-f").arg(&root);
+                format!("-f {root}")
+            } else {
+                cmd.arg("-f").arg("-u").arg(&root);
+                format!("-f -u {root}")
+            };
             self.run(cmd, b"", "quota", &what)?;
         }
         Ok(out)

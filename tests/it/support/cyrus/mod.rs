@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 
-pub use imap::{internaldate_epoch, mailbox_arg, mutf7_decode, mutf7_encode, Imap};
+pub use imap::{internaldate_epoch, mailbox_arg, mutf7_decode, mutf7_encode, Imap, MessageInfo};
 pub use lmtp::Lmtp;
 pub use server::{cyrus_ids, CyrusOptions, CyrusServer, Layout, VirtDomains, CYRUS_BIN, PASSWORD};
 
