@@ -22,15 +22,23 @@ pub struct RestoreArgs {
     #[arg(
         long,
         value_name = "U",
-        required_unless_present = "shared",
-        conflicts_with = "shared"
+        required_unless_present_any = ["shared", "all"],
+        conflicts_with_all = ["shared", "all"]
     )]
     user: Option<String>,
     /// The shared mailbox tree whose archive is read (`support`; `support@example.com` in a
     /// domain): `<archive-dir>/shared/<name>.tar.gz`. Its mailboxes are named in full
     /// (`support/tickets`).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "all")]
     shared: Option<String>,
+    /// Every user and every shared tree with an archive in the directory: a whole server back
+    /// after a disaster (into Cyrus: rerun after an interruption, it leaves what is already
+    /// there and identical, and reports what differs; into files: one tree per owner).
+    #[arg(long, conflicts_with_all = ["mailbox", "sha1", "uid", "expunged_between", "as_name", "imap", "run"])]
+    all: bool,
+    /// With --all: owners restored at once (default: the number of cores).
+    #[arg(long, value_name = "N", requires = "all")]
+    jobs: Option<usize>,
     /// Only this mailbox (repeatable): INBOX, a name under the INBOX with '/' between levels
     /// (Archive/2023), or a full name (user/alice/Archive). Default: every mailbox of the user.
     #[arg(long, value_name = "NAME")]
@@ -111,6 +119,7 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
             cyrus_bin: args.cyrus_bin.clone(),
             replace: args.replace,
             rename_to: args.as_name.clone(),
+            resume: false,
         })
     } else if let Some(addr) = &args.imap {
         let user = args
@@ -157,13 +166,10 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
                 .map_err(|_| Error::usage(format!("--sha1 {s:?} is not 40 hex digits")))
         })
         .transpose()?;
-    let report = restore(&RestoreOptions {
+    let options = RestoreOptions {
         archive_dir: args.archive_dir,
         shared: args.shared.is_some(),
-        user: args
-            .user
-            .or(args.shared)
-            .expect("clap requires --user or --shared"),
+        user: args.user.or(args.shared).unwrap_or_default(),
         mailboxes: args.mailbox,
         at,
         at_run: args.run,
@@ -172,7 +178,14 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
         expunged_between,
         target,
         dry_run: args.dry_run,
-    })?;
+    };
+    if args.all {
+        let jobs = args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        return run_all(&options, jobs, args.json, p);
+    }
+    let report = restore(&options)?;
     if args.json {
         p.json("restore", &report)?;
     } else {
@@ -219,4 +232,75 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
             1
         },
     )
+}
+
+/// `--all`: a line per owner as each finishes (JSON with `--json`), a progress line on a
+/// terminal, and exit 1 when any owner had problems or failed.
+fn run_all(
+    options: &RestoreOptions,
+    jobs: usize,
+    json: bool,
+    p: &mut Printer,
+) -> Result<u8, Error> {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal() && !json;
+    let (mut problems, mut mailboxes, mut messages) = (false, 0usize, 0u64);
+    crate::commands::restore::restore_all(options, jobs, &mut |restored| {
+        let crate::commands::restore::OwnerRestored {
+            owner,
+            result,
+            done,
+            total,
+        } = restored;
+        if tty {
+            eprint!("\r\x1b[K");
+        }
+        match result {
+            Ok(report) => {
+                mailboxes += report.mailboxes.len();
+                messages += report.messages_written;
+                let clean = report.bad.is_empty()
+                    && report.refused.is_empty()
+                    && report.lost.is_empty()
+                    && report.damage.is_empty();
+                problems |= !clean;
+                if json {
+                    let _ = p.json("restore", &report);
+                } else {
+                    p.out_line(&format!(
+                        "{owner}: {} mailboxes, {} messages written, {} already there, {} \
+                         mailboxes left as they were{}",
+                        report.mailboxes.len(),
+                        report.messages_written,
+                        report.messages_already_there,
+                        report.present.len(),
+                        if report.dry_run { " (dry run)" } else { "" }
+                    ));
+                }
+                for b in report.bad.iter().chain(&report.refused) {
+                    p.note(&format!("{owner}: not restored: {b}"));
+                }
+                for l in &report.lost {
+                    p.note(&format!("{owner}: lost: {l}"));
+                }
+                for d in &report.damage {
+                    p.note(&format!("{owner}: damaged: {d}"));
+                }
+            }
+            Err(e) => {
+                problems = true;
+                if json {
+                    let _ = p.json(
+                        "restore-failed",
+                        &serde_json::json!({ "owner": owner.to_string(), "error": e.to_string() }),
+                    );
+                }
+                p.note(&format!("{owner}: restore failed: {e}"));
+            }
+        }
+        if tty && done < total {
+            eprint!("{done}/{total} owners, {mailboxes} mailboxes, {messages} messages");
+        }
+    })?;
+    Ok(u8::from(problems))
 }

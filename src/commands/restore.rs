@@ -71,6 +71,9 @@ pub struct RestoreReport {
     pub dry_run: bool,
     /// Where each file and record went (or would go).
     pub writes: Vec<String>,
+    /// Mailboxes already on the target as the archive has them (`--all` resuming an
+    /// interrupted restore): left as they are.
+    pub present: Vec<String>,
 }
 
 impl RestoreReport {
@@ -92,6 +95,7 @@ impl RestoreReport {
         self.bad.extend(outcome.bad);
         self.lost.extend(outcome.lost);
         self.writes.extend(outcome.writes);
+        self.present.extend(outcome.present);
     }
 }
 
@@ -184,6 +188,115 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
     }?;
     report.add(outcome);
     Ok(report)
+}
+
+/// One owner of `restore --all` done: its report (or why it failed), and how far along the
+/// whole restore is.
+pub struct OwnerRestored {
+    pub owner: Owner,
+    pub result: Result<RestoreReport>,
+    pub done: usize,
+    pub total: usize,
+}
+
+/// `restore --all`: every user and every shared tree with an archive in the directory, `jobs`
+/// of them at a time, each restored as `restore` would restore it alone (into Cyrus as a
+/// resumable restore: what is already there and identical is left, what differs is reported;
+/// into files, one tree per owner under the target). `options.user`, `shared`, `mailboxes` and
+/// the message filters are not used. `on_owner` sees each owner's result as it finishes, with
+/// the count done and the total.
+pub fn restore_all(
+    options: &RestoreOptions,
+    jobs: usize,
+    on_owner: &mut dyn FnMut(OwnerRestored),
+) -> Result<usize> {
+    if matches!(options.target, RestoreTarget::Imap(_)) {
+        return Err(Error::usage(
+            "--all restores into Cyrus (--to-cyrus) or into files (--maildir, --mbox, --eml)",
+        ));
+    }
+    let owners = archived_owners(&options.archive_dir)?;
+    let total = owners.len();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, total.max(1)) {
+            let (tx, next, owners) = (tx.clone(), &next, &owners);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(owner) = owners.get(i) else { return };
+                let result = restore(&one_owner(options, owner));
+                if tx.send((owner.clone(), result)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        for (done, (owner, result)) in rx.into_iter().enumerate() {
+            on_owner(OwnerRestored {
+                owner,
+                result,
+                done: done + 1,
+                total,
+            });
+        }
+    });
+    Ok(total)
+}
+
+/// Every owner with an archive in `dir`: users, then shared trees, each sorted.
+fn archived_owners(dir: &std::path::Path) -> Result<Vec<Owner>> {
+    let (users, _) = crate::store::list_own_archives(dir)?;
+    let mut owners: Vec<Owner> = users
+        .into_iter()
+        .filter_map(|p| p.user)
+        .map(Owner::User)
+        .collect();
+    let shared = dir.join(crate::store::SHARED_DIR);
+    if shared.is_dir() {
+        let (trees, _) = crate::store::list_own_archives(&shared)?;
+        // A tree archive's file name decodes as a userid would: to the tree's name.
+        owners.extend(trees.into_iter().filter_map(|p| p.user).map(Owner::Shared));
+    }
+    Ok(owners)
+}
+
+/// The options that restore one owner of `restore --all`.
+fn one_owner(options: &RestoreOptions, owner: &Owner) -> RestoreOptions {
+    // Files: one tree per owner, named as its archive is (shared trees under shared/).
+    let below = |root: &std::path::Path| -> PathBuf {
+        let name = crate::store::encode_user(owner.name()).unwrap_or_else(|_| owner.name().into());
+        match owner {
+            Owner::User(_) => root.join(name),
+            Owner::Shared(_) => root.join(crate::store::SHARED_DIR).join(name),
+        }
+    };
+    let target = match &options.target {
+        RestoreTarget::Cyrus(t) => RestoreTarget::Cyrus(CyrusTarget {
+            config: t.config.clone(),
+            cyrus_bin: t.cyrus_bin.clone(),
+            replace: t.replace,
+            rename_to: None,
+            resume: true,
+        }),
+        RestoreTarget::Maildir(root) => RestoreTarget::Maildir(below(root)),
+        RestoreTarget::Mbox(root) => RestoreTarget::Mbox(below(root)),
+        RestoreTarget::Eml(root) => RestoreTarget::Eml(below(root)),
+        RestoreTarget::Imap(_) => unreachable!("refused above"),
+    };
+    RestoreOptions {
+        archive_dir: options.archive_dir.clone(),
+        user: owner.name().to_string(),
+        shared: owner.is_shared(),
+        mailboxes: Vec::new(),
+        at: options.at,
+        at_run: None,
+        sha1: None,
+        uid: None,
+        expunged_between: None,
+        target,
+        dry_run: options.dry_run,
+    }
 }
 
 fn owner(options: &RestoreOptions) -> Owner {

@@ -56,6 +56,9 @@ pub struct RestorePlan<S> {
     pub lost: Vec<LostEntry>,
     /// Every file, database record or IMAP folder the plan writes, in order.
     pub writes: Vec<String>,
+    /// Mailboxes already on the target as the archive has them (resuming an interrupted
+    /// restore): left as they are.
+    pub present: Vec<String>,
     pub steps: S,
 }
 
@@ -69,6 +72,7 @@ impl<S> RestorePlan<S> {
             bad: Vec::new(),
             lost: Vec::new(),
             writes: Vec::new(),
+            present: Vec::new(),
             steps,
         }
     }
@@ -82,6 +86,7 @@ impl<S> RestorePlan<S> {
             bad: self.bad,
             lost: self.lost,
             writes: self.writes,
+            present: self.present,
             steps,
         }
     }
@@ -94,6 +99,7 @@ impl<S> RestorePlan<S> {
             bad: self.bad,
             lost: self.lost,
             writes: self.writes,
+            present: self.present,
             ..Outcome::default()
         }
     }
@@ -106,6 +112,7 @@ impl<S> RestorePlan<S> {
             refused: self.refused,
             bad: self.bad,
             lost: self.lost,
+            present: self.present,
             ..Outcome::default()
         };
         (start, self.steps)
@@ -125,6 +132,8 @@ pub struct Outcome {
     pub lost: Vec<LostEntry>,
     /// Every file, database record or IMAP folder written, in order.
     pub writes: Vec<String>,
+    /// Mailboxes found on the target as the archive has them, left as they are.
+    pub present: Vec<String>,
 }
 
 impl Outcome {

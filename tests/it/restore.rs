@@ -112,6 +112,7 @@ fn to_cyrus(server: &CyrusServer) -> RestoreTarget {
         cyrus_bin: DEFAULT_CYRUS_BIN.into(),
         replace: false,
         rename_to: None,
+        resume: false,
     })
 }
 
@@ -579,6 +580,7 @@ fn replace_puts_back_an_older_state_in_place_and_as_restores_beside_under_a_new_
             cyrus_bin: DEFAULT_CYRUS_BIN.into(),
             replace,
             rename_to: rename_to.map(str::to_string),
+            resume: false,
         })
     };
     // Without --replace the live INBOX stops the restore.

@@ -424,3 +424,130 @@ fn a_shared_tree_comes_back_exactly_into_a_fresh_server_and_a_deleted_mailbox_in
         .collect();
     assert_eq!(files.len(), 5, "{files:?}");
 }
+
+/// Adds the two shared trees of `server_with_shared_trees` to a populated server, and bob's
+/// \Seen on one shared message.
+fn add_shared_trees(server: &CyrusServer) {
+    let mut admin = server.admin();
+    for mailbox in ["Announcements", "Announcements/2024", "support"] {
+        admin.create(mailbox);
+        admin.ok(&format!("SETACL {mailbox} anyone lrsip"));
+    }
+    let mut alice = server.imap("alice");
+    for i in 0..3 {
+        alice.append(
+            "Shared Folders/Announcements",
+            &[],
+            Some("02-Jan-2024 09:00:00 +0000"),
+            format!("Subject: notice {i}\r\n\r\nnotice {i}\r\n").as_bytes(),
+        );
+    }
+    let mut bob = server.imap("bob");
+    bob.select("Shared Folders/Announcements");
+    bob.ok("UID STORE 2 +FLAGS (\\Seen)");
+}
+
+/// Everything IMAP shows of a whole server: each user's facts, each shared mailbox's, and what
+/// bob has seen of the shared one.
+fn server_facts(server: &CyrusServer) -> String {
+    let mut out = String::new();
+    for user in ["alice", "bob", "john.doe"] {
+        out.push_str(&format!(
+            "{user}: {:?}\n",
+            crate::spool_view::imap_facts(server, user)
+        ));
+    }
+    out.push_str(&format!(
+        "{:?}\n",
+        shared_facts(server, &["Announcements", "Announcements/2024", "support"])
+    ));
+    let mut bob = server.imap("bob");
+    bob.examine("Shared Folders/Announcements");
+    out.push_str(&format!(
+        "bob sees {:?}\n",
+        bob.raw("UID FETCH 1:* (FLAGS)")
+    ));
+    out
+}
+
+#[test]
+fn restore_all_brings_a_whole_server_back_and_finishes_after_a_kill() {
+    let options = CyrusOptions::default();
+    let server = CyrusServer::start(options.clone());
+    crate::spool_view::populate(&server);
+    add_shared_trees(&server);
+    let want = server_facts(&server);
+    let work = TempDir::new("restore-all");
+    let dir = work.path().join("archives");
+    backup(&[
+        "--config",
+        server.config_path().to_str().unwrap(),
+        "--archive-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let restore_all = |target: &CyrusServer| {
+        let mut c = crate::util::bin();
+        c.args([
+            "restore",
+            "--all",
+            "--jobs",
+            "2",
+            "--json",
+            "--archive-dir",
+            dir.to_str().unwrap(),
+            "--to-cyrus",
+            "--config",
+            target.config_path().to_str().unwrap(),
+        ]);
+        c
+    };
+
+    // Straight through into a fresh server: one JSON line per owner, the server as it was.
+    let fresh = CyrusServer::start(options.clone());
+    let o = restore_all(&fresh).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let owners: BTreeSet<(String, bool)> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["data"]["user"].as_str().unwrap().to_string(),
+                v["data"]["shared"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(owners.len(), 5, "{owners:?}");
+    assert!(owners.contains(&("support".into(), true)), "{owners:?}");
+    assert_eq!(server_facts(&fresh), want);
+    // Run again: everything is there already and identical, nothing is written.
+    let o = restore_all(&fresh).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    for l in stdout(&o).lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["data"]["messages_written"], 0, "{v}");
+        assert!(v["data"]["mailboxes"].as_array().unwrap().is_empty(), "{v}");
+    }
+    assert_eq!(server_facts(&fresh), want);
+
+    // Killed part way, then run again: it finishes, nothing twice.
+    for delay_ms in [40, 120] {
+        let target = CyrusServer::start(options.clone());
+        let mut child = restore_all(&target)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let o = restore_all(&target).output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "after a kill at {delay_ms} ms: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert_eq!(server_facts(&target), want, "after a kill at {delay_ms} ms");
+    }
+}

@@ -41,6 +41,11 @@ pub struct CyrusTarget {
     /// Restore the one selected mailbox under this name (relative to the user's INBOX, `/`
     /// between levels) as a new mailbox with a new uniqueid.
     pub rename_to: Option<String>,
+    /// Finishing an interrupted restore (`restore --all`): a mailbox already on the target with
+    /// the same name, uniqueid and cyrus.index is left as it is and counted as present; one
+    /// that differs is reported and left alone (unless `replace`), never an error that stops
+    /// the other mailboxes.
+    pub resume: bool,
 }
 
 /// What a restore into Cyrus writes: each mailbox's files, the database records, and for a
@@ -56,6 +61,8 @@ pub struct CyrusSteps<'a> {
     shared: bool,
     /// Mailboxes left out, each with its report line: an entry they need failed its checks.
     left_out: Vec<(String, LostEntry)>,
+    /// Resuming: mailboxes left alone because something else is on the target in their place.
+    conflicts: Vec<String>,
     mailboxes: Vec<Planned>,
     databases: Vec<DbUpdate>,
     /// The user's own files, for a whole-user restore.
@@ -250,7 +257,7 @@ fn plan_mailbox(
     m: &MailboxAt,
     target: &CyrusTarget,
     user: &str,
-) -> Result<std::result::Result<Planned, LostEntry>> {
+) -> Result<std::result::Result<Planned, NotPlanned>> {
     let path = &archive.paths().archive;
     // Everything read from the archive is read first, so a loss stops nothing but this mailbox.
     let read = || -> std::result::Result<_, LostEntry> {
@@ -277,7 +284,7 @@ fn plan_mailbox(
     };
     let (records, annotation_rows, header, index, annotations) = match read() {
         Ok(r) => r,
-        Err(lost) => return Ok(Err(lost)),
+        Err(lost) => return Ok(Err(NotPlanned::Lost(lost))),
     };
     let list = Mboxlist::from_records(path, &records)?;
     if list.format != MboxlistFormat::ByIdAndName || records.len() != 2 {
@@ -351,7 +358,16 @@ fn plan_mailbox(
             Mode::Replace(Box::new(n.clone()))
         }
         (Some(existing), _) | (None, Some(existing)) => {
-            let what = if existing.name == p.entry.name && existing.uniqueid == p.entry.uniqueid {
+            let same = existing.name == p.entry.name && existing.uniqueid == p.entry.uniqueid;
+            if target.resume && same {
+                let there = spool
+                    .meta_path(existing, MetaFile::Index)
+                    .and_then(|path| std::fs::read(path).ok());
+                if there.as_deref() == Some(&p.index[..]) {
+                    return Ok(Err(NotPlanned::Present));
+                }
+            }
+            let what = if same {
                 "exists on the target; --replace overwrites it".to_string()
             } else if existing.name == p.entry.name {
                 format!(
@@ -366,15 +382,29 @@ fn plan_mailbox(
                     existing.name
                 )
             };
-            return Err(Error::refused(format!(
+            let refusal = format!(
                 "{}: {what}; or export it (--maildir, --mbox, --eml) or restore it additively \
                  (--imap)",
                 p.entry.name
-            )));
+            );
+            if target.resume {
+                return Ok(Err(NotPlanned::Conflict(refusal)));
+            }
+            return Err(Error::refused(refusal));
         }
     };
     p.paths = mailbox_paths(archive, spool, &p)?;
     Ok(Ok(p))
+}
+
+/// Why a mailbox is not in the plan.
+enum NotPlanned {
+    /// An entry it needs failed its checks.
+    Lost(LostEntry),
+    /// Resuming: it is on the target already, identical.
+    Present,
+    /// Resuming: something else is on the target under its name or uniqueid.
+    Conflict(String),
 }
 
 /// Where the target's layout puts the planned mailbox's files.
@@ -493,12 +523,15 @@ impl<'a> Target<'a> for CyrusTarget {
         let owner = FileOwner::of(&spool.config.configdirectory)?;
         let mut left_out = Vec::new();
         let mut planned = Vec::new();
+        let (mut present, mut conflicts) = (Vec::new(), Vec::new());
         for m in &request.mailboxes {
             match plan_mailbox(archive, &spool, m, self, request.user)? {
                 Ok(p) => planned.push(p),
-                Err(lost) => {
+                Err(NotPlanned::Lost(lost)) => {
                     left_out.push((format!("mailbox {}: not restored: {lost}", m.name), lost))
                 }
+                Err(NotPlanned::Present) => present.push(m.name.internal()),
+                Err(NotPlanned::Conflict(why)) => conflicts.push(why),
             }
         }
         let databases = databases(&spool, &planned)?;
@@ -511,6 +544,8 @@ impl<'a> Target<'a> for CyrusTarget {
             plan.bad.push(bad.clone());
             plan.lost.push(lost.clone());
         }
+        plan.bad.extend(conflicts.iter().cloned());
+        plan.present = present;
         for p in &planned {
             plan.mailboxes.push(p.entry.name.to_string());
             plan.messages += p.paths.messages.len() as u64;
@@ -543,6 +578,7 @@ impl<'a> Target<'a> for CyrusTarget {
             user: request.user.to_string(),
             shared: request.shared,
             left_out,
+            conflicts,
             mailboxes: planned,
             databases,
             user_files,
@@ -556,12 +592,14 @@ impl<'a> Target<'a> for CyrusTarget {
         let steps = plan.steps;
         let mut out = Outcome {
             mailboxes: plan.mailboxes,
+            present: plan.present,
             ..Outcome::default()
         };
         for (bad, lost) in steps.left_out.iter().cloned() {
             out.bad.push(bad);
             out.lost.push(lost);
         }
+        out.bad.extend(steps.conflicts.iter().cloned());
         for p in &steps.mailboxes {
             self.place_mailbox(&steps, p, &mut out)?;
         }
