@@ -551,3 +551,53 @@ fn restore_all_brings_a_whole_server_back_and_finishes_after_a_kill() {
         assert_eq!(server_facts(&target), want, "after a kill at {delay_ms} ms");
     }
 }
+
+/// How admins migrate: a backup of a server with name-based, hashed directories
+/// (`mailbox_legacy_dirs`, `hashimapspool`) restored whole into a 3.6 uuid-layout server, and
+/// back the other way.
+#[test]
+fn a_whole_server_moves_between_the_legacy_and_the_uuid_layout() {
+    for (from, to) in [
+        (CyrusOptions::legacy(), CyrusOptions::default()),
+        (CyrusOptions::default(), CyrusOptions::legacy()),
+    ] {
+        let what = format!("{:?} -> {:?}", from.layout, to.layout);
+        let source = CyrusServer::start(from);
+        crate::spool_view::populate(&source);
+        add_shared_trees(&source);
+        let want = server_facts(&source);
+        let work = TempDir::new("restore-layout");
+        let dir = work.path().join("archives");
+        backup(&[
+            "--config",
+            source.config_path().to_str().unwrap(),
+            "--archive-dir",
+            dir.to_str().unwrap(),
+        ]);
+        let target = CyrusServer::start(to);
+        let o = run(&[
+            "restore",
+            "--all",
+            "--archive-dir",
+            dir.to_str().unwrap(),
+            "--to-cyrus",
+            "--config",
+            target.config_path().to_str().unwrap(),
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{what}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert_eq!(server_facts(&target), want, "{what}");
+        for user in ["alice", "bob"] {
+            let out = target.tool_ok("reconstruct", &["-n", "-G", "-u", user]);
+            assert!(
+                out.lines().all(|l| !l.contains(": ")),
+                "{what}: reconstruct -n -G -u {user} says:\n{out}"
+            );
+        }
+    }
+}
