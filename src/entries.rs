@@ -10,6 +10,8 @@ pub const FOLDERS_DIR: &str = "folders/";
 pub const META_DIR: &str = "meta/";
 pub const FOLDER_MAILBOXES_DB: &str = "mailboxes.db";
 pub const FOLDER_ANNOTATIONS_DB: &str = "annotations.db";
+/// `meta/<this>` in the server's own archive: the server's annotations, in the records format.
+pub const SERVER_ANNOTATIONS: &str = "server-annotations.db";
 const RECORDS_MAGIC: &str = "mailpack-records 1\n";
 
 pub fn folder_entry(uniqueid: &str, file: &str) -> String {

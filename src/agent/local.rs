@@ -195,6 +195,10 @@ impl Source for LocalSource<'_> {
         Ok(self.spool.shared_trees())
     }
 
+    fn server_annotations(&mut self) -> Result<Vec<Record>> {
+        Ok(self.annotations.of(b"").to_vec())
+    }
+
     fn list_owner(&mut self, owner: &Owner) -> Result<UserListing> {
         check_user(owner.name())?;
         let mut listing = UserListing::default();

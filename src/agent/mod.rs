@@ -90,6 +90,9 @@ pub trait Source {
     /// Every shared tree with at least one existing mailbox, sorted (formats/backup-entries.md,
     /// "Shared mailboxes").
     fn shared_trees(&mut self) -> Result<Vec<String>>;
+    /// The annotations of the server itself (not of a mailbox): its `annotations.db` records
+    /// whose mailbox is empty.
+    fn server_annotations(&mut self) -> Result<Vec<crate::spool::cyrusdb::Record>>;
     /// Pass 1 for a whole owner: mailboxes with their records and metadata stats, and for a
     /// user the per-user files with theirs. Opens no mailbox.
     fn list_owner(&mut self, owner: &Owner) -> Result<UserListing>;

@@ -89,6 +89,8 @@ pub enum TRequest {
     OpenMailbox { user: String, uniqueid: String },
     /// Answered with `RSharedTrees`.
     SharedTrees,
+    /// Answered with `RServerAnnotations`.
+    ServerAnnotations,
     /// As `list-user`, for a shared tree (its listing has no per-user files).
     ListShared { tree: String },
     /// As `open-mailbox`, for a mailbox of a shared tree.
@@ -170,6 +172,13 @@ pub struct RSharedTrees {
     pub trees: Vec<String>,
 }
 
+/// The `REPLY` to `server-annotations`: the annotations.db records of the server itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RServerAnnotations {
+    #[serde(with = "records_base64")]
+    pub records: Vec<Record>,
+}
+
 /// The `REPLY` to `list-user`, `close-mailbox` and `bye`: `{}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct REmpty {}
@@ -210,6 +219,7 @@ pub struct REnd {
 impl Message for TRequest {}
 impl Message for RUsers {}
 impl Message for RSharedTrees {}
+impl Message for RServerAnnotations {}
 impl Message for REmpty {}
 impl Message for ROpenMailbox {}
 impl Message for RFetch {}

@@ -12,8 +12,8 @@ use super::frame::{
 };
 use super::proto::{
     Compress, Inbound, Message, Outbound, REmpty, REnd, RError, RFetch, RFetchMany, RHello,
-    RListing, ROpenMailbox, RReadUserFile, RSharedTrees, RUsers, TFetch, THello, TRequest,
-    MAX_LISTING, PROTOCOL, VERSION,
+    RListing, ROpenMailbox, RReadUserFile, RServerAnnotations, RSharedTrees, RUsers, TFetch,
+    THello, TRequest, MAX_LISTING, PROTOCOL, VERSION,
 };
 use super::{MessageFile, OpenedMailbox, Source, UserListing};
 use crate::error::{Error, Result};
@@ -449,7 +449,16 @@ impl Source for RemoteSource {
         Ok(reply.trees)
     }
 
+    fn server_annotations(&mut self) -> Result<Vec<crate::spool::cyrusdb::Record>> {
+        let reply: RServerAnnotations = self.request(&TRequest::ServerAnnotations)?;
+        Ok(reply.records)
+    }
+
     fn list_owner(&mut self, owner: &Owner) -> Result<UserListing> {
+        if *owner == Owner::Server {
+            // The server's own archive holds no mailbox; nothing to list.
+            return Ok(UserListing::default());
+        }
         loop {
             if let Some((listed, listing)) = self.listed.pop_front() {
                 if listed == *owner {
@@ -467,12 +476,14 @@ impl Source for RemoteSource {
         self.discard_pending()?;
         // One write for them all: the agent answers them back to back, and ssh carries them
         // as one packet each way.
+        let owners: Vec<&Owner> = owners.iter().filter(|o| **o != Owner::Server).collect();
         let requests = owners.iter().map(|owner| match owner {
             Owner::User(user) => TRequest::ListUser { user: user.clone() }.encode(),
             Owner::Shared(tree) => TRequest::ListShared { tree: tree.clone() }.encode(),
+            Owner::Server => unreachable!("left out above"),
         });
         self.send_all(FrameKind::Request, requests)?;
-        self.ahead.extend(owners.iter().cloned());
+        self.ahead.extend(owners.into_iter().cloned());
         Ok(())
     }
 
@@ -486,6 +497,11 @@ impl Source for RemoteSource {
                 tree: tree.clone(),
                 uniqueid: uniqueid.into(),
             },
+            Owner::Server => {
+                return Err(Error::NotFound(format!(
+                    "mailbox {uniqueid} of the server itself"
+                )))
+            }
         };
         let ROpenMailbox { stats } = self.request(&request)?;
         let max = crate::archive::MAX_MEMBER_RAW as u64;

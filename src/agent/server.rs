@@ -6,8 +6,8 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use super::frame::{read_frame, write_frame, FrameError, FrameKind, CHUNK, STREAM_BUFFER};
 use super::proto::{
     BadRequest, Compress, Inbound, Message, Outbound, REmpty, REnd, RError, RFetch, RFetchMany,
-    RHello, RListing, ROpenMailbox, RReadUserFile, RSharedTrees, RUsers, TFetch, THello, TRequest,
-    PROTOCOL, VERSION,
+    RHello, RListing, ROpenMailbox, RReadUserFile, RServerAnnotations, RSharedTrees, RUsers,
+    TFetch, THello, TRequest, PROTOCOL, VERSION,
 };
 use super::Source;
 use crate::error::{Error, Result};
@@ -190,6 +190,12 @@ fn answer_request(out: &mut impl Write, source: &mut dyn Source, request: TReque
             out,
             &RSharedTrees {
                 trees: source.shared_trees()?,
+            },
+        ),
+        TRequest::ServerAnnotations => send_reply(
+            out,
+            &RServerAnnotations {
+                records: source.server_annotations()?,
             },
         ),
         TRequest::ListUser { user } => list_owner(out, source, &Owner::User(user)),

@@ -43,6 +43,8 @@ pub struct UserReport {
     pub user: String,
     /// The archive is a shared tree's (formats/backup-entries.md, "Shared mailboxes").
     pub shared: bool,
+    /// The archive is the server's own (its server-wide annotations); `user` is `%server`.
+    pub server: bool,
     pub run: Option<u64>,
     pub mailboxes: u64,
     pub changed: u64,
@@ -109,6 +111,7 @@ pub fn backup_user(
     let mut report = UserReport {
         user: owner.name().to_string(),
         shared: owner.is_shared(),
+        server: *owner == Owner::Server,
         ..Default::default()
     };
     let traffic_before = source.traffic();
@@ -227,7 +230,7 @@ pub fn backup_user(
         }
     }
 
-    let listed_files = backup_user_files(
+    let mut listed_files = backup_user_files(
         source,
         &listing.user_files,
         &recorded,
@@ -236,6 +239,16 @@ pub fn backup_user(
         &mut report,
         &mut healing,
     )?;
+    if *owner == Owner::Server {
+        // The server's own annotations: one entry, stored when it differs.
+        let records = source.server_annotations()?;
+        let bytes = records_bytes(&records.iter().collect::<Vec<_>>());
+        let name = entries::meta_entry(entries::SERVER_ANNOTATIONS);
+        if store_if_different(writer, &recorded, &name, &bytes, options.time)? {
+            healing.stored(&name);
+        }
+        listed_files.insert(name);
+    }
     if tombstones {
         // Per-user files that disappeared (a sieve script deleted, ...).
         for name in recorded

@@ -148,10 +148,16 @@ pub fn backup(
         .map(Owner::User)
         .chain(sessions[0].shared_trees()?.into_iter().map(Owner::Shared))
         .collect();
-    let spare = std::sync::Mutex::new(sessions);
     let everyone = options.users.is_empty() && options.shared.is_empty();
+    let spare = std::sync::Mutex::new(sessions);
     let mut work: Vec<(Owner, bool)> = if everyone {
-        on_server.iter().map(|o| (o.clone(), false)).collect()
+        // The server's own annotations go with a backup of everything.
+        on_server
+            .iter()
+            .cloned()
+            .chain(std::iter::once(Owner::Server))
+            .map(|o| (o, false))
+            .collect()
     } else {
         options
             .users
@@ -413,9 +419,10 @@ fn one_user(
         return Err(Error::NotFound(match owner {
             Owner::User(user) => format!("user {user} on the server"),
             Owner::Shared(tree) => format!("shared mailbox {tree} on the server"),
+            Owner::Server => "the server".into(),
         }));
     }
-    if owner.is_shared() {
+    if !matches!(owner, Owner::User(_)) {
         create_archive_dir(&paths.dir())?;
     }
     let mut notices = Vec::new();

@@ -215,7 +215,12 @@ pub fn restore_all(
             "--all restores into Cyrus (--to-cyrus) or into files (--maildir, --mbox, --eml)",
         ));
     }
-    let owners = archived_owners(&options.archive_dir)?;
+    let mut owners = archived_owners(&options.archive_dir)?;
+    // The server's own annotations go back into a server; an export has nowhere to put them.
+    let server = ArchivePaths::for_owner(&options.archive_dir, &Owner::Server)?;
+    if matches!(options.target, RestoreTarget::Cyrus(_)) && server.archive.exists() {
+        owners.push(Owner::Server);
+    }
     let total = owners.len();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -225,7 +230,10 @@ pub fn restore_all(
             scope.spawn(move || loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(owner) = owners.get(i) else { return };
-                let result = restore(&one_owner(options, owner));
+                let result = match owner {
+                    Owner::Server => restore_server(options),
+                    _ => restore(&one_owner(options, owner)),
+                };
                 if tx.send((owner.clone(), result)).is_err() {
                     return;
                 }
@@ -242,6 +250,46 @@ pub fn restore_all(
         }
     });
     Ok(total)
+}
+
+/// The server's own annotations (its archive's `meta/server-annotations.db` as of the run)
+/// back into the Cyrus target's annotations.db.
+fn restore_server(options: &RestoreOptions) -> Result<RestoreReport> {
+    let RestoreTarget::Cyrus(target) = &options.target else {
+        unreachable!("only a Cyrus target takes the server's annotations")
+    };
+    let paths = ArchivePaths::for_owner(&options.archive_dir, &Owner::Server)?;
+    let (archive, damage) = crate::commands::open_for_reading(&paths, &mut Vec::new())?;
+    let run = run_at(&archive, options.at)?;
+    let mut report = RestoreReport {
+        user: Owner::Server.name().to_string(),
+        run: Some(run.run),
+        run_time: Some(run.time),
+        dry_run: options.dry_run,
+        damage,
+        ..Default::default()
+    };
+    let name = crate::entries::meta_entry(crate::entries::SERVER_ANNOTATIONS);
+    let entry = archive
+        .state_at(Some(run.run))
+        .into_iter()
+        .find(|(_, e)| e.name == name && !e.is_tombstone())
+        .map(|(_, e)| e);
+    let records = match entry {
+        Some(e) => {
+            let bytes = read_all(&archive, e)?;
+            crate::entries::parse_records(&bytes).ok_or_else(|| {
+                Error::corrupt(
+                    &paths.archive,
+                    e.placement.member,
+                    format!("{name}: not in the records format"),
+                )
+            })?
+        }
+        None => Vec::new(),
+    };
+    report.add(target.restore_server_annotations(records, options.dry_run)?);
+    Ok(report)
 }
 
 /// Every owner with an archive in `dir`: users, then shared trees, each sorted.
@@ -268,7 +316,7 @@ fn one_owner(options: &RestoreOptions, owner: &Owner) -> RestoreOptions {
         let name = crate::store::encode_user(owner.name()).unwrap_or_else(|_| owner.name().into());
         match owner {
             Owner::User(_) => root.join(name),
-            Owner::Shared(_) => root.join(crate::store::SHARED_DIR).join(name),
+            Owner::Shared(_) | Owner::Server => root.join(crate::store::SHARED_DIR).join(name),
         }
     };
     let target = match &options.target {

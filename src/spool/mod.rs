@@ -21,6 +21,10 @@ mod view;
 
 pub use crate::error::ParseError;
 
+/// The name of the server's own archive: `%` followed by a letter is no encoding a user's or
+/// a tree's name can produce.
+pub const SERVER_OWNER: &str = "%server";
+
 /// Who an archive belongs to (formats/backup-entries.md, "Shared mailboxes"): a user, with
 /// their mailboxes and per-user files, or a shared tree, with the mailboxes below a top-level
 /// mailbox that belongs to no user.
@@ -28,13 +32,17 @@ pub use crate::error::ParseError;
 pub enum Owner {
     User(String),
     Shared(String),
+    /// The server itself: its server-wide annotations (no mailboxes, no per-user files).
+    Server,
 }
 
 impl Owner {
-    /// The userid or the tree's name.
+    /// The userid, the tree's name, or `%server` (a name no user or tree can have: formats/
+    /// backup-entries.md, "Shared mailboxes").
     pub fn name(&self) -> &str {
         match self {
             Owner::User(name) | Owner::Shared(name) => name,
+            Owner::Server => SERVER_OWNER,
         }
     }
 
@@ -48,6 +56,7 @@ impl std::fmt::Display for Owner {
         match self {
             Owner::User(user) => f.write_str(user),
             Owner::Shared(tree) => write!(f, "shared {tree}"),
+            Owner::Server => f.write_str("server annotations"),
         }
     }
 }

@@ -141,6 +141,7 @@ impl Spool {
         match owner {
             Owner::User(user) => Box::new(self.mailboxes_of(user)),
             Owner::Shared(tree) => Box::new(self.mailboxes_of_tree(tree)),
+            Owner::Server => Box::new(std::iter::empty()),
         }
     }
 

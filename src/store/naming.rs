@@ -109,6 +109,17 @@ impl ArchivePaths {
         match owner {
             crate::spool::Owner::User(user) => ArchivePaths::for_user(dir, user),
             crate::spool::Owner::Shared(tree) => ArchivePaths::for_shared(dir, tree),
+            // Named as is, not encoded: no user's or tree's name encodes to it.
+            crate::spool::Owner::Server => {
+                let dir = dir.join(SHARED_DIR);
+                let name = crate::spool::SERVER_OWNER;
+                Ok(ArchivePaths {
+                    archive: dir.join(format!("{name}{ARCHIVE_SUFFIX}")),
+                    index: dir.join(format!("{name}{INDEX_SUFFIX}")),
+                    lock: dir.join(format!("{name}{LOCK_SUFFIX}")),
+                    user: None,
+                })
+            }
         }
     }
 

@@ -104,9 +104,11 @@ fn every_shared_tree_is_backed_up_into_its_own_archive_locally_and_through_the_a
             )
         })
         .collect();
+    // And the server's own archive (its server-wide annotations).
     assert_eq!(
         owners,
         [
+            ("%server".to_string(), false),
             ("Announcements".to_string(), true),
             ("alice".to_string(), false),
             ("bob".to_string(), false),
@@ -248,6 +250,7 @@ fn every_shared_tree_is_backed_up_into_its_own_archive_locally_and_through_the_a
         [
             "/alice.tar.gz",
             "/bob.tar.gz",
+            "/shared/%server.tar.gz",
             "/shared/Announcements.tar.gz",
             "/shared/support.tar.gz"
         ]
@@ -445,6 +448,8 @@ fn add_shared_trees(server: &CyrusServer) {
     let mut bob = server.imap("bob");
     bob.select("Shared Folders/Announcements");
     bob.ok("UID STORE 2 +FLAGS (\\Seen)");
+    // A server-wide annotation, which only the server's own archive holds.
+    admin.ok("SETMETADATA \"\" (/shared/comment \"our mail server\")");
 }
 
 /// Everything IMAP shows of a whole server: each user's facts, each shared mailbox's, and what
@@ -516,7 +521,7 @@ fn restore_all_brings_a_whole_server_back_and_finishes_after_a_kill() {
             )
         })
         .collect();
-    assert_eq!(owners.len(), 5, "{owners:?}");
+    assert_eq!(owners.len(), 6, "{owners:?}");
     assert!(owners.contains(&("support".into(), true)), "{owners:?}");
     assert_eq!(server_facts(&fresh), want);
     // Run again: everything is there already and identical, nothing is written.
@@ -530,7 +535,7 @@ fn restore_all_brings_a_whole_server_back_and_finishes_after_a_kill() {
     assert_eq!(server_facts(&fresh), want);
 
     // Killed part way, then run again: it finishes, nothing twice.
-    for delay_ms in [40, 120] {
+    for delay_ms in [5, 15, 25, 40, 60, 80, 100, 150, 200] {
         let target = CyrusServer::start(options.clone());
         let mut child = restore_all(&target)
             .stdout(std::process::Stdio::null())

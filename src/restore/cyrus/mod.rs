@@ -691,6 +691,31 @@ fn databases(spool: &Spool, planned: &[Planned]) -> Result<Vec<DbUpdate>> {
 }
 
 impl CyrusTarget {
+    /// Writes the server's own annotations (records of annotations.db whose mailbox is empty)
+    /// back through `cyr_dbtool`; setting a row that is there already changes nothing, so a
+    /// rerun is harmless.
+    pub fn restore_server_annotations(
+        &self,
+        records: Vec<Record>,
+        dry_run: bool,
+    ) -> Result<Outcome> {
+        let spool = Spool::open(&self.config)?;
+        let update = DbUpdate {
+            db: spool.config.configdirectory.join("annotations.db"),
+            deletes: Vec::new(),
+            records,
+        };
+        let out = Outcome {
+            writes: update.writes().collect(),
+            ..Outcome::default()
+        };
+        if !dry_run {
+            let owner = FileOwner::of(&spool.config.configdirectory)?;
+            self.update_db(owner, &update)?;
+        }
+        Ok(out)
+    }
+
     fn tool(&self, owner: FileOwner, name: &str) -> Command {
         let mut cmd = Command::new(self.cyrus_bin.join(name));
         cmd.arg("-C").arg(&self.config);

@@ -35,7 +35,11 @@ impl FileOwner {
     }
 }
 
-/// Creates the directories of `path` that are missing, owned like the server's.
+/// Creates the directories of `path` that are missing, owned like the server's. The missing
+/// chain is built under a temporary name beside its first missing directory and renamed into
+/// place once every level has its owner: a restore killed in between leaves no directory that
+/// Cyrus cannot enter (a rerun would find it there and never fix its owner), only a stray
+/// `<name>.mailpack-<random>` beside it.
 pub fn create_dirs(path: &Path, owner: FileOwner) -> Result<()> {
     let mut missing = Vec::new();
     let mut p = path;
@@ -46,15 +50,43 @@ pub fn create_dirs(path: &Path, owner: FileOwner) -> Result<()> {
             None => break,
         };
     }
-    for dir in missing.iter().rev() {
-        use std::os::unix::fs::DirBuilderExt;
-        match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => owner.apply(dir)?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io("create", dir, e)),
+    let Some(top) = missing.last() else {
+        return Ok(());
+    };
+    let id = crate::io::random_id()?;
+    let suffix: String = id[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut name = top.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".mailpack-{suffix}"));
+    let tmp_top = top.with_file_name(name);
+    let built = (|| {
+        for dir in missing.iter().rev() {
+            use std::os::unix::fs::DirBuilderExt;
+            let below = dir.strip_prefix(top).expect("every missing directory is below the top");
+            let tmp = tmp_top.join(below);
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&tmp)
+                .map_err(|e| Error::io("create", &tmp, e))?;
+            owner.apply(&tmp)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = built {
+        let _ = fs::remove_dir_all(&tmp_top);
+        return Err(e);
+    }
+    match fs::rename(&tmp_top, top) {
+        Ok(()) => Ok(()),
+        // Made meanwhile by someone else: theirs stands; what is below it is made again.
+        Err(_) if top.is_dir() => {
+            let _ = fs::remove_dir_all(&tmp_top);
+            create_dirs(path, owner)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp_top);
+            Err(Error::io("rename", &tmp_top, e))
         }
     }
-    Ok(())
 }
 
 /// Writes a file beside its final name and renames it there, owned like the server's files,
