@@ -432,10 +432,20 @@ fn a_shared_tree_comes_back_exactly_into_a_fresh_server_and_a_deleted_mailbox_in
 /// \Seen on one shared message.
 fn add_shared_trees(server: &CyrusServer) {
     let mut admin = server.admin();
-    for mailbox in ["Announcements", "Announcements/2024", "support"] {
+    for mailbox in [
+        "Announcements",
+        "Announcements/2024",
+        "support",
+        "support/Old",
+    ] {
         admin.create(mailbox);
         admin.ok(&format!("SETACL {mailbox} anyone lrsip"));
     }
+    // A per-user and a group ACL, and a mailbox deleted with delete_mode: delayed.
+    admin.ok("SETACL support bob lrswipkxtecda");
+    admin.ok("SETACL support group:staff lrs");
+    admin.ok("SETACL support/Old anyone lrsx");
+    admin.delete("support/Old");
     let mut alice = server.imap("alice");
     for i in 0..3 {
         alice.append(
@@ -445,9 +455,12 @@ fn add_shared_trees(server: &CyrusServer) {
             format!("Subject: notice {i}\r\n\r\nnotice {i}\r\n").as_bytes(),
         );
     }
+    // Each user's own \Seen of the same shared messages.
     let mut bob = server.imap("bob");
     bob.select("Shared Folders/Announcements");
     bob.ok("UID STORE 2 +FLAGS (\\Seen)");
+    alice.select("Shared Folders/Announcements");
+    alice.ok("UID STORE 1,3 +FLAGS (\\Seen)");
     // A server-wide annotation, which only the server's own archive holds.
     admin.ok("SETMETADATA \"\" (/shared/comment \"our mail server\")");
 }
@@ -466,13 +479,32 @@ fn server_facts(server: &CyrusServer) -> String {
         "{:?}\n",
         shared_facts(server, &["Announcements", "Announcements/2024", "support"])
     ));
-    let mut bob = server.imap("bob");
-    bob.examine("Shared Folders/Announcements");
-    out.push_str(&format!(
-        "bob sees {:?}\n",
-        bob.raw("UID FETCH 1:* (FLAGS)")
-    ));
+    for user in ["alice", "bob"] {
+        let mut imap = server.imap(user);
+        imap.examine("Shared Folders/Announcements");
+        out.push_str(&format!(
+            "{user} sees {:?}\n",
+            imap.raw("UID FETCH 1:* (FLAGS)")
+        ));
+    }
     out
+}
+
+/// `reconstruct -n -G` (check only, GUIDs verified) finds nothing wrong with any user's or
+/// shared mailbox: it lists each one it visits, and a problem is a line with a colon.
+fn assert_reconstruct_clean(server: &CyrusServer) {
+    for args in [
+        &["-n", "-G", "-u", "alice"][..],
+        &["-n", "-G", "-u", "bob"],
+        &["-n", "-G", "Announcements"],
+        &["-n", "-G", "support"],
+    ] {
+        let out = server.tool_ok("reconstruct", args);
+        assert!(
+            out.lines().all(|l| !l.contains(": ")),
+            "reconstruct {args:?} says:\n{out}"
+        );
+    }
 }
 
 #[test]
@@ -524,6 +556,7 @@ fn restore_all_brings_a_whole_server_back_and_finishes_after_a_kill() {
     assert_eq!(owners.len(), 6, "{owners:?}");
     assert!(owners.contains(&("support".into(), true)), "{owners:?}");
     assert_eq!(server_facts(&fresh), want);
+    assert_reconstruct_clean(&fresh);
     // Run again: everything is there already and identical, nothing is written.
     let o = restore_all(&fresh).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
@@ -554,6 +587,7 @@ fn restore_all_brings_a_whole_server_back_and_finishes_after_a_kill() {
             stderr(&o)
         );
         assert_eq!(server_facts(&target), want, "after a kill at {delay_ms} ms");
+        assert_reconstruct_clean(&target);
     }
 }
 
