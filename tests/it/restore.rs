@@ -20,7 +20,7 @@ use crate::util::TempDir;
 /// (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, per-UID flags, internal date, size, body SHA-1) and
 /// subscriptions, plus quota, METADATA of every mailbox and the sieve scripts.
 #[derive(Debug, PartialEq, Eq)]
-struct FullFacts {
+pub struct FullFacts {
     facts: UserFacts,
     quota: Vec<String>,
     metadata: BTreeMap<String, BTreeMap<String, String>>,
@@ -30,7 +30,7 @@ struct FullFacts {
     sieve: Vec<(String, bool, String)>,
 }
 
-fn full_facts(server: &CyrusServer, user: &str) -> FullFacts {
+pub fn full_facts(server: &CyrusServer, user: &str) -> FullFacts {
     let facts = imap_facts(server, user);
     let mut imap = server.imap(user);
     let sep = server.separator();

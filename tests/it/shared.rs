@@ -466,14 +466,14 @@ fn add_shared_trees(server: &CyrusServer) {
     admin.ok("SETMETADATA \"\" (/shared/comment \"our mail server\")");
 }
 
-/// Everything IMAP shows of a whole server: each user's facts, each shared mailbox's, and what
+/// Everything IMAP and ManageSieve show of a whole server: each user's full facts (mailboxes, messages, subscriptions, quota, METADATA, message structure, sieve), each shared mailbox's, and what
 /// bob has seen of the shared one.
 fn server_facts(server: &CyrusServer) -> String {
     let mut out = String::new();
     for user in ["alice", "bob", "john.doe"] {
         out.push_str(&format!(
             "{user}: {:?}\n",
-            crate::spool_view::imap_facts(server, user)
+            crate::restore::full_facts(server, user)
         ));
     }
     out.push_str(&format!(
