@@ -466,8 +466,9 @@ fn add_shared_trees(server: &CyrusServer) {
     admin.ok("SETMETADATA \"\" (/shared/comment \"our mail server\")");
 }
 
-/// Everything IMAP and ManageSieve show of a whole server: each user's full facts (mailboxes, messages, subscriptions, quota, METADATA, message structure, sieve), each shared mailbox's, and what
-/// bob has seen of the shared one.
+/// Everything IMAP and ManageSieve show of a whole server: each user's full facts (mailboxes,
+/// messages, subscriptions, quota, METADATA, message structure, sieve), each shared mailbox's,
+/// what alice and bob have seen of the shared one, and the server's own annotation.
 fn server_facts(server: &CyrusServer) -> String {
     let mut out = String::new();
     for user in ["alice", "bob", "john.doe"] {
