@@ -61,7 +61,9 @@ pub fn create_dirs(path: &Path, owner: FileOwner) -> Result<()> {
     let built = (|| {
         for dir in missing.iter().rev() {
             use std::os::unix::fs::DirBuilderExt;
-            let below = dir.strip_prefix(top).expect("every missing directory is below the top");
+            let below = dir
+                .strip_prefix(top)
+                .expect("every missing directory is below the top");
             let tmp = tmp_top.join(below);
             fs::DirBuilder::new()
                 .mode(0o700)
