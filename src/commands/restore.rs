@@ -221,6 +221,20 @@ pub fn restore_all(
     if matches!(options.target, RestoreTarget::Cyrus(_)) && server.archive.exists() {
         owners.push(Owner::Server);
     }
+    // Files: the owners' trees go below the target, which is made first (mode 0700: mail).
+    if let (
+        false,
+        RestoreTarget::Maildir(root) | RestoreTarget::Mbox(root) | RestoreTarget::Eml(root),
+    ) = (options.dry_run, &options.target)
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        let shared = root.join(crate::store::SHARED_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&shared)
+            .map_err(|e| Error::io("create", &shared, e))?;
+    }
     let total = owners.len();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let (tx, rx) = std::sync::mpsc::channel();

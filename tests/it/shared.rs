@@ -642,3 +642,69 @@ fn a_whole_server_moves_between_the_legacy_and_the_uuid_layout() {
         }
     }
 }
+
+#[test]
+fn restore_all_reports_a_mailbox_that_differs_and_exports_one_tree_per_owner() {
+    let options = CyrusOptions::default();
+    let server = CyrusServer::start(options.clone());
+    crate::spool_view::populate(&server);
+    add_shared_trees(&server);
+    let work = TempDir::new("restore-all-differs");
+    let dir = work.path().join("archives");
+    backup(&[
+        "--config",
+        server.config_path().to_str().unwrap(),
+        "--archive-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let all = |extra: &[&str]| {
+        run(&[
+            &["restore", "--all", "--archive-dir", dir.to_str().unwrap()][..],
+            extra,
+        ]
+        .concat())
+    };
+
+    // Into the running original, where one shared mailbox has changed since the backup: it is
+    // reported and left as it is; everything else is there already and identical.
+    let mut alice = server.imap("alice");
+    alice.append(
+        "Shared Folders/Announcements",
+        &[],
+        None,
+        b"Subject: after the backup\r\n\r\nnew\r\n",
+    );
+    drop(alice);
+    let changed = shared_facts(&server, &["Announcements"]);
+    let o = all(&[
+        "--to-cyrus",
+        "--config",
+        server.config_path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("Announcements: exists on the target; --replace overwrites it"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("0 messages written"), "{}", stdout(&o));
+    assert_eq!(shared_facts(&server, &["Announcements"]), changed);
+
+    // A dry run writes nothing; into files, one tree per owner.
+    let files = work.path().join("files");
+    let o = all(&["--dry-run", "--maildir", files.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(!files.exists());
+    let o = all(&["--maildir", files.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let messages = |sub: &str| {
+        walk(&files.join(sub))
+            .into_iter()
+            .filter(|f| f.contains("cur/") || f.contains("new/"))
+            .count()
+    };
+    assert_eq!(messages("shared/Announcements"), 3);
+    assert!(messages("alice") > 0 && messages("bob") > 0);
+    assert_eq!(messages("shared/support"), 0);
+    assert!(files.join("shared/support").is_dir());
+}
