@@ -54,6 +54,19 @@ fn backup(args: &[&str]) -> std::process::Output {
     o
 }
 
+/// A backup of everything on `server` into a new archive directory: (its temp dir, the dir).
+fn backed_up(server: &CyrusServer, tag: &str) -> (TempDir, std::path::PathBuf) {
+    let work = TempDir::new(tag);
+    let dir = work.path().join("archives");
+    backup(&[
+        "--config",
+        server.config_path().to_str().unwrap(),
+        "--archive-dir",
+        dir.to_str().unwrap(),
+    ]);
+    (work, dir)
+}
+
 /// name -> (kind, target, sha1) of every live entry of an archive.
 fn state(paths: &ArchivePaths) -> BTreeMap<String, (String, String)> {
     let archive = Archive::open(paths, &mut Vec::new()).unwrap();
@@ -361,14 +374,7 @@ fn a_shared_tree_comes_back_exactly_into_a_fresh_server_and_a_deleted_mailbox_in
     let mailboxes = ["Announcements", "Announcements/2024"];
     let before = shared_facts(&server, &mailboxes);
     assert_eq!(before["Announcements"].messages.len(), 3);
-    let work = TempDir::new("shared-restore");
-    let dir = work.path().join("archives");
-    backup(&[
-        "--config",
-        server.config_path().to_str().unwrap(),
-        "--archive-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let (work, dir) = backed_up(&server, "shared-restore");
 
     // Into a fresh server: the whole tree, exactly.
     let fresh = CyrusServer::start(options);
@@ -516,14 +522,7 @@ fn restore_all_brings_a_whole_server_back_and_finishes_after_a_kill() {
     crate::spool_view::populate(&server);
     add_shared_trees(&server);
     let want = server_facts(&server);
-    let work = TempDir::new("restore-all");
-    let dir = work.path().join("archives");
-    backup(&[
-        "--config",
-        server.config_path().to_str().unwrap(),
-        "--archive-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let (_work, dir) = backed_up(&server, "restore-all");
     let restore_all = |target: &CyrusServer| {
         let mut c = crate::util::bin();
         c.args([
@@ -607,14 +606,7 @@ fn a_whole_server_moves_between_the_legacy_and_the_uuid_layout() {
         crate::spool_view::populate(&source);
         add_shared_trees(&source);
         let want = server_facts(&source);
-        let work = TempDir::new("restore-layout");
-        let dir = work.path().join("archives");
-        backup(&[
-            "--config",
-            source.config_path().to_str().unwrap(),
-            "--archive-dir",
-            dir.to_str().unwrap(),
-        ]);
+        let (_work, dir) = backed_up(&source, "restore-layout");
         let target = CyrusServer::start(to);
         let o = run(&[
             "restore",
@@ -649,14 +641,7 @@ fn restore_all_reports_a_mailbox_that_differs_and_exports_one_tree_per_owner() {
     let server = CyrusServer::start(options.clone());
     crate::spool_view::populate(&server);
     add_shared_trees(&server);
-    let work = TempDir::new("restore-all-differs");
-    let dir = work.path().join("archives");
-    backup(&[
-        "--config",
-        server.config_path().to_str().unwrap(),
-        "--archive-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let (work, dir) = backed_up(&server, "restore-all-differs");
     let all = |extra: &[&str]| {
         run(&[
             &["restore", "--all", "--archive-dir", dir.to_str().unwrap()][..],
