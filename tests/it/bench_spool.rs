@@ -192,3 +192,210 @@ fn change_bench_spool() {
     server.stop();
     eprintln!("changed: {n} new messages, about {n} flag changes");
 }
+
+/// Issue 15's benchmark (BENCHMARKS.md, "Disaster recovery"; `bench/recovery.sh` runs it and
+/// times the peer): `mailpack restore --all --to-cyrus` of the per-user archives of the bench
+/// spool (`MAILPACK_BENCH_ARCHIVES`) into a fresh, empty, running Cyrus with the bench spool's
+/// layout, with `--jobs 1` and `--jobs 2` (`MAILPACK_BENCH_JOBS`), `MAILPACK_BENCH_RUNS` rounds,
+/// each run into its own server, under `/usr/bin/time` for wall time and peak RSS. After each run
+/// sample users are compared over IMAP with the source spool (`MAILPACK_BENCH_SPOOL`, read from
+/// its files) and every user's message count with the source's. With `MAILPACK_BENCH_PEER` (the
+/// peer's extracted and reconstructed copy, as bench/recovery.sh leaves it) a server is started on
+/// that copy too and the same users compared, to show the peer's path gives a working server.
+/// Times are printed, never asserted.
+#[test]
+#[ignore]
+fn restore_all_bench() {
+    use crate::spool_view::{imap_facts, mailpack_facts};
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}"));
+    let spool = PathBuf::from(env("MAILPACK_BENCH_SPOOL"));
+    let archives = PathBuf::from(env("MAILPACK_BENCH_ARCHIVES"));
+    let bin = std::env::var("MAILPACK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/mailpack")
+        });
+    let runs: usize = std::env::var("MAILPACK_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let jobs: Vec<usize> = std::env::var("MAILPACK_BENCH_JOBS")
+        .unwrap_or_else(|_| "1,2".into())
+        .split(',')
+        .map(|j| j.trim().parse().expect("MAILPACK_BENCH_JOBS"))
+        .collect();
+    let source_conf = spool.join("etc/imapd.conf");
+    let users: Vec<String> = (0..100).map(|u| format!("user{u:03}")).collect();
+    let samples = ["user000", "user057", "user099"];
+    let source: std::collections::BTreeMap<&str, _> = samples
+        .iter()
+        .map(|u| (*u, mailpack_facts(&source_conf, u)))
+        .collect();
+    let count = |f: &crate::spool_view::UserFacts| -> usize {
+        f.mailboxes.values().map(|m| m.messages.len()).sum()
+    };
+    // Every user's message count in the source, from its files.
+    let source_counts: Vec<usize> = users
+        .iter()
+        .map(|u| count(&mailpack_facts(&source_conf, u)))
+        .collect();
+    eprintln!(
+        "source: {} messages for {} users",
+        source_counts.iter().sum::<usize>(),
+        users.len()
+    );
+    let mut problems: Vec<String> = Vec::new();
+    let mut check = |what: &str, server: &CyrusServer, all: bool| {
+        for u in samples {
+            let got = imap_facts(server, u);
+            let want = &source[u];
+            if count(&got) != count(want) {
+                problems.push(format!(
+                    "{what}: {u} has {} messages over IMAP, the source {}",
+                    count(&got),
+                    count(want)
+                ));
+            } else if &got != want {
+                problems.push(format!(
+                    "{what}: {u} has the source's {} messages but differs: {:?}",
+                    count(want),
+                    diff_facts(want, &got)
+                ));
+            } else {
+                eprintln!(
+                    "{what}: {u}: {} messages, identical to the source over IMAP",
+                    count(&got)
+                );
+            }
+        }
+        if all {
+            let config = server.config_path();
+            let differ: Vec<&String> = users
+                .iter()
+                .zip(&source_counts)
+                .filter(|(u, n)| count(&mailpack_facts(&config, u)) != **n)
+                .map(|(u, _)| u)
+                .collect();
+            if differ.is_empty() {
+                eprintln!("{what}: every user's message count equals the source's");
+            } else {
+                problems.push(format!("{what}: message counts differ for {differ:?}"));
+            }
+        }
+    };
+    if let Ok(peer) = std::env::var("MAILPACK_BENCH_PEER") {
+        let peer = PathBuf::from(peer);
+        let path = |p: &str| peer.join(p).to_str().unwrap().to_string();
+        let mut server = CyrusServer::start(
+            CyrusOptions::default()
+                .with("configdirectory", &path("conf"))
+                .with("partition-default", &path("spool"))
+                .with("sievedir", &path("sieve"))
+                .with("mboxname_lockpath", &path("run/lock")),
+        );
+        check("peer (tar -xzf + reconstruct)", &server, false);
+        server.stop();
+    }
+    // Untimed: the archives read into the page cache, so every run starts alike.
+    let warm = || {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cat '{}'/* > /dev/null", archives.display()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let mut results: Vec<(usize, f64, u64)> = Vec::new();
+    for round in 0..runs {
+        for &j in &jobs {
+            let mut server = CyrusServer::start(CyrusOptions::default());
+            warm();
+            let out = std::process::Command::new("/usr/bin/time")
+                .args(["-f", "%e %M %U %S"])
+                .arg(&bin)
+                .args(["restore", "--all", "--to-cyrus", "--json", "--config"])
+                .arg(server.config_path())
+                .arg("--archive-dir")
+                .arg(&archives)
+                .args(["--jobs", &j.to_string()])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "restore --all --jobs {j} failed ({}):\nstdout tail: {}\nstderr: {stderr}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+            let last = stderr.lines().last().unwrap_or_default();
+            let mut f = last.split_whitespace();
+            let secs: f64 = f.next().and_then(|s| s.parse().ok()).expect(last);
+            let rss: u64 = f.next().and_then(|s| s.parse().ok()).expect(last);
+            let cpu: f64 = f.map(|s| s.parse::<f64>().expect(last)).sum();
+            let owners = String::from_utf8_lossy(&out.stdout).lines().count();
+            eprintln!(
+                "round {round}: mailpack restore --all --to-cyrus --jobs {j}: {secs:.2} s, peak RSS {rss} KiB, CPU (user+sys) {cpu:.2} s, {owners} JSON lines"
+            );
+            // One line per run for bench/recovery.sh to collect.
+            println!("RUN mailpack jobs={j} secs={secs:.2} rss_kib={rss} cpu_s={cpu:.2}");
+            check(&format!("mailpack --jobs {j}"), &server, round == 0);
+            results.push((j, secs, rss));
+            server.stop();
+        }
+    }
+    for &j in &jobs {
+        let mut t: Vec<f64> = results.iter().filter(|r| r.0 == j).map(|r| r.1).collect();
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let rss = results
+            .iter()
+            .filter(|r| r.0 == j)
+            .map(|r| r.2)
+            .max()
+            .unwrap();
+        let median = if t.len() % 2 == 1 {
+            t[t.len() / 2]
+        } else {
+            (t[t.len() / 2 - 1] + t[t.len() / 2]) / 2.0
+        };
+        // One line per --jobs for bench/recovery.sh to collect.
+        println!("RESULT mailpack jobs={j} median_s={median:.2} runs={t:?} max_rss_kib={rss}");
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Where two users' facts first differ, for a failure message of reasonable size.
+fn diff_facts(want: &crate::spool_view::UserFacts, got: &crate::spool_view::UserFacts) -> String {
+    if want.subscriptions != got.subscriptions {
+        return format!(
+            "subscriptions {:?} vs {:?}",
+            want.subscriptions, got.subscriptions
+        );
+    }
+    for (name, w) in &want.mailboxes {
+        let Some(g) = got.mailboxes.get(name) else {
+            return format!("mailbox {name} missing");
+        };
+        if (w.uidvalidity, w.uidnext, w.highestmodseq)
+            != (g.uidvalidity, g.uidnext, g.highestmodseq)
+        {
+            return format!(
+                "{name}: uidvalidity/uidnext/highestmodseq {:?} vs {:?}",
+                (w.uidvalidity, w.uidnext, w.highestmodseq),
+                (g.uidvalidity, g.uidnext, g.highestmodseq)
+            );
+        }
+        if let Some((a, b)) = w.messages.iter().zip(&g.messages).find(|(a, b)| a != b) {
+            return format!("{name}: {a:?} vs {b:?}");
+        }
+    }
+    format!(
+        "mailboxes {:?} vs {:?}",
+        want.mailboxes.keys().collect::<Vec<_>>(),
+        got.mailboxes.keys().collect::<Vec<_>>()
+    )
+}
