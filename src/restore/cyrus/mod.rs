@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use self::place::{create_dirs, place, FileOwner};
+use self::place::{create_dirs, place, sync_fs, Durability, FileOwner};
 use super::plan::{Outcome, Request, RestorePlan, Target};
 use super::{folder_records, read_all, restorable, LostEntry, MailboxAt, Messages};
 use crate::archive::{EntryKind, EntryRecord};
@@ -603,6 +603,19 @@ impl<'a> Target<'a> for CyrusTarget {
         for p in &steps.mailboxes {
             self.place_mailbox(&steps, p, &mut out)?;
         }
+        // Every file placed, durable before any record names it: one flush per file system.
+        let mut synced = HashSet::new();
+        for p in &steps.mailboxes {
+            for dir in [&p.paths.data_dir, &crate::io::parent_dir(&p.paths.index)] {
+                use std::os::unix::fs::MetadataExt;
+                let dev = fs::metadata(dir)
+                    .map_err(|e| Error::io("stat", dir, e))?
+                    .dev();
+                if synced.insert(dev) {
+                    sync_fs(dir)?;
+                }
+            }
+        }
         for db in &steps.databases {
             out.writes.extend(db.writes());
             self.update_db(steps.owner, db)?;
@@ -782,6 +795,13 @@ impl CyrusTarget {
     fn place_mailbox(&self, steps: &CyrusSteps, p: &Planned, out: &mut Outcome) -> Result<()> {
         use crate::spool::lock::{FileLock, LockMethod, LockMode, LockWait};
         let owner = steps.owner;
+        // A new mailbox is invisible to Cyrus until its records are written, after `execute`
+        // has synced the file systems once; one being replaced is read while it is written.
+        let durability = if p.replaces() {
+            Durability::Now
+        } else {
+            Durability::Later
+        };
         let mut _locks = Vec::new();
         if let Mode::Replace(existing) = &p.mode {
             let lock_path = steps.spool.lock_path(existing).ok_or_else(|| {
@@ -819,7 +839,7 @@ impl CyrusTarget {
             }
             match steps.messages.read(&r.guid) {
                 Ok(bytes) => {
-                    place(path, &bytes, Some(r.internaldate_ns), owner)?;
+                    place(path, &bytes, Some(r.internaldate_ns), owner, durability)?;
                     out.messages_written += 1;
                 }
                 Err(e) => {
@@ -834,14 +854,20 @@ impl CyrusTarget {
             fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
         }
         match &p.annotations {
-            Some((bytes, mtime)) => place(&p.paths.annotations, bytes, *mtime, owner)?,
+            Some((bytes, mtime)) => place(&p.paths.annotations, bytes, *mtime, owner, durability)?,
             None => remove_if_present(&p.paths.annotations, &Faults::none())?,
         }
-        place(&p.paths.header, &p.header, p.header_mtime, owner)?;
+        place(
+            &p.paths.header,
+            &p.header,
+            p.header_mtime,
+            owner,
+            durability,
+        )?;
         if p.replaces() {
             remove_if_present(&p.cache(), &Faults::none())?;
         }
-        place(&p.paths.index, &p.index, p.index_mtime, owner)?;
+        place(&p.paths.index, &p.index, p.index_mtime, owner, durability)?;
         Ok(())
     }
 
@@ -863,7 +889,13 @@ impl CyrusTarget {
                     let target = kind.path(&files);
                     out.writes.push(target.display().to_string());
                     match read_all(archive, e) {
-                        Ok(bytes) => place(target, &bytes, e.stat.map(|s| s.mtime_ns), owner)?,
+                        Ok(bytes) => place(
+                            target,
+                            &bytes,
+                            e.stat.map(|s| s.mtime_ns),
+                            owner,
+                            Durability::Now,
+                        )?,
                         Err(err) => lose(archive, e, &err, out),
                     }
                 }
@@ -875,7 +907,13 @@ impl CyrusTarget {
             out.writes.push(path.display().to_string());
             match e.kind {
                 EntryKind::File => match read_all(archive, e) {
-                    Ok(bytes) => place(&path, &bytes, e.stat.map(|s| s.mtime_ns), owner)?,
+                    Ok(bytes) => place(
+                        &path,
+                        &bytes,
+                        e.stat.map(|s| s.mtime_ns),
+                        owner,
+                        Durability::Now,
+                    )?,
                     Err(err) => lose(archive, e, &err, out),
                 },
                 EntryKind::Symlink => {

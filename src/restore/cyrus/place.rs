@@ -91,16 +91,35 @@ pub fn create_dirs(path: &Path, owner: FileOwner) -> Result<()> {
     }
 }
 
+/// Whether `place` makes the file durable before renaming it into place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync, then rename: the file replaces one Cyrus may read at any moment.
+    Now,
+    /// Rename only: nothing refers to the file until the caller has synced the whole file
+    /// system (`sync_fs`), which costs one flush instead of one per message.
+    Later,
+}
+
 /// Writes a file beside its final name and renames it there, owned like the server's files,
 /// with `mtime` (Cyrus reports a mailbox's index mtime as its `lastupdate`). The temporary name
 /// is fresh and created exclusively, never through a link planted at a predictable name.
-pub fn place(path: &Path, bytes: &[u8], mtime_ns: Option<i64>, owner: FileOwner) -> Result<()> {
+pub fn place(
+    path: &Path,
+    bytes: &[u8],
+    mtime_ns: Option<i64>,
+    owner: FileOwner,
+    durability: Durability,
+) -> Result<()> {
     let dir = crate::io::parent_dir(path);
     create_dirs(&dir, owner)?;
     let (tmp, mut file) = create_temp_beside(path)?;
     let written = (|| {
         file.write_all(bytes)
-            .and_then(|_| file.sync_data())
+            .and_then(|_| match durability {
+                Durability::Now => file.sync_data(),
+                Durability::Later => Ok(()),
+            })
             .map_err(|e| Error::io("write", &tmp, e))?;
         if let Some(ns) = mtime_ns {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
@@ -145,4 +164,15 @@ fn create_temp_beside(path: &Path) -> Result<(PathBuf, fs::File)> {
             "every fresh name tried exists",
         ),
     ))
+}
+
+/// Flushes the file system holding `path` (`syncfs`), making every file placed there with
+/// `Durability::Later` durable at once.
+pub fn sync_fs(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(Error::io("sync", path, std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
