@@ -244,7 +244,7 @@ fn run_all(
 ) -> Result<u8, Error> {
     use std::io::IsTerminal;
     let tty = std::io::stderr().is_terminal() && !json;
-    let (mut problems, mut mailboxes, mut messages) = (false, 0usize, 0u64);
+    let (mut problems, mut mailboxes, mut messages, mut bytes) = (false, 0usize, 0u64, 0u64);
     crate::commands::restore::restore_all(options, jobs, &mut |restored| {
         let crate::commands::restore::OwnerRestored {
             owner,
@@ -259,6 +259,7 @@ fn run_all(
             Ok(report) => {
                 mailboxes += report.mailboxes.len();
                 messages += report.messages_written;
+                bytes += report.bytes_written;
                 let clean = report.bad.is_empty()
                     && report.refused.is_empty()
                     && report.lost.is_empty()
@@ -299,7 +300,10 @@ fn run_all(
             }
         }
         if tty && done < total {
-            eprint!("{done}/{total} owners, {mailboxes} mailboxes, {messages} messages");
+            eprint!(
+                "{done}/{total} owners, {mailboxes} mailboxes, {messages} messages, {}",
+                output::bytes(bytes)
+            );
         }
     })?;
     Ok(u8::from(problems))

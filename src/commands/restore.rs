@@ -56,6 +56,8 @@ pub struct RestoreReport {
     pub run_time: Option<i64>,
     pub mailboxes: Vec<String>,
     pub messages_written: u64,
+    /// Bytes of the messages written.
+    pub bytes_written: u64,
     /// Messages a previous, interrupted run of the same restore already wrote.
     pub messages_already_there: u64,
     /// Messages whose bytes failed their SHA-1 (or are missing): skipped, the rest went on.
@@ -90,6 +92,7 @@ impl RestoreReport {
     fn add(&mut self, outcome: Outcome) {
         self.mailboxes.extend(outcome.mailboxes);
         self.messages_written += outcome.messages_written;
+        self.bytes_written += outcome.bytes_written;
         self.messages_already_there += outcome.messages_already_there;
         self.refused.extend(outcome.refused);
         self.bad.extend(outcome.bad);

@@ -80,7 +80,7 @@ impl<'a> Target<'a> for ImapTarget {
                             continue;
                         }
                         session.append(&folder, m, &bytes)?;
-                        out.messages_written += 1;
+                        out.count(true, bytes.len());
                     }
                 }
             }
@@ -98,7 +98,7 @@ impl<'a> Target<'a> for ImapTarget {
                         uidvalidity: 0,
                     };
                     session.append(&folder, &m, &bytes)?;
-                    out.messages_written += 1;
+                    out.count(true, bytes.len());
                 }
             }
         }

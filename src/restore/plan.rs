@@ -124,6 +124,8 @@ impl<S> RestorePlan<S> {
 pub struct Outcome {
     pub mailboxes: Vec<String>,
     pub messages_written: u64,
+    /// Bytes of the messages written.
+    pub bytes_written: u64,
     /// Messages a previous, interrupted run of the same restore already wrote.
     pub messages_already_there: u64,
     pub refused: Vec<String>,
@@ -144,10 +146,12 @@ impl Outcome {
         }
     }
 
-    /// Counts one message file written, or found already there from an earlier run.
-    pub fn count(&mut self, written: bool) {
+    /// Counts one message file of `len` bytes written, or found already there from an earlier
+    /// run.
+    pub fn count(&mut self, written: bool, len: usize) {
         if written {
             self.messages_written += 1;
+            self.bytes_written += len as u64;
         } else {
             self.messages_already_there += 1;
         }

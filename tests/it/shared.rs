@@ -555,6 +555,12 @@ fn restore_all_brings_a_whole_server_back_and_finishes_after_a_kill() {
         })
         .collect();
     assert_eq!(owners.len(), 6, "{owners:?}");
+    let bytes: u64 = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| v["data"]["bytes_written"].as_u64().unwrap())
+        .sum();
+    assert!(bytes > 10_000, "{bytes} bytes of messages written");
     assert!(owners.contains(&("support".into(), true)), "{owners:?}");
     assert_eq!(server_facts(&fresh), want);
     assert_reconstruct_clean(&fresh);
@@ -564,6 +570,7 @@ fn restore_all_brings_a_whole_server_back_and_finishes_after_a_kill() {
     for l in stdout(&o).lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert_eq!(v["data"]["messages_written"], 0, "{v}");
+        assert_eq!(v["data"]["bytes_written"], 0, "{v}");
         assert!(v["data"]["mailboxes"].as_array().unwrap().is_empty(), "{v}");
     }
     assert_eq!(server_facts(&fresh), want);

@@ -840,7 +840,7 @@ impl CyrusTarget {
             match steps.messages.read(&r.guid) {
                 Ok(bytes) => {
                     place(path, &bytes, Some(r.internaldate_ns), owner, durability)?;
-                    out.messages_written += 1;
+                    out.count(true, bytes.len());
                 }
                 Err(e) => {
                     out.bad.push(format!("{} uid {}: {e}", p.entry.name, r.uid));

@@ -62,7 +62,7 @@ impl<'a> Target<'a> for EmlExport {
                 let path = self.message_path(sha1);
                 out.writes.push(path.display().to_string());
                 ensure_dir(&self.root, &[])?;
-                out.count(write_new(&path, &bytes, None)?);
+                out.count(write_new(&path, &bytes, None)?, bytes.len());
                 sync_tree(&self.root)?;
             }
         }

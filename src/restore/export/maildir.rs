@@ -164,7 +164,7 @@ impl<'a> Target<'a> for MaildirExport {
                 for sub in ["new", "cur", "tmp"] {
                     ensure_dir(&self.root, &[sub.to_string()])?;
                 }
-                out.count(write_new(&path, &bytes, None)?);
+                out.count(write_new(&path, &bytes, None)?, bytes.len());
                 sync_tree(&self.root)?;
             }
         }

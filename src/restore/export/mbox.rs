@@ -182,7 +182,7 @@ impl<'a> Target<'a> for MboxExport {
                             continue;
                         };
                         mbox.append(m, &bytes)?;
-                        out.messages_written += 1;
+                        out.count(true, bytes.len());
                     }
                     mbox.finish()?;
                 }
@@ -198,7 +198,7 @@ impl<'a> Target<'a> for MboxExport {
                 let mut mbox = MboxFile::create(&self.path)?;
                 mbox.append(&m, &bytes)?;
                 mbox.finish()?;
-                out.messages_written += 1;
+                out.count(true, bytes.len());
             }
         }
         Ok(out)

@@ -163,6 +163,7 @@ pub struct WritePool {
 #[derive(Default)]
 struct PoolState {
     written: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
     already_there: std::sync::atomic::AtomicU64,
     error: std::sync::Mutex<Option<Error>>,
 }
@@ -182,11 +183,11 @@ impl WritePool {
                         return;
                     };
                     match write_new(&path, &bytes, mtime) {
-                        Ok(true) => drop(
-                            state
-                                .written
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                        ),
+                        Ok(true) => {
+                            use std::sync::atomic::Ordering::Relaxed;
+                            state.written.fetch_add(1, Relaxed);
+                            state.bytes.fetch_add(bytes.len() as u64, Relaxed);
+                        }
                         Ok(false) => drop(
                             state
                                 .already_there
@@ -227,8 +228,9 @@ impl WritePool {
         Ok(())
     }
 
-    /// Waits for every queued file; returns how many were written and how many were there.
-    pub fn finish(mut self) -> Result<(u64, u64)> {
+    /// Waits for every queued file; returns how many were written, how many were there, and
+    /// the bytes written.
+    pub fn finish(mut self) -> Result<(u64, u64, u64)> {
         drop(self.tx.take());
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -240,6 +242,7 @@ impl WritePool {
         Ok((
             self.state.written.load(Relaxed),
             self.state.already_there.load(Relaxed),
+            self.state.bytes.load(Relaxed),
         ))
     }
 }
@@ -301,9 +304,10 @@ fn writer_pool(slot: &mut Option<WritePool>) -> &WritePool {
 /// Waits for the pool's files, counts them, and makes the tree under `root` durable.
 fn finish_export(pool: Option<WritePool>, root: &Path, out: &mut Outcome) -> Result<()> {
     if let Some(pool) = pool {
-        let (written, there) = pool.finish()?;
+        let (written, there, bytes) = pool.finish()?;
         out.messages_written += written;
         out.messages_already_there += there;
+        out.bytes_written += bytes;
     }
     if root.exists() {
         sync_tree(root)?;
