@@ -623,8 +623,9 @@ impl<'a> Target<'a> for CyrusTarget {
         if let Some(user_files) = &steps.user_files {
             self.restore_user_files(&steps, user_files, &mut out)?;
         }
-        if !steps.mailboxes.is_empty() {
-            // Placed files are not counted in the quota until the server recounts them.
+        // Placed files are not counted in the quota until the server recounts them; a resumed
+        // restore recounts too, since the run it resumes may have stopped just before that.
+        if !steps.mailboxes.is_empty() || !out.present.is_empty() {
             let mut cmd = self.tool(steps.owner, "quota");
             // A tree's quota root is its top-level mailbox, named as Cyrus's tools name it.
             let root = if steps.shared {
