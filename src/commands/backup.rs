@@ -11,7 +11,7 @@ use crate::backup::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
 use crate::error::{Error, Result};
 use crate::spool::{LockOptions, Owner, Spool};
-use crate::store::{list_own_archives, ArchivePaths, StoreWriter, WriterOptions, SHARED_DIR};
+use crate::store::{list_owner_archives, ArchivePaths, StoreWriter, WriterOptions};
 
 /// How many users a worker claims at once after a quick run (one that read no message file):
 /// their listings then cross in one round trip, which on a run that finds nothing changed is
@@ -171,19 +171,13 @@ pub fn backup(
             .collect()
     };
     // A foreign file at an archive's name is neither an owner to mark gone nor one to count.
-    let (own, mut foreign) = list_own_archives(&options.archive_dir)?;
-    let mut archived: Vec<Owner> = own
+    let (own, foreign) = list_owner_archives(&options.archive_dir)?;
+    // The server's own archive is written with everything, never marked gone.
+    let archived: Vec<Owner> = own
         .into_iter()
-        .filter_map(|paths| paths.user)
-        .map(Owner::User)
+        .filter_map(|(owner, _)| owner)
+        .filter(|o| *o != Owner::Server)
         .collect();
-    let shared_dir = options.archive_dir.join(SHARED_DIR);
-    if shared_dir.is_dir() {
-        let (own, more) = list_own_archives(&shared_dir)?;
-        foreign.extend(more);
-        // A tree archive's file name decodes as a userid would: to the tree's name.
-        archived.extend(own.into_iter().filter_map(|p| p.user).map(Owner::Shared));
-    }
     let refused = mass_gone(&archived, &on_server, options.allow_mass_delete);
     if everyone {
         for owner in &archived {

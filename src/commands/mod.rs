@@ -40,16 +40,9 @@ impl Selection {
         match self {
             Selection::File(path) => Ok(vec![ArchivePaths::for_archive_file(path)?]),
             Selection::Dir { dir, owners } if owners.is_empty() => {
-                let (mut own, skipped) = store::list_own_archives(dir)?;
+                let (own, skipped) = store::list_owner_archives(dir)?;
                 notices.extend(skipped);
-                let shared = dir.join(store::SHARED_DIR);
-                if shared.is_dir() {
-                    let (trees, skipped) = store::list_own_archives(&shared)?;
-                    notices.extend(skipped);
-                    // A tree's archive is no user's: its name decodes to the tree's.
-                    own.extend(trees.into_iter().map(|p| ArchivePaths { user: None, ..p }));
-                }
-                Ok(own)
+                Ok(own.into_iter().map(|(_, paths)| paths).collect())
             }
             Selection::Dir { dir, owners } => owners
                 .iter()

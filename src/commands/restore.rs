@@ -218,12 +218,14 @@ pub fn restore_all(
             "--all restores into Cyrus (--to-cyrus) or into files (--maildir, --mbox, --eml)",
         ));
     }
-    let mut owners = archived_owners(&options.archive_dir)?;
+    let (archived, _) = crate::store::list_owner_archives(&options.archive_dir)?;
     // The server's own annotations go back into a server; an export has nowhere to put them.
-    let server = ArchivePaths::for_owner(&options.archive_dir, &Owner::Server)?;
-    if matches!(options.target, RestoreTarget::Cyrus(_)) && server.archive.exists() {
-        owners.push(Owner::Server);
-    }
+    let into_cyrus = matches!(options.target, RestoreTarget::Cyrus(_));
+    let owners: Vec<Owner> = archived
+        .into_iter()
+        .filter_map(|(owner, _)| owner)
+        .filter(|o| into_cyrus || *o != Owner::Server)
+        .collect();
     // Files: the owners' trees go below the target, which is made first (mode 0700: mail).
     if let (
         false,
@@ -307,23 +309,6 @@ fn restore_server(options: &RestoreOptions) -> Result<RestoreReport> {
     };
     report.add(target.restore_server_annotations(records, options.dry_run)?);
     Ok(report)
-}
-
-/// Every owner with an archive in `dir`: users, then shared trees, each sorted.
-fn archived_owners(dir: &std::path::Path) -> Result<Vec<Owner>> {
-    let (users, _) = crate::store::list_own_archives(dir)?;
-    let mut owners: Vec<Owner> = users
-        .into_iter()
-        .filter_map(|p| p.user)
-        .map(Owner::User)
-        .collect();
-    let shared = dir.join(crate::store::SHARED_DIR);
-    if shared.is_dir() {
-        let (trees, _) = crate::store::list_own_archives(&shared)?;
-        // A tree archive's file name decodes as a userid would: to the tree's name.
-        owners.extend(trees.into_iter().filter_map(|p| p.user).map(Owner::Shared));
-    }
-    Ok(owners)
 }
 
 /// The options that restore one owner of `restore --all`.

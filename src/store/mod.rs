@@ -18,7 +18,8 @@ mod writer;
 
 pub use lock::{WriterLock, WriterWait};
 pub use naming::{
-    decode_user, encode_user, list_archives, list_own_archives, ArchivePaths, SHARED_DIR,
+    decode_user, encode_user, list_archives, list_own_archives, list_owner_archives, ArchivePaths,
+    SHARED_DIR,
 };
 pub use read::{find_latest, ArchiveHandle};
 pub use repair::{repair, RepairOptions, RepairReport, REPAIRS_DIR};

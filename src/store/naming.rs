@@ -81,27 +81,32 @@ pub struct ArchivePaths {
 
 impl ArchivePaths {
     pub fn for_user(dir: &Path, user: &str) -> Result<ArchivePaths> {
-        let enc = encode_user(user)?;
-        Ok(ArchivePaths {
-            archive: dir.join(format!("{enc}{ARCHIVE_SUFFIX}")),
-            index: dir.join(format!("{enc}{INDEX_SUFFIX}")),
-            lock: dir.join(format!("{enc}{LOCK_SUFFIX}")),
-            user: Some(user.to_string()),
-        })
+        Ok(ArchivePaths::named(
+            dir,
+            &encode_user(user)?,
+            Some(user.to_string()),
+        ))
+    }
+
+    /// The three files named `<stem>.tar.gz`, `<stem>.idx` and `<stem>.lock` in `dir`.
+    fn named(dir: &Path, stem: &str, user: Option<String>) -> ArchivePaths {
+        ArchivePaths {
+            archive: dir.join(format!("{stem}{ARCHIVE_SUFFIX}")),
+            index: dir.join(format!("{stem}{INDEX_SUFFIX}")),
+            lock: dir.join(format!("{stem}{LOCK_SUFFIX}")),
+            user,
+        }
     }
 
     /// The three files of a shared tree's archive, in the `shared/` directory below `dir`
     /// (formats/backup-entries.md, "Shared mailboxes"): apart from every user's, whatever the
     /// names. `user` stays `None`: the archive is no user's.
     pub fn for_shared(dir: &Path, tree: &str) -> Result<ArchivePaths> {
-        let enc = encode_user(tree)?;
-        let dir = dir.join(SHARED_DIR);
-        Ok(ArchivePaths {
-            archive: dir.join(format!("{enc}{ARCHIVE_SUFFIX}")),
-            index: dir.join(format!("{enc}{INDEX_SUFFIX}")),
-            lock: dir.join(format!("{enc}{LOCK_SUFFIX}")),
-            user: None,
-        })
+        Ok(ArchivePaths::named(
+            &dir.join(SHARED_DIR),
+            &encode_user(tree)?,
+            None,
+        ))
     }
 
     /// The archive of a user or of a shared tree.
@@ -110,16 +115,11 @@ impl ArchivePaths {
             crate::spool::Owner::User(user) => ArchivePaths::for_user(dir, user),
             crate::spool::Owner::Shared(tree) => ArchivePaths::for_shared(dir, tree),
             // Named as is, not encoded: no user's or tree's name encodes to it.
-            crate::spool::Owner::Server => {
-                let dir = dir.join(SHARED_DIR);
-                let name = crate::spool::SERVER_OWNER;
-                Ok(ArchivePaths {
-                    archive: dir.join(format!("{name}{ARCHIVE_SUFFIX}")),
-                    index: dir.join(format!("{name}{INDEX_SUFFIX}")),
-                    lock: dir.join(format!("{name}{LOCK_SUFFIX}")),
-                    user: None,
-                })
-            }
+            crate::spool::Owner::Server => Ok(ArchivePaths::named(
+                &dir.join(SHARED_DIR),
+                crate::spool::SERVER_OWNER,
+                None,
+            )),
         }
     }
 
@@ -134,13 +134,11 @@ impl ArchivePaths {
                 path.display()
             ))
         })?;
-        let dir = crate::io::parent_dir(path);
-        Ok(ArchivePaths {
-            archive: path.to_path_buf(),
-            index: dir.join(format!("{stem}{INDEX_SUFFIX}")),
-            lock: dir.join(format!("{stem}{LOCK_SUFFIX}")),
-            user: decode_user(stem),
-        })
+        Ok(ArchivePaths::named(
+            &crate::io::parent_dir(path),
+            stem,
+            decode_user(stem),
+        ))
     }
 
     pub fn dir(&self) -> PathBuf {
@@ -162,6 +160,46 @@ pub fn list_archives(dir: &Path) -> Result<Vec<ArchivePaths>> {
     }
     out.sort_by(|a, b| a.archive.cmp(&b.archive));
     Ok(out)
+}
+
+/// An archive and who it belongs to (`None`: a name that decodes to no userid).
+pub type OwnedArchive = (Option<crate::spool::Owner>, ArchivePaths);
+
+/// Every archive of the archive directory `dir` with its owner: the users' in `dir`, the shared
+/// trees' and the server's in `dir/shared/` (formats/backup-entries.md, "Shared mailboxes"),
+/// each group sorted by file name; and a notice for each `*.tar.gz` that is not mailpack's. The
+/// owner is `None` for an archive in `dir` whose name decodes to no userid (named by hand).
+pub fn list_owner_archives(dir: &Path) -> Result<(Vec<OwnedArchive>, Vec<String>)> {
+    use crate::spool::Owner;
+    let (users, mut skipped) = list_own_archives(dir)?;
+    let mut out: Vec<OwnedArchive> = users
+        .into_iter()
+        .map(|p| (p.user.clone().map(Owner::User), p))
+        .collect();
+    let shared = dir.join(SHARED_DIR);
+    if shared.is_dir() {
+        let (trees, more) = list_own_archives(&shared)?;
+        skipped.extend(more);
+        for p in trees {
+            let stem = p
+                .archive
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            // A tree's file name decodes as a userid's would, to the tree's name; the server's
+            // is no encoding at all.
+            let owner = if stem == format!("{}{ARCHIVE_SUFFIX}", crate::spool::SERVER_OWNER) {
+                Owner::Server
+            } else {
+                match p.user.clone() {
+                    Some(tree) => Owner::Shared(tree),
+                    None => continue,
+                }
+            };
+            out.push((Some(owner), ArchivePaths { user: None, ..p }));
+        }
+    }
+    Ok((out, skipped))
 }
 
 /// Every archive in `dir` that begins as a mailpack archive does (or is empty), sorted by file
