@@ -225,24 +225,41 @@ fn ensure_regular(file: &File, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A reader with its own position over a file shared by many readers: every read is a `pread`,
-/// so all of a command's reads go to the one generation of the archive it opened, even if a
-/// compaction renames a new one into its place meanwhile.
+/// Reads at a given offset without moving a shared position: a local file (`pread`), or an
+/// archive's off-site copy read by ranges (`offsite::remote`). Whatever reads an archive reads
+/// it through this, so the read path is the same for both.
+pub trait PositionedRead: Send + Sync {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    fn len(&self) -> io::Result<u64>;
+}
+
+impl PositionedRead for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+/// A reader with its own position over bytes shared by many readers: every read is a
+/// positioned read, so all of a command's reads go to the one generation of the archive it
+/// opened, even if a compaction renames a new one into its place meanwhile.
 pub struct ReadAt {
-    file: Arc<File>,
+    bytes: Arc<dyn PositionedRead>,
     pos: u64,
 }
 
 impl ReadAt {
-    pub fn new(file: Arc<File>, pos: u64) -> ReadAt {
-        ReadAt { file, pos }
+    pub fn new(bytes: Arc<dyn PositionedRead>, pos: u64) -> ReadAt {
+        ReadAt { bytes, pos }
     }
 }
 
 impl Read for ReadAt {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let n = self.file.read_at(buf, self.pos)?;
+        let n = self.bytes.read_at(buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -253,7 +270,7 @@ impl Seek for ReadAt {
         let target = match pos {
             SeekFrom::Start(p) => Some(p),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            SeekFrom::End(d) => self.file.metadata()?.len().checked_add_signed(d),
+            SeekFrom::End(d) => self.bytes.len()?.checked_add_signed(d),
         };
         self.pos = target.ok_or_else(|| {
             io::Error::new(

@@ -171,6 +171,28 @@ impl Archive {
             .contains(guid)
     }
 
+    /// The sidecar index of this committed state in its canonical encoding (formats/archive.md
+    /// section 5: header, one block per run), whatever the index file on disk holds: what an
+    /// off-site copy stores beside the archive's bytes.
+    pub fn encode_index(&self) -> Vec<u8> {
+        let Some(archive_id) = self.archive_id else {
+            return Vec::new();
+        };
+        let mut out = sidecar::encode_header(&archive_id);
+        for run in &self.runs {
+            out.extend_from_slice(&sidecar::encode_block(&CommittedRun {
+                run: run.run,
+                start: run.start,
+                marker_offset: run.marker_offset,
+                end: run.end,
+                time: run.time,
+                compacted: run.compacted,
+                entries: self.entries[run.entries.clone()].to_vec(),
+            }));
+        }
+        out
+    }
+
     /// The file this state was read from.
     pub fn handle(&self) -> &ArchiveHandle {
         &self.source

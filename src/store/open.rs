@@ -230,6 +230,18 @@ impl Archive {
         Archive::load(paths, source, index, Access::Read, &Faults::none(), notices)
     }
 
+    /// Reads an archive held elsewhere than in a local file (an off-site copy) through
+    /// `source`, with its index read from `paths.index` (a private copy the caller fetched). The
+    /// same trust rules apply as to a local archive read by `open`: nothing here writes.
+    pub fn open_elsewhere(
+        paths: &ArchivePaths,
+        source: ArchiveHandle,
+        notices: &mut Vec<String>,
+    ) -> Result<Archive> {
+        let index = sidecar::read(&paths.index)?;
+        Archive::load_read_only(paths, source, index, notices)
+    }
+
     /// Rebuilds the index from the archive alone, whatever the current index says. The old
     /// index still vouches for how much was committed: an archive that ends before that is
     /// damage for `repair`, not a tail to cut.

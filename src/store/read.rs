@@ -13,7 +13,7 @@ use super::{message_guid, Archive, ArchivePaths};
 use crate::archive::{open_entry, EntryKind, EntryRecord};
 use crate::error::{Error, Result};
 use crate::guid::{Guid, HashingReader};
-use crate::io::ReadAt;
+use crate::io::{PositionedRead, ReadAt};
 
 impl Archive {
     /// The data of `entry`, read by seeking to its member in this generation of the file
@@ -59,11 +59,15 @@ pub fn find_latest(
 
 /// One generation of an archive file, opened once (never through a symlink, never anything but
 /// a regular file) and read with `pread` by everything that reads it, so a command sees that
-/// generation from start to end whatever is renamed over its name meanwhile.
+/// generation from start to end whatever is renamed over its name meanwhile. An off-site copy
+/// is read through the same handle (`from_remote`): its bytes come by ranged reads, and it
+/// never has a file, so nothing that writes can be handed one.
 #[derive(Clone)]
 pub struct ArchiveHandle {
     path: PathBuf,
-    pub(super) file: Arc<File>,
+    bytes: Arc<dyn PositionedRead>,
+    /// The local file, for writers and for the same-file checks; `None` for an off-site copy.
+    pub(super) file: Option<Arc<File>>,
 }
 
 impl ArchiveHandle {
@@ -87,9 +91,21 @@ impl ArchiveHandle {
 
     /// Wraps a file the caller opened (a writer's read-write handle).
     pub(super) fn from_file(path: &Path, file: File) -> ArchiveHandle {
+        let file = Arc::new(file);
         ArchiveHandle {
             path: path.to_path_buf(),
-            file: Arc::new(file),
+            bytes: file.clone(),
+            file: Some(file),
+        }
+    }
+
+    /// An archive read from elsewhere than a local file (an off-site copy). `path` names it in
+    /// messages (`s3://bucket/prefix/users/alice`).
+    pub fn from_remote(path: PathBuf, bytes: Arc<dyn PositionedRead>) -> ArchiveHandle {
+        ArchiveHandle {
+            path,
+            bytes,
+            file: None,
         }
     }
 
@@ -99,29 +115,41 @@ impl ArchiveHandle {
 
     #[allow(clippy::len_without_is_empty)] // a length read by fstat can fail; no cheap is_empty
     pub fn len(&self) -> Result<u64> {
-        self.file
-            .metadata()
-            .map(|m| m.len())
+        self.bytes
+            .len()
             .map_err(|e| Error::io("stat", &self.path, e))
     }
 
     pub fn reader_at(&self, pos: u64) -> ReadAt {
-        ReadAt::new(self.file.clone(), pos)
+        ReadAt::new(self.bytes.clone(), pos)
+    }
+
+    /// The local file this handle reads, for a writer or a same-file check.
+    pub(super) fn local_file(&self) -> Result<&Arc<File>> {
+        self.file.as_ref().ok_or_else(|| {
+            Error::usage(format!(
+                "{} is an off-site copy: only read-only commands can use it",
+                self.path.display()
+            ))
+        })
     }
 
     /// A handle to the same open file for truncating a tail (writers only: theirs is opened
     /// read-write).
     pub(super) fn writable(&self) -> Result<File> {
-        self.file
+        self.local_file()?
             .try_clone()
             .map_err(|e| Error::io("dup", &self.path, e))
     }
 
     /// Whether the name still leads to this generation (no rename replaced it since it was
-    /// opened).
+    /// opened). An off-site copy is immutable: always.
     pub(super) fn is_current(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+        let Some(file) = &self.file else {
+            return true;
+        };
+        match (file.metadata(), std::fs::symlink_metadata(&self.path)) {
             (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
             _ => false,
         }

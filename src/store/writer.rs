@@ -51,7 +51,9 @@ impl Drop for StoreWriter {
     fn drop(&mut self) {
         if self.created && self.archive.runs.is_empty() {
             let paths = &self.archive.paths;
-            remove_created(&paths.archive, &self.archive.source.file);
+            if let Some(file) = &self.archive.source.file {
+                remove_created(&paths.archive, file);
+            }
             self.lock.remove_file(&paths.lock);
         }
     }
