@@ -38,6 +38,13 @@ pub enum Error {
     Poisoned(PathBuf),
     /// A peer broke its protocol: the agent, an IMAP or LMTP server said something it must not.
     Protocol { peer: String, detail: String },
+    /// An object store (an off-site copy's bucket) failed a request after its retries, or
+    /// answered something a store must not.
+    Remote {
+        op: &'static str,
+        location: String,
+        detail: String,
+    },
     /// An external tool mailpack runs (`cyr_dbtool`, `quota`, ssh) failed.
     External { tool: String, detail: String },
     /// A configuration file mailpack was pointed at (imapd.conf) says something it cannot use.
@@ -89,6 +96,14 @@ impl Error {
         }
     }
 
+    pub fn remote(op: &'static str, location: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Remote {
+            op,
+            location: location.into(),
+            detail: detail.into(),
+        }
+    }
+
     pub fn external(tool: impl Into<String>, detail: impl Into<String>) -> Error {
         Error::External {
             tool: tool.into(),
@@ -133,6 +148,11 @@ impl fmt::Display for Error {
             Error::Config { path, detail } => write!(f, "{}: {detail}", path.display()),
             Error::Protocol { peer, detail } => write!(f, "{peer}: {detail}"),
             Error::External { tool, detail } => write!(f, "{tool}: {detail}"),
+            Error::Remote {
+                op,
+                location,
+                detail,
+            } => write!(f, "{op} {location}: {detail}"),
             Error::Refused(detail) | Error::Usage(detail) => f.write_str(detail),
         }
     }

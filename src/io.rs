@@ -51,7 +51,7 @@ impl Faults {
         self.0.as_ref().map_or(0, |p| p.seen.load(Ordering::SeqCst))
     }
 
-    fn fires(&self, op: FaultOn) -> bool {
+    pub(crate) fn fires(&self, op: FaultOn) -> bool {
         let Some(plan) = &self.0 else { return false };
         if plan.on != FaultOn::Any && plan.on != op {
             return false;

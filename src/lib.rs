@@ -23,6 +23,7 @@ pub mod error;
 pub mod guid;
 pub mod host;
 pub mod io;
+pub mod offsite;
 pub mod restore;
 pub mod spool;
 pub mod store;

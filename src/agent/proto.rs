@@ -282,6 +282,7 @@ impl RError {
             Error::Io { .. }
             | Error::Poisoned(_)
             | Error::Protocol { .. }
+            | Error::Remote { .. }
             | Error::External { .. } => ("io", None, None, None, None),
         };
         RError {

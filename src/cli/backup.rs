@@ -59,6 +59,11 @@ pub(super) struct BackupArgs {
     /// run tombstones nothing and exits 1 (an emptied mailboxes.db, an unmounted partition).
     #[arg(long)]
     allow_mass_delete: bool,
+    /// Push each archive to this bucket right after its run commits (as `mailpack push`).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    push: Option<String>,
+    #[command(flatten)]
+    push_flags: super::offsite::PushFlags,
     /// JSON lines on stdout, one per user (formats/json-output.md).
     #[arg(long)]
     json: bool,
@@ -67,7 +72,21 @@ pub(super) struct BackupArgs {
 pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
     use crate::commands::backup::{backup, BackupOptions, UserOutcome};
     use std::io::IsTerminal;
+    let push = match &args.push {
+        Some(url) => Some(crate::commands::offsite::PushTarget::connect(
+            &args.push_flags.target(args.archive_dir.clone(), url.clone(), false),
+        )?),
+        None => None,
+    };
+    if let Some(key) = push.as_ref().and_then(|t| t.key_created.as_ref()) {
+        p.note(&format!(
+            "created the off-site key {}: keep a copy off-site next to the age identity; \
+             reading the bucket needs it",
+            key.display()
+        ));
+    }
     let options = BackupOptions {
+        push,
         spool: match args.remote {
             Some(command) => crate::commands::backup::SpoolAccess::Remote {
                 command,
@@ -93,7 +112,7 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
     let mut bytes = 0u64;
     let summary = backup(&options, &mut |outcome, done, total| {
         match outcome {
-            UserOutcome::Done(r, compaction) => {
+            UserOutcome::Done(r, compaction, pushed) => {
                 bytes += r.bytes_read;
                 if tty {
                     eprint!("\r\x1b[K");
@@ -123,6 +142,22 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
                         let _ = p.line(&format!("  {}", output::compaction_summary(outcome)));
                     }
                     Some(Err(error)) => p.note(&format!("{}: compaction failed: {error}", r.user)),
+                    None => {}
+                }
+                match pushed {
+                    Some(Ok(pushed)) if args.json => {
+                        let _ = p.json(
+                            "pushed",
+                            &serde_json::json!({ "owner": r.user, "report": pushed }),
+                        );
+                    }
+                    Some(Ok(pushed)) => {
+                        let _ = p.line(&format!(
+                            "  pushed: {} (push {}, {} archive bytes, {} objects)",
+                            pushed.outcome, pushed.seq, pushed.archive_bytes, pushed.objects
+                        ));
+                    }
+                    Some(Err(error)) => p.note(&format!("{}: push failed: {error}", r.user)),
                     None => {}
                 }
             }

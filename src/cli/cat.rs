@@ -25,12 +25,23 @@ pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
         [file, spec] => (Some(PathBuf::from(file)), spec.clone()),
         _ => unreachable!("clap bounds the count"),
     };
-    let paths = selection(&args.archive, file)?.one()?;
     let mut notices = Vec::new();
+    let offsite = match args.archive.bucket() {
+        Some(url) => Some(args.archive.open_offsite(&url, &mut notices)?),
+        None => None,
+    };
+    let paths = match offsite {
+        Some(_) => None,
+        None => Some(selection(&args.archive, file)?.one()?),
+    };
     let result = {
         let stdout = io::stdout();
         let mut out = Out::new(stdout.lock());
-        let r = commands::cat(&paths, &spec, &mut out, &mut notices);
+        let r = match (&offsite, &paths) {
+            (Some(archive), _) => commands::cat_archive(archive, &spec, &mut out),
+            (None, Some(paths)) => commands::cat(paths, &spec, &mut out, &mut notices),
+            (None, None) => unreachable!("one of the two is set above"),
+        };
         if out.closed() {
             p.mark_stdout_closed();
         }

@@ -29,11 +29,25 @@ pub(super) struct LsArgs {
 }
 
 pub(super) fn run(args: LsArgs, p: &mut Printer) -> Result<u8, Error> {
+    let offsite = match args.archive.bucket() {
+        Some(url) => {
+            let mut notices = Vec::new();
+            let archive = args.archive.open_offsite(&url, &mut notices)?;
+            p.notices(&notices);
+            Some(archive)
+        }
+        None => None,
+    };
     if args.at.is_some() {
-        let paths = selection(&args.archive, args.file)?.one()?;
         let at = crate::restore::parse_time(args.at.as_deref().unwrap_or_default())?;
         let mut notices = Vec::new();
-        let as_of = commands::restore::as_of(&paths, Some(at), &mut notices)?;
+        let as_of = match &offsite {
+            Some(archive) => commands::restore::as_of_archive(archive, Vec::new(), Some(at))?,
+            None => {
+                let paths = selection(&args.archive, args.file)?.one()?;
+                commands::restore::as_of(&paths, Some(at), &mut notices)?
+            }
+        };
         p.notices(&notices);
         if args.json {
             for m in &as_of.mailboxes {
@@ -65,8 +79,10 @@ pub(super) fn run(args: LsArgs, p: &mut Printer) -> Result<u8, Error> {
             !as_of.refused.is_empty() || !as_of.damage.is_empty(),
         ))
     } else {
-        let paths = selection(&args.archive, args.file)?.one()?;
-        let listing = commands::ls(&paths, args.all)?;
+        let listing = match &offsite {
+            Some(archive) => commands::ls_archive(archive, Vec::new(), Vec::new(), args.all),
+            None => commands::ls(&selection(&args.archive, args.file)?.one()?, args.all)?,
+        };
         p.notices(&listing.notices);
         for d in &listing.damage {
             p.note(d);

@@ -7,6 +7,7 @@ mod backup;
 mod cat;
 mod compact;
 mod ls;
+mod offsite;
 mod output;
 mod put;
 mod reindex;
@@ -60,6 +61,11 @@ enum Command {
     /// Restore a user, mailboxes or one message as of a time: exactly into Cyrus, additively
     /// over IMAP, or out to Maildir, mbox or .eml files.
     Restore(Box<restore::RestoreArgs>),
+    /// Upload the committed bytes of archives that a bucket lacks (S3-compatible object
+    /// storage), as new objects and a sealed manifest; optionally age-encrypted.
+    Push(offsite::PushArgs),
+    /// Rebuild local archives and indexes from a bucket, byte for byte what was pushed.
+    Pull(offsite::PullArgs),
     /// Serve this host's spool, read-only, to `mailpack backup --remote` over stdin/stdout
     /// (normally started by ssh; formats/protocol.md).
     Agent(agent::AgentArgs),
@@ -98,6 +104,39 @@ pub(super) struct ArchiveArgs {
     /// domain): `<archive-dir>/shared/<name>.tar.gz`.
     #[arg(long, value_name = "NAME")]
     shared: Option<String>,
+    #[command(flatten)]
+    read: offsite::ReadFlags,
+}
+
+impl ArchiveArgs {
+    /// The bucket, when --archive-dir names one (s3://BUCKET/PREFIX) rather than a directory.
+    fn bucket(&self) -> Option<String> {
+        self.archive_dir
+            .as_deref()
+            .filter(|d| crate::offsite::BucketUrl::is_bucket(d))
+            .map(|d| d.to_string_lossy().into_owned())
+    }
+
+    /// The one owner named, for reading a bucket.
+    fn one_owner(&self) -> Result<Owner, Error> {
+        match (&self.user, &self.shared) {
+            (Some(u), None) => Ok(Owner::User(u.clone())),
+            (None, Some(t)) => Ok(Owner::Shared(t.clone())),
+            _ => Err(Error::usage(
+                "name one archive in the bucket: --user U or --shared NAME",
+            )),
+        }
+    }
+
+    /// Opens the named owner's archive from the bucket --archive-dir names.
+    fn open_offsite(
+        &self,
+        url: &str,
+        notices: &mut Vec<String>,
+    ) -> Result<crate::store::Archive, Error> {
+        let owner = self.one_owner()?;
+        self.read.connect(url)?.open(&owner, notices)
+    }
 }
 
 pub(super) fn selection(args: &ArchiveArgs, file: Option<PathBuf>) -> Result<Selection, Error> {
@@ -181,6 +220,8 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
         Command::Compact(args) => compact::run(args, p),
         Command::Restore(args) => restore::run(*args, p),
         Command::Agent(args) => agent::run(args, p),
+        Command::Push(args) => offsite::run_push(args, p),
+        Command::Pull(args) => offsite::run_pull(args, p),
         Command::Spool(command) => spool::run(command, p),
     }
 }

@@ -109,6 +109,8 @@ pub struct RestoreArgs {
     /// A JSON line on stdout (formats/json-output.md).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    read: super::offsite::ReadFlags,
 }
 
 pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
@@ -180,12 +182,35 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
         dry_run: args.dry_run,
     };
     if args.all {
+        if crate::offsite::BucketUrl::is_bucket(&options.archive_dir) {
+            return Err(Error::usage(
+                "restore --all reads a directory: `mailpack pull` the bucket into one first \
+                 (every owner, byte for byte), then restore --all from it",
+            ));
+        }
         let jobs = args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         return run_all(&options, jobs, args.json, p);
     }
-    let report = restore(&options)?;
+    let report = if crate::offsite::BucketUrl::is_bucket(&options.archive_dir) {
+        // From an off-site copy: the archive is opened from the bucket and read by range.
+        let url = options.archive_dir.to_string_lossy().into_owned();
+        let owner = if options.shared {
+            crate::spool::Owner::Shared(options.user.clone())
+        } else {
+            crate::spool::Owner::User(options.user.clone())
+        };
+        let source = args.read.connect(&url)?;
+        let mut notices = Vec::new();
+        let archive = source.open(&owner, &mut notices)?;
+        p.notices(&notices);
+        let report = crate::commands::restore::restore_from(&archive, &options)?;
+        p.note(&format!("fetched {} from {url}", output::bytes(source.bytes_fetched())));
+        report
+    } else {
+        restore(&options)?
+    };
     if args.json {
         p.json("restore", &report)?;
     } else {

@@ -21,6 +21,9 @@ pub(super) struct VerifyArgs {
 }
 
 pub(super) fn run(args: VerifyArgs, p: &mut Printer) -> Result<u8, Error> {
+    if let Some(url) = args.archive.bucket() {
+        return verify_offsite(&args, &url, p);
+    }
     let all = args.file.is_none() && args.archive.user.is_none();
     let selected = selection(&args.archive, args.file)?;
     let mut skipped = Vec::new();
@@ -80,6 +83,79 @@ pub(super) fn run(args: VerifyArgs, p: &mut Printer) -> Result<u8, Error> {
                 }
             ))?;
         }
+    }
+    Ok(code)
+}
+
+/// `verify --archive-dir s3://…`: every object of every retained generation against the
+/// manifest, then the current generation entry by entry.
+fn verify_offsite(args: &VerifyArgs, url: &str, p: &mut Printer) -> Result<u8, Error> {
+    let source = args.archive.read.connect(url)?;
+    let owners = match (&args.archive.user, &args.archive.shared) {
+        (None, None) => source.owners()?,
+        _ => vec![args.archive.one_owner()?],
+    };
+    if owners.is_empty() {
+        p.note(&format!("no off-site copies in {url}"));
+    }
+    let mut code = 0;
+    for owner in &owners {
+        let who = super::offsite::owner_name(owner);
+        let report = match source.verify(owner) {
+            Ok(r) => r,
+            Err(e) => {
+                p.error(&e);
+                code = match e {
+                    Error::Corrupt { .. } | Error::NotFound(_) => code.max(1),
+                    _ => 2,
+                };
+                continue;
+            }
+        };
+        p.notices(&report.notices);
+        let problems = report.archive.as_ref().map_or(0, |a| a.problems.len());
+        if !report.bad.is_empty() || problems > 0 {
+            code = code.max(1);
+        }
+        if args.json {
+            p.json("verify-offsite", &serde_json::json!({
+                "owner": owner.name(), "report": &report, "archive": &report.archive,
+            }))?;
+            continue;
+        }
+        for bad in &report.bad {
+            p.line(&format!("{who}: bad object {}: {}", bad.object, bad.problem))?;
+        }
+        for u in &report.unreferenced {
+            p.line(&format!("{who}: unreferenced object {u} (left by an interrupted push)"))?;
+        }
+        if let Some(a) = &report.archive {
+            for problem in &a.problems {
+                p.line(&format!(
+                    "{who}: {}: byte {}: {}",
+                    a.archive.display(),
+                    problem.offset,
+                    problem.detail
+                ))?;
+            }
+        }
+        p.line(&format!(
+            "{who}: push {}, {} manifests, {} objects ({} bytes){}: {}",
+            report.seq,
+            report.manifests,
+            report.objects,
+            report.object_bytes,
+            report
+                .archive
+                .as_ref()
+                .map(|a| format!(", {} runs, {} entries", a.runs, a.entries))
+                .unwrap_or_default(),
+            if report.bad.is_empty() && problems == 0 {
+                "ok".to_string()
+            } else {
+                format!("{} problems", report.bad.len() + problems)
+            }
+        ))?;
     }
     Ok(code)
 }

@@ -51,6 +51,8 @@ pub struct BackupOptions {
     /// Tombstone even when a large share of the mailboxes or users vanish at once
     /// (`MASS_GONE_*` here, `scan::MASS_DELETE_*` per archive).
     pub allow_mass_delete: bool,
+    /// Push each archive to this bucket right after its run (and compaction) committed.
+    pub push: Option<crate::commands::offsite::PushTarget>,
 }
 
 /// Users with archives here that the server no longer lists are marked gone (every name
@@ -67,9 +69,12 @@ pub const MASS_GONE_MIN: usize = 2;
 pub enum UserOutcome {
     /// The run committed; with `--compact`, what the policy then did (or why it failed: the
     /// run stays committed either way).
+    /// With `--push`, what the push of the archive then did (or why it failed: the run stays
+    /// committed either way).
     Done(
         UserReport,
         Option<std::result::Result<Box<CompactOutcome>, String>>,
+        Option<std::result::Result<crate::offsite::OwnerPushed, String>>,
     ),
     Failed {
         /// The userid, or "shared <tree>".
@@ -268,7 +273,12 @@ pub fn backup(
                                     .map(Box::new)
                                     .map_err(|e| e.to_string())
                             });
-                            UserOutcome::Done(report, compaction)
+                            let pushed = options.push.as_ref().map(|target| {
+                                ArchivePaths::for_owner(&options.archive_dir, owner)
+                                    .and_then(|paths| target.push(owner, &paths))
+                                    .map_err(|e| e.to_string())
+                            });
+                            UserOutcome::Done(report, compaction, pushed)
                         }
                         Ok(None) => continue,
                         Err(e) => {
@@ -290,7 +300,11 @@ pub fn backup(
         for outcome in rx {
             done += 1;
             match &outcome {
-                UserOutcome::Done(r, c) if !r.problems.is_empty() || matches!(c, Some(Err(_))) => {
+                UserOutcome::Done(r, c, pushed)
+                    if !r.problems.is_empty()
+                        || matches!(c, Some(Err(_)))
+                        || matches!(pushed, Some(Err(_))) =>
+                {
                     summary.with_problems += 1
                 }
                 UserOutcome::Failed { .. } => summary.failed += 1,

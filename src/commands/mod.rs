@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod compact;
+pub mod offsite;
 pub mod restore;
 pub mod spool;
 
@@ -135,8 +136,18 @@ pub fn open_for_reading(
 pub fn ls(paths: &ArchivePaths, all: bool) -> Result<Listing> {
     let mut notices = Vec::new();
     let (archive, damage) = open_for_reading(paths, &mut notices)?;
+    Ok(ls_archive(&archive, damage, notices, all))
+}
+
+/// `ls` of an archive already open (a local one, or an off-site copy).
+pub fn ls_archive(
+    archive: &Archive,
+    damage: Vec<String>,
+    notices: Vec<String>,
+    all: bool,
+) -> Listing {
     let mut listing = Listing {
-        archive: paths.archive.clone(),
+        archive: archive.paths().archive.clone(),
         runs: Vec::new(),
         state: Vec::new(),
         notices,
@@ -163,7 +174,7 @@ pub fn ls(paths: &ArchivePaths, all: bool) -> Result<Listing> {
             .map(|(run, e)| EntryView::new(run, e))
             .collect();
     }
-    Ok(listing)
+    listing
 }
 
 /// What `cat` wrote.
@@ -224,6 +235,39 @@ pub fn cat(
         None => Error::io("copy", &paths.archive, io::Error::other("read failed")),
     })?;
     Ok(Served { bytes, degraded })
+}
+
+/// `cat` from an archive already open (an off-site copy): the latest committed version of
+/// the entry, read by seeking to its member.
+pub fn cat_archive(archive: &Archive, spec: &str, out: &mut dyn Write) -> Result<Served> {
+    let name = match spec.parse::<Guid>() {
+        Ok(guid) => file_entry_name(&guid),
+        Err(()) => spec.to_string(),
+    };
+    let path = &archive.paths().archive;
+    let (_, entry) = archive
+        .latest(&name)
+        .filter(|(_, e)| !e.is_tombstone())
+        .ok_or_else(|| Error::NotFound(format!("{name} in {}", path.display())))?;
+    if entry.kind == EntryKind::Symlink {
+        writeln!(out, "{}", entry.target).map_err(|e| Error::io("write", "standard output", e))?;
+        return Ok(Served {
+            bytes: 0,
+            degraded: false,
+        });
+    }
+    let mut reader = archive.read_entry(entry)?;
+    let bytes = io::copy(&mut reader, out).map_err(|e| match e.into_inner() {
+        Some(inner) => match inner.downcast::<Error>() {
+            Ok(err) => *err,
+            Err(other) => Error::io("copy", path, io::Error::other(other)),
+        },
+        None => Error::io("copy", path, io::Error::other("read failed")),
+    })?;
+    Ok(Served {
+        bytes,
+        degraded: false,
+    })
 }
 
 /// Salvages a damaged archive (`store::repair`); an archive that opens cleanly is left alone.

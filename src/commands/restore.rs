@@ -546,7 +546,13 @@ pub struct AsOf {
 /// `damage`.
 pub fn as_of(paths: &ArchivePaths, at: Option<i64>, notices: &mut Vec<String>) -> Result<AsOf> {
     let (archive, damage) = crate::commands::open_for_reading(paths, notices)?;
-    let run = run_at(&archive, at)?;
+    as_of_archive(&archive, damage, at)
+}
+
+/// `as_of` of an archive already open (a local one, or an off-site copy).
+pub fn as_of_archive(archive: &Archive, damage: Vec<String>, at: Option<i64>) -> Result<AsOf> {
+    let archive = archive;
+    let run = run_at(archive, at)?;
     let (mailboxes, refused) = mailboxes_at(&archive, run.run);
     let mut out = AsOf {
         run: run.run,

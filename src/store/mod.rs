@@ -24,7 +24,7 @@ pub use naming::{
 pub use read::{find_latest, ArchiveHandle};
 pub use repair::{repair, RepairOptions, RepairReport, REPAIRS_DIR};
 pub use rewrite::{Rewriter, REWRITE_SUFFIX};
-pub use verify::{verify, Problem, VerifyReport};
+pub use verify::{verify, verify_elsewhere, Problem, VerifyReport};
 pub use writer::{StoreWriter, WriterOptions};
 
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::open::{open_consistent, scan_runs};
 use super::sidecar::IndexRead;
-use super::{Archive, ArchivePaths};
+use super::{Archive, ArchiveHandle, ArchivePaths};
 use crate::error::Result;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -34,12 +34,27 @@ pub struct VerifyReport {
 }
 
 pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
-    let mut repaired = Vec::new();
-    // Opening repairs what may be repaired; damage inside committed data makes it fail, and the
-    // scan below then names every problem.
     // One generation, one handle: the open and the scan read the same bytes even if a
     // compaction renames a new archive over the name meanwhile.
     let (source, index) = open_consistent(paths)?;
+    verify_opened(paths, source, index)
+}
+
+/// `verify` of an archive held elsewhere (an off-site copy), read through `source`, with its
+/// index at `paths.index`.
+pub fn verify_elsewhere(paths: &ArchivePaths, source: ArchiveHandle) -> Result<VerifyReport> {
+    let index = super::sidecar::read(&paths.index)?;
+    verify_opened(paths, source, index)
+}
+
+fn verify_opened(
+    paths: &ArchivePaths,
+    source: ArchiveHandle,
+    index: IndexRead,
+) -> Result<VerifyReport> {
+    let mut repaired = Vec::new();
+    // Opening repairs what may be repaired; damage inside committed data makes it fail, and the
+    // scan below then names every problem.
     let opened = Archive::load_read_only(paths, source.clone(), index.clone(), &mut repaired);
     match opened {
         Err(crate::Error::NotFound(what)) => return Err(crate::Error::NotFound(what)),

@@ -30,12 +30,13 @@ pub fn run_backup(config: &Path, dir: &Path, users: &[&str]) -> BTreeMap<String,
         writer: WriterOptions::default(),
         compact: None,
         allow_mass_delete: false,
+        push: None,
     };
     let mut reports = BTreeMap::new();
     // The server's own archive (its annotations) is not a user's.
     backup(&options, &mut |outcome, _, _| match outcome {
-        UserOutcome::Done(r, _) if r.server => {}
-        UserOutcome::Done(r, _) => drop(reports.insert(r.user.clone(), r.clone())),
+        UserOutcome::Done(r, _, _) if r.server => {}
+        UserOutcome::Done(r, _, _) => drop(reports.insert(r.user.clone(), r.clone())),
         UserOutcome::Failed { user, error } => panic!("{user}: {error}"),
     })
     .unwrap();
@@ -564,13 +565,14 @@ fn a_busy_archive_fails_only_its_own_user() {
         writer: WriterOptions::default(),
         compact: None,
         allow_mass_delete: false,
+        push: None,
     };
     let mut outcomes = Vec::new();
     let summary = backup(&options, &mut |o, _, _| {
         outcomes.push(match o {
             // The server's own archive (its annotations) is not a user's.
-            UserOutcome::Done(r, _) if r.server => return,
-            UserOutcome::Done(r, _) => (r.user.clone(), None),
+            UserOutcome::Done(r, _, _) if r.server => return,
+            UserOutcome::Done(r, _, _) => (r.user.clone(), None),
             UserOutcome::Failed { user, error } => (user.clone(), Some(error.clone())),
         })
     })

@@ -1,0 +1,268 @@
+//! `mailpack push` and `mailpack pull`, the flags they share with `backup --push`, and the
+//! reading of a bucket by `ls`, `cat`, `verify` and `restore` (`--archive-dir s3://…`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::output::{self, Printer};
+use crate::commands::offsite::{
+    push, OffsiteSource, PushOptions, PushTargetOptions, Pushed,
+};
+use crate::error::Error;
+use crate::spool::Owner;
+
+/// Where pushes go, shared by `push` and `backup --push`.
+#[derive(Args, Debug, Clone)]
+pub(super) struct PushFlags {
+    /// age X25519 recipient (age1…) to encrypt every uploaded object to (repeatable). The
+    /// backup host needs only this public key; reading needs the identity.
+    #[arg(long, value_name = "AGE_RECIPIENT", conflicts_with = "recipients_file")]
+    recipient: Vec<String>,
+    /// File of age recipients, one per line (# comments).
+    #[arg(long, value_name = "F")]
+    recipients_file: Option<PathBuf>,
+    /// The off-site key that seals manifests (default: <archive-dir>/offsite.key, created on
+    /// first use). Keep a copy off-site with the age identity: readers of the bucket need it.
+    #[arg(long, value_name = "FILE")]
+    offsite_key: Option<PathBuf>,
+    /// Objects of a generation replaced by a compaction are deleted this many days later, so a
+    /// point-in-time restore from the bucket keeps working meanwhile.
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    keep_generation_days: u64,
+    /// Object-lock retention on new objects (refused where it cannot be set and confirmed).
+    #[arg(long, value_name = "N")]
+    lock_days: Option<u64>,
+}
+
+impl PushFlags {
+    pub(super) fn target(&self, archive_dir: PathBuf, url: String, dry_run: bool) -> PushTargetOptions {
+        PushTargetOptions {
+            archive_dir,
+            url,
+            key_file: self.offsite_key.clone(),
+            recipients: self.recipient.clone(),
+            recipients_files: self.recipients_file.iter().cloned().collect(),
+            keep_generation_days: self.keep_generation_days,
+            lock_days: self.lock_days,
+            dry_run,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub(super) struct PushArgs {
+    /// Directory holding the archives to push.
+    #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
+    archive_dir: PathBuf,
+    /// The bucket and prefix: s3://BUCKET/PREFIX. Endpoint and credentials come from
+    /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    to: String,
+    /// Only this user's archive (repeatable); every archive in the directory by default.
+    #[arg(long, value_name = "U")]
+    user: Vec<String>,
+    /// Only this shared tree's archive (repeatable).
+    #[arg(long, value_name = "NAME")]
+    shared: Vec<String>,
+    #[command(flatten)]
+    flags: PushFlags,
+    /// Owners pushed at once.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    jobs: usize,
+    /// Say what would be uploaded, upload nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn owner_name(owner: &Owner) -> String {
+    match owner {
+        Owner::User(u) => u.clone(),
+        Owner::Shared(t) => format!("shared {t}"),
+        Owner::Server => "server".into(),
+    }
+}
+
+pub(super) fn print_pushed(p: &mut Printer, pushed: &Pushed, json: bool) -> Result<(), Error> {
+    let who = owner_name(&pushed.owner);
+    match &pushed.result {
+        Ok(r) => {
+            p.notices(&r.notices);
+            if json {
+                p.json(
+                    "pushed",
+                    &serde_json::json!({ "owner": pushed.owner.name(), "kind": kind(&pushed.owner), "report": r }),
+                )
+            } else {
+                p.line(&format!(
+                    "{who}: {} push {} generation {}: {} archive bytes, {} index bytes, {} objects ({}), {} deleted",
+                    r.outcome,
+                    r.seq,
+                    &r.generation[..r.generation.len().min(8)],
+                    r.archive_bytes,
+                    r.index_bytes,
+                    r.objects,
+                    output::bytes(r.object_bytes),
+                    r.deleted
+                ))
+            }
+        }
+        Err(e) => {
+            p.note(&format!("{who}: push failed: {e}"));
+            if json {
+                p.json(
+                    "push-failed",
+                    &serde_json::json!({ "owner": pushed.owner.name(), "kind": kind(&pushed.owner), "error": e.to_string() }),
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn kind(owner: &Owner) -> &'static str {
+    match owner {
+        Owner::User(_) => "user",
+        Owner::Shared(_) => "shared",
+        Owner::Server => "server",
+    }
+}
+
+pub(super) fn run_push(args: PushArgs, p: &mut Printer) -> Result<u8, Error> {
+    let owners = args
+        .user
+        .iter()
+        .map(|u| Owner::User(u.clone()))
+        .chain(args.shared.iter().map(|t| Owner::Shared(t.clone())))
+        .collect();
+    let options = PushOptions {
+        target: args.flags.target(args.archive_dir.clone(), args.to.clone(), args.dry_run),
+        owners,
+        jobs: args.jobs.max(1),
+    };
+    let json = args.json;
+    let mut lines = Vec::new();
+    let summary = push(&options, &mut |pushed| lines.push(pushed))?;
+    if let Some(key) = &summary.key_created {
+        p.note(&format!(
+            "created the off-site key {}: keep a copy off-site next to the age identity; \
+             reading the bucket needs it",
+            key.display()
+        ));
+    }
+    p.notices(&summary.notices);
+    for pushed in &lines {
+        print_pushed(p, pushed, json)?;
+    }
+    let line = format!(
+        "pushed {} owners, {} failed: {} sent in {} requests",
+        summary.pushed,
+        summary.failed,
+        output::bytes(summary.bytes_sent),
+        summary.requests
+    );
+    if json {
+        p.json(
+            "push-summary",
+            &serde_json::json!({
+                "pushed": summary.pushed, "failed": summary.failed,
+                "bytes_sent": summary.bytes_sent, "requests": summary.requests,
+                "dry_run": args.dry_run,
+            }),
+        )?;
+    } else {
+        p.line(&line)?;
+    }
+    Ok(if summary.failed > 0 { 2 } else { 0 })
+}
+
+#[derive(Args, Debug)]
+pub(super) struct PullArgs {
+    /// The bucket and prefix pushed to: s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    from: String,
+    /// Directory to rebuild the archives in (never overwrites an archive there).
+    #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
+    archive_dir: PathBuf,
+    /// Only this user (repeatable); every owner in the bucket by default.
+    #[arg(long, value_name = "U")]
+    user: Vec<String>,
+    /// Only this shared tree (repeatable).
+    #[arg(long, value_name = "NAME")]
+    shared: Vec<String>,
+    #[command(flatten)]
+    read: ReadFlags,
+    #[arg(long)]
+    json: bool,
+}
+
+/// How to read a bucket: shared by every command that reads one.
+#[derive(Args, Debug, Clone, Default)]
+pub(super) struct ReadFlags {
+    /// age identity file that decrypts an encrypted off-site copy.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// The off-site key the pushes used (or MAILPACK_OFFSITE_KEY=FILE).
+    #[arg(long, value_name = "FILE")]
+    offsite_key: Option<PathBuf>,
+    /// Read this retained generation (an id from `verify`) instead of the newest.
+    #[arg(long, value_name = "ID")]
+    generation: Option<String>,
+}
+
+impl ReadFlags {
+    pub(super) fn connect(&self, url: &str) -> Result<OffsiteSource, Error> {
+        OffsiteSource::connect(
+            url,
+            self.offsite_key.as_deref(),
+            self.identity.as_deref(),
+            self.generation.clone(),
+        )
+    }
+}
+
+pub(super) fn run_pull(args: PullArgs, p: &mut Printer) -> Result<u8, Error> {
+    let source = args.read.connect(&args.from)?;
+    let mut owners: Vec<Owner> = args
+        .user
+        .iter()
+        .map(|u| Owner::User(u.clone()))
+        .chain(args.shared.iter().map(|t| Owner::Shared(t.clone())))
+        .collect();
+    if owners.is_empty() {
+        owners = source.owners()?;
+    }
+    let mut code = 0;
+    for owner in &owners {
+        match source.pull(owner, &args.archive_dir) {
+            Ok(r) => {
+                if args.json {
+                    p.json(
+                        "pulled",
+                        &serde_json::json!({ "owner": owner.name(), "kind": kind(owner), "report": r }),
+                    )?;
+                } else {
+                    p.line(&format!(
+                        "{}: pulled push {}: {} runs, {} archive bytes, {} index bytes",
+                        owner_name(owner),
+                        r.seq,
+                        r.runs,
+                        r.archive_bytes,
+                        r.index_bytes
+                    ))?;
+                }
+            }
+            Err(e) => {
+                p.note(&format!("{}: pull failed: {e}", owner_name(owner)));
+                code = 2;
+            }
+        }
+    }
+    p.note(&format!(
+        "fetched {}",
+        output::bytes(source.bytes_fetched())
+    ));
+    Ok(code)
+}

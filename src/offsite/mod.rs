@@ -1,0 +1,37 @@
+//! Off-site copies of archives in S3-compatible object storage (formats/offsite.md): `push`
+//! uploads the committed bytes a bucket lacks as new immutable objects and a sealed manifest;
+//! `pull` rebuilds local archives from them; the read-only commands read an archive from the
+//! bucket by range. Sits beside `store` (it reads archives through it) and below `commands`;
+//! its async S3 client stays inside `bucket.rs`.
+
+mod bucket;
+mod crypt;
+mod layout;
+mod manifest;
+mod pull;
+mod push;
+mod remote;
+mod verify;
+
+pub use bucket::{Bucket, BucketUrl, Traffic};
+pub use crypt::{Identities, Recipients};
+pub use layout::owner_dir;
+pub use manifest::{Manifest, OffsiteKey};
+pub use pull::{list_owners, pull_owner, OwnerPulled};
+pub use push::{push_owner, OwnerPushed, PushSettings};
+pub use remote::{open_archive, ReadOptions, RemoteArchive};
+pub use verify::{verify_owner, BucketProblem, OwnerVerified};
+
+/// The directory below an archive directory that holds push state, one per target.
+pub const STATE_DIR: &str = "offsite-state";
+/// The off-site key's default file name in the archive directory.
+pub const KEY_FILE: &str = "offsite.key";
+
+/// `<archive-dir>/offsite-state/<first 16 hex digits of SHA-256 of the target>`.
+pub fn state_dir(archive_dir: &std::path::Path, target: &BucketUrl) -> std::path::PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(target.to_string().as_bytes());
+    archive_dir
+        .join(STATE_DIR)
+        .join(crypt::hex(&digest[..8]))
+}

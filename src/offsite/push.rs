@@ -1,0 +1,398 @@
+//! `push`: the committed bytes of an owner's archive the bucket lacks, uploaded as new objects,
+//! then a new manifest naming them (formats/offsite.md sections 1 to 7). The upload order makes
+//! every stop harmless: objects first, the manifest that names them last, the local state after.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::bucket::Bucket;
+use super::crypt::{hex, Recipients};
+use super::layout::{manifest_name, new_id, owner_dir, piece_name};
+use super::manifest::{self, Generation, Manifest, OffsiteKey, OwnerRecord, Piece};
+use super::remote::{latest_manifest, manifest_names};
+use crate::error::{Error, Result};
+use crate::spool::Owner;
+use crate::store::{Archive, ArchivePaths};
+
+/// The bytes at the end of the pushed range whose hash tells a continued generation from a
+/// rewritten one: the last commit marker lies there.
+const TAIL: u64 = 64 << 10;
+const DAY: i64 = 86_400;
+
+pub struct PushSettings<'a> {
+    pub key: &'a OffsiteKey,
+    pub recipients: Option<&'a Recipients>,
+    pub keep_generation_days: u64,
+    pub lock_days: Option<u64>,
+    pub dry_run: bool,
+    /// `<archive-dir>/offsite-state/<target>/`: the local state (formats/offsite.md section 6).
+    pub state_dir: PathBuf,
+    pub now: i64,
+}
+
+/// What a push did for one owner.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct OwnerPushed {
+    /// `unchanged`, `uploaded`, `new-generation` (or, with `--dry-run`, what would be done).
+    pub outcome: &'static str,
+    pub seq: u64,
+    pub generation: String,
+    /// Archive bytes uploaded (plaintext), index bytes uploaded, and bytes sent for both
+    /// (ciphertext when encrypted).
+    pub archive_bytes: u64,
+    pub index_bytes: u64,
+    pub object_bytes: u64,
+    pub objects: u64,
+    /// Objects of retired generations and stale manifests deleted.
+    pub deleted: u64,
+    pub notices: Vec<String>,
+}
+
+/// The local state of one owner's pushes.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq, Debug)]
+struct PushState {
+    seq: u64,
+    manifest: String,
+    generation: String,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    recipients: String,
+}
+
+fn stat_of(path: &Path) -> Option<(u64, u64, u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    ))
+}
+
+fn state_path(settings: &PushSettings, owner: &Owner) -> Result<PathBuf> {
+    Ok(settings
+        .state_dir
+        .join(format!("{}.json", owner_dir(owner)?.replace('/', "-"))))
+}
+
+fn read_state(path: &Path) -> Option<PushState> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Pushes one owner's archive.
+pub fn push_owner(
+    bucket: &Bucket,
+    owner: &Owner,
+    paths: &ArchivePaths,
+    settings: &PushSettings,
+) -> Result<OwnerPushed> {
+    let dir = owner_dir(owner)?;
+    let state_file = state_path(settings, owner)?;
+    let state = read_state(&state_file);
+    let recipients_print = settings
+        .recipients
+        .map(|r| r.fingerprint().to_string())
+        .unwrap_or_default();
+    let stat = stat_of(&paths.archive);
+    if let (Some(st), Some((dev, ino, size, mtime_ns))) = (&state, stat) {
+        if (st.dev, st.ino, st.size, st.mtime_ns) == (dev, ino, size, mtime_ns)
+            && st.recipients == recipients_print
+        {
+            return Ok(OwnerPushed {
+                outcome: "unchanged",
+                seq: st.seq,
+                generation: st.generation.clone(),
+                ..OwnerPushed::default()
+            });
+        }
+    }
+    let mut notices = Vec::new();
+    let archive = Archive::open(paths, &mut notices)?;
+    let Some(archive_id) = archive.archive_id().filter(|_| !archive.runs().is_empty()) else {
+        return Err(Error::NotFound(format!(
+            "a committed run in {}",
+            paths.archive.display()
+        )));
+    };
+    let latest = latest_manifest(bucket, owner, settings.key)?;
+    if let (Some(st), latest_seq) = (&state, latest.as_ref().map_or(0, |(m, _)| m.seq)) {
+        if latest_seq < st.seq {
+            return Err(Error::refused(format!(
+                "{}: the bucket's newest manifest is push {latest_seq}, but push {} was \
+                 stored from here: manifests were deleted or the bucket rolled back; check it \
+                 (verify --archive-dir) and remove {} to push anew",
+                bucket.location(&dir),
+                st.seq,
+                state_file.display()
+            )));
+        }
+    }
+    let committed = archive.committed_len();
+    let index = archive.encode_index();
+    let handle = archive.handle();
+    let continues = |g: &Generation| -> Result<bool> {
+        if g.archive_id != archive_id.to_string()
+            || committed < g.archive_len
+            || (index.len() as u64) < g.index_len
+            || g.encrypted != settings.recipients.is_some()
+            || g.recipients != recipients_print
+        {
+            return Ok(false);
+        }
+        let tail_from = g.archive_len - g.archive_len.min(TAIL);
+        let mut tail = Vec::new();
+        handle
+            .reader_at(tail_from)
+            .take(g.archive_len - tail_from)
+            .read_to_end(&mut tail)
+            .map_err(|e| Error::io("read", &paths.archive, e))?;
+        Ok(hex(&Sha256::digest(&tail)) == g.tail_sha256
+            && hex(&Sha256::digest(&index[..g.index_len as usize])) == g.index_sha256)
+    };
+    let push = new_id()?;
+    let (previous, mut generation, mut retired, outcome) = match latest {
+        Some((m, _)) if continues(&m.current)? => {
+            (Some(m.seq), m.current.clone(), m.retired.clone(), "uploaded")
+        }
+        Some((m, _)) => {
+            let mut old = m.current.clone();
+            old.retired = Some(settings.now);
+            let mut retired = m.retired.clone();
+            retired.push(old);
+            (Some(m.seq), fresh(settings, archive_id, &recipients_print)?, retired, "new-generation")
+        }
+        None => (None, fresh(settings, archive_id, &recipients_print)?, Vec::new(), "new-generation"),
+    };
+    let seq = previous.map_or(1, |s| s + 1);
+    let mut report = OwnerPushed {
+        outcome,
+        seq,
+        generation: generation.id.clone(),
+        notices,
+        ..OwnerPushed::default()
+    };
+    if outcome == "uploaded"
+        && committed == generation.archive_len
+        && index.len() as u64 == generation.index_len
+    {
+        report.outcome = "unchanged";
+        report.seq = seq - 1;
+        if !settings.dry_run {
+            write_state(&state_file, &latest_state(seq - 1, &dir, &generation, paths, &recipients_print))?;
+        }
+        return Ok(report);
+    }
+    report.archive_bytes = committed - generation.archive_len;
+    report.index_bytes = index.len() as u64 - generation.index_len;
+    if settings.dry_run {
+        return Ok(report);
+    }
+
+    let lock_until = settings
+        .lock_days
+        .map(|d| settings.now + d as i64 * DAY);
+    let data_range = generation.archive_len..committed;
+    let mut data_source = handle.reader_at(data_range.start).take(data_range.end - data_range.start);
+    let data = upload_piece(bucket, &dir, 'd', &generation.id, data_range, &push, settings, &mut data_source, lock_until)?;
+    let index_range = generation.index_len..index.len() as u64;
+    let mut index_source = &index[index_range.start as usize..];
+    let index_piece = upload_piece(bucket, &dir, 'i', &generation.id, index_range, &push, settings, &mut index_source, lock_until)?;
+    for p in [&data, &index_piece] {
+        report.object_bytes += p.size;
+        report.objects += 1;
+    }
+    generation.data.push(data);
+    generation.index.push(index_piece);
+    generation.archive_len = committed;
+    generation.index_len = index.len() as u64;
+    generation.runs = archive.runs().len() as u64;
+    let tail_from = committed - committed.min(TAIL);
+    let mut tail = Vec::new();
+    handle
+        .reader_at(tail_from)
+        .take(committed - tail_from)
+        .read_to_end(&mut tail)
+        .map_err(|e| Error::io("read", &paths.archive, e))?;
+    generation.tail_sha256 = hex(&Sha256::digest(&tail));
+    generation.index_sha256 = hex(&Sha256::digest(&index));
+
+    // Retired generations past their grace period (and every lock) go now; their objects are
+    // deleted before the manifest that no longer names them is stored.
+    let grace = settings.keep_generation_days as i64 * DAY;
+    let (expired, kept): (Vec<Generation>, Vec<Generation>) = retired.drain(..).partition(|g| {
+        g.retired.is_some_and(|t| t + grace <= settings.now)
+            && g.pieces().all(|p| p.lock_until.is_none_or(|l| l <= settings.now))
+    });
+    retired = kept;
+    for g in &expired {
+        for p in g.pieces() {
+            bucket.delete(&format!("{dir}/{}", p.key))?;
+            report.deleted += 1;
+        }
+    }
+
+    let manifest = Manifest {
+        format: manifest::FORMAT.into(),
+        version: manifest::VERSION,
+        owner: OwnerRecord::of(owner),
+        seq,
+        push: push.clone(),
+        time: settings.now,
+        host: crate::host::hostname(),
+        current: generation.clone(),
+        retired,
+    };
+    let name = format!("{dir}/{}", manifest_name(seq, &push));
+    bucket.put(&name, manifest::seal(&manifest, &name, settings.key)?)?;
+    write_state(&state_file, &latest_state(seq, &dir, &generation, paths, &recipients_print))?;
+
+    // Manifests older than the previous one are redundant (the newest lists a superset of what
+    // they name); one older is kept for a reader that listed just before this push.
+    for (old_seq, old_name) in manifest_names(bucket, &dir)? {
+        if old_seq + 1 < seq {
+            bucket.delete(&old_name)?;
+            report.deleted += 1;
+        }
+    }
+    // Objects no manifest names are what an interrupted push left; once past the grace period
+    // nobody can be uploading them any more.
+    let named: std::collections::HashSet<String> = std::iter::once(&manifest.current)
+        .chain(&manifest.retired)
+        .flat_map(|g| g.pieces().map(|p| format!("{dir}/{}", p.key)))
+        .collect();
+    for listed in bucket.list(&format!("{dir}/"))? {
+        let is_manifest = listed.key[dir.len()..].starts_with("/m/");
+        if !is_manifest && !named.contains(&listed.key) && listed.modified + grace <= settings.now
+        {
+            bucket.delete(&listed.key)?;
+            report.deleted += 1;
+        }
+    }
+    Ok(report)
+}
+
+fn latest_state(
+    seq: u64,
+    dir: &str,
+    generation: &Generation,
+    paths: &ArchivePaths,
+    recipients: &str,
+) -> PushState {
+    let (dev, ino, size, mtime_ns) = stat_of(&paths.archive).unwrap_or_default();
+    PushState {
+        seq,
+        manifest: format!("{dir}/m/{seq:020}"),
+        generation: generation.id.clone(),
+        dev,
+        ino,
+        size,
+        mtime_ns,
+        recipients: recipients.to_string(),
+    }
+}
+
+fn write_state(path: &Path, state: &PushState) -> Result<()> {
+    let dir = crate::io::parent_dir(path);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    crate::io::write_atomic(
+        path,
+        &serde_json::to_vec(state).expect("state serializes"),
+        &crate::io::Faults::none(),
+    )
+}
+
+fn fresh(
+    settings: &PushSettings,
+    archive_id: crate::archive::ArchiveId,
+    recipients: &str,
+) -> Result<Generation> {
+    Ok(Generation {
+        id: new_id()?,
+        archive_id: archive_id.to_string(),
+        created: settings.now,
+        retired: None,
+        encrypted: settings.recipients.is_some(),
+        recipients: recipients.to_string(),
+        archive_len: 0,
+        index_len: 0,
+        runs: 0,
+        tail_sha256: String::new(),
+        index_sha256: String::new(),
+        data: Vec::new(),
+        index: Vec::new(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // one call per kind of object, in one place
+fn upload_piece(
+    bucket: &Bucket,
+    dir: &str,
+    kind: char,
+    generation: &str,
+    range: std::ops::Range<u64>,
+    push: &str,
+    settings: &PushSettings,
+    source: &mut dyn Read,
+    lock_until: Option<i64>,
+) -> Result<Piece> {
+    let encrypted = settings.recipients.is_some();
+    let rel = piece_name(kind, generation, range.clone(), push, encrypted);
+    let key = format!("{dir}/{rel}");
+    let mut upload = bucket.upload(&key)?;
+    let copied = match settings.recipients {
+        Some(r) => {
+            let mut sealed = r.encrypt_into(&mut upload)?;
+            let n = copy(source, &mut sealed, &key, bucket)?;
+            sealed
+                .finish()
+                .map_err(|e| upload_error(e, &key, bucket))?;
+            n
+        }
+        None => copy(source, &mut upload, &key, bucket)?,
+    };
+    if copied != range.end - range.start {
+        return Err(Error::corrupt(
+            bucket.location(&key),
+            copied,
+            "the archive ended before its committed length while it was pushed",
+        ));
+    }
+    let (size, sha256) = upload.finish()?;
+    Ok(Piece {
+        key: rel,
+        start: range.start,
+        end: range.end,
+        size,
+        sha256: hex(&sha256),
+        lock_until,
+    })
+}
+
+fn upload_error(e: std::io::Error, key: &str, bucket: &Bucket) -> Error {
+    match e.downcast::<Error>() {
+        Ok(inner) => inner,
+        Err(e) => Error::remote("upload", bucket.location(key), e.to_string()),
+    }
+}
+
+fn copy(from: &mut dyn Read, to: &mut dyn Write, key: &str, bucket: &Bucket) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read", "the archive being pushed", e)),
+        };
+        to.write_all(&buf[..n])
+            .map_err(|e| upload_error(e, key, bucket))?;
+        total += n as u64;
+    }
+}
