@@ -96,7 +96,11 @@ impl Error {
         }
     }
 
-    pub fn remote(op: &'static str, location: impl Into<String>, detail: impl Into<String>) -> Error {
+    pub fn remote(
+        op: &'static str,
+        location: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Error {
         Error::Remote {
             op,
             location: location.into(),

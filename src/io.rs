@@ -228,6 +228,7 @@ fn ensure_regular(file: &File, path: &Path) -> Result<()> {
 /// Reads at a given offset without moving a shared position: a local file (`pread`), or an
 /// archive's off-site copy read by ranges (`offsite::remote`). Whatever reads an archive reads
 /// it through this, so the read path is the same for both.
+#[allow(clippy::len_without_is_empty)] // a length read by fstat or a manifest; no cheap is_empty
 pub trait PositionedRead: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     fn len(&self) -> io::Result<u64>;

@@ -74,7 +74,9 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
     use std::io::IsTerminal;
     let push = match &args.push {
         Some(url) => Some(crate::commands::offsite::PushTarget::connect(
-            &args.push_flags.target(args.archive_dir.clone(), url.clone(), false),
+            &args
+                .push_flags
+                .target(args.archive_dir.clone(), url.clone(), false),
         )?),
         None => None,
     };

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::output::{self, Printer};
-use crate::commands::offsite::{
-    push, OffsiteSource, PushOptions, PushTargetOptions, Pushed,
-};
+use crate::commands::offsite::{push, OffsiteSource, PushOptions, PushTargetOptions, Pushed};
 use crate::error::Error;
 use crate::spool::Owner;
 
@@ -36,7 +34,12 @@ pub(super) struct PushFlags {
 }
 
 impl PushFlags {
-    pub(super) fn target(&self, archive_dir: PathBuf, url: String, dry_run: bool) -> PushTargetOptions {
+    pub(super) fn target(
+        &self,
+        archive_dir: PathBuf,
+        url: String,
+        dry_run: bool,
+    ) -> PushTargetOptions {
         PushTargetOptions {
             archive_dir,
             url,
@@ -138,7 +141,9 @@ pub(super) fn run_push(args: PushArgs, p: &mut Printer) -> Result<u8, Error> {
         .chain(args.shared.iter().map(|t| Owner::Shared(t.clone())))
         .collect();
     let options = PushOptions {
-        target: args.flags.target(args.archive_dir.clone(), args.to.clone(), args.dry_run),
+        target: args
+            .flags
+            .target(args.archive_dir.clone(), args.to.clone(), args.dry_run),
         owners,
         jobs: args.jobs.max(1),
     };

@@ -206,7 +206,10 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
         let archive = source.open(&owner, &mut notices)?;
         p.notices(&notices);
         let report = crate::commands::restore::restore_from(&archive, &options)?;
-        p.note(&format!("fetched {} from {url}", output::bytes(source.bytes_fetched())));
+        p.note(&format!(
+            "fetched {} from {url}",
+            output::bytes(source.bytes_fetched())
+        ));
         report
     } else {
         restore(&options)?

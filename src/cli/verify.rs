@@ -118,16 +118,24 @@ fn verify_offsite(args: &VerifyArgs, url: &str, p: &mut Printer) -> Result<u8, E
             code = code.max(1);
         }
         if args.json {
-            p.json("verify-offsite", &serde_json::json!({
-                "owner": owner.name(), "report": &report, "archive": &report.archive,
-            }))?;
+            p.json(
+                "verify-offsite",
+                &serde_json::json!({
+                    "owner": owner.name(), "report": &report, "archive": &report.archive,
+                }),
+            )?;
             continue;
         }
         for bad in &report.bad {
-            p.line(&format!("{who}: bad object {}: {}", bad.object, bad.problem))?;
+            p.line(&format!(
+                "{who}: bad object {}: {}",
+                bad.object, bad.problem
+            ))?;
         }
         for u in &report.unreferenced {
-            p.line(&format!("{who}: unreferenced object {u} (left by an interrupted push)"))?;
+            p.line(&format!(
+                "{who}: unreferenced object {u} (left by an interrupted push)"
+            ))?;
         }
         if let Some(a) = &report.archive {
             for problem in &a.problems {

@@ -74,7 +74,7 @@ pub enum UserOutcome {
     Done(
         UserReport,
         Option<std::result::Result<Box<CompactOutcome>, String>>,
-        Option<std::result::Result<crate::offsite::OwnerPushed, String>>,
+        Option<std::result::Result<Box<crate::offsite::OwnerPushed>, String>>,
     ),
     Failed {
         /// The userid, or "shared <tree>".
@@ -276,6 +276,7 @@ pub fn backup(
                             let pushed = options.push.as_ref().map(|target| {
                                 ArchivePaths::for_owner(&options.archive_dir, owner)
                                     .and_then(|paths| target.push(owner, &paths))
+                                    .map(Box::new)
                                     .map_err(|e| e.to_string())
                             });
                             UserOutcome::Done(report, compaction, pushed)

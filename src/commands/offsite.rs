@@ -50,7 +50,10 @@ impl PushTarget {
             .unwrap_or_else(|| options.archive_dir.join(offsite::KEY_FILE));
         let (key, created) = if options.dry_run {
             // Before any key exists nothing sealed can be read: every owner shows as new.
-            (OffsiteKey::load(&key_path).or_else(|_| OffsiteKey::random())?, false)
+            (
+                OffsiteKey::load(&key_path).or_else(|_| OffsiteKey::random())?,
+                false,
+            )
         } else {
             OffsiteKey::load_or_create(&key_path)?
         };
@@ -125,7 +128,10 @@ pub struct PushSummary {
 
 /// Pushes the archives of `options.owners` (all in the directory when empty), `jobs` at a
 /// time; `on_owner` sees each result as it arrives.
-pub fn push(options: &PushOptions, on_owner: &mut (dyn FnMut(Pushed) + Send)) -> Result<PushSummary> {
+pub fn push(
+    options: &PushOptions,
+    on_owner: &mut (dyn FnMut(Pushed) + Send),
+) -> Result<PushSummary> {
     let target = PushTarget::connect(&options.target)?;
     push_with(&target, options, on_owner)
 }
@@ -157,7 +163,9 @@ pub fn push_with(
         for _ in 0..jobs {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((owner, paths)) = work.get(i) else { break };
+                let Some((owner, paths)) = work.get(i) else {
+                    break;
+                };
                 let result = target.push(owner, paths);
                 let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
                 if result.is_ok() {
@@ -204,12 +212,14 @@ impl OffsiteSource {
         let url = BucketUrl::parse(url)?;
         let key_file = match key_file {
             Some(f) => f.to_path_buf(),
-            None => std::env::var_os(KEY_ENV).map(PathBuf::from).ok_or_else(|| {
-                Error::usage(format!(
-                    "reading {url} needs the off-site key the pushes used: --offsite-key FILE \
+            None => std::env::var_os(KEY_ENV)
+                .map(PathBuf::from)
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "reading {url} needs the off-site key the pushes used: --offsite-key FILE \
                      (or {KEY_ENV}=FILE)"
-                ))
-            })?,
+                    ))
+                })?,
         };
         let key = OffsiteKey::load(&key_file)?;
         let identities = identity.map(Identities::load).transpose()?.map(Arc::new);

@@ -551,9 +551,8 @@ pub fn as_of(paths: &ArchivePaths, at: Option<i64>, notices: &mut Vec<String>) -
 
 /// `as_of` of an archive already open (a local one, or an off-site copy).
 pub fn as_of_archive(archive: &Archive, damage: Vec<String>, at: Option<i64>) -> Result<AsOf> {
-    let archive = archive;
     let run = run_at(archive, at)?;
-    let (mailboxes, refused) = mailboxes_at(&archive, run.run);
+    let (mailboxes, refused) = mailboxes_at(archive, run.run);
     let mut out = AsOf {
         run: run.run,
         time: run.time,
@@ -562,7 +561,7 @@ pub fn as_of_archive(archive: &Archive, damage: Vec<String>, at: Option<i64>) ->
         damage,
     };
     for m in &mailboxes {
-        let data = match read_mailbox(&archive, m) {
+        let data = match read_mailbox(archive, m) {
             Ok(data) => data,
             Err(lost) => {
                 out.damage

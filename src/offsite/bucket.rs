@@ -35,9 +35,9 @@ pub struct BucketUrl {
 
 impl BucketUrl {
     pub fn parse(url: &str) -> Result<BucketUrl> {
-        let rest = url.strip_prefix("s3://").ok_or_else(|| {
-            Error::usage(format!("{url} is not an s3://BUCKET/PREFIX address"))
-        })?;
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| Error::usage(format!("{url} is not an s3://BUCKET/PREFIX address")))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.len() < 3
             || bucket.len() > 63
@@ -109,18 +109,34 @@ impl Bucket {
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
     /// `AWS_ENDPOINT_URL`; path-style addressing). No request is made yet.
     pub fn open(url: &BucketUrl) -> Result<Bucket> {
+        Bucket::open_with(url, &[])
+    }
+
+    /// As `open`, with `AWS_*` settings given here taking the place of the environment's (a
+    /// program that talks to several stores at once; the tests).
+    pub fn open_with(url: &BucketUrl, settings: &[(String, String)]) -> Result<Bucket> {
         let location = url.to_string();
+        let setting = |name: &str| {
+            settings
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(name).ok())
+        };
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&url.bucket);
-        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
-        {
+        for (name, value) in settings {
+            if let Ok(key) = name.to_ascii_lowercase().parse() {
+                builder = builder.with_config(key, value);
+            }
+        }
+        if setting("AWS_REGION").is_none() && setting("AWS_DEFAULT_REGION").is_none() {
             builder = builder.with_region("us-east-1");
         }
         let plain_http = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
             .iter()
-            .filter_map(|v| std::env::var(v).ok())
+            .filter_map(|v| setting(v))
             .any(|e| e.starts_with("http://"));
         let store = builder
-            .with_allow_http(plain_http)
             .with_retry(RetryConfig {
                 max_retries: 10,
                 retry_timeout: Duration::from_secs(180),
@@ -128,6 +144,7 @@ impl Bucket {
             })
             .with_client_options(
                 ClientOptions::new()
+                    .with_allow_http(plain_http)
                     .with_connect_timeout(Duration::from_secs(10))
                     .with_timeout(Duration::from_secs(300)),
             )
@@ -199,7 +216,11 @@ impl Bucket {
 
     fn injected(&self, key: &str) -> Result<()> {
         if self.faults.fires(FaultOn::Write) {
-            return Err(Error::remote("upload", self.location(key), "injected fault"));
+            return Err(Error::remote(
+                "upload",
+                self.location(key),
+                "injected fault",
+            ));
         }
         Ok(())
     }

@@ -118,7 +118,11 @@ impl Identities {
 
     /// A reader of the plaintext of the age file `input`. With a seekable input the reader
     /// seeks too, fetching only the chunks it needs.
-    pub fn decrypt<R: Read>(&self, input: R, location: &str) -> Result<age::stream::StreamReader<R>> {
+    pub fn decrypt<R: Read>(
+        &self,
+        input: R,
+        location: &str,
+    ) -> Result<age::stream::StreamReader<R>> {
         let decryptor = age::Decryptor::new(input)
             .map_err(|e| Error::corrupt(location, 0, format!("not a readable age file: {e}")))?;
         decryptor
@@ -178,10 +182,16 @@ mod tests {
 
         let ids = Identities::load(&id_file).unwrap();
         let mut back = Vec::new();
-        ids.decrypt(&sealed[..], "x").unwrap().read_to_end(&mut back).unwrap();
+        ids.decrypt(&sealed[..], "x")
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, plain);
         let wrong = Identities::load(&other_file).unwrap();
-        assert!(matches!(wrong.decrypt(&sealed[..], "x"), Err(Error::Refused(_))));
+        assert!(matches!(
+            wrong.decrypt(&sealed[..], "x"),
+            Err(Error::Refused(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -190,7 +200,9 @@ mod tests {
     fn recipients_are_checked_and_fingerprinted_in_any_order() {
         let a = age::x25519::Identity::generate().to_public().to_string();
         let b = age::x25519::Identity::generate().to_public().to_string();
-        let ab = Recipients::parse(&[a.clone(), b.clone()], &[]).unwrap().unwrap();
+        let ab = Recipients::parse(&[a.clone(), b.clone()], &[])
+            .unwrap()
+            .unwrap();
         let ba = Recipients::parse(&[b, a], &[]).unwrap().unwrap();
         assert_eq!(ab.fingerprint(), ba.fingerprint());
         assert!(Recipients::parse(&["ssh-ed25519 AAAA".into()], &[]).is_err());

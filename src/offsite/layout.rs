@@ -60,7 +60,13 @@ pub fn manifest_seq(name: &str) -> Option<u64> {
 }
 
 /// A data (`d`) or index (`i`) object of a generation, relative to the owner's directory.
-pub fn piece_name(kind: char, generation: &str, range: std::ops::Range<u64>, push: &str, encrypted: bool) -> String {
+pub fn piece_name(
+    kind: char,
+    generation: &str,
+    range: std::ops::Range<u64>,
+    push: &str,
+    encrypted: bool,
+) -> String {
     let suffix = if encrypted { AGE_SUFFIX } else { "" };
     format!(
         "{kind}/{generation}/{:016x}-{:016x}-{push}{suffix}",
@@ -75,7 +81,9 @@ pub fn new_id() -> Result<String> {
 }
 
 pub fn is_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -65,6 +65,16 @@ impl OffsiteKey {
         if path.exists() {
             return Ok((OffsiteKey::load(path)?, false));
         }
+        let dir = crate::io::parent_dir(path);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // `backup --push` reads its key before the first run creates the archive directory.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| Error::io("create", &dir, e))?;
+        }
         let OffsiteKey(key) = OffsiteKey::random()?;
         let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
         let mut file = std::fs::OpenOptions::new()
@@ -224,14 +234,19 @@ pub fn open(
             },
         )
         .map_err(|_| {
-            bad("fails authentication: changed, copied from another name, or sealed with \
+            bad(
+                "fails authentication: changed, copied from another name, or sealed with \
                  another off-site key"
-                .into())
+                    .into(),
+            )
         })?;
-    let manifest: Manifest = serde_json::from_slice(&json)
-        .map_err(|e| bad(format!("authentic but unreadable: {e}")))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&json).map_err(|e| bad(format!("authentic but unreadable: {e}")))?;
     if manifest.format != FORMAT {
-        return Err(bad(format!("format {:?} is not {FORMAT:?}", manifest.format)));
+        return Err(bad(format!(
+            "format {:?} is not {FORMAT:?}",
+            manifest.format
+        )));
     }
     if manifest.version != VERSION {
         return Err(Error::Unsupported {
@@ -277,7 +292,10 @@ fn check_generation(g: &Generation) -> std::result::Result<(), String> {
                 ));
             }
             if p.key.contains("..") || p.key.starts_with('/') {
-                return Err(format!("object key {:?} leaves the owner's directory", p.key));
+                return Err(format!(
+                    "object key {:?} leaves the owner's directory",
+                    p.key
+                ));
             }
             at = p.end;
         }
@@ -339,11 +357,22 @@ mod tests {
         let other = "users/alice/m/00000000000000000009-x.mpm";
         assert!(open(&sealed, other, "l", &alice, 9, &key).is_err());
         assert!(open(&sealed, name, "l", &Owner::User("bob".into()), 3, &key).is_err());
-        assert!(open(&sealed, name, "l", &alice, 3, &OffsiteKey::from_bytes([8; 32])).is_err());
+        assert!(open(
+            &sealed,
+            name,
+            "l",
+            &alice,
+            3,
+            &OffsiteKey::from_bytes([8; 32])
+        )
+        .is_err());
         for i in 0..sealed.len() {
             let mut flipped = sealed.clone();
             flipped[i] ^= 0x20;
-            assert!(open(&flipped, name, "l", &alice, 3, &key).is_err(), "byte {i}");
+            assert!(
+                open(&flipped, name, "l", &alice, 3, &key).is_err(),
+                "byte {i}"
+            );
         }
         assert!(open(&sealed[..sealed.len() - 1], name, "l", &alice, 3, &key).is_err());
     }

@@ -31,7 +31,5 @@ pub const KEY_FILE: &str = "offsite.key";
 pub fn state_dir(archive_dir: &std::path::Path, target: &BucketUrl) -> std::path::PathBuf {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(target.to_string().as_bytes());
-    archive_dir
-        .join(STATE_DIR)
-        .join(crypt::hex(&digest[..8]))
+    archive_dir.join(STATE_DIR).join(crypt::hex(&digest[..8]))
 }

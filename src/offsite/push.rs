@@ -157,17 +157,30 @@ pub fn push_owner(
     };
     let push = new_id()?;
     let (previous, mut generation, mut retired, outcome) = match latest {
-        Some((m, _)) if continues(&m.current)? => {
-            (Some(m.seq), m.current.clone(), m.retired.clone(), "uploaded")
-        }
+        Some((m, _)) if continues(&m.current)? => (
+            Some(m.seq),
+            m.current.clone(),
+            m.retired.clone(),
+            "uploaded",
+        ),
         Some((m, _)) => {
             let mut old = m.current.clone();
             old.retired = Some(settings.now);
             let mut retired = m.retired.clone();
             retired.push(old);
-            (Some(m.seq), fresh(settings, archive_id, &recipients_print)?, retired, "new-generation")
+            (
+                Some(m.seq),
+                fresh(settings, archive_id, &recipients_print)?,
+                retired,
+                "new-generation",
+            )
         }
-        None => (None, fresh(settings, archive_id, &recipients_print)?, Vec::new(), "new-generation"),
+        None => (
+            None,
+            fresh(settings, archive_id, &recipients_print)?,
+            Vec::new(),
+            "new-generation",
+        ),
     };
     let seq = previous.map_or(1, |s| s + 1);
     let mut report = OwnerPushed {
@@ -184,7 +197,10 @@ pub fn push_owner(
         report.outcome = "unchanged";
         report.seq = seq - 1;
         if !settings.dry_run {
-            write_state(&state_file, &latest_state(seq - 1, &dir, &generation, paths, &recipients_print))?;
+            write_state(
+                &state_file,
+                &latest_state(seq - 1, &dir, &generation, paths, &recipients_print),
+            )?;
         }
         return Ok(report);
     }
@@ -194,15 +210,35 @@ pub fn push_owner(
         return Ok(report);
     }
 
-    let lock_until = settings
-        .lock_days
-        .map(|d| settings.now + d as i64 * DAY);
+    let lock_until = settings.lock_days.map(|d| settings.now + d as i64 * DAY);
     let data_range = generation.archive_len..committed;
-    let mut data_source = handle.reader_at(data_range.start).take(data_range.end - data_range.start);
-    let data = upload_piece(bucket, &dir, 'd', &generation.id, data_range, &push, settings, &mut data_source, lock_until)?;
+    let mut data_source = handle
+        .reader_at(data_range.start)
+        .take(data_range.end - data_range.start);
+    let data = upload_piece(
+        bucket,
+        &dir,
+        'd',
+        &generation.id,
+        data_range,
+        &push,
+        settings,
+        &mut data_source,
+        lock_until,
+    )?;
     let index_range = generation.index_len..index.len() as u64;
     let mut index_source = &index[index_range.start as usize..];
-    let index_piece = upload_piece(bucket, &dir, 'i', &generation.id, index_range, &push, settings, &mut index_source, lock_until)?;
+    let index_piece = upload_piece(
+        bucket,
+        &dir,
+        'i',
+        &generation.id,
+        index_range,
+        &push,
+        settings,
+        &mut index_source,
+        lock_until,
+    )?;
     for p in [&data, &index_piece] {
         report.object_bytes += p.size;
         report.objects += 1;
@@ -227,7 +263,8 @@ pub fn push_owner(
     let grace = settings.keep_generation_days as i64 * DAY;
     let (expired, kept): (Vec<Generation>, Vec<Generation>) = retired.drain(..).partition(|g| {
         g.retired.is_some_and(|t| t + grace <= settings.now)
-            && g.pieces().all(|p| p.lock_until.is_none_or(|l| l <= settings.now))
+            && g.pieces()
+                .all(|p| p.lock_until.is_none_or(|l| l <= settings.now))
     });
     retired = kept;
     for g in &expired {
@@ -250,7 +287,10 @@ pub fn push_owner(
     };
     let name = format!("{dir}/{}", manifest_name(seq, &push));
     bucket.put(&name, manifest::seal(&manifest, &name, settings.key)?)?;
-    write_state(&state_file, &latest_state(seq, &dir, &generation, paths, &recipients_print))?;
+    write_state(
+        &state_file,
+        &latest_state(seq, &dir, &generation, paths, &recipients_print),
+    )?;
 
     // Manifests older than the previous one are redundant (the newest lists a superset of what
     // they name); one older is kept for a reader that listed just before this push.
@@ -268,8 +308,7 @@ pub fn push_owner(
         .collect();
     for listed in bucket.list(&format!("{dir}/"))? {
         let is_manifest = listed.key[dir.len()..].starts_with("/m/");
-        if !is_manifest && !named.contains(&listed.key) && listed.modified + grace <= settings.now
-        {
+        if !is_manifest && !named.contains(&listed.key) && listed.modified + grace <= settings.now {
             bucket.delete(&listed.key)?;
             report.deleted += 1;
         }
@@ -349,9 +388,7 @@ fn upload_piece(
         Some(r) => {
             let mut sealed = r.encrypt_into(&mut upload)?;
             let n = copy(source, &mut sealed, &key, bucket)?;
-            sealed
-                .finish()
-                .map_err(|e| upload_error(e, &key, bucket))?;
+            sealed.finish().map_err(|e| upload_error(e, &key, bucket))?;
             n
         }
         None => copy(source, &mut upload, &key, bucket)?,

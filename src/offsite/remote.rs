@@ -343,6 +343,13 @@ struct RangedArchive {
     cache: Mutex<BlockCache>,
 }
 
+/// age's seekable reader over one encrypted object, and the read-ahead hint of the object
+/// beneath it.
+type DecryptingReader = (
+    age::stream::StreamReader<RangedObject<Arc<Bucket>>>,
+    Arc<AtomicU64>,
+);
+
 #[derive(Default)]
 struct BlockCache {
     blocks: HashMap<(usize, u64), Arc<Vec<u8>>>,
@@ -352,7 +359,7 @@ struct BlockCache {
     next: Option<(usize, u64)>,
     ahead: u64,
     /// One decrypting reader per encrypted object, kept so its header is read once.
-    readers: HashMap<usize, (age::stream::StreamReader<RangedObject<Arc<Bucket>>>, Arc<AtomicU64>)>,
+    readers: HashMap<usize, DecryptingReader>,
 }
 
 impl RangedArchive {
@@ -412,7 +419,12 @@ impl RangedArchive {
         Ok(first.expect("at least one block"))
     }
 
-    fn fetch(&self, cache: &mut BlockCache, piece: usize, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
+    fn fetch(
+        &self,
+        cache: &mut BlockCache,
+        piece: usize,
+        range: std::ops::Range<u64>,
+    ) -> io::Result<Vec<u8>> {
         let p = &self.pieces[piece];
         let key = format!("{}/{}", self.dir, p.key);
         let Some(ids) = &self.identities else {
@@ -422,15 +434,17 @@ impl RangedArchive {
                 .map(|b| b.to_vec())
                 .map_err(io::Error::other);
         };
-        if !cache.readers.contains_key(&piece) {
-            let object = RangedObject::new(self.bucket.clone(), key.clone(), p.size);
-            let hint = object.fetch_hint.clone();
-            let reader = ids
-                .decrypt(object, &self.bucket.location(&key))
-                .map_err(io::Error::other)?;
-            cache.readers.insert(piece, (reader, hint));
-        }
-        let (reader, hint) = cache.readers.get_mut(&piece).expect("inserted above");
+        let (reader, hint) = match cache.readers.entry(piece) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let object = RangedObject::new(self.bucket.clone(), key.clone(), p.size);
+                let hint = object.fetch_hint.clone();
+                let reader = ids
+                    .decrypt(object, &self.bucket.location(&key))
+                    .map_err(io::Error::other)?;
+                e.insert((reader, hint))
+            }
+        };
         let chunks = (range.end - range.start).div_ceil(AGE_BLOCK);
         hint.store(chunks * AGE_CHUNK_CIPHERTEXT, Ordering::Relaxed);
         reader.seek(SeekFrom::Start(range.start))?;
@@ -453,7 +467,9 @@ impl BlockCache {
             self.order.push_back(at);
         }
         while self.bytes > CACHE_BYTES {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             if let Some(b) = self.blocks.remove(&old) {
                 self.bytes -= b.len() as u64;
             }

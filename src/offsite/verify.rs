@@ -76,11 +76,17 @@ pub fn verify_owner(
             let encrypted = piece.key.ends_with(super::layout::AGE_SUFFIX);
             let checked = if encrypted && identities.is_none() {
                 // Without the identity, size and SHA-256 are still checked.
-                fetch_whole(bucket, &dir, std::slice::from_ref(piece), None, &mut std::io::sink())
-                    .or_else(|e| match e {
-                        crate::error::Error::Usage(_) => check_undecrypted(bucket, &key, piece),
-                        e => Err(e),
-                    })
+                fetch_whole(
+                    bucket,
+                    &dir,
+                    std::slice::from_ref(piece),
+                    None,
+                    &mut std::io::sink(),
+                )
+                .or_else(|e| match e {
+                    crate::error::Error::Usage(_) => check_undecrypted(bucket, &key, piece),
+                    e => Err(e),
+                })
             } else {
                 fetch_whole(
                     bucket,
@@ -130,11 +136,7 @@ pub fn verify_owner(
 }
 
 /// An encrypted object checked without its identity: size and SHA-256 of the ciphertext.
-fn check_undecrypted(
-    bucket: &Bucket,
-    key: &str,
-    piece: &super::manifest::Piece,
-) -> Result<()> {
+fn check_undecrypted(bucket: &Bucket, key: &str, piece: &super::manifest::Piece) -> Result<()> {
     let bytes = bucket.get(key, piece.size)?;
     super::remote::check_object(&bytes, piece, &bucket.location(key))
 }

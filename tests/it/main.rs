@@ -8,6 +8,8 @@ mod cli;
 mod compact;
 mod cyrus_smoke;
 mod fixtures;
+mod offsite;
+mod offsite_garage;
 mod repair;
 mod restore;
 mod shared;

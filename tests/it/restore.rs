@@ -21,7 +21,7 @@ use crate::util::TempDir;
 /// subscriptions, plus quota, METADATA of every mailbox and the sieve scripts.
 #[derive(Debug, PartialEq, Eq)]
 pub struct FullFacts {
-    facts: UserFacts,
+    pub facts: UserFacts,
     quota: Vec<String>,
     metadata: BTreeMap<String, BTreeMap<String, String>>,
     /// ENVELOPE and BODYSTRUCTURE of every message: served from cyrus.cache, which a restore
@@ -90,7 +90,7 @@ fn assert_reconstruct_clean(server: &CyrusServer, user: &str) {
     );
 }
 
-fn options(dir: &Path, user: &str, target: RestoreTarget) -> RestoreOptions {
+pub fn options(dir: &Path, user: &str, target: RestoreTarget) -> RestoreOptions {
     RestoreOptions {
         archive_dir: dir.to_path_buf(),
         shared: false,
@@ -106,7 +106,7 @@ fn options(dir: &Path, user: &str, target: RestoreTarget) -> RestoreOptions {
     }
 }
 
-fn to_cyrus(server: &CyrusServer) -> RestoreTarget {
+pub fn to_cyrus(server: &CyrusServer) -> RestoreTarget {
     RestoreTarget::Cyrus(CyrusTarget {
         config: server.config_path(),
         cyrus_bin: DEFAULT_CYRUS_BIN.into(),
@@ -126,7 +126,7 @@ fn run_restore(o: &RestoreOptions) -> RestoreReport {
 }
 
 /// Changes between the two backups: flags, an expunge, a rename, a delete, new mail.
-fn change(server: &CyrusServer) {
+pub fn change(server: &CyrusServer) {
     let sep = server.separator();
     let mut a = server.imap("alice");
     a.select("INBOX");
@@ -148,7 +148,7 @@ fn change(server: &CyrusServer) {
 
 /// A populated server whose user alice was backed up, changed and backed up again, with what
 /// IMAP showed of her at each backup.
-fn backed_up_twice(tag: &str) -> (CyrusServer, TempDir, FullFacts, FullFacts) {
+pub fn backed_up_twice(tag: &str) -> (CyrusServer, TempDir, FullFacts, FullFacts) {
     let server = CyrusServer::start(CyrusOptions::default());
     populate(&server);
     let dir = TempDir::new(tag);

@@ -1,3 +1,4 @@
 //! Support code for the tests that is more than a helper: the Cyrus harness.
 
 pub mod cyrus;
+pub mod garage;
