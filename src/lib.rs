@@ -5,6 +5,8 @@
 //! - `cli`: argument parsing, printing, exit codes (the only layer that talks to a person);
 //! - `commands`: one function per subcommand, returning values;
 //! - `backup` (the two passes of one user's backup), `restore`, `compact`: peers that never import each other;
+//! - `offsite`: off-site copies of archives in S3-compatible storage (push, pull, ranged reads),
+//!   built on `store`;
 //! - `store`: an archive with its sidecar index, writer lock and recovery; `agent`: the spool
 //!   read locally or over ssh, behind one `Source` interface;
 //! - `entries`: the entry vocabulary (formats/backup-entries.md) both backup and restore use;
