@@ -7,7 +7,7 @@
 mod bucket;
 mod crypt;
 mod layout;
-mod manifest;
+pub mod manifest;
 mod pull;
 mod push;
 mod remote;
