@@ -188,7 +188,11 @@ fn cipher(key: &OffsiteKey) -> XChaCha20Poly1305 {
 
 /// The sealed bytes of `manifest` to be stored as `name` (relative to the target's prefix).
 pub fn seal(manifest: &Manifest, name: &str, key: &OffsiteKey) -> Result<Vec<u8>> {
-    seal_bytes(&serde_json::to_vec(manifest).expect("a manifest serializes"), name, key)
+    seal_bytes(
+        &serde_json::to_vec(manifest).expect("a manifest serializes"),
+        name,
+        key,
+    )
 }
 
 /// Seals any bytes as a manifest would be (what `seal` does after encoding; fuzzing uses it to

@@ -81,7 +81,11 @@ pub fn pull_owner(
         // Index first: an archive without its index is still whole (the index is rebuilt),
         // never the other way round.
         rename_new(&tmp_index, &paths.index)?;
-        rename_new(&tmp_archive, &paths.archive)?;
+        if let Err(e) = rename_new(&tmp_archive, &paths.archive) {
+            // The index is ours, made a moment ago: it must not stay behind without its archive.
+            let _ = std::fs::remove_file(&paths.index);
+            return Err(e);
+        }
         fsync_dir(&target_dir, &Faults::none())?;
         Ok(runs)
     })();

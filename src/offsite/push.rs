@@ -94,6 +94,9 @@ pub fn push_owner(
 ) -> Result<OwnerPushed> {
     let dir = owner_dir(owner)?;
     let state_file = state_path(settings, owner)?;
+    // One push of an owner to a target at a time from this host: two at once would both store
+    // manifest seq+1.
+    let _pushing = lock_owner(&state_file)?;
     let state = read_state(&state_file);
     let recipients_print = settings
         .recipients
@@ -199,7 +202,7 @@ pub fn push_owner(
         if !settings.dry_run {
             write_state(
                 &state_file,
-                &latest_state(seq - 1, &dir, &generation, paths, &recipients_print),
+                &latest_state(seq - 1, &dir, &generation, stat, &recipients_print),
             )?;
         }
         return Ok(report);
@@ -289,7 +292,7 @@ pub fn push_owner(
     bucket.put(&name, manifest::seal(&manifest, &name, settings.key)?)?;
     write_state(
         &state_file,
-        &latest_state(seq, &dir, &generation, paths, &recipients_print),
+        &latest_state(seq, &dir, &generation, stat, &recipients_print),
     )?;
 
     // Manifests older than the previous one are redundant (the newest lists a superset of what
@@ -316,14 +319,16 @@ pub fn push_owner(
     Ok(report)
 }
 
+/// The state after a push. `stat` is the archive file's as it was before the push read it: a
+/// run committed while the push ran changes the file, so the next push looks again.
 fn latest_state(
     seq: u64,
     dir: &str,
     generation: &Generation,
-    paths: &ArchivePaths,
+    stat: Option<(u64, u64, u64, i128)>,
     recipients: &str,
 ) -> PushState {
-    let (dev, ino, size, mtime_ns) = stat_of(&paths.archive).unwrap_or_default();
+    let (dev, ino, size, mtime_ns) = stat.unwrap_or_default();
     PushState {
         seq,
         manifest: format!("{dir}/m/{seq:020}"),
@@ -334,6 +339,23 @@ fn latest_state(
         mtime_ns,
         recipients: recipients.to_string(),
     }
+}
+
+/// mailpack's own lock file beside the state file (flock).
+fn lock_owner(state_file: &Path) -> Result<std::fs::File> {
+    use fs2::FileExt;
+    let dir = crate::io::parent_dir(state_file);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    let path = state_file.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("create", &path, e))?;
+    file.lock_exclusive()
+        .map_err(|e| Error::io("lock", &path, e))?;
+    Ok(file)
 }
 
 fn write_state(path: &Path, state: &PushState) -> Result<()> {

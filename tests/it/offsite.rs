@@ -780,7 +780,8 @@ fn lock_days_is_refused_clearly_where_the_store_cannot_keep_a_lock() {
 fn a_cluster_node_stopped_during_a_push_then_the_retry_completes_and_reads_work_with_it_down() {
     let mut cluster = GarageCluster::start(3);
     let (work, dir) = archive_with("offsite-cluster", "mona", 60, 16);
-    for (i, user) in ["ned", "olga"].iter().enumerate() {
+    let users = ["ned", "olga", "pete", "quin", "rosa", "sam", "tina"];
+    for (i, user) in users.iter().enumerate() {
         add_messages(&work, &dir, user, 60, 30 + i as u64);
     }
     let url = cluster.url("c");
@@ -800,7 +801,16 @@ fn a_cluster_node_stopped_during_a_push_then_the_retry_completes_and_reads_work_
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    // The node goes down once the first owner's manifest is stored: mid-push, with the other
+    // owners still to come.
+    let started = std::time::Instant::now();
+    while !cluster.list("c/").iter().any(|(k, _)| k.contains("/m/")) {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the push stored no manifest"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     cluster.stop_node(2);
     let first = child.wait_with_output().unwrap();
     // Completed (quorum 2 of 3 still writes) or failed cleanly with an error, never a panic.
@@ -834,7 +844,7 @@ fn a_cluster_node_stopped_during_a_push_then_the_retry_completes_and_reads_work_
             pulled.to_str().unwrap(),
         ],
     ));
-    for user in ["mona", "ned", "olga"] {
+    for user in std::iter::once("mona").chain(users) {
         let f = format!("{user}.tar.gz");
         assert_eq!(
             std::fs::read(pulled.join(&f)).unwrap(),
