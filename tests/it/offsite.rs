@@ -263,6 +263,11 @@ fn a_second_push_uploads_only_the_growth_and_never_touches_the_first_pushs_objec
 
     add_messages(&work, &dir, "bob", 3, 2);
     let len2 = std::fs::metadata(&archive).unwrap().len();
+    // A dry run says what would go, and sends nothing.
+    let dry = push(&garage, &dir, "p", &["--dry-run"]);
+    assert_eq!(pushed_reports(&dry)["bob"]["outcome"], "uploaded");
+    assert_eq!(pushed_reports(&dry)["bob"]["archive_bytes"], len2 - len1);
+    assert_eq!(objects(&garage, "p/"), before);
     let lines = push(&garage, &dir, "p", &[]);
     let report = &pushed_reports(&lines)["bob"];
     assert_eq!(report["outcome"], "uploaded");
