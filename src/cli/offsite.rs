@@ -28,7 +28,8 @@ pub(super) struct PushFlags {
     /// point-in-time restore from the bucket keeps working meanwhile.
     #[arg(long, value_name = "DAYS", default_value_t = 30)]
     keep_generation_days: u64,
-    /// Object-lock retention on new objects (refused where it cannot be set and confirmed).
+    /// Lock every new object in compliance mode for N days, renewing live objects' locks;
+    /// refused where the store does not keep locks.
     #[arg(long, value_name = "N")]
     lock_days: Option<u64>,
 }

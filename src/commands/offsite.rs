@@ -93,16 +93,32 @@ impl PushTarget {
     }
 }
 
-/// Object lock needs `PutObjectRetention`-style headers that `object_store` does not send, and a
-/// store must be asked whether it keeps them; neither is possible through the client here, so
-/// `--lock-days` refuses rather than pretend (formats/offsite.md section 8).
+/// `--lock-days` only where the store keeps a lock: a probe object is locked for a day and read
+/// back; a store that does not report the lock (Garage, a bucket without object lock) is refused
+/// by name before anything is uploaded (formats/offsite.md section 8).
 fn refuse_lock(bucket: &Bucket, days: u64) -> Result<()> {
-    Err(Error::refused(format!(
-        "--lock-days {days}: object-lock retention cannot be set or confirmed on {} by this \
-         build (the S3 client sends no object-lock headers); set a default retention on the \
-         bucket instead, at least as long as the time between compactions",
-        bucket.url()
-    )))
+    let probe = format!("lock-probe/{}", crate::offsite::new_id()?);
+    bucket.put(&probe, b"mailpack object-lock probe\n".to_vec())?;
+    let until = crate::time::now() + 86_400;
+    let kept = bucket
+        .set_retention(&probe, until)
+        .and_then(|()| bucket.retention(&probe));
+    match kept {
+        Ok(Some(r)) if r.mode.eq_ignore_ascii_case("COMPLIANCE") => Ok(()),
+        other => {
+            let _ = bucket.delete(&probe);
+            let why = match other {
+                Ok(Some(r)) => format!("it reports lock mode {:?}, not COMPLIANCE", r.mode),
+                Ok(None) => "it accepted the retention but reports no lock on the object".into(),
+                Err(e) => e.to_string(),
+            };
+            Err(Error::refused(format!(
+                "--lock-days {days}: {} does not keep object locks ({why}); create the bucket \
+                 with object lock enabled, or push without --lock-days",
+                bucket.url()
+            )))
+        }
+    }
 }
 
 /// One owner's result.

@@ -98,6 +98,8 @@ pub struct Traffic {
 pub struct Bucket {
     url: BucketUrl,
     store: Arc<AmazonS3>,
+    /// For the requests `object_store` has no call for (object lock), sent as presigned URLs.
+    http: object_store::client::HttpClient,
     runtime: tokio::runtime::Runtime,
     traffic: Traffic,
     /// Fault injection for tests: counted per upload request (`FaultOn::Write`).
@@ -136,20 +138,25 @@ impl Bucket {
             .iter()
             .filter_map(|v| setting(v))
             .any(|e| e.starts_with("http://"));
+        let client_options = ClientOptions::new()
+            .with_allow_http(plain_http)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(300));
         let store = builder
             .with_retry(RetryConfig {
                 max_retries: 10,
                 retry_timeout: Duration::from_secs(180),
                 ..RetryConfig::default()
             })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(plain_http)
-                    .with_connect_timeout(Duration::from_secs(10))
-                    .with_timeout(Duration::from_secs(300)),
-            )
+            .with_client_options(client_options.clone())
             .build()
             .map_err(|e| Error::remote("connect to", &location, e.to_string()))?;
+        let http = {
+            use object_store::client::HttpConnector;
+            object_store::client::ReqwestConnector::default()
+                .connect(&client_options)
+                .map_err(|e| Error::remote("connect to", &location, e.to_string()))?
+        };
         // Two workers: uploads of several owners (`--jobs`) share them; each caller blocks on
         // its own request, so this is concurrency for the sockets, not more CPU.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -161,6 +168,7 @@ impl Bucket {
         Ok(Bucket {
             url: url.clone(),
             store: Arc::new(store),
+            http,
             runtime,
             traffic: Traffic::default(),
             faults: Faults::none(),
@@ -378,6 +386,124 @@ impl Bucket {
             }
             Err(e) => Err(self.fail("delete", key, e)),
         }
+    }
+}
+
+/// What a store says of an object's lock (HEAD: `x-amz-object-lock-mode`,
+/// `x-amz-object-lock-retain-until-date`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub mode: String,
+    pub until: String,
+}
+
+impl Bucket {
+    /// Sends one request `object_store` has no call for, signed as a presigned URL with
+    /// `headers` bound to the signature. Returns the status and the response headers.
+    fn presigned(
+        &self,
+        method: http::Method,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: http::HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<(u16, http::HeaderMap)> {
+        use object_store::signer::Signer;
+        let path = self.path(key)?;
+        let mut options = object_store::signer::SignedUrlOptions::new()
+            .with_query(query.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        for (name, value) in &headers {
+            options = options.with_signed_header(name.clone(), value.clone());
+        }
+        let url = self
+            .runtime
+            .block_on(self.store.signed_url_opts(
+                method.clone(),
+                &path,
+                Duration::from_secs(300),
+                &options,
+            ))
+            .map_err(|e| self.fail("sign a request for", key, e))?;
+        let mut request = http::Request::builder().method(method).uri(url.as_str());
+        for (name, value) in &headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(object_store::client::HttpRequestBody::from(body))
+            .map_err(|e| Error::remote("build a request for", self.location(key), e.to_string()))?;
+        let response = self
+            .runtime
+            .block_on(self.http.execute(request))
+            .map_err(|e| Error::remote("request", self.location(key), e.to_string()))?;
+        self.count(0, 0);
+        Ok((response.status().as_u16(), response.headers().clone()))
+    }
+
+    /// Locks the object at `key` until `until` (Unix seconds) in compliance mode
+    /// (`PutObjectRetention`); extends a lock already there.
+    pub fn set_retention(&self, key: &str, until: i64) -> Result<()> {
+        use base64::Engine;
+        self.injected(key)?;
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>COMPLIANCE</Mode>\
+             <RetainUntilDate>{}</RetainUntilDate></Retention>",
+            crate::time::format_utc(until)
+        )
+        .into_bytes();
+        let mut headers = http::HeaderMap::new();
+        // Stores require a checksum of a retention request's body.
+        let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
+        headers.insert(
+            "x-amz-checksum-sha256",
+            http::HeaderValue::from_str(&checksum).expect("base64 is a header value"),
+        );
+        headers.insert(
+            "x-amz-sdk-checksum-algorithm",
+            http::HeaderValue::from_static("SHA256"),
+        );
+        let (status, _) =
+            self.presigned(http::Method::PUT, key, &[("retention", "")], headers, body)?;
+        if !(200..300).contains(&status) {
+            return Err(Error::remote(
+                "lock",
+                self.location(key),
+                format!("the store answered {status} to PutObjectRetention"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lock the store reports for the object at `key`, if any.
+    pub fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        let (status, headers) = self.presigned(
+            http::Method::HEAD,
+            key,
+            &[],
+            http::HeaderMap::new(),
+            Vec::new(),
+        )?;
+        if !(200..300).contains(&status) {
+            return Err(Error::remote(
+                "look at",
+                self.location(key),
+                format!("the store answered {status} to HEAD"),
+            ));
+        }
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Ok(
+            match (
+                header("x-amz-object-lock-mode"),
+                header("x-amz-object-lock-retain-until-date"),
+            ) {
+                (Some(mode), Some(until)) => Some(Retention { mode, until }),
+                _ => None,
+            },
+        )
     }
 }
 

@@ -13,9 +13,9 @@ mod push;
 mod remote;
 mod verify;
 
-pub use bucket::{Bucket, BucketUrl, Traffic};
+pub use bucket::{Bucket, BucketUrl, Retention, Traffic};
 pub use crypt::{Identities, Recipients};
-pub use layout::owner_dir;
+pub use layout::{new_id, owner_dir};
 pub use manifest::{Manifest, OffsiteKey};
 pub use pull::{list_owners, pull_owner, OwnerPulled};
 pub use push::{push_owner, OwnerPushed, PushSettings};

@@ -270,6 +270,22 @@ pub fn push_owner(
                 .all(|p| p.lock_until.is_none_or(|l| l <= settings.now))
     });
     retired = kept;
+    // Live objects keep a lock as long as `--lock-days` from now: a generation's first objects
+    // are as old as the generation, and newer runs still need them. Renewed once half the
+    // period has passed.
+    if let (Some(days), Some(until)) = (settings.lock_days, lock_until) {
+        let renew_before = settings.now + days as i64 * DAY / 2;
+        for p in generation
+            .data
+            .iter_mut()
+            .chain(generation.index.iter_mut())
+        {
+            if p.lock_until.is_none_or(|l| l < renew_before) {
+                bucket.set_retention(&format!("{dir}/{}", p.key), until)?;
+                p.lock_until = Some(until);
+            }
+        }
+    }
     for g in &expired {
         for p in g.pieces() {
             bucket.delete(&format!("{dir}/{}", p.key))?;
@@ -290,6 +306,9 @@ pub fn push_owner(
     };
     let name = format!("{dir}/{}", manifest_name(seq, &push));
     bucket.put(&name, manifest::seal(&manifest, &name, settings.key)?)?;
+    if let Some(until) = lock_until {
+        bucket.set_retention(&name, until)?;
+    }
     write_state(
         &state_file,
         &latest_state(seq, &dir, &generation, stat, &recipients_print),
@@ -423,6 +442,9 @@ fn upload_piece(
         ));
     }
     let (size, sha256) = upload.finish()?;
+    if let Some(until) = lock_until {
+        bucket.set_retention(&key, until)?;
+    }
     Ok(Piece {
         key: rel,
         start: range.start,

@@ -21,6 +21,7 @@ use mailpack::store::ArchivePaths;
 use crate::cyrus::{CyrusOptions, CyrusServer};
 use crate::restore::{backed_up_twice, full_facts};
 use crate::support::garage::{GarageCluster, GarageServer};
+use crate::support::moto::MotoServer;
 use crate::util::{stderr, stdout, TempDir};
 
 /// Runs mailpack with the store's credentials and endpoint in its environment.
@@ -776,9 +777,91 @@ fn lock_days_is_refused_clearly_where_the_store_cannot_keep_a_lock() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--lock-days 30"), "{}", stderr(&o));
     assert!(
-        garage.list("l/").is_empty(),
-        "a refused push uploaded something"
+        stderr(&o).contains("does not keep object locks"),
+        "{}",
+        stderr(&o)
     );
+    let left: Vec<_> = garage.list("l/");
+    assert!(left.is_empty(), "a refused push left {left:?}");
+}
+
+/// Object lock where the store has it (moto's S3 server: Garage has no object lock).
+#[test]
+fn lock_days_locks_every_new_object_and_renews_the_locks_of_live_ones() {
+    let moto = MotoServer::start(&[("locked", true), ("plain", false)]);
+    let (work, dir) = archive_with("offsite-locked", "mia", 5, 40);
+    let o = mp(
+        &moto.env(),
+        &[
+            "push",
+            "--archive-dir",
+            dir.to_str().unwrap(),
+            "--to",
+            "s3://plain/p",
+            "--lock-days",
+            "7",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("does not keep object locks"),
+        "{}",
+        stderr(&o)
+    );
+
+    let now = mailpack::time::now();
+    let o = mp(
+        &moto.env(),
+        &[
+            "push",
+            "--archive-dir",
+            dir.to_str().unwrap(),
+            "--to",
+            "s3://locked/p",
+            "--lock-days",
+            "7",
+        ],
+    );
+    ok(&o);
+    let locks = moto.locks("locked");
+    let ours: Vec<_> = locks
+        .iter()
+        .filter(|(k, _, _)| k.starts_with("p/users/"))
+        .collect();
+    assert_eq!(ours.len(), 3, "{locks:?}");
+    for (key, mode, until) in &ours {
+        assert_eq!(mode.as_deref(), Some("COMPLIANCE"), "{key}");
+        let until = until.unwrap();
+        assert!(
+            (now + 7 * 86_400 - 60..now + 7 * 86_400 + 60).contains(&until),
+            "{key}"
+        );
+    }
+    let data = &ours.iter().find(|(k, _, _)| k.contains("/d/")).unwrap().0;
+    assert!(
+        !moto.delete_version("locked", data),
+        "a locked object was deleted"
+    );
+
+    // Five days on, the next push renews the first objects' locks (a week from then).
+    add_messages(&work, &dir, "mia", 1, 41);
+    let url = BucketUrl::parse("s3://locked/p").unwrap();
+    let b = Bucket::open_with(&url, &moto.env()).unwrap();
+    let (key, _) = OffsiteKey::load_or_create(&dir.join("offsite.key")).unwrap();
+    let later = now + 5 * 86_400;
+    let mut s = settings(&key, &dir, later);
+    s.lock_days = Some(7);
+    s.state_dir = mailpack::offsite::state_dir(&dir, &url);
+    offsite::push_owner(
+        &b,
+        &Owner::User("mia".into()),
+        &ArchivePaths::for_user(&dir, "mia").unwrap(),
+        &s,
+    )
+    .unwrap();
+    let renewed = moto.locks("locked");
+    let first_data = renewed.iter().find(|(k, _, _)| k == data).unwrap();
+    assert_eq!(first_data.2, Some(later + 7 * 86_400), "{renewed:?}");
 }
 
 #[test]
