@@ -96,7 +96,11 @@ pub fn push_owner(
     let state_file = state_path(settings, owner)?;
     // One push of an owner to a target at a time from this host: two at once would both store
     // manifest seq+1.
-    let _pushing = lock_owner(&state_file)?;
+    let _pushing = if settings.dry_run {
+        None
+    } else {
+        Some(lock_owner(&state_file)?)
+    };
     let state = read_state(&state_file);
     let recipients_print = settings
         .recipients
