@@ -33,3 +33,28 @@ pub fn state_dir(archive_dir: &std::path::Path, target: &BucketUrl) -> std::path
     let digest = sha2::Sha256::digest(target.to_string().as_bytes());
     archive_dir.join(STATE_DIR).join(crypt::hex(&digest[..8]))
 }
+
+/// Where a copy between a reader and a writer stopped: reading (after `u64` bytes), or writing.
+enum CopyError {
+    Read(std::io::Error, u64),
+    Write(std::io::Error),
+}
+
+/// Copies `from` to its end into `to` through one 1 MiB buffer; the bytes copied.
+fn copy_all(
+    from: &mut dyn std::io::Read,
+    to: &mut dyn std::io::Write,
+) -> std::result::Result<u64, CopyError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e, total)),
+        };
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+        total += n as u64;
+    }
+}

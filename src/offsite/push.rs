@@ -467,17 +467,8 @@ fn upload_error(e: std::io::Error, key: &str, bucket: &Bucket) -> Error {
 }
 
 fn copy(from: &mut dyn Read, to: &mut dyn Write, key: &str, bucket: &Bucket) -> Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("read", "the archive being pushed", e)),
-        };
-        to.write_all(&buf[..n])
-            .map_err(|e| upload_error(e, key, bucket))?;
-        total += n as u64;
-    }
+    super::copy_all(from, to).map_err(|e| match e {
+        super::CopyError::Read(e, _) => Error::io("read", "the archive being pushed", e),
+        super::CopyError::Write(e) => upload_error(e, key, bucket),
+    })
 }

@@ -258,24 +258,13 @@ pub fn fetch_whole(
 const WHOLE_FETCH: u64 = 16 << 20;
 
 fn copy_checked(mut from: impl Read, to: &mut dyn Write, location: &str) -> Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(match e.downcast::<Error>() {
-                    Ok(inner) => inner,
-                    Err(e) => Error::corrupt(location, total, format!("reading it: {e}")),
-                })
-            }
-        };
-        to.write_all(&buf[..n])
-            .map_err(|e| Error::io("write", "the copy being fetched", e))?;
-        total += n as u64;
-    }
+    super::copy_all(&mut from, to).map_err(|e| match e {
+        super::CopyError::Read(e, at) => match e.downcast::<Error>() {
+            Ok(inner) => inner,
+            Err(e) => Error::corrupt(location, at, format!("reading it: {e}")),
+        },
+        super::CopyError::Write(e) => Error::io("write", "the copy being fetched", e),
+    })
 }
 
 /// The SHA-256 of an object's bytes fetched in order from its start.
