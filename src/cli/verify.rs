@@ -148,8 +148,9 @@ fn verify_offsite(args: &VerifyArgs, url: &str, p: &mut Printer) -> Result<u8, E
             }
         }
         p.line(&format!(
-            "{who}: push {}, {} manifests, {} objects ({} bytes){}: {}",
+            "{who}: push {} of {}, {} manifests, {} objects ({} bytes){}: {}",
             report.seq,
+            super::output::utc(report.time),
             report.manifests,
             report.objects,
             report.object_bytes,

@@ -22,7 +22,9 @@ pub struct BucketProblem {
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct OwnerVerified {
+    /// The newest manifest that opens: its push number and time.
     pub seq: u64,
+    pub time: i64,
     pub manifests: usize,
     pub objects: usize,
     pub object_bytes: u64,
@@ -65,6 +67,7 @@ pub fn verify_owner(
         return Ok(out);
     };
     out.seq = manifest.seq;
+    out.time = manifest.time;
     let mut named = std::collections::HashSet::new();
     let mut current_ok = true;
     for g in std::iter::once(&manifest.current).chain(&manifest.retired) {

@@ -145,7 +145,7 @@ fn a_pushed_user_reads_back_from_the_bucket_alone_and_restores_exactly_into_cyru
     let url = garage.url("host1");
     let verified = ok(&mp(&env, &["verify", "--archive-dir", &url]));
     assert!(
-        verified.contains("alice: push 1") && verified.contains(": ok"),
+        verified.contains("alice: push 1 of ") && verified.contains(": ok"),
         "{verified}"
     );
     let ls_at_remote = ok(&mp(
@@ -439,7 +439,7 @@ fn an_encrypted_push_holds_no_plaintext_and_reads_only_with_the_identity() {
         ],
     );
     assert!(
-        ok(&o).contains("carol: push 1") && stdout(&o).contains("20 entries"),
+        ok(&o).contains("carol: push 1 of ") && stdout(&o).contains("20 entries"),
         "{}",
         stdout(&o)
     );
@@ -993,7 +993,7 @@ fn two_mail_hosts_back_up_and_push_at_once_into_one_bucket() {
         let url = garage.url(&format!("host{i}"));
         let out = ok(&mp(&env, &["verify", "--archive-dir", &url]));
         assert!(
-            out.contains("alice: push 1") && out.contains("bob: push 1"),
+            out.contains("alice: push 1 of ") && out.contains("bob: push 1 of "),
             "{out}"
         );
         // Each host's own mail, read back from its prefix (LMTP adds trace headers in front).
