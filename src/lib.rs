@@ -25,6 +25,7 @@ pub mod error;
 pub mod guid;
 pub mod host;
 pub mod io;
+pub mod metrics;
 pub mod offsite;
 pub mod restore;
 pub mod spool;

@@ -67,6 +67,10 @@ pub(super) struct BackupArgs {
     /// JSON lines on stdout, one per user (formats/json-output.md).
     #[arg(long)]
     json: bool,
+    /// Write this run's figures to PATH (Prometheus text format, atomically), for
+    /// node_exporter's textfile collector.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
 }
 
 pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
@@ -112,10 +116,23 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
     let tty = std::io::stderr().is_terminal() && !args.json;
     let started = std::time::Instant::now();
     let mut bytes = 0u64;
+    let mut metrics = crate::metrics::RunMetrics {
+        command: "backup".into(),
+        started: crate::time::now(),
+        bytes_read: Some(0),
+        bytes_written: Some(0),
+        messages_added: Some(0),
+        ..Default::default()
+    };
+    let archive_dir = options.archive_dir.clone();
     let summary = backup(&options, &mut |outcome, done, total| {
         match outcome {
             UserOutcome::Done(r, compaction, pushed) => {
                 bytes += r.bytes_read;
+                metrics.owners_ok += 1;
+                *metrics.bytes_read.get_or_insert(0) += r.bytes_read;
+                *metrics.bytes_written.get_or_insert(0) += r.bytes_written;
+                *metrics.messages_added.get_or_insert(0) += r.messages_added;
                 if tty {
                     eprint!("\r\x1b[K");
                 }
@@ -164,6 +181,7 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
                 }
             }
             UserOutcome::Failed { user, error } => {
+                metrics.owners_failed += 1;
                 if tty {
                     eprint!("\r\x1b[K");
                 }
@@ -187,6 +205,11 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
     })?;
     if tty {
         eprintln!();
+    }
+    if let Some(path) = &args.metrics_file {
+        metrics.seconds = started.elapsed().as_secs_f64();
+        metrics.archive_bytes = Some(crate::commands::archive_bytes(&archive_dir));
+        crate::metrics::write_file(path, &metrics)?;
     }
     p.notices(&summary.foreign);
     if let Some(refused) = &summary.refused {

@@ -36,6 +36,10 @@ pub(super) struct CompactArgs {
     level: u32,
     #[arg(long)]
     json: bool,
+    /// Write this run's figures to PATH (Prometheus text format, atomically), for
+    /// node_exporter's textfile collector.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
 }
 
 /// The compaction policy, shared by `compact` and `backup --compact`.
@@ -92,8 +96,31 @@ pub(super) fn run(args: CompactArgs, p: &mut Printer) -> Result<u8, Error> {
         dry_run: args.dry_run,
     };
     let mut failed = false;
+    let mut metrics = crate::metrics::RunMetrics {
+        command: "compact".into(),
+        started: commands::now(),
+        archive_bytes: Some(0),
+        ..Default::default()
+    };
+    let clock = std::time::Instant::now();
     compact_archives(&command, &mut |paths, result, notices| {
         p.notices(notices);
+        match &result {
+            Ok(r) => {
+                metrics.owners_ok += 1;
+                let (bytes, live) = match r {
+                    ArchiveCompaction::Planned(plan) => (plan.archive_bytes, plan.live_percent),
+                    ArchiveCompaction::Ran(o) => (
+                        o.bytes_after,
+                        if o.compacted { 100.0 } else { o.plan.live_percent },
+                    ),
+                };
+                *metrics.archive_bytes.get_or_insert(0) += bytes;
+                let share = live / 100.0;
+                metrics.live_share = Some(metrics.live_share.map_or(share, |l: f64| l.min(share)));
+            }
+            Err(_) => metrics.owners_failed += 1,
+        }
         let shown = match result {
             Ok(result) if args.json => {
                 let (kind, value) = match &result {
@@ -121,5 +148,9 @@ pub(super) fn run(args: CompactArgs, p: &mut Printer) -> Result<u8, Error> {
             failed = true;
         }
     })?;
+    metrics.seconds = clock.elapsed().as_secs_f64();
+    if let Some(path) = &args.metrics_file {
+        crate::metrics::write_file(path, &metrics)?;
+    }
     Ok(if failed { 1 } else { 0 })
 }

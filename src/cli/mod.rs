@@ -14,6 +14,7 @@ mod reindex;
 mod repair;
 mod restore;
 mod spool;
+mod status;
 mod verify;
 
 use std::path::PathBuf;
@@ -66,6 +67,12 @@ enum Command {
     Push(offsite::PushArgs),
     /// Rebuild local archives and indexes from a bucket, byte for byte what was pushed.
     Pull(offsite::PullArgs),
+    /// Per owner: the last committed run and its age, the last failure, runs, size, live share,
+    /// weeks to the next forced compaction, the last drill, legal hold; exit 1 if any owner is
+    /// stale, failed last time or failed its drill.
+    Status(status::StatusArgs),
+    /// Place (or with --release remove) a legal hold: compaction drops nothing of that owner.
+    Hold(status::HoldArgs),
     /// Serve this host's spool, read-only, to `mailpack backup --remote` over stdin/stdout
     /// (normally started by ssh; formats/protocol.md).
     Agent(agent::AgentArgs),
@@ -221,6 +228,8 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
         Command::Restore(args) => restore::run(*args, p),
         Command::Agent(args) => agent::run(args, p),
         Command::Push(args) => offsite::run_push(args, p),
+        Command::Status(args) => status::run_status(args, p),
+        Command::Hold(args) => status::run_hold(args, p),
         Command::Pull(args) => offsite::run_pull(args, p),
         Command::Spool(command) => spool::run(command, p),
     }

@@ -79,6 +79,10 @@ pub(super) struct PushArgs {
     dry_run: bool,
     #[arg(long)]
     json: bool,
+    /// Write this run's figures to PATH (Prometheus text format, atomically), for
+    /// node_exporter's textfile collector.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
 }
 
 pub(super) fn owner_name(owner: &Owner) -> String {
@@ -97,7 +101,7 @@ pub(super) fn print_pushed(p: &mut Printer, pushed: &Pushed, json: bool) -> Resu
             if json {
                 p.json(
                     "pushed",
-                    &serde_json::json!({ "owner": pushed.owner.name(), "kind": kind(&pushed.owner), "report": r }),
+                    &serde_json::json!({ "owner": pushed.owner.name(), "kind": pushed.owner.kind(), "report": r }),
                 )
             } else {
                 p.line(&format!(
@@ -118,19 +122,11 @@ pub(super) fn print_pushed(p: &mut Printer, pushed: &Pushed, json: bool) -> Resu
             if json {
                 p.json(
                     "push-failed",
-                    &serde_json::json!({ "owner": pushed.owner.name(), "kind": kind(&pushed.owner), "error": e.to_string() }),
+                    &serde_json::json!({ "owner": pushed.owner.name(), "kind": pushed.owner.kind(), "error": e.to_string() }),
                 )?;
             }
             Ok(())
         }
-    }
-}
-
-fn kind(owner: &Owner) -> &'static str {
-    match owner {
-        Owner::User(_) => "user",
-        Owner::Shared(_) => "shared",
-        Owner::Server => "server",
     }
 }
 
@@ -150,7 +146,21 @@ pub(super) fn run_push(args: PushArgs, p: &mut Printer) -> Result<u8, Error> {
     };
     let json = args.json;
     let mut lines = Vec::new();
+    let started = crate::time::now();
+    let clock = std::time::Instant::now();
     let summary = push(&options, &mut |pushed| lines.push(pushed))?;
+    if let Some(path) = &args.metrics_file {
+        let metrics = crate::metrics::RunMetrics {
+            command: "push".into(),
+            started,
+            seconds: clock.elapsed().as_secs_f64(),
+            owners_ok: summary.pushed as u64,
+            owners_failed: summary.failed as u64,
+            bytes_written: Some(summary.bytes_sent),
+            ..Default::default()
+        };
+        crate::metrics::write_file(path, &metrics)?;
+    }
     if let Some(key) = &summary.key_created {
         p.note(&format!(
             "created the off-site key {}: keep a copy off-site next to the age identity; \
@@ -247,7 +257,7 @@ pub(super) fn run_pull(args: PullArgs, p: &mut Printer) -> Result<u8, Error> {
                 if args.json {
                     p.json(
                         "pulled",
-                        &serde_json::json!({ "owner": owner.name(), "kind": kind(owner), "report": r }),
+                        &serde_json::json!({ "owner": owner.name(), "kind": owner.kind(), "report": r }),
                     )?;
                 } else {
                     p.line(&format!(
@@ -271,4 +281,62 @@ pub(super) fn run_pull(args: PullArgs, p: &mut Printer) -> Result<u8, Error> {
         output::bytes(source.bytes_fetched())
     ));
     Ok(code)
+}
+
+/// `status --archive-dir s3://…`: per owner, the newest push's time, age and what it holds.
+pub(super) fn status_offsite(
+    read: &ReadFlags,
+    url: &str,
+    now: i64,
+    stale_after: i64,
+    json: bool,
+    p: &mut Printer,
+) -> Result<u8, Error> {
+    let source = read.connect(url)?;
+    let mut stale = 0;
+    let mut failed = 0;
+    let owners = source.owners()?;
+    for owner in &owners {
+        let who = owner_name(owner);
+        match source.latest(owner) {
+            Ok(Some(m)) => {
+                let age = now - m.time;
+                let is_stale = age > stale_after;
+                stale += usize::from(is_stale);
+                if json {
+                    p.json(
+                        "owner-status",
+                        &serde_json::json!({
+                            "owner": owner.name(), "kind": owner.kind(), "seq": m.seq,
+                            "push_time": m.time, "age_seconds": age, "stale": is_stale,
+                            "runs": m.current.runs, "archive_bytes": m.current.archive_len,
+                            "generations": 1 + m.retired.len(), "encrypted": m.current.encrypted,
+                        }),
+                    )?;
+                } else {
+                    p.line(&format!(
+                        "{who}: push {} at {} ({} ago), {} runs, {}, {} generations{}{}",
+                        m.seq,
+                        output::utc(m.time),
+                        super::status::age_text(age),
+                        m.current.runs,
+                        output::bytes(m.current.archive_len),
+                        1 + m.retired.len(),
+                        if m.current.encrypted { ", encrypted" } else { "" },
+                        if is_stale { ", STALE" } else { "" }
+                    ))?;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                failed += 1;
+                p.note(&format!("{who}: {e}"));
+            }
+        }
+    }
+    p.line(&format!(
+        "{} owners in {url}: {stale} stale, {failed} unreadable",
+        owners.len()
+    ))?;
+    Ok(u8::from(stale + failed > 0))
 }

@@ -235,7 +235,9 @@ pub fn compaction_line(archive: &std::path::Path, o: &crate::compact::CompactOut
 }
 
 pub fn compaction_summary(o: &crate::compact::CompactOutcome) -> String {
-    if o.compacted {
+    if let Some(hold) = &o.held {
+        format!("left as is: under a legal hold ({hold}); nothing is dropped while held")
+    } else if o.compacted {
         format!(
             "compacted {} -> {} ({} entries kept, {} dropped; {} stretches copied as they were, {} members rebuilt)",
             bytes(o.bytes_before),

@@ -18,14 +18,40 @@ pub(super) struct VerifyArgs {
     file: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Write this run's figures to PATH (Prometheus text format, atomically), for
+    /// node_exporter's textfile collector.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
 }
 
 pub(super) fn run(args: VerifyArgs, p: &mut Printer) -> Result<u8, Error> {
-    if let Some(url) = args.archive.bucket() {
-        return verify_offsite(&args, &url, p);
+    let mut metrics = crate::metrics::RunMetrics {
+        command: "verify".into(),
+        started: crate::time::now(),
+        bytes_read: Some(0),
+        archive_bytes: Some(0),
+        ..Default::default()
+    };
+    let clock = std::time::Instant::now();
+    let code = if let Some(url) = args.archive.bucket() {
+        verify_offsite(&args, &url, p, &mut metrics)?
+    } else {
+        verify_local(&args, p, &mut metrics)?
+    };
+    metrics.seconds = clock.elapsed().as_secs_f64();
+    if let Some(path) = &args.metrics_file {
+        crate::metrics::write_file(path, &metrics)?;
     }
+    Ok(code)
+}
+
+fn verify_local(
+    args: &VerifyArgs,
+    p: &mut Printer,
+    metrics: &mut crate::metrics::RunMetrics,
+) -> Result<u8, Error> {
     let all = args.file.is_none() && args.archive.user.is_none();
-    let selected = selection(&args.archive, args.file)?;
+    let selected = selection(&args.archive, args.file.clone())?;
     let mut skipped = Vec::new();
     let targets = selected.resolve_noting(&mut skipped)?;
     p.notices(&skipped);
@@ -37,6 +63,7 @@ pub(super) fn run(args: VerifyArgs, p: &mut Printer) -> Result<u8, Error> {
         let report = match commands::verify(paths) {
             Ok(r) => r,
             Err(e) => {
+                metrics.owners_failed += 1;
                 p.error(&e);
                 code = match e {
                     Error::Foreign { .. } | Error::Corrupt { .. } => code.max(1),
@@ -46,7 +73,12 @@ pub(super) fn run(args: VerifyArgs, p: &mut Printer) -> Result<u8, Error> {
             }
         };
         p.notices(&report.repaired);
-        if !report.problems.is_empty() {
+        *metrics.bytes_read.get_or_insert(0) += report.bytes;
+        *metrics.archive_bytes.get_or_insert(0) += report.bytes;
+        if report.problems.is_empty() {
+            metrics.owners_ok += 1;
+        } else {
+            metrics.owners_failed += 1;
             code = code.max(1);
         }
         if args.json {
@@ -89,7 +121,12 @@ pub(super) fn run(args: VerifyArgs, p: &mut Printer) -> Result<u8, Error> {
 
 /// `verify --archive-dir s3://…`: every object of every retained generation against the
 /// manifest, then the current generation entry by entry.
-fn verify_offsite(args: &VerifyArgs, url: &str, p: &mut Printer) -> Result<u8, Error> {
+fn verify_offsite(
+    args: &VerifyArgs,
+    url: &str,
+    p: &mut Printer,
+    metrics: &mut crate::metrics::RunMetrics,
+) -> Result<u8, Error> {
     let source = args.archive.read.connect(url)?;
     let owners = match (&args.archive.user, &args.archive.shared) {
         (None, None) => source.owners()?,
@@ -104,6 +141,7 @@ fn verify_offsite(args: &VerifyArgs, url: &str, p: &mut Printer) -> Result<u8, E
         let report = match source.verify(owner) {
             Ok(r) => r,
             Err(e) => {
+                metrics.owners_failed += 1;
                 p.error(&e);
                 code = match e {
                     Error::Corrupt { .. } | Error::NotFound(_) => code.max(1),
@@ -114,8 +152,13 @@ fn verify_offsite(args: &VerifyArgs, url: &str, p: &mut Printer) -> Result<u8, E
         };
         p.notices(&report.notices);
         let problems = report.archive.as_ref().map_or(0, |a| a.problems.len());
+        *metrics.bytes_read.get_or_insert(0) += report.object_bytes;
+        *metrics.archive_bytes.get_or_insert(0) += report.object_bytes;
         if !report.bad.is_empty() || problems > 0 {
+            metrics.owners_failed += 1;
             code = code.max(1);
+        } else {
+            metrics.owners_ok += 1;
         }
         if args.json {
             p.json(

@@ -2,7 +2,7 @@
 //! committed run per user, users in parallel; one user's failure does not stop the others.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 
@@ -290,6 +290,7 @@ pub fn backup(
                             }
                         }
                     };
+                    record_status(&options.archive_dir, owner, &outcome);
                     if tx.send(outcome).is_err() {
                         return;
                     }
@@ -451,6 +452,39 @@ fn one_user(
 
 /// The policy, run once the user's run is committed and its writer gone. It takes the lock
 /// afresh, so a writer that slips in between is simply waited for or reported busy.
+/// Notes an owner's run in its status file (formats/status.md) for `mailpack status`. A status
+/// file that cannot be written costs the record, never the run.
+fn record_status(archive_dir: &Path, owner: &Owner, outcome: &UserOutcome) {
+    use crate::store::status::{self, Failure, OwnerRecord, Success};
+    let Ok(paths) = ArchivePaths::for_owner(archive_dir, owner) else {
+        return;
+    };
+    let record = OwnerRecord {
+        kind: owner.kind().to_string(),
+        name: owner.name().to_string(),
+    };
+    let now = crate::time::now();
+    let _ = status::update(&paths.archive, record, |s| match outcome {
+        UserOutcome::Done(r, _, _) => {
+            if let Some(run) = r.run {
+                s.last_success = Some(Success {
+                    time: now,
+                    run,
+                    seconds: r.seconds,
+                    bytes_read: r.bytes_read,
+                    messages_added: r.messages_added,
+                });
+            }
+        }
+        UserOutcome::Failed { error, .. } => {
+            s.last_failure = Some(Failure {
+                time: now,
+                reason: error.clone(),
+            });
+        }
+    });
+}
+
 fn compact_after_run(
     dir: &std::path::Path,
     owner: &Owner,

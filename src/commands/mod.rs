@@ -6,6 +6,7 @@ pub mod compact;
 pub mod offsite;
 pub mod restore;
 pub mod spool;
+pub mod status;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -439,6 +440,19 @@ fn hash_file(path: &Path) -> Result<(Guid, u64)> {
     let mut reader = crate::guid::HashingReader::new(io::BufReader::with_capacity(256 << 10, file));
     io::copy(&mut reader, &mut io::sink()).map_err(|e| Error::io("read", path, e))?;
     Ok(reader.finish())
+}
+
+/// Bytes of every archive in an archive directory (users', shared trees', the server's), by
+/// their files' sizes.
+pub fn archive_bytes(dir: &Path) -> u64 {
+    store::list_owner_archives(dir)
+        .map(|(own, _)| {
+            own.iter()
+                .filter_map(|(_, p)| std::fs::metadata(&p.archive).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 pub use crate::host::hostname;

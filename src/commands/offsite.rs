@@ -265,6 +265,11 @@ impl OffsiteSource {
         offsite::list_owners(&self.bucket)
     }
 
+    /// The owner's newest manifest (what `status` of a bucket shows), if it has one.
+    pub fn latest(&self, owner: &Owner) -> Result<Option<crate::offsite::Manifest>> {
+        Ok(offsite::latest_manifest(&self.bucket, owner, &self.key)?.map(|(m, _)| m))
+    }
+
     pub fn verify(&self, owner: &Owner) -> Result<OwnerVerified> {
         offsite::verify_owner(&self.bucket, owner, &self.key, self.identities.clone())
     }

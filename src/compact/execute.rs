@@ -29,6 +29,10 @@ pub struct CompactOutcome {
     /// Stretches of members copied without recompressing, and members rebuilt.
     pub stretches_copied: u64,
     pub members_rebuilt: u64,
+    /// The owner is under a legal hold (formats/status.md section 2): nothing was dropped. The
+    /// hold file's text: when it was placed, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// Compacts one archive if the policy (or `force`) says so, under its writer lock.
@@ -54,9 +58,12 @@ pub fn compact(
         entries_dropped: 0,
         stretches_copied: 0,
         members_rebuilt: 0,
+        held: None,
         plan,
     };
-    if !outcome.plan.compact {
+    // Looked at under the writer lock: a hold placed before this point is obeyed.
+    outcome.held = crate::store::status::hold(&paths.archive)?;
+    if !outcome.plan.compact || outcome.held.is_some() {
         return Ok(outcome);
     }
     rewriter.start()?;

@@ -110,14 +110,9 @@ pub struct OwnerRecord {
 
 impl OwnerRecord {
     pub fn of(owner: &Owner) -> OwnerRecord {
-        let (kind, name) = match owner {
-            Owner::User(u) => ("user", u.clone()),
-            Owner::Shared(t) => ("shared", t.clone()),
-            Owner::Server => ("server", crate::spool::SERVER_OWNER.to_string()),
-        };
         OwnerRecord {
-            kind: kind.into(),
-            name,
+            kind: owner.kind().into(),
+            name: owner.name().into(),
         }
     }
 }

@@ -19,7 +19,7 @@ pub use layout::{new_id, owner_dir};
 pub use manifest::{Manifest, OffsiteKey};
 pub use pull::{list_owners, pull_owner, OwnerPulled};
 pub use push::{push_owner, OwnerPushed, PushSettings};
-pub use remote::{open_archive, ReadOptions, RemoteArchive};
+pub use remote::{latest_manifest, open_archive, ReadOptions, RemoteArchive};
 pub use verify::{verify_owner, BucketProblem, OwnerVerified};
 
 /// The directory below an archive directory that holds push state, one per target.

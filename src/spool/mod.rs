@@ -49,6 +49,15 @@ impl Owner {
     pub fn is_shared(&self) -> bool {
         matches!(self, Owner::Shared(_))
     }
+
+    /// `user`, `shared` or `server`: how files and JSON name the kind of owner.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Owner::User(_) => "user",
+            Owner::Shared(_) => "shared",
+            Owner::Server => "server",
+        }
+    }
 }
 
 impl std::fmt::Display for Owner {

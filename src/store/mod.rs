@@ -11,6 +11,7 @@ mod naming;
 mod open;
 mod read;
 mod repair;
+pub mod status;
 mod rewrite;
 pub mod sidecar;
 mod verify;

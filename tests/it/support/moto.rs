@@ -1,5 +1,5 @@
 //! moto's S3 server on 127.0.0.1, for the one off-site feature Garage lacks: object lock. A mock
-//! (`scripts/setup-moto` installs it), so it serves only the object-lock test; every other
+//! (`scripts/setup-python-tools` installs it), so it serves only the object-lock test; every other
 //! off-site test runs against a real Garage. A missing install is a panic, never a skip.
 
 use std::net::TcpListener;
@@ -12,12 +12,13 @@ pub struct MotoServer {
     port: u16,
 }
 
-fn bin_dir() -> PathBuf {
+/// The tools virtualenv's bin directory (also holds the Prometheus parser the tests use).
+pub fn bin_dir() -> PathBuf {
     match std::env::var_os("MAILPACK_MOTO") {
         Some(p) => PathBuf::from(p),
         None => {
             let home = std::env::var_os("HOME").expect("HOME is set");
-            PathBuf::from(home).join(".cache/mailpack-tools/moto/bin")
+            PathBuf::from(home).join(".cache/mailpack-tools/py/bin")
         }
     }
 }
@@ -29,7 +30,7 @@ impl MotoServer {
         let server = dir.join("moto_server");
         assert!(
             server.is_file(),
-            "no moto at {}: run scripts/setup-moto (or set MAILPACK_MOTO to its bin directory)",
+            "no moto at {}: run scripts/setup-python-tools (or set MAILPACK_MOTO to its bin directory)",
             dir.display()
         );
         let port = {

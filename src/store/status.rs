@@ -1,0 +1,225 @@
+//! Owner status files and legal holds beside the archives (formats/status.md): what the last
+//! backup and drill of each owner did, for `status`, and the hold marker compaction obeys.
+//! Encoded and decoded here only.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io::{write_atomic, Faults};
+
+const VERSION: u32 = 1;
+/// The largest status file read.
+const MAX_STATUS: u64 = 1 << 20;
+/// The longest failure reason kept.
+const MAX_REASON: usize = 4096;
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OwnerRecord {
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Success {
+    pub time: i64,
+    pub run: u64,
+    pub seconds: f64,
+    pub bytes_read: u64,
+    pub messages_added: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    pub time: i64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Drill {
+    pub time: i64,
+    pub seed: u64,
+    pub ok: bool,
+    pub differences: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OwnerStatus {
+    pub version: u32,
+    pub owner: OwnerRecord,
+    #[serde(default)]
+    pub last_success: Option<Success>,
+    #[serde(default)]
+    pub last_failure: Option<Failure>,
+    #[serde(default)]
+    pub last_drill: Option<Drill>,
+}
+
+impl OwnerStatus {
+    /// Whether the last attempt failed: a failure later than the last success.
+    pub fn failing(&self) -> Option<&Failure> {
+        let failure = self.last_failure.as_ref()?;
+        match &self.last_success {
+            Some(s) if s.time >= failure.time => None,
+            _ => Some(failure),
+        }
+    }
+}
+
+/// `<stem>.status` beside `<stem>.tar.gz`: like the index and the lock, it goes wherever the
+/// archive is, so no owner shares one with another whatever their names.
+pub fn status_path(archive: &Path) -> PathBuf {
+    beside(archive, ".status")
+}
+
+/// `<stem>.hold` beside `<stem>.tar.gz`.
+pub fn hold_path(archive: &Path) -> PathBuf {
+    beside(archive, ".hold")
+}
+
+fn beside(archive: &Path, suffix: &str) -> PathBuf {
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name
+        .strip_suffix(super::naming::ARCHIVE_SUFFIX)
+        .unwrap_or(&name);
+    archive.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// The status recorded for an archive; `Ok(None)` when there is none yet, an error naming the
+/// file when it is unreadable.
+pub fn read(archive: &Path) -> Result<Option<OwnerStatus>> {
+    let path = status_path(archive);
+    let bytes = match crate::io::open_own(&path) {
+        Ok(file) => {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            file.take(MAX_STATUS + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io("read", &path, e))?;
+            bytes
+        }
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if bytes.len() as u64 > MAX_STATUS {
+        return Err(Error::corrupt(&path, MAX_STATUS, "larger than a status file may be"));
+    }
+    let status: OwnerStatus = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::corrupt(&path, e.column() as u64, format!("not a status file: {e}"))
+    })?;
+    if status.version != VERSION {
+        return Err(Error::Unsupported {
+            path,
+            detail: format!("status file version {}", status.version),
+        });
+    }
+    Ok(Some(status))
+}
+
+/// Reads, changes and writes back an archive's status (atomically). An unreadable old file is
+/// replaced: the record is for operators, the archive is the truth.
+pub fn update(
+    archive: &Path,
+    owner: OwnerRecord,
+    change: impl FnOnce(&mut OwnerStatus),
+) -> Result<()> {
+    let mut status = read(archive).ok().flatten().unwrap_or_default();
+    status.version = VERSION;
+    status.owner = owner;
+    change(&mut status);
+    if let Some(f) = &mut status.last_failure {
+        if f.reason.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !f.reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            f.reason.truncate(cut);
+        }
+    }
+    write_atomic(
+        &status_path(archive),
+        &serde_json::to_vec_pretty(&status).expect("a status serializes"),
+        &Faults::none(),
+    )
+}
+
+/// The hold on an archive: `Some(text)` while held (the file's first line, possibly empty).
+pub fn hold(archive: &Path) -> Result<Option<String>> {
+    let path = hold_path(archive);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => {
+            let text = std::fs::read(&path).unwrap_or_default();
+            let text = String::from_utf8_lossy(&text[..text.len().min(4096)]);
+            Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("stat", &path, e)),
+    }
+}
+
+/// Places a hold (`reason` after the time) or, with `release`, removes it. Returns whether the
+/// archive was held before.
+pub fn set_hold(
+    archive: &Path,
+    release: bool,
+    now: i64,
+    reason: &str,
+) -> Result<bool> {
+    let path = hold_path(archive);
+    let was = hold(archive)?.is_some();
+    if release {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &path, e)),
+        }
+        crate::io::fsync_dir(&crate::io::parent_dir(&path), &Faults::none())?;
+    } else if !was {
+        let line = format!("{now} {}\n", reason.replace(['\n', '\r'], " "));
+        write_atomic(&path, line.as_bytes(), &Faults::none())?;
+    }
+    Ok(was)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_never_share_a_status_or_hold_file() {
+        let dir = Path::new("/a");
+        let user = super::super::ArchivePaths::for_user(dir, "shared-x").unwrap();
+        let tree = super::super::ArchivePaths::for_shared(dir, "x").unwrap();
+        let also = super::super::ArchivePaths::for_user(dir, "x").unwrap();
+        let paths: Vec<PathBuf> = [&user, &tree, &also]
+            .iter()
+            .map(|p| status_path(&p.archive))
+            .collect();
+        assert_eq!(paths[0], Path::new("/a/shared-x.status"));
+        assert_eq!(paths[1], Path::new("/a/shared/x.status"));
+        assert_eq!(paths[2], Path::new("/a/x.status"));
+        assert_eq!(hold_path(&tree.archive), Path::new("/a/shared/x.hold"));
+    }
+
+    #[test]
+    fn a_failure_counts_only_until_a_later_success() {
+        let mut s = OwnerStatus {
+            last_failure: Some(Failure {
+                time: 10,
+                reason: "x".into(),
+            }),
+            ..OwnerStatus::default()
+        };
+        assert!(s.failing().is_some());
+        s.last_success = Some(Success {
+            time: 11,
+            run: 1,
+            seconds: 0.0,
+            bytes_read: 0,
+            messages_added: 0,
+        });
+        assert!(s.failing().is_none());
+    }
+}
