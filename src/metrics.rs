@@ -88,7 +88,9 @@ fn encode(m: &RunMetrics, last_success: Option<f64>) -> Result<String> {
         "Owners (users, shared trees, the server) the last run handled, by result.",
         &["command", "result"],
     )?;
-    owners.with_label_values(&[cmd, "ok"]).set(m.owners_ok as f64);
+    owners
+        .with_label_values(&[cmd, "ok"])
+        .set(m.owners_ok as f64);
     owners
         .with_label_values(&[cmd, "failed"])
         .set(m.owners_failed as f64);
@@ -170,8 +172,14 @@ mod tests {
         m.owners_failed = 1;
         write_file(&path, &m).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("mailpack_last_success_timestamp_seconds{command=\"backup\"} 1005"), "{text}");
-        assert!(text.contains("mailpack_last_run_success{command=\"backup\"} 0"), "{text}");
+        assert!(
+            text.contains("mailpack_last_success_timestamp_seconds{command=\"backup\"} 1005"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mailpack_last_run_success{command=\"backup\"} 0"),
+            "{text}"
+        );
         assert!(!text.contains("mailpack_drill_differences"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -112,7 +112,11 @@ pub(super) fn run(args: CompactArgs, p: &mut Printer) -> Result<u8, Error> {
                     ArchiveCompaction::Planned(plan) => (plan.archive_bytes, plan.live_percent),
                     ArchiveCompaction::Ran(o) => (
                         o.bytes_after,
-                        if o.compacted { 100.0 } else { o.plan.live_percent },
+                        if o.compacted {
+                            100.0
+                        } else {
+                            o.plan.live_percent
+                        },
                     ),
                 };
                 *metrics.archive_bytes.get_or_insert(0) += bytes;

@@ -322,7 +322,11 @@ pub(super) fn status_offsite(
                         m.current.runs,
                         output::bytes(m.current.archive_len),
                         1 + m.retired.len(),
-                        if m.current.encrypted { ", encrypted" } else { "" },
+                        if m.current.encrypted {
+                            ", encrypted"
+                        } else {
+                            ""
+                        },
                         if is_stale { ", STALE" } else { "" }
                     ))?;
                 }

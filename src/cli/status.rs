@@ -131,7 +131,12 @@ pub(super) struct HoldArgs {
     #[arg(long, env = "MAILPACK_ARCHIVE_DIR", value_name = "DIR")]
     archive_dir: PathBuf,
     /// The user to hold.
-    #[arg(long, value_name = "U", conflicts_with = "shared", required_unless_present = "shared")]
+    #[arg(
+        long,
+        value_name = "U",
+        conflicts_with = "shared",
+        required_unless_present = "shared"
+    )]
     user: Option<String>,
     /// The shared mailbox tree to hold.
     #[arg(long, value_name = "NAME")]

@@ -467,6 +467,7 @@ fn record_status(archive_dir: &Path, owner: &Owner, outcome: &UserOutcome) {
     let _ = status::update(&paths.archive, record, |s| match outcome {
         UserOutcome::Done(r, _, _) => {
             if let Some(run) = r.run {
+                s.last_attempt_ok = Some(true);
                 s.last_success = Some(Success {
                     time: now,
                     run,
@@ -477,6 +478,7 @@ fn record_status(archive_dir: &Path, owner: &Owner, outcome: &UserOutcome) {
             }
         }
         UserOutcome::Failed { error, .. } => {
+            s.last_attempt_ok = Some(false);
             s.last_failure = Some(Failure {
                 time: now,
                 reason: error.clone(),

@@ -103,10 +103,14 @@ pub fn status(options: &StatusOptions) -> Result<StatusReport> {
     Ok(report)
 }
 
-/// Owners with a status file but no archive: their first backup failed before committing.
+/// Owners with a status file whose archive is not among mailpack's: their first backup failed
+/// before committing, or another program's file sits at the archive's name.
 fn status_only(dir: &Path) -> Result<Vec<(Owner, ArchivePaths)>> {
     let mut out = Vec::new();
-    for (sub, shared) in [(dir.to_path_buf(), false), (dir.join(crate::store::SHARED_DIR), true)] {
+    for (sub, shared) in [
+        (dir.to_path_buf(), false),
+        (dir.join(crate::store::SHARED_DIR), true),
+    ] {
         let Ok(read) = std::fs::read_dir(&sub) else {
             continue;
         };
@@ -115,10 +119,6 @@ fn status_only(dir: &Path) -> Result<Vec<(Owner, ArchivePaths)>> {
             let Some(stem) = name.strip_suffix(".status") else {
                 continue;
             };
-            let archive = sub.join(format!("{stem}.tar.gz"));
-            if archive.exists() {
-                continue;
-            }
             let owner = match (shared, crate::store::decode_user(stem)) {
                 (_, None) if shared && stem == crate::spool::SERVER_OWNER => Owner::Server,
                 (false, Some(u)) => Owner::User(u),
@@ -196,7 +196,9 @@ fn owner_state(owner: &Owner, paths: &ArchivePaths, options: &StatusOptions) -> 
         Err(e) => state.notes.push(e.to_string()),
     }
     state.age_seconds = state.last_run_time.map(|t| options.now - t);
-    state.stale = state.age_seconds.is_none_or(|age| age > options.stale_after);
+    state.stale = state
+        .age_seconds
+        .is_none_or(|age| age > options.stale_after);
     state
 }
 

@@ -11,9 +11,9 @@ mod naming;
 mod open;
 mod read;
 mod repair;
-pub mod status;
 mod rewrite;
 pub mod sidecar;
+pub mod status;
 mod verify;
 mod writer;
 

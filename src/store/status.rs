@@ -52,15 +52,18 @@ pub struct OwnerStatus {
     pub last_failure: Option<Failure>,
     #[serde(default)]
     pub last_drill: Option<Drill>,
+    /// Whether the latest attempt (success or failure, whichever was recorded last) succeeded:
+    /// two attempts can fall in the same second.
+    #[serde(default)]
+    pub last_attempt_ok: Option<bool>,
 }
 
 impl OwnerStatus {
-    /// Whether the last attempt failed: a failure later than the last success.
+    /// The failure of the latest attempt, if it failed.
     pub fn failing(&self) -> Option<&Failure> {
-        let failure = self.last_failure.as_ref()?;
-        match &self.last_success {
-            Some(s) if s.time >= failure.time => None,
-            _ => Some(failure),
+        match self.last_attempt_ok {
+            Some(false) => self.last_failure.as_ref(),
+            _ => None,
         }
     }
 }
@@ -104,11 +107,14 @@ pub fn read(archive: &Path) -> Result<Option<OwnerStatus>> {
         Err(e) => return Err(e),
     };
     if bytes.len() as u64 > MAX_STATUS {
-        return Err(Error::corrupt(&path, MAX_STATUS, "larger than a status file may be"));
+        return Err(Error::corrupt(
+            &path,
+            MAX_STATUS,
+            "larger than a status file may be",
+        ));
     }
-    let status: OwnerStatus = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::corrupt(&path, e.column() as u64, format!("not a status file: {e}"))
-    })?;
+    let status: OwnerStatus = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corrupt(&path, e.column() as u64, format!("not a status file: {e}")))?;
     if status.version != VERSION {
         return Err(Error::Unsupported {
             path,
@@ -161,12 +167,7 @@ pub fn hold(archive: &Path) -> Result<Option<String>> {
 
 /// Places a hold (`reason` after the time) or, with `release`, removes it. Returns whether the
 /// archive was held before.
-pub fn set_hold(
-    archive: &Path,
-    release: bool,
-    now: i64,
-    reason: &str,
-) -> Result<bool> {
+pub fn set_hold(archive: &Path, release: bool, now: i64, reason: &str) -> Result<bool> {
     let path = hold_path(archive);
     let was = hold(archive)?.is_some();
     if release {
@@ -204,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_counts_only_until_a_later_success() {
+    fn a_failure_counts_until_the_next_success() {
         let mut s = OwnerStatus {
             last_failure: Some(Failure {
                 time: 10,
@@ -212,7 +213,9 @@ mod tests {
             }),
             ..OwnerStatus::default()
         };
+        s.last_attempt_ok = Some(false);
         assert!(s.failing().is_some());
+        s.last_attempt_ok = Some(true);
         s.last_success = Some(Success {
             time: 11,
             run: 1,

@@ -17,6 +17,7 @@ mod spool_db;
 mod spool_index;
 mod spool_lock;
 mod spool_view;
+mod status;
 mod support;
 mod trust_archive;
 mod trust_heal;
