@@ -130,6 +130,10 @@ pub fn backup_user(
         }),
         healed: Default::default(),
     };
+    // `verify --against-spool` found something missing: a full pass, as after a repair.
+    if healing.lost.is_none() && crate::store::status::heal_requested(&archive.paths().archive) {
+        healing.lost = Some(Default::default());
+    }
     let mut added: HashSet<Guid> = HashSet::new();
     let mut desired_links: BTreeMap<String, String> = BTreeMap::new();
 

@@ -18,6 +18,15 @@ pub(super) struct VerifyArgs {
     file: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Check the archives against the live server instead of reading every byte: every message
+    /// the server's indexes list (and every one the archives' latest indexes list) is stored,
+    /// every mailbox has its folder; owners missing something are marked for their next backup
+    /// to read everything again.
+    #[arg(long, requires = "config")]
+    against_spool: bool,
+    /// The server's imapd.conf (with --against-spool).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Write this run's figures to PATH (Prometheus text format, atomically), for
     /// node_exporter's textfile collector.
     #[arg(long, value_name = "PATH")]
@@ -33,7 +42,9 @@ pub(super) fn run(args: VerifyArgs, p: &mut Printer) -> Result<u8, Error> {
         ..Default::default()
     };
     let clock = std::time::Instant::now();
-    let code = if let Some(url) = args.archive.bucket() {
+    let code = if args.against_spool {
+        against_spool(&args, p, &mut metrics)?
+    } else if let Some(url) = args.archive.bucket() {
         verify_offsite(&args, &url, p, &mut metrics)?
     } else {
         verify_local(&args, p, &mut metrics)?
@@ -206,6 +217,77 @@ fn verify_offsite(
                 "ok".to_string()
             } else {
                 format!("{} problems", report.bad.len() + problems)
+            }
+        ))?;
+    }
+    Ok(code)
+}
+
+fn against_spool(
+    args: &VerifyArgs,
+    p: &mut Printer,
+    metrics: &mut crate::metrics::RunMetrics,
+) -> Result<u8, Error> {
+    use crate::commands::check_spool::{check_spool, SpoolCheckOptions};
+    let options = SpoolCheckOptions {
+        config: args.config.clone().expect("clap requires --config"),
+        archive_dir: args
+            .archive
+            .archive_dir
+            .clone()
+            .ok_or_else(|| Error::usage("pass --archive-dir DIR"))?,
+        locks: crate::spool::LockOptions::default(),
+        dry_run: false,
+    };
+    let checks = check_spool(&options)?;
+    let mut code = 0;
+    for c in &checks {
+        if c.missing() {
+            metrics.owners_failed += 1;
+            code = 1;
+        } else {
+            metrics.owners_ok += 1;
+        }
+        if args.json {
+            p.json("spool-check", c)?;
+            continue;
+        }
+        let who = if c.kind == "shared" {
+            format!("shared {}", c.owner)
+        } else {
+            c.owner.clone()
+        };
+        if let Some(e) = &c.error {
+            p.line(&format!("{who}: not checked: {e}"))?;
+        }
+        for m in &c.mailboxes_missing {
+            p.line(&format!("{who}: mailbox {m} is not in the archive"))?;
+        }
+        for (m, uid, sha1) in &c.messages_missing {
+            p.line(&format!(
+                "{who}: {m} uid {uid}: message {sha1} is not stored"
+            ))?;
+        }
+        for (m, what) in &c.archived_missing {
+            p.line(&format!(
+                "{who}: {m}: the archive's own index lists {what}, which it lacks"
+            ))?;
+        }
+        for u in &c.unchecked {
+            p.note(&format!("{who}: not checked this time: {u}"));
+        }
+        p.line(&format!(
+            "{who}: {} mailboxes, {} messages: {}",
+            c.mailboxes,
+            c.messages,
+            if c.missing() {
+                if c.marked_for_heal {
+                    "missing data; the next backup reads everything again".to_string()
+                } else {
+                    "missing data".to_string()
+                }
+            } else {
+                "ok".to_string()
             }
         ))?;
     }

@@ -467,6 +467,8 @@ fn record_status(archive_dir: &Path, owner: &Owner, outcome: &UserOutcome) {
     let _ = status::update(&paths.archive, record, |s| match outcome {
         UserOutcome::Done(r, _, _) => {
             if let Some(run) = r.run {
+                // The run was a full pass if a heal was asked for: the request is done.
+                let _ = status::heal_done(&paths.archive);
                 s.last_attempt_ok = Some(true);
                 s.last_success = Some(Success {
                     time: now,

@@ -2,6 +2,7 @@
 //! return values for the CLI to print; nothing here prints or chooses an exit code.
 
 pub mod backup;
+pub mod check_spool;
 pub mod compact;
 pub mod offsite;
 pub mod restore;

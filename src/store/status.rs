@@ -74,6 +74,31 @@ pub fn status_path(archive: &Path) -> PathBuf {
     beside(archive, ".status")
 }
 
+/// `<stem>.heal` beside `<stem>.tar.gz`: the owner's next backup reads everything again.
+pub fn heal_path(archive: &Path) -> PathBuf {
+    beside(archive, ".heal")
+}
+
+/// Asks the owner's next backup for a full pass (`verify --against-spool` found something
+/// missing).
+pub fn request_heal(archive: &Path) -> Result<()> {
+    write_atomic(&heal_path(archive), b"", &Faults::none())
+}
+
+/// Whether a full pass was asked for.
+pub fn heal_requested(archive: &Path) -> bool {
+    std::fs::symlink_metadata(heal_path(archive)).is_ok()
+}
+
+/// The full pass ran and committed: the request is done.
+pub fn heal_done(archive: &Path) -> Result<()> {
+    match std::fs::remove_file(heal_path(archive)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", heal_path(archive), e)),
+    }
+}
+
 /// `<stem>.hold` beside `<stem>.tar.gz`.
 pub fn hold_path(archive: &Path) -> PathBuf {
     beside(archive, ".hold")

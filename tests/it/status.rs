@@ -360,3 +360,85 @@ fn metrics_files_parse_as_prometheus_text_and_say_what_the_run_did() {
         std::fs::metadata(dir.join("dan.tar.gz")).unwrap().len() as f64
     );
 }
+
+fn check(server: &CyrusServer, dir: &Path) -> (Option<i32>, String) {
+    let o = run(&[
+        "verify",
+        "--against-spool",
+        "--config",
+        server.config_path().to_str().unwrap(),
+        "--archive-dir",
+        dir.to_str().unwrap(),
+    ]);
+    (o.status.code(), format!("{}{}", stdout(&o), stderr(&o)))
+}
+
+#[test]
+fn verify_against_spool_finds_what_the_archive_lacks_and_the_next_backup_heals_it() {
+    let server = server_with(&["fay", "gus"]);
+    let work = TempDir::new("against-spool");
+    let dir = work.path().join("archives");
+    ok(&backup(&server, &dir, &[]));
+    let (code, out) = check(&server, &dir);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("fay: 1 mailboxes, 4 messages: ok"), "{out}");
+
+    // A mailbox made after the backup is named.
+    let mut imap = server.imap("gus");
+    imap.create("Later");
+    drop(imap);
+    let (code, out) = check(&server, &dir);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("gus: mailbox user.gus.Later is not in the archive"),
+        "{out}"
+    );
+    ok(&backup(&server, &dir, &["--user", "gus"]));
+
+    // Damage where fay's messages are, and let repair drop what no longer reads.
+    let paths = mailpack::store::ArchivePaths::for_user(&dir, "fay").unwrap();
+    let member = {
+        let a = mailpack::store::Archive::open(&paths, &mut Vec::new()).unwrap();
+        a.state_at(None)
+            .into_iter()
+            .find(|(_, e)| e.name.starts_with("files/"))
+            .unwrap()
+            .1
+            .placement
+            .member
+    };
+    let mut bytes = std::fs::read(&paths.archive).unwrap();
+    bytes[member as usize + 40] ^= 0x55;
+    std::fs::write(&paths.archive, &bytes).unwrap();
+    let o = run(&[
+        "repair",
+        "--archive-dir",
+        dir.to_str().unwrap(),
+        "--user",
+        "fay",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+
+    let (code, out) = check(&server, &dir);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not stored"), "{out}");
+    assert!(
+        out.contains("the next backup reads everything again"),
+        "{out}"
+    );
+    assert!(dir.join("fay.heal").exists());
+    assert!(out.contains("gus: 2 mailboxes, 4 messages: ok"), "{out}");
+
+    ok(&backup(&server, &dir, &[]));
+    let (code, out) = check(&server, &dir);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!dir.join("fay.heal").exists());
+    // And the healed archive reads through.
+    ok(&run(&[
+        "verify",
+        "--archive-dir",
+        dir.to_str().unwrap(),
+        "--user",
+        "fay",
+    ]));
+}
