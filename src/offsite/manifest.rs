@@ -190,9 +190,36 @@ pub fn seal(manifest: &Manifest, name: &str, key: &OffsiteKey) -> Result<Vec<u8>
     )
 }
 
+/// The most JSON a manifest may inflate to.
+pub const MAX_MANIFEST_JSON: u64 = 256 << 20;
+
+/// The JSON compressed (zlib): a manifest lists every object of its generations, whose names
+/// and hashes repeat much of each other, and one is stored with every push.
+fn deflate(json: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(json).expect("writing to memory");
+    z.finish().expect("writing to memory")
+}
+
+fn inflate(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::ZlibDecoder::new(bytes)
+        .take(MAX_MANIFEST_JSON + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("its compressed JSON does not inflate: {e}"))?;
+    if out.len() as u64 > MAX_MANIFEST_JSON {
+        return Err(format!("its JSON is larger than {MAX_MANIFEST_JSON} bytes"));
+    }
+    Ok(out)
+}
+
 /// Seals any bytes as a manifest would be (what `seal` does after encoding; fuzzing uses it to
 /// reach the checks behind the authentication).
 pub fn seal_bytes(json: &[u8], name: &str, key: &OffsiteKey) -> Result<Vec<u8>> {
+    let compressed = deflate(json);
+    let json = &compressed[..];
     let mut nonce = [0u8; NONCE_LEN];
     nonce[..16].copy_from_slice(&crate::io::random_id()?);
     nonce[16..].copy_from_slice(&crate::io::random_id()?[..8]);
@@ -244,6 +271,7 @@ pub fn open(
                     .into(),
             )
         })?;
+    let json = inflate(&json).map_err(|e| bad(format!("authentic but unreadable: {e}")))?;
     let manifest: Manifest =
         serde_json::from_slice(&json).map_err(|e| bad(format!("authentic but unreadable: {e}")))?;
     if manifest.format != FORMAT {

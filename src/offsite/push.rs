@@ -61,6 +61,17 @@ struct PushState {
     size: u64,
     mtime_ns: i128,
     recipients: String,
+    /// What the bucket's newest manifest holds of the generation, and when it was stored: lets
+    /// a push that would only add runs without entries (the commit markers of nights without
+    /// change) wait, with no request, until there is something to send or the heartbeat is due.
+    #[serde(default)]
+    archive_id: String,
+    #[serde(default)]
+    archive_len: u64,
+    #[serde(default)]
+    tail_sha256: String,
+    #[serde(default)]
+    pushed_at: i64,
 }
 
 fn stat_of(path: &Path) -> Option<(u64, u64, u64, i128)> {
@@ -127,6 +138,22 @@ pub fn push_owner(
             paths.archive.display()
         )));
     };
+    if let Some(st) = &state {
+        if only_empty_runs_since(st, &archive, &recipients_print, settings) {
+            if !settings.dry_run {
+                let mut kept = latest_state_from(st, stat);
+                kept.recipients = recipients_print.clone();
+                write_state(&state_file, &kept)?;
+            }
+            return Ok(OwnerPushed {
+                outcome: "unchanged",
+                seq: st.seq,
+                generation: st.generation.clone(),
+                notices,
+                ..OwnerPushed::default()
+            });
+        }
+    }
     let latest = latest_manifest(bucket, owner, settings.key)?;
     if let (Some(st), latest_seq) = (&state, latest.as_ref().map_or(0, |(m, _)| m.seq)) {
         if latest_seq < st.seq {
@@ -140,6 +167,7 @@ pub fn push_owner(
             )));
         }
     }
+    let latest_time = latest.as_ref().map_or(0, |(m, _)| m.time);
     let committed = archive.committed_len();
     let index = archive.encode_index();
     let handle = archive.handle();
@@ -206,7 +234,14 @@ pub fn push_owner(
         if !settings.dry_run {
             write_state(
                 &state_file,
-                &latest_state(seq - 1, &dir, &generation, stat, &recipients_print),
+                &latest_state(
+                    seq - 1,
+                    &dir,
+                    &generation,
+                    stat,
+                    &recipients_print,
+                    latest_time,
+                ),
             )?;
         }
         return Ok(report);
@@ -315,7 +350,14 @@ pub fn push_owner(
     }
     write_state(
         &state_file,
-        &latest_state(seq, &dir, &generation, stat, &recipients_print),
+        &latest_state(
+            seq,
+            &dir,
+            &generation,
+            stat,
+            &recipients_print,
+            settings.now,
+        ),
     )?;
 
     // Manifests older than the previous one are redundant (the newest lists a superset of what
@@ -350,6 +392,7 @@ fn latest_state(
     generation: &Generation,
     stat: Option<(u64, u64, u64, i128)>,
     recipients: &str,
+    pushed_at: i64,
 ) -> PushState {
     let (dev, ino, size, mtime_ns) = stat.unwrap_or_default();
     PushState {
@@ -361,7 +404,83 @@ fn latest_state(
         size,
         mtime_ns,
         recipients: recipients.to_string(),
+        archive_id: generation.archive_id.clone(),
+        archive_len: generation.archive_len,
+        tail_sha256: generation.tail_sha256.clone(),
+        pushed_at,
     }
+}
+
+/// The state of the same push with the archive file's new stat (it grew by empty runs only).
+fn latest_state_from(state: &PushState, stat: Option<(u64, u64, u64, i128)>) -> PushState {
+    let (dev, ino, size, mtime_ns) = stat.unwrap_or_default();
+    PushState {
+        dev,
+        ino,
+        size,
+        mtime_ns,
+        seq: state.seq,
+        manifest: state.manifest.clone(),
+        generation: state.generation.clone(),
+        recipients: state.recipients.clone(),
+        archive_id: state.archive_id.clone(),
+        archive_len: state.archive_len,
+        tail_sha256: state.tail_sha256.clone(),
+        pushed_at: state.pushed_at,
+    }
+}
+
+/// How long a push may wait while the archive grows only by runs without entries: the bucket
+/// then still shows each owner alive at least weekly (`status` of a bucket), and locks are
+/// renewed in time (a quarter of `--lock-days`).
+fn heartbeat(settings: &PushSettings) -> i64 {
+    let week = 7 * DAY;
+    match settings.lock_days {
+        Some(days) => week.min((days as i64 * DAY / 4).max(DAY / 4)),
+        None => week,
+    }
+}
+
+/// Whether everything the archive holds beyond what the bucket has (per the local state) is
+/// runs without entries, the bucket's part is still this archive's prefix, and the heartbeat is
+/// not due: then nothing needs sending yet.
+fn only_empty_runs_since(
+    state: &PushState,
+    archive: &Archive,
+    recipients: &str,
+    settings: &PushSettings,
+) -> bool {
+    let Some(archive_id) = archive.archive_id() else {
+        return false;
+    };
+    if state.archive_len == 0
+        || state.archive_id != archive_id.to_string()
+        || state.recipients != recipients
+        || settings.now - state.pushed_at >= heartbeat(settings)
+        || archive.committed_len() < state.archive_len
+    {
+        return false;
+    }
+    let newer = archive.runs().iter().filter(|r| r.end > state.archive_len);
+    let mut any = false;
+    for run in newer {
+        if run.start < state.archive_len || !archive.entries_of(run).is_empty() {
+            return false;
+        }
+        any = true;
+    }
+    if !any {
+        return false;
+    }
+    let from = state.archive_len - state.archive_len.min(TAIL);
+    let mut tail = Vec::new();
+    archive
+        .handle()
+        .reader_at(from)
+        .take(state.archive_len - from)
+        .read_to_end(&mut tail)
+        .is_ok()
+        && hex(&Sha256::digest(&tail)) == state.tail_sha256
 }
 
 /// mailpack's own lock file beside the state file (flock).

@@ -262,6 +262,27 @@ fn a_second_push_uploads_only_the_growth_and_never_touches_the_first_pushs_objec
     assert_eq!(summary["data"]["requests"], 0);
     assert_eq!(objects(&garage, "p/"), before);
 
+    // A run without entries (a night with no change commits only its marker): nothing is sent
+    // yet, no request made; the bucket's copy is still a prefix of the archive.
+    let empty = work.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    ok(&mp(
+        &[],
+        &[
+            "put",
+            "--archive-dir",
+            dir.to_str().unwrap(),
+            "--user",
+            "bob",
+            empty.to_str().unwrap(),
+        ],
+    ));
+    let lines = push(&garage, &dir, "p", &[]);
+    assert_eq!(pushed_reports(&lines)["bob"]["outcome"], "unchanged");
+    let summary = lines.iter().find(|v| v["type"] == "push-summary").unwrap();
+    assert_eq!(summary["data"]["requests"], 0);
+    assert_eq!(objects(&garage, "p/"), before);
+
     add_messages(&work, &dir, "bob", 3, 2);
     let len2 = std::fs::metadata(&archive).unwrap().len();
     // A dry run says what would go, and sends nothing.
@@ -528,6 +549,68 @@ fn a_compacted_archive_is_pushed_as_a_new_generation_and_the_old_one_goes_after_
     let verified = offsite::verify_owner(&b, &owner, &key, None).unwrap();
     assert!(verified.bad.is_empty(), "{:?}", verified.bad);
     assert!(verified.archive.unwrap().problems.is_empty());
+}
+
+#[test]
+fn runs_without_entries_wait_for_the_weekly_heartbeat_or_for_mail() {
+    let garage = GarageServer::start_single();
+    let (work, dir) = archive_with("offsite-heartbeat", "hal", 3, 50);
+    let owner = Owner::User("hal".into());
+    let paths = ArchivePaths::for_user(&dir, "hal").unwrap();
+    let (key, _) = OffsiteKey::load_or_create(&dir.join("offsite.key")).unwrap();
+    let b = bucket(&garage, "h");
+    let now = mailpack::time::now();
+    offsite::push_owner(&b, &owner, &paths, &settings(&key, &dir, now)).unwrap();
+    let empty = work.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let night = |n: i64| {
+        ok(&mp(
+            &[],
+            &[
+                "put",
+                "--archive-dir",
+                dir.to_str().unwrap(),
+                "--user",
+                "hal",
+                empty.to_str().unwrap(),
+            ],
+        ));
+        offsite::push_owner(&b, &owner, &paths, &settings(&key, &dir, now + n * 86_400)).unwrap()
+    };
+    for n in 1..7 {
+        assert_eq!(night(n).outcome, "unchanged", "night {n}");
+    }
+    assert_eq!(garage.list("h/users/hal/m/").len(), 1);
+    // A week on, the heartbeat sends the empty runs.
+    let pushed = night(7);
+    assert_eq!(pushed.outcome, "uploaded");
+    assert_eq!(pushed.seq, 2);
+    // Mail goes at once.
+    add_messages(&work, &dir, "hal", 1, 51);
+    let pushed = offsite::push_owner(
+        &b,
+        &owner,
+        &paths,
+        &settings(&key, &dir, now + 7 * 86_400 + 60),
+    )
+    .unwrap();
+    assert_eq!(pushed.outcome, "uploaded");
+    // The bucket reads back the whole archive, byte for byte.
+    let pulled = work.path().join("pulled");
+    ok(&mp(
+        &key_env(&garage, &dir.join("offsite.key")),
+        &[
+            "pull",
+            "--from",
+            &garage.url("h"),
+            "--archive-dir",
+            pulled.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        std::fs::read(pulled.join("hal.tar.gz")).unwrap(),
+        std::fs::read(&paths.archive).unwrap()
+    );
 }
 
 #[test]
