@@ -26,10 +26,11 @@ pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
         _ => unreachable!("clap bounds the count"),
     };
     let mut notices = Vec::new();
-    let offsite = match args.archive.bucket() {
+    let bucket = match args.archive.bucket() {
         Some(url) => Some(args.archive.open_offsite(&url, &mut notices)?),
         None => None,
     };
+    let offsite = bucket.as_ref().map(|(_, archive)| archive);
     let paths = match offsite {
         Some(_) => None,
         None => Some(selection(&args.archive, file)?.one()?),
@@ -37,7 +38,7 @@ pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
     let result = {
         let stdout = io::stdout();
         let mut out = Out::new(stdout.lock());
-        let r = match (&offsite, &paths) {
+        let r = match (offsite, &paths) {
             (Some(archive), _) => commands::cat_archive(archive, &spec, &mut out),
             (None, Some(paths)) => commands::cat(paths, &spec, &mut out, &mut notices),
             (None, None) => unreachable!("one of the two is set above"),
@@ -51,6 +52,12 @@ pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
                 .map_err(|e| Error::io("write", "standard output", e))
         })
     };
+    if let Some((source, _)) = &bucket {
+        notices.push(format!(
+            "fetched {}",
+            super::output::bytes(source.bytes_fetched())
+        ));
+    }
     p.notices(&notices);
     match result {
         Err(_) if p.stdout_closed() => Ok(0),

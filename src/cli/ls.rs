@@ -32,7 +32,7 @@ pub(super) fn run(args: LsArgs, p: &mut Printer) -> Result<u8, Error> {
     let offsite = match args.archive.bucket() {
         Some(url) => {
             let mut notices = Vec::new();
-            let archive = args.archive.open_offsite(&url, &mut notices)?;
+            let (_source, archive) = args.archive.open_offsite(&url, &mut notices)?;
             p.notices(&notices);
             Some(archive)
         }

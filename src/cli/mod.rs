@@ -136,13 +136,22 @@ impl ArchiveArgs {
     }
 
     /// Opens the named owner's archive from the bucket --archive-dir names.
+    /// The bucket stays open beside the archive: its counters say what the reads fetched.
     fn open_offsite(
         &self,
         url: &str,
         notices: &mut Vec<String>,
-    ) -> Result<crate::store::Archive, Error> {
+    ) -> Result<
+        (
+            crate::commands::offsite::OffsiteSource,
+            crate::store::Archive,
+        ),
+        Error,
+    > {
         let owner = self.one_owner()?;
-        self.read.connect(url)?.open(&owner, notices)
+        let source = self.read.connect(url)?;
+        let archive = source.open(&owner, notices)?;
+        Ok((source, archive))
     }
 }
 
