@@ -231,6 +231,7 @@ fn every_shared_tree_is_backed_up_into_its_own_archive_locally_and_through_the_a
         [
             "shared/support.idx",
             "shared/support.lock",
+            "shared/support.status",
             "shared/support.tar.gz"
         ]
     );
