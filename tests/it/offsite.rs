@@ -332,6 +332,27 @@ fn a_second_push_uploads_only_the_growth_and_never_touches_the_first_pushs_objec
             "{f}"
         );
     }
+    // status of the bucket: each owner's last push, stale only by the clock.
+    let status = |extra: &[&str]| {
+        mp(
+            &key_env(&garage, &key),
+            &[
+                &["status", "--archive-dir", &garage.url("p"), "--json"][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let o = status(&[]);
+    let line: serde_json::Value = serde_json::from_str(ok(&o).lines().next().unwrap()).unwrap();
+    assert_eq!(line["data"]["owner"], "bob");
+    assert_eq!(line["data"]["seq"], 2);
+    assert_eq!(line["data"]["archive_bytes"], len2);
+    assert_eq!(line["data"]["stale"], false);
+    let later = (mailpack::time::now() + 3 * 86_400).to_string();
+    let o = status(&["--now", &later]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+
     // And a second pull refuses to overwrite.
     let o = mp(
         &key_env(&garage, &key),
