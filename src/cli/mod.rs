@@ -6,6 +6,7 @@ mod agent;
 mod backup;
 mod cat;
 mod compact;
+mod drill;
 mod ls;
 mod offsite;
 mod output;
@@ -71,6 +72,10 @@ enum Command {
     /// weeks to the next forced compaction, the last drill, legal hold; exit 1 if any owner is
     /// stale, failed last time or failed its drill.
     Status(status::StatusArgs),
+    /// Restore test: sampled mailboxes restored from their archives into a scratch directory and
+    /// compared with the live server (unchanged mailboxes field by field); exit 1 on any
+    /// difference. The seed is printed to replay a run.
+    Drill(drill::DrillArgs),
     /// Place (or with --release remove) a legal hold: compaction drops nothing of that owner.
     Hold(status::HoldArgs),
     /// Serve this host's spool, read-only, to `mailpack backup --remote` over stdin/stdout
@@ -239,6 +244,7 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
         Command::Push(args) => offsite::run_push(args, p),
         Command::Status(args) => status::run_status(args, p),
         Command::Hold(args) => status::run_hold(args, p),
+        Command::Drill(args) => drill::run(args, p),
         Command::Pull(args) => offsite::run_pull(args, p),
         Command::Spool(command) => spool::run(command, p),
     }

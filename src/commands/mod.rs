@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod check_spool;
 pub mod compact;
+pub mod drill;
 pub mod offsite;
 pub mod restore;
 pub mod spool;

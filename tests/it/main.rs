@@ -7,6 +7,7 @@ mod bench_spool;
 mod cli;
 mod compact;
 mod cyrus_smoke;
+mod drill;
 mod fixtures;
 mod offsite;
 mod offsite_garage;
