@@ -155,7 +155,7 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
         candidates.swap(i, j);
     }
     candidates.truncate(n);
-    candidates.sort_by(|a, b| (a.0, a.1.name()).cmp(&(b.0, b.1.name())));
+    candidates.sort_by_key(|c| (c.0, c.1.name()));
 
     report.differences += unreadable.len() as u64;
     report.mailboxes.append(&mut unreadable);
