@@ -85,7 +85,11 @@ fn a_healthy_server_passes_its_drill_while_it_is_being_changed() {
             let mut lmtp = crate::cyrus::Lmtp::connect(lmtp_addr);
             let mut i = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let op = if i % 2 == 0 { "+FLAGS" } else { "-FLAGS" };
+                let op = if i.is_multiple_of(2) {
+                    "+FLAGS"
+                } else {
+                    "-FLAGS"
+                };
                 imap.uid_store("1:*", op, &["$Churn"]);
                 let _ = lmtp.deliver(
                     "x@example.org",
