@@ -4,7 +4,8 @@
 # own read-only whole-server checks on the same spool, `reconstruct -n` (check only) and
 # `reconstruct -n -G` (also verifies every message file's GUID). Works on a copy of the bench
 # spool (bench/make-spool.sh) with a mailpack backup of it; Cyrus's tool runs as the cyrus user
-# with an absolute-path copy of the config, as bench/recovery.sh does.
+# with an absolute-path copy of the config, as bench/recovery.sh does. Then restore drills of 20
+# mailboxes and of all of them: time and peak RSS.
 #   usage: bench/check.sh [RUNS]      (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +38,11 @@ hyperfine --runs "$runs" --warmup 1 --export-json "$w/check.json" \
 echo "mailpack said: $(tail -1 "$w/check.out"); owners ok: $(grep -c ': ok$' "$w/check.out")"
 cyrus /usr/bin/time -f "reconstruct -n: max RSS %M KiB, %e s" /usr/lib/cyrus/bin/reconstruct -C "$conf" -n > "$w/reconstruct.out" 2>&1 || true
 tail -1 "$w/reconstruct.out"
+# Restore drills: 20 mailboxes (about 5,000 messages) restored into scratch and compared with
+# the live spool, and every mailbox (400); time and peak RSS of each.
+for n in "--sample 20 --seed 1" "--sample 20 --seed 2" "--all --seed 1"; do
+  /usr/bin/time -f "mailpack drill $n: %e s, max RSS %M KiB" "$mp" drill --config "$conf" \
+    --archive-dir "$w/A" $n > "$w/drill.out"
+  tail -1 "$w/drill.out"
+done
 rm -rf "$w/s" "$w/A"

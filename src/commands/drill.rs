@@ -90,7 +90,9 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
         .map(|c| Spool::open(c))
         .transpose()?;
     let (own, _) = list_owner_archives(&options.archive_dir)?;
-    let mut archives: Vec<(Owner, ArchivePaths, Archive)> = Vec::new();
+    // Owners and their archive paths; an archive is held open only while its own mailboxes
+    // are listed or drilled, so memory does not grow with the number of owners.
+    let mut archives: Vec<(Owner, ArchivePaths)> = Vec::new();
     let mut candidates: Vec<(usize, Candidate)> = Vec::new();
     let mut unreadable = Vec::new();
     for (owner, paths) in own {
@@ -137,7 +139,7 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
             }
         }
         candidates.extend(boxes.into_iter().map(|m| (i, Candidate::Archived(m))));
-        archives.push((owner, paths, archive));
+        archives.push((owner, paths));
     }
     let mut report = DrillReport {
         seed: options.seed,
@@ -161,8 +163,27 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
     report.mailboxes.append(&mut unreadable);
     let scratch = Scratch::new()?;
     let mut per_owner: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut open: Option<(usize, Archive)> = None;
     for (i, candidate) in &candidates {
-        let (owner, _, archive) = &archives[*i];
+        let (owner, paths) = &archives[*i];
+        if open.as_ref().is_none_or(|(j, _)| j != i) {
+            open = None;
+            match Archive::open(paths, &mut Vec::new()) {
+                Ok(a) => open = Some((*i, a)),
+                Err(e) => {
+                    *per_owner.entry(*i).or_default() += 1;
+                    report.differences += 1;
+                    report.mailboxes.push(MailboxDrill {
+                        owner: owner.name().to_string(),
+                        compared: "archive-only",
+                        differences: vec![format!("the archive does not open: {e}")],
+                        ..MailboxDrill::default()
+                    });
+                    continue;
+                }
+            }
+        }
+        let archive = &open.as_ref().expect("opened above").1;
         let m = match candidate {
             Candidate::Archived(m) => m,
             Candidate::LiveOnly { name, uniqueid } => {
@@ -202,7 +223,7 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
         report.mailboxes.push(result);
     }
     for (i, differences) in per_owner {
-        let (owner, paths, _) = &archives[i];
+        let (owner, paths) = &archives[i];
         let record = status::OwnerRecord {
             kind: owner.kind().to_string(),
             name: owner.name().to_string(),

@@ -171,6 +171,19 @@ fn a_flipped_byte_in_a_message_member_and_a_lost_index_are_found() {
     let st = run(&["status", "--archive-dir", dir.to_str().unwrap()]);
     assert_eq!(st.status.code(), Some(1));
     assert!(stdout(&st).contains("DRILL FAILED"), "{}", stdout(&st));
+    // A backup host that cannot see the spool finds it too, from the archive alone.
+    let o = run(&[
+        "drill",
+        "--against-archive-only",
+        "--archive-dir",
+        dir.to_str().unwrap(),
+        "--all",
+        "--seed",
+        "7",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("does not restore"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("archive-only"), "{}", stdout(&o));
 
     // Undo, then lose the member holding INBOX's cyrus.index to damage and repair.
     bytes[member as usize + 60] ^= 0x10;
