@@ -91,6 +91,32 @@ pub fn parse_time(s: &str) -> Result<i64> {
     Ok(days_from_civil(y, m, day) * 86_400 + secs)
 }
 
+/// The calendar buckets of an instant (UTC) that retention counts in: the day, the ISO week
+/// (its year and number, weeks from Monday), the month and the year.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CalendarBuckets {
+    pub day: i64,
+    pub week: (i64, u32),
+    pub month: (i64, u32),
+    pub year: i64,
+}
+
+pub fn calendar_buckets(t: i64) -> CalendarBuckets {
+    let day = t.div_euclid(86_400);
+    let (y, m, _) = civil_from_days(day);
+    // 1970-01-01 was a Thursday: Monday is 0.
+    let weekday = (day + 3).rem_euclid(7);
+    let thursday = day - weekday + 3;
+    let (iso_year, _, _) = civil_from_days(thursday);
+    let week = ((thursday - days_from_civil(iso_year, 1, 1)).div_euclid(7) + 1) as u32;
+    CalendarBuckets {
+        day,
+        week: (iso_year, week),
+        month: (y, m),
+        year: y,
+    }
+}
+
 /// `2026-11-22T13:05:09Z`.
 pub fn format_utc(t: i64) -> String {
     let (y, m, d) = civil_from_days(t.div_euclid(86_400));
@@ -135,5 +161,14 @@ mod tests {
         for t in [0, 951_782_400, 1_795_352_709, 4_102_444_800] {
             assert_eq!(parse_time(&format_utc(t)).unwrap(), t);
         }
+        // ISO weeks: 2026-01-01 is a Thursday (week 1 of 2026); 2027-01-01 a Friday (week 53
+        // of 2026); 2024-12-30 a Monday (week 1 of 2025).
+        let w = |d: &str| calendar_buckets(parse_time(d).unwrap()).week;
+        assert_eq!(w("2026-01-01"), (2026, 1));
+        assert_eq!(w("2027-01-01"), (2026, 53));
+        assert_eq!(w("2024-12-30"), (2025, 1));
+        assert_eq!(w("2026-12-07"), (2026, 50));
+        let b = calendar_buckets(parse_time("2026-12-07T23:59:59").unwrap());
+        assert_eq!((b.month, b.year), ((2026, 12), 2026));
     }
 }

@@ -58,6 +58,18 @@ pub(super) struct PolicyArgs {
     /// Points the threshold rises per week since the last compaction.
     #[arg(long, default_value_t = 1, value_name = "POINTS")]
     threshold_step: u32,
+    /// Also keep restorable the newest run of each of the last N days (before the window).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_daily: u32,
+    /// … of each of the last N ISO weeks.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_weekly: u32,
+    /// … of each of the last N months.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_monthly: u32,
+    /// … of each of the last N years.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_yearly: u32,
 }
 
 impl PolicyArgs {
@@ -69,6 +81,12 @@ impl PolicyArgs {
             threshold_start: self.threshold_start,
             threshold_step: self.threshold_step,
             force,
+            gfs: crate::compact::Gfs {
+                daily: self.keep_daily,
+                weekly: self.keep_weekly,
+                monthly: self.keep_monthly,
+                yearly: self.keep_yearly,
+            },
         }
     }
 }

@@ -226,6 +226,18 @@ pub fn compaction_plan(
             p.out_line(&format!("  drop {n} {what} ({} uncompressed)", bytes(raw)));
         }
     }
+    for d in &plan.runs {
+        p.out_line(&format!(
+            "  run {} ({}): {}",
+            d.run,
+            utc(d.time),
+            if d.kept {
+                format!("kept: {}", d.why.join(", "))
+            } else {
+                "dropped: no retention rule keeps it restorable".to_string()
+            }
+        ));
+    }
     Ok(())
 }
 

@@ -6,4 +6,4 @@ mod execute;
 mod plan;
 
 pub use execute::{compact, CompactOptions, CompactOutcome};
-pub use plan::{plan, threshold_percent, CompactPlan, Dropped, PlanOptions};
+pub use plan::{plan, threshold_percent, CompactPlan, Dropped, Gfs, PlanOptions, RunDecision};

@@ -26,6 +26,64 @@ pub struct PlanOptions {
     /// Points the threshold rises per week since the last compaction.
     pub threshold_step: u32,
     pub force: bool,
+    /// Beyond the window: the newest run of each of the last N days, weeks, months and years
+    /// stays restorable (restic's `--keep-daily` … semantics, counted back from the newest run).
+    pub gfs: Gfs,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Gfs {
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+    pub yearly: u32,
+}
+
+/// Whether a run stays restorable after compaction, and why.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunDecision {
+    pub run: u64,
+    pub time: i64,
+    pub kept: bool,
+    pub why: Vec<String>,
+}
+
+/// For each run, the retention buckets that keep it (empty: none does).
+fn gfs_reasons(runs: &[crate::store::RunInfo], gfs: &Gfs) -> Vec<Vec<String>> {
+    use crate::time::calendar_buckets;
+    let mut reasons = vec![Vec::new(); runs.len()];
+    let kinds: [(&str, u32, fn(i64) -> String); 4] = [
+        ("daily", gfs.daily, |t| {
+            crate::time::format_utc(calendar_buckets(t).day * 86_400)[..10].to_string()
+        }),
+        ("weekly", gfs.weekly, |t| {
+            let (y, w) = calendar_buckets(t).week;
+            format!("{y}-W{w:02}")
+        }),
+        ("monthly", gfs.monthly, |t| {
+            let (y, m) = calendar_buckets(t).month;
+            format!("{y}-{m:02}")
+        }),
+        ("yearly", gfs.yearly, |t| {
+            calendar_buckets(t).year.to_string()
+        }),
+    ];
+    for (kind, n, bucket) in kinds {
+        let mut last: Option<String> = None;
+        let mut count = 0;
+        for (idx, run) in runs.iter().enumerate().rev() {
+            if count >= n {
+                break;
+            }
+            let b = bucket(run.time);
+            if last.as_ref() != Some(&b) {
+                reasons[idx].push(format!("{kind} {b}"));
+                last = Some(b);
+                count += 1;
+            }
+        }
+    }
+    reasons
 }
 
 impl Default for PlanOptions {
@@ -37,6 +95,7 @@ impl Default for PlanOptions {
             threshold_start: 80,
             threshold_step: 1,
             force: false,
+            gfs: Gfs::default(),
         }
     }
 }
@@ -70,9 +129,39 @@ pub struct CompactPlan {
     /// Estimated archive size after compaction (scaled by the live share).
     pub estimated_bytes_after: u64,
     pub dropped: Dropped,
+    /// For every run: whether a restore as of it still works after compaction, and why.
+    pub runs: Vec<RunDecision>,
     /// For every run, which of its entries stay (same order as the archive).
     #[serde(skip)]
     pub keep: Vec<Vec<bool>>,
+}
+
+fn run_decisions(
+    runs: &[crate::store::RunInfo],
+    gfs: &[Vec<String>],
+    window_start: i64,
+    keep_days: i64,
+) -> Vec<RunDecision> {
+    let newest_before = runs.iter().rposition(|r| r.time < window_start);
+    runs.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut why = Vec::new();
+            if r.time >= window_start {
+                why.push(format!("within --keep-days {keep_days}"));
+            }
+            if Some(i) == newest_before {
+                why.push("the state when the --keep-days window opens".into());
+            }
+            why.extend(gfs[i].iter().cloned());
+            RunDecision {
+                run: r.run,
+                time: r.time,
+                kept: !why.is_empty(),
+                why,
+            }
+        })
+        .collect()
 }
 
 fn raw_size(e: &EntryRecord) -> u64 {
@@ -86,6 +175,15 @@ fn folder_of(name: &str) -> Option<&str> {
 pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
     let window_start = options.now - options.keep_days * DAY;
     let runs = archive.runs();
+    // Runs before the window that retention keeps restorable: the state as of each must stay.
+    let gfs = gfs_reasons(runs, &options.gfs);
+    let anchors: Vec<i64> = runs
+        .iter()
+        .zip(&gfs)
+        .filter(|(r, why)| r.time < window_start && !why.is_empty())
+        .map(|(r, _)| r.time)
+        .collect();
+    let earliest_anchor = anchors.iter().copied().min();
 
     // Every version of every name other than a message's, in commit order: (run position,
     // entry position). Messages, most of the entries, are decided by reference below.
@@ -123,7 +221,10 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
     // at any run in the window must see what that run saw.
     let aged_out = |folder: &str| match linked_until.get(folder) {
         Some(Some(deleted)) => {
-            *deleted < window_start && options.now - deleted > options.keep_deleted_days * DAY
+            *deleted < window_start
+                && options.now - deleted > options.keep_deleted_days * DAY
+                // A kept run from before the deletion still shows the folder.
+                && earliest_anchor.is_none_or(|a| a >= *deleted)
         }
         _ => false,
     };
@@ -163,12 +264,21 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
             }
         }
         let newest_before = vs.iter().rposition(|&(r, _)| runs[r].time < window_start);
+        // The version each retained run before the window sees.
+        let anchored: Vec<usize> = anchors
+            .iter()
+            .filter_map(|&a| vs.iter().rposition(|&(r, _)| runs[r].time <= a))
+            .collect();
         for (k, &(r, i)) in vs.iter().enumerate() {
             let names_deleted_folder = entry((r, i))
                 .target
                 .strip_prefix("folders/")
                 .is_some_and(retained_deleted);
-            if runs[r].time >= window_start || Some(k) == newest_before || names_deleted_folder {
+            if runs[r].time >= window_start
+                || Some(k) == newest_before
+                || anchored.contains(&k)
+                || names_deleted_folder
+            {
                 keep[r][i] = true;
             } else {
                 add(&mut dropped.old_metadata_versions, entry((r, i)));
@@ -269,6 +379,7 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
             (archive_bytes as u128 * live_raw as u128 / total_raw as u128) as u64
         },
         dropped,
+        runs: run_decisions(runs, &gfs, window_start, options.keep_days),
         keep,
     })
 }

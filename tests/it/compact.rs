@@ -690,3 +690,76 @@ fn the_policy_compacts_below_the_threshold_and_counts_weeks_from_the_last_compac
         (3, 83)
     );
 }
+
+/// What a restore as of `run` would name: every live entry's name and SHA-1.
+fn state_names(archive: &Archive, run: u64) -> BTreeMap<String, String> {
+    archive
+        .state_at(Some(run))
+        .into_iter()
+        .map(|(_, e)| (e.name.clone(), format!("{}{}", e.sha1, e.target)))
+        .collect()
+}
+
+#[test]
+fn gfs_retention_keeps_the_chosen_runs_restorable_byte_for_byte_and_drops_the_others() {
+    let dir = TempDir::new("compact-gfs");
+    let paths = ArchivePaths::for_user(dir.path(), "u").unwrap();
+    ten_weeks(&paths);
+    let before = Archive::open(&paths, &mut Vec::new()).unwrap();
+    let mut options = compact_options(NOW, Faults::none());
+    options.plan.keep_days = 0;
+    options.plan.keep_deleted_days = 0;
+    options.plan.gfs = mailpack::compact::Gfs {
+        weekly: 3,
+        ..Default::default()
+    };
+    let p = plan(&before, &options.plan).unwrap();
+    let kept: Vec<u64> = p.runs.iter().filter(|d| d.kept).map(|d| d.run).collect();
+    let dropped: Vec<u64> = p.runs.iter().filter(|d| !d.kept).map(|d| d.run).collect();
+    assert!(kept.len() >= 3 && !dropped.is_empty(), "{:#?}", p.runs);
+    assert_eq!(
+        p.runs
+            .iter()
+            .filter(|d| d.why.iter().any(|w| w.starts_with("weekly ")))
+            .count(),
+        3,
+        "{:#?}",
+        p.runs
+    );
+    let views: BTreeMap<u64, RestoreView> = kept
+        .iter()
+        .map(|&r| (r, restore_view(&before, r)))
+        .collect();
+    let names: BTreeMap<u64, BTreeMap<String, String>> = dropped
+        .iter()
+        .map(|&r| (r, state_names(&before, r)))
+        .collect();
+    drop(before);
+
+    let outcome = compact(&paths, &options, &mut Vec::new()).unwrap();
+    assert!(outcome.compacted, "{outcome:?}");
+    let after = Archive::open(&paths, &mut Vec::new()).unwrap();
+    for (run, view) in &views {
+        assert_eq!(&restore_view(&after, *run), view, "kept run {run} changed");
+    }
+    let gone = names
+        .iter()
+        .filter(|(run, was)| state_names(&after, **run) != **was)
+        .count();
+    assert!(gone > 0, "no dropped run lost anything");
+    let report = verify(&paths).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    // Without GFS, the same archive keeps fewer runs: retention is what kept them.
+    let plain = plan(
+        &after,
+        &PlanOptions {
+            now: NOW * DAY,
+            keep_days: 0,
+            keep_deleted_days: 0,
+            ..PlanOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(plain.runs.iter().filter(|d| d.kept).count() < kept.len());
+}
