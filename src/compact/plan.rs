@@ -48,11 +48,14 @@ pub struct RunDecision {
     pub why: Vec<String>,
 }
 
+/// Names the calendar bucket (day, ISO week, month, year) an instant falls in.
+type BucketLabel = fn(i64) -> String;
+
 /// For each run, the retention buckets that keep it (empty: none does).
 fn gfs_reasons(runs: &[crate::store::RunInfo], gfs: &Gfs) -> Vec<Vec<String>> {
     use crate::time::calendar_buckets;
     let mut reasons = vec![Vec::new(); runs.len()];
-    let kinds: [(&str, u32, fn(i64) -> String); 4] = [
+    let kinds: [(&str, u32, BucketLabel); 4] = [
         ("daily", gfs.daily, |t| {
             crate::time::format_utc(calendar_buckets(t).day * 86_400)[..10].to_string()
         }),
