@@ -467,8 +467,12 @@ fn record_status(archive_dir: &Path, owner: &Owner, outcome: &UserOutcome) {
     let _ = status::update(&paths.archive, record, |s| match outcome {
         UserOutcome::Done(r, _, _) => {
             if let Some(run) = r.run {
-                // The run was a full pass if a heal was asked for: the request is done.
-                let _ = status::heal_done(&paths.archive);
+                // A heal asked for before this run began made it a full pass: that request is
+                // done. One asked for while it ran waits for the next run.
+                let started = std::time::SystemTime::now()
+                    .checked_sub(std::time::Duration::from_secs_f64(r.seconds.max(0.0)))
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                let _ = status::heal_done_if_older(&paths.archive, started);
                 s.last_attempt_ok = Some(true);
                 s.last_success = Some(Success {
                     time: now,

@@ -90,12 +90,19 @@ pub fn heal_requested(archive: &Path) -> bool {
     std::fs::symlink_metadata(heal_path(archive)).is_ok()
 }
 
-/// The full pass ran and committed: the request is done.
-pub fn heal_done(archive: &Path) -> Result<()> {
-    match std::fs::remove_file(heal_path(archive)) {
-        Ok(()) => Ok(()),
+/// A full pass that began at `started` committed: a request made before then is done; a newer
+/// one waits for the next run.
+pub fn heal_done_if_older(archive: &Path, started: std::time::SystemTime) -> Result<()> {
+    let path = heal_path(archive);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.modified().is_ok_and(|t| t <= started) => match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path, e)),
+        },
+        Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("remove", heal_path(archive), e)),
+        Err(e) => Err(Error::io("stat", &path, e)),
     }
 }
 
