@@ -280,17 +280,19 @@ fn restore_into(
             result.differences.push(format!("scratch {name}: {e}"));
         }
     }
+    // Messages are read member by member (a mailbox's were stored side by side), each checked
+    // against its SHA-1.
+    let messages = crate::restore::Messages::new(archive);
     for r in data.index.records.iter().filter(|r| !r.is_unlinked()) {
         result.messages += 1;
-        let name = crate::archive::file_entry_name(&r.guid);
-        let Some((_, entry)) = archive.latest(&name).filter(|(_, e)| !e.is_tombstone()) else {
+        if !messages.has(&r.guid) {
             result.differences.push(format!(
                 "uid {}: message {} is not in the archive",
                 r.uid, r.guid
             ));
             continue;
-        };
-        let written = read_all(archive, entry).and_then(|bytes| {
+        }
+        let written = messages.read(&r.guid).and_then(|bytes| {
             let path = dir.join(r.message_file_name());
             std::fs::File::create(&path)
                 .and_then(|mut f| f.write_all(&bytes))
