@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -332,6 +332,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
 }
 
 /// Renames `from` over `to`, through the fault plan.
+/// Replaces `path` with `bytes` through a temporary file and a rename, without syncing: for
+/// records that a crash may lose or leave empty (they are rebuilt or ignored, never trusted),
+/// written by every run and so kept off its fsyncs.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = create_private(&tmp)
+        .and_then(|mut f| f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e)))
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A private (0700) directory under the system's temporary directory, removed with everything
+/// in it when dropped: where a command puts what it fetched or restored only to check it.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> Result<ScratchDir> {
+        let id: String = random_id()?.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = std::env::temp_dir().join(format!("mailpack-{tag}-{}-{id}", std::process::id()));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io("create", &dir, e))?;
+        Ok(ScratchDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn rename(from: &Path, to: &Path, faults: &Faults) -> Result<()> {
     if faults.fires(FaultOn::Rename) {
         return Err(Error::io("rename", from, injected()));

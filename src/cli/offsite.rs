@@ -85,16 +85,8 @@ pub(super) struct PushArgs {
     metrics_file: Option<PathBuf>,
 }
 
-pub(super) fn owner_name(owner: &Owner) -> String {
-    match owner {
-        Owner::User(u) => u.clone(),
-        Owner::Shared(t) => format!("shared {t}"),
-        Owner::Server => "server".into(),
-    }
-}
-
 pub(super) fn print_pushed(p: &mut Printer, pushed: &Pushed, json: bool) -> Result<(), Error> {
-    let who = owner_name(&pushed.owner);
+    let who = pushed.owner.to_string();
     match &pushed.result {
         Ok(r) => {
             p.notices(&r.notices);
@@ -262,16 +254,12 @@ pub(super) fn run_pull(args: PullArgs, p: &mut Printer) -> Result<u8, Error> {
                 } else {
                     p.line(&format!(
                         "{}: pulled push {}: {} runs, {} archive bytes, {} index bytes",
-                        owner_name(owner),
-                        r.seq,
-                        r.runs,
-                        r.archive_bytes,
-                        r.index_bytes
+                        owner, r.seq, r.runs, r.archive_bytes, r.index_bytes
                     ))?;
                 }
             }
             Err(e) => {
-                p.note(&format!("{}: pull failed: {e}", owner_name(owner)));
+                p.note(&format!("{owner}: pull failed: {e}"));
                 code = 2;
             }
         }
@@ -297,7 +285,7 @@ pub(super) fn status_offsite(
     let mut failed = 0;
     let owners = source.owners()?;
     for owner in &owners {
-        let who = owner_name(owner);
+        let who = owner.to_string();
         match source.latest(owner) {
             Ok(Some(m)) => {
                 let age = now - m.time;

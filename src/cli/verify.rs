@@ -148,7 +148,7 @@ fn verify_offsite(
     }
     let mut code = 0;
     for owner in &owners {
-        let who = super::offsite::owner_name(owner);
+        let who = owner.to_string();
         let report = match source.verify(owner) {
             Ok(r) => r,
             Err(e) => {

@@ -161,7 +161,7 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
 
     report.differences += unreadable.len() as u64;
     report.mailboxes.append(&mut unreadable);
-    let scratch = Scratch::new()?;
+    let scratch = crate::io::ScratchDir::new("drill")?;
     let mut per_owner: BTreeMap<usize, u64> = BTreeMap::new();
     let mut open: Option<(usize, Archive)> = None;
     for (i, candidate) in &candidates {
@@ -204,7 +204,7 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
                 continue;
             }
         };
-        let dir = scratch.0.join(format!("{i}-{}", m.uniqueid));
+        let dir = scratch.path().join(format!("{i}-{}", m.uniqueid));
         let mut result = MailboxDrill {
             owner: owner.name().to_string(),
             mailbox: m.name.internal(),
@@ -445,30 +445,5 @@ fn compare_live(
         result
             .differences
             .push(format!("uid {uid}: in the archive, not live"));
-    }
-}
-
-/// A private scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = std::env::temp_dir().join(format!(
-            "mailpack-drill-{}-{}",
-            std::process::id(),
-            crate::time::now()
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| Error::io("create", &dir, e))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

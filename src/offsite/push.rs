@@ -180,14 +180,7 @@ pub fn push_owner(
         {
             return Ok(false);
         }
-        let tail_from = g.archive_len - g.archive_len.min(TAIL);
-        let mut tail = Vec::new();
-        handle
-            .reader_at(tail_from)
-            .take(g.archive_len - tail_from)
-            .read_to_end(&mut tail)
-            .map_err(|e| Error::io("read", &paths.archive, e))?;
-        Ok(hex(&Sha256::digest(&tail)) == g.tail_sha256
+        Ok(tail_sha256(handle, g.archive_len)? == g.tail_sha256
             && hex(&Sha256::digest(&index[..g.index_len as usize])) == g.index_sha256)
     };
     let push = new_id()?;
@@ -290,14 +283,7 @@ pub fn push_owner(
     generation.archive_len = committed;
     generation.index_len = index.len() as u64;
     generation.runs = archive.runs().len() as u64;
-    let tail_from = committed - committed.min(TAIL);
-    let mut tail = Vec::new();
-    handle
-        .reader_at(tail_from)
-        .take(committed - tail_from)
-        .read_to_end(&mut tail)
-        .map_err(|e| Error::io("read", &paths.archive, e))?;
-    generation.tail_sha256 = hex(&Sha256::digest(&tail));
+    generation.tail_sha256 = tail_sha256(handle, committed)?;
     generation.index_sha256 = hex(&Sha256::digest(&index));
 
     // Retired generations past their grace period (and every lock) go now; their objects are
@@ -472,15 +458,20 @@ fn only_empty_runs_since(
     if !any {
         return false;
     }
-    let from = state.archive_len - state.archive_len.min(TAIL);
+    tail_sha256(archive.handle(), state.archive_len).is_ok_and(|h| h == state.tail_sha256)
+}
+
+/// SHA-256 (hex) of the archive's last `TAIL` bytes before `end`: where its last commit marker
+/// lies, so equal hashes mean the same run ended there (a compaction or repair rewrites it).
+fn tail_sha256(handle: &crate::store::ArchiveHandle, end: u64) -> Result<String> {
+    let from = end - end.min(TAIL);
     let mut tail = Vec::new();
-    archive
-        .handle()
+    handle
         .reader_at(from)
-        .take(state.archive_len - from)
+        .take(end - from)
         .read_to_end(&mut tail)
-        .is_ok()
-        && hex(&Sha256::digest(&tail)) == state.tail_sha256
+        .map_err(|e| Error::io("read", handle.path(), e))?;
+    Ok(hex(&Sha256::digest(&tail)))
 }
 
 /// mailpack's own lock file beside the state file (flock).
@@ -503,11 +494,8 @@ fn lock_owner(state_file: &Path) -> Result<std::fs::File> {
 fn write_state(path: &Path, state: &PushState) -> Result<()> {
     let dir = crate::io::parent_dir(path);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
-    crate::io::write_atomic(
-        path,
-        &serde_json::to_vec(state).expect("state serializes"),
-        &crate::io::Faults::none(),
-    )
+    // A cache (formats/offsite.md section 6): a crash that loses it costs one comparison.
+    crate::io::write_replace(path, &serde_json::to_vec(state).expect("state serializes"))
 }
 
 fn fresh(

@@ -143,7 +143,7 @@ pub fn open_generation(
 pub struct PreparedGeneration {
     pub paths: ArchivePaths,
     pub handle: ArchiveHandle,
-    _scratch: Scratch,
+    _scratch: crate::io::ScratchDir,
 }
 
 pub fn prepare_generation(
@@ -174,14 +174,14 @@ pub fn prepare_generation(
             "the index objects together do not hash to what the manifest says",
         ));
     }
-    let scratch = Scratch::new()?;
-    let index_path = scratch.0.join("index.idx");
+    let scratch = crate::io::ScratchDir::new("offsite")?;
+    let index_path = scratch.path().join("index.idx");
     std::fs::write(&index_path, &index).map_err(|e| Error::io("write", &index_path, e))?;
     let display = PathBuf::from(bucket.location(&dir));
     let paths = ArchivePaths {
         archive: display.clone(),
         index: index_path,
-        lock: scratch.0.join("lock"),
+        lock: scratch.path().join("lock"),
         user: match owner {
             Owner::User(u) => Some(u.clone()),
             _ => None,
@@ -295,31 +295,6 @@ pub fn check_object(bytes: &[u8], piece: &Piece, location: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// A private directory for the fetched index, removed when dropped.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = std::env::temp_dir().join(format!(
-            "mailpack-offsite-{}-{}",
-            std::process::id(),
-            super::layout::new_id()?
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| Error::io("create", &dir, e))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// An archive's bytes read by range from a generation's data objects.

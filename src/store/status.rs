@@ -95,11 +95,9 @@ pub fn heal_requested(archive: &Path) -> bool {
 pub fn heal_done_if_older(archive: &Path, started: std::time::SystemTime) -> Result<()> {
     let path = heal_path(archive);
     match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.modified().is_ok_and(|t| t <= started) => match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &path, e)),
-        },
+        Ok(m) if m.modified().is_ok_and(|t| t <= started) => {
+            crate::io::remove_if_present(&path, &Faults::none())
+        }
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("stat", &path, e)),
@@ -176,10 +174,11 @@ pub fn update(
             f.reason.truncate(cut);
         }
     }
-    write_atomic(
+    // A record for operators, written after every run: no fsyncs on the backup's path (a crash
+    // may lose it; `status` then falls back on the archive).
+    crate::io::write_replace(
         &status_path(archive),
         &serde_json::to_vec_pretty(&status).expect("a status serializes"),
-        &Faults::none(),
     )
 }
 
@@ -203,11 +202,7 @@ pub fn set_hold(archive: &Path, release: bool, now: i64, reason: &str) -> Result
     let path = hold_path(archive);
     let was = hold(archive)?.is_some();
     if release {
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", &path, e)),
-        }
+        crate::io::remove_if_present(&path, &Faults::none())?;
         crate::io::fsync_dir(&crate::io::parent_dir(&path), &Faults::none())?;
     } else if !was {
         let line = format!("{now} {}\n", reason.replace(['\n', '\r'], " "));
