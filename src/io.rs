@@ -346,6 +346,28 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// The whole of one of mailpack's own small files (state, records, keys): never through a
+/// symlink, never anything but a regular file, at most `cap` bytes. `Ok(None)` when absent.
+pub fn read_own_small(path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
+    let file = match open_own(path) {
+        Ok(f) => f,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(Error::corrupt(
+            path,
+            cap,
+            format!("larger than the {cap} bytes such a file may hold"),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
 /// A private (0700) directory under the system's temporary directory, removed with everything
 /// in it when dropped: where a command puts what it fetched or restored only to check it.
 pub struct ScratchDir(PathBuf);

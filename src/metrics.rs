@@ -141,7 +141,8 @@ fn encode(m: &RunMetrics, last_success: Option<f64>) -> Result<String> {
 
 /// The value of `name{command="…"}` in the file at `path`, if it is there and reads.
 fn previous_value(path: &Path, name: &str, command: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let bytes = crate::io::read_own_small(path, 1 << 20).ok()??;
+    let text = String::from_utf8(bytes).ok()?;
     let want = format!("{name}{{command=\"{command}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&want))

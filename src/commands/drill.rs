@@ -427,12 +427,8 @@ fn compare_live(
         }
         // The message bytes: the restored file against the live one.
         let live_path = spool.mailbox_dir(e).map(|d| d.join(l.message_file_name()));
-        let restored_hash = std::fs::read(dir.join(a.message_file_name()))
-            .ok()
-            .map(|b| Guid::of(&b));
-        let live_hash = live_path
-            .and_then(|p| std::fs::read(p).ok())
-            .map(|b| Guid::of(&b));
+        let restored_hash = hash_file(&dir.join(a.message_file_name()));
+        let live_hash = live_path.and_then(|p| hash_file(&p));
         if let (Some(r), Some(lh)) = (restored_hash, live_hash) {
             if r != lh {
                 result.differences.push(format!(
@@ -446,4 +442,15 @@ fn compare_live(
             .differences
             .push(format!("uid {uid}: in the archive, not live"));
     }
+}
+
+/// The SHA-1 of a file, streamed; `None` when it is absent, not a regular file (opened without
+/// blocking, never through a symlink) or unreadable.
+fn hash_file(path: &Path) -> Option<Guid> {
+    let (file, _) = crate::spool::file::open(path, false, crate::spool::file::Follow::No)
+        .ok()
+        .flatten()?;
+    let mut reader = crate::guid::HashingReader::new(std::io::BufReader::new(file));
+    std::io::copy(&mut reader, &mut std::io::sink()).ok()?;
+    Some(reader.finish().0)
 }

@@ -29,13 +29,13 @@ pub struct OffsiteKey([u8; 32]);
 impl OffsiteKey {
     /// Reads a key file: 64 hex digits and an optional newline.
     pub fn load(path: &Path) -> Result<OffsiteKey> {
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound(format!(
+        let bytes = crate::io::read_own_small(path, 4096)?.ok_or_else(|| {
+            Error::NotFound(format!(
                 "off-site key {} (give --offsite-key FILE, the key the pushes used)",
                 path.display()
-            )),
-            _ => Error::io("read", path, e),
+            ))
         })?;
+        let text = String::from_utf8_lossy(&bytes);
         let hex = text.trim_end_matches('\n');
         let bytes = hex.as_bytes();
         if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {

@@ -92,7 +92,7 @@ fn state_path(settings: &PushSettings, owner: &Owner) -> Result<PathBuf> {
 }
 
 fn read_state(path: &Path) -> Option<PushState> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = crate::io::read_own_small(path, 1 << 20).ok()??;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -124,25 +124,9 @@ fn beside(archive: &Path, suffix: &str) -> PathBuf {
 /// file when it is unreadable.
 pub fn read(archive: &Path) -> Result<Option<OwnerStatus>> {
     let path = status_path(archive);
-    let bytes = match crate::io::open_own(&path) {
-        Ok(file) => {
-            use std::io::Read;
-            let mut bytes = Vec::new();
-            file.take(MAX_STATUS + 1)
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::io("read", &path, e))?;
-            bytes
-        }
-        Err(Error::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(bytes) = crate::io::read_own_small(&path, MAX_STATUS)? else {
+        return Ok(None);
     };
-    if bytes.len() as u64 > MAX_STATUS {
-        return Err(Error::corrupt(
-            &path,
-            MAX_STATUS,
-            "larger than a status file may be",
-        ));
-    }
     let status: OwnerStatus = serde_json::from_slice(&bytes)
         .map_err(|e| Error::corrupt(&path, e.column() as u64, format!("not a status file: {e}")))?;
     if status.version != VERSION {
@@ -187,8 +171,12 @@ pub fn hold(archive: &Path) -> Result<Option<String>> {
     let path = hold_path(archive);
     match std::fs::symlink_metadata(&path) {
         Ok(_) => {
-            let text = std::fs::read(&path).unwrap_or_default();
-            let text = String::from_utf8_lossy(&text[..text.len().min(4096)]);
+            // Its presence alone holds; the text is only shown.
+            let text = crate::io::read_own_small(&path, 4096)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&text);
             Ok(Some(text.lines().next().unwrap_or_default().to_string()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
