@@ -22,7 +22,7 @@ use crate::cyrus::{CyrusOptions, CyrusServer};
 use crate::restore::{backed_up_twice, full_facts};
 use crate::support::garage::{GarageCluster, GarageServer};
 use crate::support::moto::MotoServer;
-use crate::util::{stderr, stdout, TempDir};
+use crate::util::{ok, stderr, stdout, TempDir};
 
 /// Runs mailpack with the store's credentials and endpoint in its environment.
 fn mp(env: &[(String, String)], args: &[&str]) -> Output {
@@ -31,11 +31,6 @@ fn mp(env: &[(String, String)], args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run mailpack")
-}
-
-fn ok(o: &Output) -> String {
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(o), stderr(o));
-    stdout(o)
 }
 
 fn sha256(b: &[u8]) -> String {

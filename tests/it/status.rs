@@ -6,12 +6,7 @@ use std::path::Path;
 use std::process::Output;
 
 use crate::cyrus::{CyrusOptions, CyrusServer};
-use crate::util::{run, stderr, stdout, TempDir};
-
-fn ok(o: &Output) -> String {
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(o), stderr(o));
-    stdout(o)
-}
+use crate::util::{ok, run, stderr, stdout, TempDir};
 
 fn server_with(users: &[&str]) -> CyrusServer {
     let server = CyrusServer::start(CyrusOptions::default());

@@ -119,6 +119,12 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Stdout of a command that must have exited 0 (else a panic showing both streams).
+pub fn ok(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(o), stderr(o));
+    stdout(o)
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
