@@ -22,6 +22,7 @@ pub mod commands;
 pub mod compact;
 pub mod entries;
 pub mod error;
+pub mod find;
 pub mod guid;
 pub mod host;
 pub mod io;

@@ -7,6 +7,7 @@ mod backup;
 mod cat;
 mod compact;
 mod drill;
+mod find;
 mod ls;
 mod offsite;
 mod output;
@@ -46,6 +47,9 @@ enum Command {
     Ls(ls::LsArgs),
     /// Write one entry (a name, or a message SHA-1) to standard output, by seeking to it.
     Cat(cat::CatArgs),
+    /// Find messages in every retained run (expunged ones and deleted folders included) by
+    /// From, To, Subject, Message-ID and date; restore one with `restore --sha1`.
+    Find(find::FindArgs),
     /// Check every byte of one or more archives and report problems with entry and offset.
     Verify(verify::VerifyArgs),
     /// Rebuild the sidecar index of an archive from the archive alone.
@@ -208,7 +212,11 @@ pub fn main() -> ExitCode {
     // nothing was committed, exit 2.
     let reader = matches!(
         cli.command,
-        Command::Ls(_) | Command::Cat(_) | Command::Verify(_) | Command::Restore(_)
+        Command::Ls(_)
+            | Command::Cat(_)
+            | Command::Find(_)
+            | Command::Verify(_)
+            | Command::Restore(_)
     );
     let code = match run(cli.command, &mut printer) {
         Ok(code) => code,
@@ -233,6 +241,7 @@ fn run(command: Command, p: &mut Printer) -> Result<u8, Error> {
     match command {
         Command::Ls(args) => ls::run(args, p),
         Command::Cat(args) => cat::run(args, p),
+        Command::Find(args) => find::run(args, p),
         Command::Verify(args) => verify::run(args, p),
         Command::Reindex(args) => reindex::run(args, p),
         Command::Repair(args) => repair::run(args, p),

@@ -267,12 +267,16 @@ pub fn backup(
                         )
                     })();
                     let outcome = match result {
-                        Ok(Some(report)) => {
+                        Ok(Some(mut report)) => {
                             let compaction = options.compact.as_ref().map(|plan| {
                                 compact_after_run(&options.archive_dir, owner, plan, writer)
                                     .map(Box::new)
                                     .map_err(|e| e.to_string())
                             });
+                            if let Ok(paths) = ArchivePaths::for_owner(&options.archive_dir, owner)
+                            {
+                                report.problems.extend(super::find::refresh(&paths));
+                            }
                             let pushed = options.push.as_ref().map(|target| {
                                 ArchivePaths::for_owner(&options.archive_dir, owner)
                                     .and_then(|paths| target.push(owner, &paths))

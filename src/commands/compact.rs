@@ -39,7 +39,11 @@ pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) ->
                 plan: command.plan.clone(),
                 writer: command.writer.clone(),
             };
-            compact(&paths, &options, &mut notices).map(ArchiveCompaction::Ran)
+            let ran = compact(&paths, &options, &mut notices).map(ArchiveCompaction::Ran);
+            if ran.is_ok() {
+                notices.extend(super::find::refresh(&paths));
+            }
+            ran
         };
         on_archive(&paths, result, &notices);
     }

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod check_spool;
 pub mod compact;
 pub mod drill;
+pub mod find;
 pub mod offsite;
 pub mod restore;
 pub mod spool;

@@ -109,7 +109,8 @@ pub fn hold_path(archive: &Path) -> PathBuf {
     beside(archive, ".hold")
 }
 
-fn beside(archive: &Path, suffix: &str) -> PathBuf {
+/// `<stem><suffix>` beside `<stem>.tar.gz`: where each of an archive's own side files goes.
+pub fn beside(archive: &Path, suffix: &str) -> PathBuf {
     let name = archive
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -8,6 +8,7 @@ mod cli;
 mod compact;
 mod cyrus_smoke;
 mod drill;
+mod find;
 mod fixtures;
 mod offsite;
 mod offsite_garage;

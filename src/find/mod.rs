@@ -1,0 +1,146 @@
+//! `find` (issue 18): every message an archive held in any retained run, found by header fields
+//! and internal date through the find index beside the archive (formats/find-index.md):
+//! `fields` reads a message's header, `history` walks the runs, `file` stores the result.
+
+mod fields;
+mod file;
+mod history;
+
+pub use fields::Fields;
+pub use file::{find_index_path, Copy, EndHow, Ended, FindIndex, Folder, Message};
+
+use crate::error::{Error, Result};
+use crate::spool::name::MboxName;
+use crate::store::Archive;
+
+use fields::folded;
+
+/// What the search asks for; every condition given must hold (formats/find-index.md section 3).
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub subject: Option<String>,
+    pub message_id: Option<String>,
+    pub since: Option<i64>,
+    pub before: Option<i64>,
+    pub mailbox: Option<String>,
+    pub deleted_only: bool,
+}
+
+/// How the find index of one archive was had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexUse {
+    /// Read and current.
+    Current,
+    /// Read and brought up to date with newer runs.
+    Updated,
+    /// Built from the whole archive.
+    Built,
+}
+
+/// The archive's find index, current: read from beside the archive, brought up to date or
+/// rebuilt as formats/find-index.md section 4 says, and saved when it changed (`save`). A
+/// problem saving is a notice, never a failure: the index is a cache.
+pub fn current_index(
+    archive: &Archive,
+    save: bool,
+    notices: &mut Vec<String>,
+) -> Result<(FindIndex, IndexUse)> {
+    let path = find_index_path(&archive.paths().archive);
+    let previous = if save {
+        match file::read(&path) {
+            Ok(p) => p,
+            Err(err) => {
+                notices.push(format!("rebuilding the find index: {err}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (index, used) = history::up_to_date(archive, previous, notices);
+    if save && used != IndexUse::Current {
+        if let Err(err) = crate::io::write_replace(&path, &file::encode(&index)) {
+            notices.push(format!("the find index could not be saved: {err}"));
+        }
+    }
+    Ok((index, used))
+}
+
+/// Brings an existing find index up to date after a backup or a compaction; nothing when the
+/// owner has none (the first search builds it). Returns notices worth an operator's attention.
+pub fn refresh_existing(archive: &Archive) -> Vec<String> {
+    let path = find_index_path(&archive.paths().archive);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Vec::new();
+    }
+    let mut notices = Vec::new();
+    let _ = current_index(archive, true, &mut notices);
+    notices
+}
+
+/// The name an admin types for a mailbox (`INBOX`, `Archive/2023`), from the internal form.
+pub fn display_name(internal: &str) -> String {
+    MboxName::from_internal(internal).relative('/')
+}
+
+fn name_matches(internal: &str, wanted: &str) -> bool {
+    let name = MboxName::from_internal(internal);
+    if name.is_inbox() && wanted.eq_ignore_ascii_case("INBOX") {
+        return true;
+    }
+    name.relative('/') == wanted || internal == wanted || name.parts.join("/") == wanted
+}
+
+/// The messages of `index` that match, in order of first appearance.
+pub fn search<'a>(index: &'a FindIndex, query: &Query) -> Result<Vec<&'a Message>> {
+    if let Some(t) = &query.message_id {
+        if t.trim_matches(|c| c == '<' || c == '>').is_empty() {
+            return Err(Error::usage("--message-id needs an ID"));
+        }
+    }
+    let from = query.from.as_deref().map(folded);
+    let to = query.to.as_deref().map(folded);
+    let subject = query.subject.as_deref().map(folded);
+    let message_id = query
+        .message_id
+        .as_deref()
+        .map(|id| id.trim().trim_matches(|c| c == '<' || c == '>').to_string());
+    let folders: Option<Vec<bool>> = query.mailbox.as_deref().map(|wanted| {
+        index
+            .folders
+            .iter()
+            .map(|f| f.names.iter().any(|n| name_matches(&n.name, wanted)))
+            .collect()
+    });
+    let contains = |field: &Option<String>, wanted: &Option<String>| match wanted {
+        None => true,
+        Some(w) => field
+            .as_deref()
+            .is_some_and(|f| folded(f).contains(w.as_str())),
+    };
+    Ok(index
+        .messages
+        .iter()
+        .filter(|m| {
+            let none = Fields::default();
+            let f = m.fields.as_ref().unwrap_or(&none);
+            contains(&f.from, &from)
+                && contains(&f.to, &to)
+                && contains(&f.subject, &subject)
+                && message_id
+                    .as_ref()
+                    .is_none_or(|id| f.message_id.as_deref() == Some(id.as_str()))
+                && (!query.deleted_only || !m.seen.iter().any(Copy::is_live))
+                && m.seen.iter().any(|c| {
+                    query.since.is_none_or(|t| c.internaldate >= t)
+                        && query.before.is_none_or(|t| c.internaldate < t)
+                        && folders
+                            .as_ref()
+                            .is_none_or(|fs| fs.get(c.folder as usize).copied().unwrap_or(false))
+                })
+        })
+        .collect())
+}
