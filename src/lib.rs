@@ -4,6 +4,8 @@
 //! `commands` imports it):
 //! - `cli`: argument parsing, printing, exit codes (the only layer that talks to a person);
 //! - `commands`: one function per subcommand, returning values;
+//! - `find`: the help-desk search and its find index, reading archives through `restore`'s
+//!   message readers;
 //! - `backup` (the two passes of one user's backup), `restore`, `compact`: peers that never import each other;
 //! - `offsite`: off-site copies of archives in S3-compatible storage (push, pull, ranged reads),
 //!   built on `store`;

@@ -263,12 +263,11 @@ impl<'a> Walker<'a> {
             let Some(&f) = self.folder_of.get(&uid) else {
                 continue;
             };
-            if self.index.folders[f as usize].gone.is_some() {
-                continue;
-            }
-            match self.records(&uid) {
-                Ok(records) => self.apply(f, &records, at, notices),
-                Err(problem) => notices.push(problem),
+            let gone = self.index.folders[f as usize].gone;
+            match (self.records(&uid), gone) {
+                (Ok(records), None) => self.apply(f, &records, at, notices),
+                (Ok(records), Some(gone)) => self.add_never_live(f, &records, gone, notices),
+                (Err(problem), _) => notices.push(problem),
             }
         }
         self.index.head.runs.push(RunMark {
@@ -382,6 +381,45 @@ impl<'a> Walker<'a> {
         }
         if !still_open.is_empty() {
             self.open.insert(f, still_open);
+        }
+    }
+
+    /// The messages of a folder stored only while deleted (a delayed delete that happened
+    /// before the archive's first run, say): findable, as copies never live, ended with it.
+    fn add_never_live(
+        &mut self,
+        f: u32,
+        records: &[(IndexRecord, Vec<String>)],
+        gone: RunTime,
+        notices: &mut Vec<String>,
+    ) {
+        for (r, flags) in records {
+            if r.guid == Guid::default() || r.is_unlinked() {
+                continue;
+            }
+            let m = self.message(&r.guid, &r.guid.to_hex(), r.size, notices);
+            let message = &mut self.index.messages[m];
+            if message.seen.iter().any(|c| c.folder == f && c.uid == r.uid) {
+                continue;
+            }
+            let how = if r.is_expunged() {
+                EndHow::Expunged
+            } else {
+                EndHow::FolderDeleted
+            };
+            message.seen.push(Copy {
+                folder: f,
+                uid: r.uid,
+                internaldate: r.internaldate_ns.div_euclid(1_000_000_000),
+                first: None,
+                last: None,
+                flags: flags.clone(),
+                ended: Some(Ended {
+                    how,
+                    run: gone.run,
+                    time: gone.time,
+                }),
+            });
         }
     }
 

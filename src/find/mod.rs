@@ -2,8 +2,8 @@
 //! and internal date through the find index beside the archive (formats/find-index.md):
 //! `fields` reads a message's header, `history` walks the runs, `file` stores the result.
 
-mod fields;
-mod file;
+pub mod fields;
+pub mod file;
 mod history;
 
 pub use fields::Fields;
