@@ -81,13 +81,36 @@ pub fn refresh_existing(archive: &Archive) -> Vec<String> {
     notices
 }
 
-/// The name an admin types for a mailbox (`INBOX`, `Archive/2023`), from the internal form.
+/// The name a delayed delete kept (`DELETED.user.alice.Old.6B02336D`) back to the one the
+/// mailbox had (`user.alice.Old`), and whether it was one.
+fn undeleted(internal: &str) -> (MboxName, bool) {
+    let name = MboxName::from_internal(internal);
+    if name.is_deleted(history::DELETED_PREFIX) && name.parts.len() > 2 {
+        let parts = name.parts[1..name.parts.len() - 1].to_vec();
+        return (
+            MboxName {
+                domain: name.domain,
+                parts,
+            },
+            true,
+        );
+    }
+    (name, false)
+}
+
+/// The name an admin types for a mailbox (`INBOX`, `Archive/2023`), from the internal form; a
+/// mailbox kept by a delayed delete by the name it had, marked `(deleted)`.
 pub fn display_name(internal: &str) -> String {
-    MboxName::from_internal(internal).relative('/')
+    match undeleted(internal) {
+        (name, true) => format!("{} (deleted)", name.relative('/')),
+        (name, false) => name.relative('/'),
+    }
 }
 
 fn name_matches(internal: &str, wanted: &str) -> bool {
-    let name = MboxName::from_internal(internal);
+    let (name, _) = undeleted(internal);
+    let internal = name.internal();
+    let internal = internal.as_str();
     if name.is_inbox() && wanted.eq_ignore_ascii_case("INBOX") {
         return true;
     }

@@ -109,6 +109,16 @@ Cc: Dave Dent <dave@example.net>\r\nSubject: Lunch\r\nMessage-ID: <lunch@example
         Some("11-Apr-2026 12:00:00 +0000"),
         lunch,
     );
+    // Deleted before the first backup: Cyrus keeps it (delete_mode: delayed) and so does the
+    // archive; its message is findable under the name it had.
+    imap.create("Old");
+    imap.append(
+        "Old",
+        &[],
+        None,
+        b"From: x@example.com\r\nSubject: ancient receipt\r\n\r\nx\r\n",
+    );
+    imap.delete("Old");
     backup(&server, &dir);
 
     // Run 2: the April invoice expunged, the March one flagged, Projects deleted.
@@ -200,6 +210,13 @@ Cc: Dave Dent <dave@example.net>\r\nSubject: Lunch\r\nMessage-ID: <lunch@example
             .is_empty()
     );
 
+    let (found, _, _) = find(&dir, &["--mailbox", "Old", "--deleted-only"]);
+    assert_eq!(subjects(&found), ["ancient receipt"]);
+    let copy = &found[0]["copies"][0];
+    assert_eq!(copy["mailbox"], "Old (deleted)", "{copy}");
+    assert_eq!(copy["first_run"], Value::Null);
+    assert_eq!(copy["ended"]["how"], "folder_deleted");
+
     // Message-ID is exact; internal dates bound.
     let (found, _, _) = find(&dir, &["--message-id", "<inv-march@example.com>"]);
     assert_eq!(found.len(), 1);
@@ -208,7 +225,10 @@ Cc: Dave Dent <dave@example.net>\r\nSubject: Lunch\r\nMessage-ID: <lunch@example
     assert_eq!(code, 1);
     let (found, _, _) = find(&dir, &["--since", "2026-04-01", "--before", "2026-04-10"]);
     assert_eq!(subjects(&found), ["Invoice April"]);
-    let (found, _, _) = find(&dir, &["--since", "2026-04-10T12:00"]);
+    let (found, _, _) = find(
+        &dir,
+        &["--since", "2026-04-10T12:00", "--before", "2026-05-01"],
+    );
     assert_eq!(subjects(&found), ["Lunch"]);
 
     // A result restores by its SHA-1, byte for byte.
