@@ -47,7 +47,7 @@ hyperfine --warmup 1 --runs 5 --export-json "$w/find.json" \
 hyperfine --warmup 2 --runs 20 --export-json "$w/find-next.json" \
   -n "find, next (index current)" "$find_cmd > /dev/null 2>&1" \
   -n "find --subject, next" "$mp find --archive-dir '$a' --user user000 --subject 'quarterly report' > /dev/null 2>&1" \
-  -n "find --deleted-only, next" "$mp find --archive-dir '$a' --user user000 --deleted-only > /dev/null 2>&1"
+  -n "find --mailbox Fixed --subject, next" "$mp find --archive-dir '$a' --user user000 --mailbox Fixed --subject invoice > /dev/null 2>&1"
 echo "find index: $(stat -c %s "$a/user000.find") bytes"
 
 echo "== peak memory"
