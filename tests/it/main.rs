@@ -13,6 +13,7 @@ mod offsite;
 mod offsite_garage;
 mod repair;
 mod restore;
+mod restore_imap_tls;
 mod shared;
 mod spool_db;
 mod spool_index;

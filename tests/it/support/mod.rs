@@ -3,3 +3,4 @@
 pub mod cyrus;
 pub mod garage;
 pub mod moto;
+pub mod tls;
