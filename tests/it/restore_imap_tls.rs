@@ -2,7 +2,8 @@
 //! the test makes: implicit TLS and STARTTLS restores match the original messages (SHA-1,
 //! flags, internal date) and a re-run adds nothing; an untrusted certificate is refused
 //! unless `--imap-ca` or `--imap-insecure`; a server without STARTTLS gets no password unless
-//! `--imap-allow-plaintext`; AUTHENTICATE PLAIN when offered, LOGIN otherwise.
+//! `--imap-allow-plaintext`; AUTHENTICATE PLAIN when offered, LOGIN otherwise. And the same
+//! restores into a real Dovecot 2.3 (the private fixture, TLS on).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use crate::backup::run_backup;
 use crate::cyrus::{internaldate_epoch, CyrusOptions, CyrusServer};
 use crate::spool_view::{imap_facts, populate, MailboxFacts};
+use crate::support::dovecot::{DovecotOptions, DovecotServer};
 use crate::support::tls::TestCa;
 use crate::util::{ok, run, stderr, TempDir};
 
@@ -363,4 +365,66 @@ fn a_server_without_starttls_gets_no_password_unless_plaintext_is_allowed() {
         stderr(&allowed)
     );
     assert_restored(&server, "Restored/plain", original);
+}
+
+/// The folder on the Dovecot holds exactly the original Cyrus mailbox's messages.
+fn assert_restored_dovecot(dovecot: &DovecotServer, folder: &str, original: &MailboxFacts) {
+    let got = dovecot.imap("alice").fetch_all(folder);
+    let got = content(
+        got.into_iter()
+            .map(|m| (m.sha1, m.flags, internaldate_epoch(&m.internaldate))),
+    );
+    let want = content(
+        original
+            .messages
+            .iter()
+            .map(|(_, flags, date, _, sha1)| (sha1.clone(), flags.clone(), *date)),
+    );
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "{folder} on Dovecot\n{}", dovecot.log());
+}
+
+#[test]
+fn into_a_real_dovecot_over_imaps_and_starttls_exactly_once() {
+    let s = Setup::new("imap-tls-dovecot", CyrusOptions::default());
+    let facts = imap_facts(&s.server, "alice");
+    let dovecot =
+        DovecotServer::start(DovecotOptions::empty(&["alice"]).with_tls(&s.ca.cert, &s.ca.key));
+    // Dovecot's own password for alice; the fixture's server ignores the Cyrus one.
+    std::fs::write(&s.password_file, crate::support::dovecot::PASSWORD).unwrap();
+    let ca = s.ca.ca.to_str().unwrap();
+    let imaps = format!("imaps://{}", dovecot.imaps_addr().unwrap());
+    let starttls = format!("imap://{}", dovecot.imap_addr());
+    for (mailbox, addr, folder) in [
+        ("INBOX", &imaps, "Restored/inbox"),
+        ("Archive", &starttls, "Restored/archive"),
+    ] {
+        let original = &facts.mailboxes[mailbox];
+        let n = original.messages.len();
+        let first = s.restore(mailbox, addr, folder, &["--imap-ca", ca]);
+        assert_eq!(
+            counts(&first),
+            format!("1 mailboxes, {n} messages written, 0 already there"),
+            "{}",
+            dovecot.log()
+        );
+        assert!(!stderr(&first).contains("warning"), "{}", stderr(&first));
+        assert_restored_dovecot(&dovecot, folder, original);
+        let again = s.restore(mailbox, addr, folder, &["--imap-ca", ca]);
+        assert_eq!(
+            counts(&again),
+            format!("1 mailboxes, 0 messages written, {n} already there")
+        );
+        assert_restored_dovecot(&dovecot, folder, original);
+    }
+    // Dovecot logs the mechanism and TLS of each login.
+    let log = dovecot.log();
+    let logins: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Login: user=<alice>"))
+        .collect();
+    assert!(
+        logins.len() >= 4 && logins.iter().filter(|l| l.contains("method=PLAIN")).count() >= 4,
+        "{logins:#?}"
+    );
 }

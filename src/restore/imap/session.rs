@@ -76,14 +76,6 @@ impl Caps {
     }
 }
 
-/// How the session authenticated, for the report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Login {
-    AuthenticatePlain,
-    Login,
-    PreAuth,
-}
-
 /// A command's untagged data and the code of its tagged OK.
 struct Done {
     data: Vec<Data<'static>>,
@@ -101,7 +93,6 @@ pub struct Session {
     /// Read one byte at a time: before STARTTLS, so nothing the server sends after its OK
     /// sits in our buffer to be taken later as if it had come through TLS.
     bytewise: bool,
-    pub login: Login,
 }
 
 fn connect_tcp(addr: &ImapAddr, peer: &str) -> Result<TcpStream> {
@@ -149,7 +140,6 @@ impl Session {
             caps: Caps::default(),
             separator: '/',
             bytewise,
-            login: Login::PreAuth,
         };
         let (kind, caps) = s.read_greeting()?;
         s.caps = match caps {
@@ -373,7 +363,6 @@ impl Session {
     /// tagged OK's code (servers put the new CAPABILITY there).
     fn authenticate(&mut self, user: &str, password: &str) -> Result<Option<Code<'static>>> {
         if self.caps.auth_plain {
-            self.login = Login::AuthenticatePlain;
             // SASL PLAIN: empty authorization identity, so the server uses the login's own.
             let mut response = Vec::with_capacity(user.len() + password.len() + 2);
             response.push(0);
@@ -406,7 +395,6 @@ impl Session {
                 self.peer
             )));
         }
-        self.login = Login::Login;
         let body = CommandBody::login(user, password)
             .map_err(|_| Error::usage("the IMAP user or password holds a NUL or line break"))?;
         Ok(self.command(body)?.code)
