@@ -417,14 +417,19 @@ fn into_a_real_dovecot_over_imaps_and_starttls_exactly_once() {
         );
         assert_restored_dovecot(&dovecot, folder, original);
     }
-    // Dovecot logs the mechanism and TLS of each login.
+    // Dovecot logs the mechanism of each login, and ", TLS" when it was inside TLS.
     let log = dovecot.log();
     let logins: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("Login: user=<alice>"))
         .collect();
     assert!(
-        logins.len() >= 4 && logins.iter().filter(|l| l.contains("method=PLAIN")).count() >= 4,
+        logins.len() >= 4
+            && logins
+                .iter()
+                .filter(|l| l.contains("method=PLAIN") && l.contains(", TLS"))
+                .count()
+                >= 4,
         "{logins:#?}"
     );
 }
