@@ -8,7 +8,7 @@ use super::output::{self, Printer};
 use crate::commands::restore::{restore, RestoreOptions, RestoreTarget};
 use crate::error::Error;
 use crate::restore::cyrus::{CyrusTarget, DEFAULT_CYRUS_BIN};
-use crate::restore::imap::ImapTarget;
+use crate::restore::imap::{ImapAddr, ImapTarget, Trust};
 use crate::restore::parse_time;
 
 #[derive(Args, Debug)]
@@ -85,8 +85,10 @@ pub struct RestoreArgs {
     /// Where Cyrus's tools (cyr_dbtool, quota) are installed (with --to-cyrus).
     #[arg(long, default_value = DEFAULT_CYRUS_BIN, value_name = "DIR")]
     cyrus_bin: PathBuf,
-    /// Additive restore into an IMAP server: APPEND with flags and internal dates.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Additive restore into an IMAP server: APPEND with flags and internal dates, over TLS.
+    /// `imaps://HOST[:PORT]` is implicit TLS (default port 993), `imap://HOST[:PORT]` STARTTLS
+    /// (default 143); `HOST:PORT` is implicit TLS on port 993 and STARTTLS on any other.
+    #[arg(long, value_name = "URL|HOST:PORT")]
     imap: Option<String>,
     /// IMAP login (with --imap).
     #[arg(long, value_name = "USER", requires = "imap")]
@@ -94,8 +96,25 @@ pub struct RestoreArgs {
     /// File holding the IMAP password (else the MAILPACK_IMAP_PASSWORD environment variable).
     #[arg(long, value_name = "FILE", requires = "imap")]
     imap_password_file: Option<PathBuf>,
+    /// Trust only the CA certificate(s) in this PEM file for the IMAP server's certificate
+    /// (a private CA), instead of the system's trust store.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "imap",
+        conflicts_with = "imap_insecure"
+    )]
+    imap_ca: Option<PathBuf>,
+    /// Do not check the IMAP server's certificate at all. Anyone on the path can then read
+    /// the password and the mail; said again after the run.
+    #[arg(long, requires = "imap")]
+    imap_insecure: bool,
+    /// Go on without TLS when the server offers no STARTTLS, sending the password and the
+    /// mail in clear text. Without it such a server is refused before any credential is sent.
+    #[arg(long, requires = "imap")]
+    imap_allow_plaintext: bool,
     /// IMAP folder to restore into, levels separated by '/' (default Restored/<date>).
-    #[arg(long, value_name = "FOLDER", requires = "imap")]
+    #[arg(long, alias = "imap-folder", value_name = "FOLDER", requires = "imap")]
     folder: Option<String>,
     /// Export to a Maildir++ tree (flags in file names, keywords in dovecot-keywords).
     #[arg(long, value_name = "DIR")]
@@ -124,6 +143,7 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
             resume: false,
         })
     } else if let Some(addr) = &args.imap {
+        let addr = ImapAddr::parse(addr)?;
         let user = args
             .imap_user
             .clone()
@@ -141,11 +161,18 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
             let when = at.unwrap_or_else(crate::commands::now);
             format!("Restored/{}", &crate::restore::format_utc(when)[..10])
         });
+        let trust = match (&args.imap_ca, args.imap_insecure) {
+            (Some(ca), _) => Trust::Ca(ca.clone()),
+            (None, true) => Trust::Insecure,
+            (None, false) => Trust::System,
+        };
         RestoreTarget::Imap(ImapTarget {
-            addr: addr.clone(),
+            addr,
             user,
             password,
             folder,
+            trust,
+            allow_plaintext: args.imap_allow_plaintext,
         })
     } else if let Some(d) = &args.maildir {
         RestoreTarget::Maildir(d.clone())
@@ -236,6 +263,9 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
             report.messages_already_there,
             if report.dry_run { " (dry run)" } else { "" }
         ));
+    }
+    for w in &report.warnings {
+        p.note(&format!("warning: {w}"));
     }
     for r in &report.refused {
         p.note(&format!("refused: {r}"));

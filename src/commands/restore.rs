@@ -76,6 +76,9 @@ pub struct RestoreReport {
     /// Mailboxes already on the target as the archive has them (`--all` resuming an
     /// interrupted restore): left as they are.
     pub present: Vec<String>,
+    /// Safety the operator gave up for this restore (`--imap-insecure`,
+    /// `--imap-allow-plaintext` used): printed after the run.
+    pub warnings: Vec<String>,
 }
 
 impl RestoreReport {
@@ -99,6 +102,7 @@ impl RestoreReport {
         self.lost.extend(outcome.lost);
         self.writes.extend(outcome.writes);
         self.present.extend(outcome.present);
+        self.warnings.extend(outcome.warnings);
     }
 }
 

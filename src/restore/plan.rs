@@ -136,6 +136,9 @@ pub struct Outcome {
     pub writes: Vec<String>,
     /// Mailboxes found on the target as the archive has them, left as they are.
     pub present: Vec<String>,
+    /// What the operator chose that weakens the restore's safety (an IMAP session without TLS
+    /// or without a certificate check): said after the run, where it cannot be missed.
+    pub warnings: Vec<String>,
 }
 
 impl Outcome {

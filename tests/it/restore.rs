@@ -9,7 +9,7 @@ use std::path::Path;
 
 use mailpack::commands::restore::{restore, RestoreOptions, RestoreReport, RestoreTarget};
 use mailpack::restore::cyrus::{CyrusTarget, DEFAULT_CYRUS_BIN};
-use mailpack::restore::imap::ImapTarget;
+use mailpack::restore::imap::{ImapAddr, ImapTarget, Trust};
 
 use crate::backup::run_backup;
 use crate::cyrus::{CyrusOptions, CyrusServer};
@@ -365,10 +365,13 @@ fn what_was_expunged_between_two_backups_goes_back_over_imap_once_even_when_resu
     let (t1, t2) = (archive.runs()[0].time, archive.runs()[1].time);
     let target = || {
         RestoreTarget::Imap(ImapTarget {
-            addr: server.imap_addr().to_string(),
+            addr: ImapAddr::parse(&format!("imap://{}", server.imap_addr())).unwrap(),
             user: "alice".into(),
             password: crate::cyrus::PASSWORD.into(),
             folder: "Restored/expunged".into(),
+            trust: Trust::System,
+            // The plain fixture offers no STARTTLS; TLS restores are in restore_imap_tls.rs.
+            allow_plaintext: true,
         })
     };
     let mut o = options(dir.path(), "alice", target());

@@ -76,6 +76,9 @@ pub struct CyrusOptions {
     pub sieve: bool,
     /// Extra or overriding imapd.conf lines; a key given here replaces the fixture's default.
     pub extra_config: Vec<(String, String)>,
+    /// TLS: (certificate chain PEM, private key PEM), copied into the instance. The plain IMAP
+    /// port then offers STARTTLS and an `imaps` service (implicit TLS) listens on its own port.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for CyrusOptions {
@@ -92,6 +95,7 @@ impl Default for CyrusOptions {
             extra_partitions: Vec::new(),
             sieve: true,
             extra_config: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -104,6 +108,12 @@ impl CyrusOptions {
             hashimapspool: true,
             ..Default::default()
         }
+    }
+
+    /// Serves TLS with this certificate chain and key (both PEM).
+    pub fn with_tls(mut self, cert: &Path, key: &Path) -> Self {
+        self.tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        self
     }
 
     pub fn with(mut self, key: &str, value: &str) -> Self {
@@ -158,6 +168,10 @@ impl CyrusOptions {
         if let Some(d) = &self.defaultdomain {
             kv.push(("defaultdomain".into(), d.clone()));
         }
+        if self.tls.is_some() {
+            kv.push(("tls_server_cert".into(), b(TLS_CERT)));
+            kv.push(("tls_server_key".into(), b(TLS_KEY)));
+        }
         if self.metapartition {
             kv.push(("metapartition-default".into(), b("meta")));
             kv.push((
@@ -194,7 +208,14 @@ struct Ports {
     imap: u16,
     lmtp: u16,
     sieve: u16,
+    /// Implicit TLS; only served with `CyrusOptions::tls`.
+    imaps: u16,
 }
+
+/// Where `CyrusOptions::tls` files are copied (readable by the cyrus user, unlike a root
+/// test's 0600 key).
+const TLS_CERT: &str = "etc/tls-cert.pem";
+const TLS_KEY: &str = "etc/tls-key.pem";
 
 /// A running private Cyrus instance. Stopped, and its directory removed, on drop (set
 /// `MAILPACK_KEEP_CYRUS=1` to keep the directory for a post-mortem).
@@ -229,6 +250,7 @@ impl CyrusServer {
                 imap: 0,
                 lmtp: 0,
                 sieve: 0,
+                imaps: 0,
             },
             master: None,
             run_as,
@@ -329,6 +351,13 @@ impl CyrusServer {
     }
     pub fn imap_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.ports.imap))
+    }
+    /// The implicit-TLS IMAP port; None when started without `tls`.
+    pub fn imaps_addr(&self) -> Option<SocketAddr> {
+        self.opts
+            .tls
+            .is_some()
+            .then(|| SocketAddr::from(([127, 0, 0, 1], self.ports.imaps)))
     }
     pub fn lmtp_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.ports.lmtp))
@@ -604,6 +633,10 @@ impl CyrusServer {
             std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
         }
         std::fs::write(self.config_path(), self.opts.imapd_conf(&self.base)).unwrap();
+        if let Some((cert, key)) = &self.opts.tls {
+            std::fs::copy(cert, self.base.join(TLS_CERT)).unwrap();
+            std::fs::copy(key, self.base.join(TLS_KEY)).unwrap();
+        }
         std::fs::write(self.base.join("log/master.out"), b"").unwrap();
         if let Some((uid, gid)) = self.run_as {
             chown_tree(&self.base, uid, gid);
@@ -628,6 +661,15 @@ impl CyrusServer {
             )
             .unwrap();
         }
+        if self.opts.tls.is_some() {
+            // -s: TLS from the first byte (imaps).
+            writeln!(
+                s,
+                "  imaps cmd=\"imapd -s -C {conf}\" listen=\"127.0.0.1:{}\" prefork=0",
+                self.ports.imaps
+            )
+            .unwrap();
+        }
         // No EVENTS: checkpoints and expiry would change the spool behind a test's back.
         s.push_str("}\nEVENTS {\n}\n");
         std::fs::write(self.cyrus_conf_path(), s).unwrap();
@@ -640,7 +682,14 @@ impl CyrusServer {
         let mut last_err = String::new();
         for attempt in 0..4 {
             self.ports = match reuse.take() {
-                Some(p) if port_free(p.imap) && port_free(p.lmtp) && port_free(p.sieve) => p,
+                Some(p)
+                    if port_free(p.imap)
+                        && port_free(p.lmtp)
+                        && port_free(p.sieve)
+                        && port_free(p.imaps) =>
+                {
+                    p
+                }
                 _ => pick_ports(),
             };
             self.write_cyrus_conf();
@@ -703,6 +752,10 @@ impl CyrusServer {
         if self.opts.sieve {
             checks.push(("sieve", self.ports.sieve, "\"IMPLEMENTATION\""));
         }
+        if self.opts.tls.is_some() {
+            // Only a TCP connect: the greeting comes after a TLS handshake.
+            checks.push(("imaps", self.ports.imaps, ""));
+        }
         for (what, port, expect) in checks {
             loop {
                 if let Some(Ok(Some(st))) = self.master.as_mut().map(|c| c.try_wait()) {
@@ -720,6 +773,9 @@ impl CyrusServer {
                 }
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                    if expect.is_empty() {
+                        break;
+                    }
                     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                     let mut line = String::new();
                     let _ = BufReader::new(&s).read_line(&mut line);
@@ -881,7 +937,7 @@ fn port_free(port: u16) -> bool {
 fn pick_ports() -> Ports {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let mut chosen: Vec<u16> = Vec::new();
-    while chosen.len() < 3 {
+    while chosen.len() < 4 {
         let seq = SEQ.fetch_add(1, Ordering::SeqCst);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -901,6 +957,7 @@ fn pick_ports() -> Ports {
         imap: chosen[0],
         lmtp: chosen[1],
         sieve: chosen[2],
+        imaps: chosen[3],
     }
 }
 
