@@ -7,6 +7,7 @@ mod bench_spool;
 mod cli;
 mod compact;
 mod cyrus_smoke;
+mod dovecot;
 mod drill;
 mod fixtures;
 mod offsite;
