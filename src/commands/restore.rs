@@ -76,6 +76,9 @@ pub struct RestoreReport {
     /// Mailboxes already on the target as the archive has them (`--all` resuming an
     /// interrupted restore): left as they are.
     pub present: Vec<String>,
+    /// What the target's format could not hold of messages it restored (keywords beyond the 26
+    /// a Maildir folder can name), per folder; makes the exit code 1.
+    pub not_carried: Vec<String>,
 }
 
 impl RestoreReport {
@@ -99,6 +102,7 @@ impl RestoreReport {
         self.lost.extend(outcome.lost);
         self.writes.extend(outcome.writes);
         self.present.extend(outcome.present);
+        self.not_carried.extend(outcome.not_carried);
     }
 }
 
