@@ -158,6 +158,8 @@ struct FolderFacts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Seen {
     folders: BTreeMap<String, FolderFacts>,
+    /// Every name LIST shows, selectable or not (a level that is no mailbox).
+    listed: Vec<(String, bool)>,
     lsub: Vec<String>,
 }
 
@@ -167,8 +169,14 @@ fn own(name: &str) -> bool {
 
 fn seen_over_imap(imap: &mut Imap) -> Seen {
     let mut folders = BTreeMap::new();
+    let mut listed = Vec::new();
     for entry in imap.list("*") {
-        if entry.has_flag("\\NoSelect") || entry.has_flag("\\NonExistent") || !own(&entry.name) {
+        if !own(&entry.name) {
+            continue;
+        }
+        let selectable = !entry.has_flag("\\NoSelect") && !entry.has_flag("\\NonExistent");
+        listed.push((entry.name.clone(), selectable));
+        if !selectable {
             continue;
         }
         let info = imap.examine(&entry.name);
@@ -201,7 +209,12 @@ fn seen_over_imap(imap: &mut Imap) -> Seen {
         .map(|e| e.name)
         .collect();
     lsub.sort();
-    Seen { folders, lsub }
+    listed.sort();
+    Seen {
+        folders,
+        listed,
+        lsub,
+    }
 }
 
 /// Keywords for the folder that holds more than a Maildir folder can: `kw01`–`kw24` on all
@@ -284,6 +297,12 @@ fn a_maildir_export_is_served_by_dovecot_with_cyrus_uids_flags_dates_and_subscri
     assert_eq!(many.messages.len(), 3);
     assert_eq!(many.uidnext, 5, "the last UID was expunged");
     assert!(alice.lsub.contains(&"Odd.Name".to_string()), "{alice:?}");
+    // Cyrus made the level above a new mailbox a mailbox of its own: exported as a folder.
+    assert!(
+        alice.listed.contains(&("Projects".to_string(), true)),
+        "{:?}",
+        alice.listed
+    );
     assert!(alice.folders["INBOX"]
         .messages
         .windows(2)
@@ -341,6 +360,7 @@ fn a_maildir_export_is_served_by_dovecot_with_cyrus_uids_flags_dates_and_subscri
             }
         }
         assert_eq!(got.lsub, want.lsub, "{user}: subscriptions");
+        assert_eq!(got.listed, want.listed, "{user}: LIST");
         assert_eq!(
             got.folders.keys().collect::<Vec<_>>(),
             want.folders.keys().collect::<Vec<_>>(),

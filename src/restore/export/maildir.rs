@@ -438,6 +438,7 @@ impl MaildirExport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::index::IndexRecord;
 
     #[test]
     fn maildir_names_keep_the_hierarchy_unambiguous() {
@@ -460,6 +461,53 @@ mod tests {
                 &["k".into()]
             ),
             "RSa"
+        );
+    }
+
+    #[test]
+    fn the_most_used_keywords_are_carried_and_the_rest_counted() {
+        let r = IndexRecord::default();
+        let message = |r, flags: &[&str]| ExportMessage {
+            record: r,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            uidvalidity: 7,
+        };
+        let names: Vec<String> = (0..30).map(|i| format!("k{i:02}")).collect();
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        // k26..k29 first (by name they would come last), but on one message only.
+        let mut rare = all[26..].to_vec();
+        rare.push("\\Seen");
+        let msgs = vec![
+            message(&r, &rare),
+            message(&r, &all[..26]),
+            message(&r, &all[..26]),
+            message(&r, &["K00"]),
+        ];
+        let (carried, rest) = rank_keywords(&msgs);
+        assert_eq!(carried.len(), MAX_KEYWORDS);
+        assert_eq!(carried[0], "k00", "used most, counted without case");
+        assert!(carried.iter().all(|k| k.as_str() < "k26"), "{carried:?}");
+        assert_eq!(
+            rest,
+            (26..30).map(|i| (format!("k{i}"), 1)).collect::<Vec<_>>()
+        );
+        assert_eq!(maildir_info(&["K01".into(), "k01".into()], &carried), "b");
+    }
+
+    #[test]
+    fn uidlist_and_subscription_lines_are_as_dovecot_reads_them() {
+        assert_eq!(
+            uidlist(
+                1700000000,
+                9,
+                &[(3, "1.M3U1700000000.mailpack,S=10".into())]
+            ),
+            "3 V1700000000 N9\n3 :1.M3U1700000000.mailpack,S=10\n"
+        );
+        assert_eq!(subscription_line(&["INBOX".into()], true), "INBOX");
+        assert_eq!(
+            subscription_line(&["a.b".into(), "c\td".into(), "Caf&AOk-".into()], false),
+            "a%2eb\tc\u{1}td\tCaf&AOk-"
         );
     }
 }
