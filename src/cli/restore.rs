@@ -279,11 +279,15 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
     for d in &report.damage {
         p.note(&format!("damaged: {d}"));
     }
+    for n in &report.not_carried {
+        p.note(&format!("not carried: {n}"));
+    }
     Ok(
         if report.bad.is_empty()
             && report.refused.is_empty()
             && report.lost.is_empty()
             && report.damage.is_empty()
+            && report.not_carried.is_empty()
         {
             0
         } else {
@@ -321,7 +325,8 @@ fn run_all(
                 let clean = report.bad.is_empty()
                     && report.refused.is_empty()
                     && report.lost.is_empty()
-                    && report.damage.is_empty();
+                    && report.damage.is_empty()
+                    && report.not_carried.is_empty();
                 problems |= !clean;
                 if json {
                     let _ = p.json("restore", &report);
@@ -344,6 +349,9 @@ fn run_all(
                 }
                 for d in &report.damage {
                     p.note(&format!("{owner}: damaged: {d}"));
+                }
+                for n in &report.not_carried {
+                    p.note(&format!("{owner}: not carried: {n}"));
                 }
             }
             Err(e) => {

@@ -79,6 +79,9 @@ pub struct RestoreReport {
     /// Safety the operator gave up for this restore (`--imap-insecure`,
     /// `--imap-allow-plaintext` used): printed after the run.
     pub warnings: Vec<String>,
+    /// What the target's format could not hold of messages it restored (keywords beyond the 26
+    /// a Maildir folder can name), per folder; makes the exit code 1.
+    pub not_carried: Vec<String>,
 }
 
 impl RestoreReport {
@@ -103,6 +106,7 @@ impl RestoreReport {
         self.writes.extend(outcome.writes);
         self.present.extend(outcome.present);
         self.warnings.extend(outcome.warnings);
+        self.not_carried.extend(outcome.not_carried);
     }
 }
 

@@ -91,6 +91,20 @@ impl<S> RestorePlan<S> {
         }
     }
 
+    /// The same plan with its steps turned into others.
+    pub fn map_steps<T>(self, f: impl FnOnce(S) -> T) -> RestorePlan<T> {
+        RestorePlan {
+            mailboxes: self.mailboxes,
+            messages: self.messages,
+            refused: self.refused,
+            bad: self.bad,
+            lost: self.lost,
+            writes: self.writes,
+            present: self.present,
+            steps: f(self.steps),
+        }
+    }
+
     /// What a dry run reports: the plan's writes, nothing written.
     pub fn dry_run(self) -> Outcome {
         Outcome {
@@ -139,6 +153,10 @@ pub struct Outcome {
     /// What the operator chose that weakens the restore's safety (an IMAP session without TLS
     /// or without a certificate check): said after the run, where it cannot be missed.
     pub warnings: Vec<String>,
+    /// What the target's format could not hold of a restored message (a Maildir folder holds
+    /// at most 26 keywords): each with its folder and how many messages lost it. The messages
+    /// themselves were restored.
+    pub not_carried: Vec<String>,
 }
 
 impl Outcome {

@@ -28,6 +28,9 @@ pub struct Selected {
     /// The owner's INBOX itself (not a folder that is merely named INBOX).
     pub inbox: bool,
     pub uidvalidity: u32,
+    /// The UID the mailbox gives its next message (`last_uid` + 1 of its `cyrus.index`): what
+    /// IMAP shows as UIDNEXT, and above every UID it ever gave, expunged ones included.
+    pub uidnext: u32,
     pub records: Vec<Flagged>,
 }
 
@@ -165,6 +168,7 @@ fn select<S>(
             levels,
             inbox: m.name.is_inbox(),
             uidvalidity: data.index.header.uidvalidity,
+            uidnext: data.index.header.last_uid.saturating_add(1),
             records,
         });
     }

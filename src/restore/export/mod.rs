@@ -266,7 +266,8 @@ fn set_mtime(file: &File, path: &Path, secs: i64) -> Result<()> {
 
 /// Escapes one level for a file name: `%` as `%25` and `.` as `%2E`, so a level is never `.` or
 /// `..`, never hidden, never ends like a message file (`<uid>.eml`) or an mbox (`<name>.mbox`)
-/// and, in Maildir++, never reads as two levels.
+/// and never reads as two levels on an IMAP server whose separator is `.`. Maildir++ folders
+/// are named as Dovecot names them instead (`maildir::dovecot_level`).
 fn escape_level(level: &str) -> String {
     level.replace('%', "%25").replace('.', "%2E")
 }
