@@ -341,27 +341,19 @@ impl<'a> Walker<'a> {
             }
             let m = self.message(&r.guid, &sha1, r.size, notices);
             if ended {
-                let known = self.index.messages[m]
-                    .seen
-                    .iter()
-                    .any(|c| c.folder == f && c.uid == r.uid);
-                if known {
-                    continue;
-                }
                 let secs = r.last_updated_ns.div_euclid(1_000_000_000);
-                self.index.messages[m].seen.push(Copy {
-                    folder: f,
-                    uid: r.uid,
-                    internaldate: r.internaldate_ns.div_euclid(1_000_000_000),
-                    first: None,
-                    last: None,
-                    flags: flags.clone(),
-                    ended: Some(Ended {
+                let time = if secs > 0 { secs } else { at.time };
+                self.add_ended(
+                    m,
+                    f,
+                    r,
+                    flags,
+                    Ended {
                         how: EndHow::Expunged,
                         run: at.run,
-                        time: if secs > 0 { secs } else { at.time },
-                    }),
-                });
+                        time,
+                    },
+                );
                 continue;
             }
             let copies = &mut self.index.messages[m].seen;
@@ -398,29 +390,40 @@ impl<'a> Walker<'a> {
                 continue;
             }
             let m = self.message(&r.guid, &r.guid.to_hex(), r.size, notices);
-            let message = &mut self.index.messages[m];
-            if message.seen.iter().any(|c| c.folder == f && c.uid == r.uid) {
-                continue;
-            }
             let how = if r.is_expunged() {
                 EndHow::Expunged
             } else {
                 EndHow::FolderDeleted
             };
-            message.seen.push(Copy {
-                folder: f,
-                uid: r.uid,
-                internaldate: r.internaldate_ns.div_euclid(1_000_000_000),
-                first: None,
-                last: None,
-                flags: flags.clone(),
-                ended: Some(Ended {
+            self.add_ended(
+                m,
+                f,
+                r,
+                flags,
+                Ended {
                     how,
                     run: gone.run,
                     time: gone.time,
-                }),
-            });
+                },
+            );
         }
+    }
+
+    /// A copy never live in a run, already ended, unless the message has that record already.
+    fn add_ended(&mut self, m: usize, f: u32, r: &IndexRecord, flags: &[String], ended: Ended) {
+        let message = &mut self.index.messages[m];
+        if message.seen.iter().any(|c| c.folder == f && c.uid == r.uid) {
+            return;
+        }
+        message.seen.push(Copy {
+            folder: f,
+            uid: r.uid,
+            internaldate: r.internaldate_ns.div_euclid(1_000_000_000),
+            first: None,
+            last: None,
+            flags: flags.to_vec(),
+            ended: Some(ended),
+        });
     }
 
     fn close_all(&mut self, f: u32, how: EndHow, at: RunTime) {

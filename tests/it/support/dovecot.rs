@@ -552,21 +552,7 @@ fn new_base_dir() -> PathBuf {
 fn reap_stale_instances() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(DIR_PREFIX) else {
-                continue;
-            };
-            let Some(owner) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
-                continue;
-            }
-            let dir = e.path();
+        for dir in crate::support::dirs_of_dead_test_processes(DIR_PREFIX) {
             for inst in ["main"] {
                 let conf = dir.join(inst).join("dovecot.conf");
                 let Ok(pid) = std::fs::read_to_string(dir.join(inst).join("run/master.pid")) else {

@@ -1160,21 +1160,7 @@ fn remove_base_dir(base: &Path) {
 fn reap_stale_dirs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(DIR_PREFIX) else {
-                continue;
-            };
-            let Some(owner) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
-                continue;
-            }
-            let base = e.path();
+        for base in crate::support::dirs_of_dead_test_processes(DIR_PREFIX) {
             for node in std::fs::read_dir(&base).into_iter().flatten().flatten() {
                 let Ok(pid) = std::fs::read_to_string(node.path().join("garage.pid")) else {
                     continue;
