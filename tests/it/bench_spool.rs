@@ -399,3 +399,56 @@ fn diff_facts(want: &crate::spool_view::UserFacts, got: &crate::spool_view::User
         got.mailboxes.keys().collect::<Vec<_>>()
     )
 }
+
+/// Builds the many-owners benchmark spool (BENCHMARKS.md, "Many owners"): not a test, so it is
+/// ignored; `bench/many-owners.sh` runs it. `MAILPACK_BENCH_USERS` users (default 20,000), each
+/// with INBOX, Sent and Archive, created over IMAP by a real Cyrus, and three small messages per
+/// user delivered over LMTP to 100 recipients per transaction (one file hard-linked into each
+/// INBOX, as a mailing list arrives).
+#[test]
+#[ignore]
+fn make_many_owners_spool() {
+    let dest = PathBuf::from(std::env::var("MAILPACK_BENCH_SPOOL").expect("MAILPACK_BENCH_SPOOL"));
+    let users: usize = std::env::var("MAILPACK_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let mut server = CyrusServer::start(CyrusOptions::default());
+    let sep = server.separator();
+    let names: Vec<String> = (0..users).map(|u| format!("u{u:05}")).collect();
+    let workers = 2;
+    std::thread::scope(|scope| {
+        for w in 0..workers {
+            let (names, server) = (&names, &server);
+            scope.spawn(move || {
+                let mut admin = server.admin();
+                for name in names.iter().skip(w).step_by(workers) {
+                    let inbox = server.user_mailbox(name);
+                    admin.create(&inbox);
+                    admin.create(&format!("{inbox}{sep}Sent"));
+                    admin.create(&format!("{inbox}{sep}Archive"));
+                }
+                admin.logout();
+            });
+        }
+    });
+    let mut lmtp = Lmtp::connect(server.lmtp_addr());
+    for m in 0..3 {
+        for chunk in names.chunks(100) {
+            let rcpts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let body = format!(
+                "From: list@example.org\r\nTo: staff@example.org\r\nSubject: notice {m} to {}\r\n\
+                 Message-ID: <{m}.{}@example.org>\r\n\r\nA short note, number {m}.\r\n",
+                chunk[0], chunk[0]
+            );
+            for result in lmtp.deliver("list@example.org", &rcpts, body.as_bytes()) {
+                result.unwrap_or_else(|e| panic!("{}: {e}", chunk[0]));
+            }
+        }
+    }
+    lmtp.quit();
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dest);
+    crate::spool_view::copy_spool(server.base_dir(), &dest);
+    eprintln!("many-owners spool: {users} users in {}", dest.display());
+}
