@@ -176,11 +176,14 @@ impl BarsView {
 
     fn update(&mut self, s: &Snapshot) {
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let total = match s.owners_total {
+            0 => "?".to_string(), // still listing the owners
+            n => n.to_string(),
+        };
         self.top.set_message(format!(
-            "{}: {}/{} owners, {} messages, {} ({}/s), {}",
+            "{}: {}/{total} owners, {} messages, {} ({}/s), {}",
             s.command,
             s.owners_done,
-            s.owners_total,
             s.messages,
             output::bytes(s.bytes),
             output::bytes((s.bytes as f64 / secs) as u64),
