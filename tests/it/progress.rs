@@ -1,6 +1,6 @@
 //! `--progress-json` (issue 19) against a real Cyrus: progress lines whose counts only grow and
-//! whose final line adds up to the result lines of backup, restore (into Cyrus and into files)
-//! and compact; and bars on a terminal that leave the result lines on stdout intact.
+//! whose final line adds up to the result lines of backup, restore (into Cyrus and into files),
+//! compact and push (to a Garage bucket); and bars on a terminal that leave the result lines on stdout intact.
 
 use std::path::Path;
 use std::process::Output;
@@ -287,5 +287,67 @@ fn bars_on_a_terminal_leave_the_result_lines_on_stdout_intact() {
             .iter()
             .any(|l| l.starts_with("alice: run 2:") && l.contains(" 1 messages added")),
         "{stdout}"
+    );
+}
+
+/// Push: the bytes read for upload add up to the `pushed` lines' archive and index bytes.
+#[test]
+fn push_progress_lines_add_up_to_the_bytes_pushed() {
+    let garage = crate::support::garage::GarageServer::start_single();
+    let work = TempDir::new("progress-push");
+    let dir = work.path().join("archives");
+    std::fs::create_dir_all(&dir).unwrap();
+    for user in ["amy", "ben"] {
+        let src = work.path().join(format!("src-{user}"));
+        std::fs::create_dir_all(&src).unwrap();
+        let mut rng = crate::util::Rng::new(user.len() as u64);
+        for i in 0..30 {
+            std::fs::write(src.join(format!("m{i}")), rng.mail_text(20_000 + i * 500)).unwrap();
+        }
+        crate::util::ok(&run(&[
+            "put",
+            "--archive-dir",
+            dir.to_str().unwrap(),
+            "--user",
+            user,
+            src.to_str().unwrap(),
+        ]));
+    }
+    let o = crate::util::bin()
+        .envs(garage.env())
+        .env(FAST.0, FAST.1)
+        .args([
+            "push",
+            "--archive-dir",
+            dir.to_str().unwrap(),
+            "--to",
+            &garage.url("p"),
+            "--jobs",
+            "2",
+            "--json",
+            "--progress-json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", crate::util::stderr(&o));
+    let pushed = lines(&o);
+    let last = checked_progress(&pushed, "push");
+    let reports: Vec<&Value> = pushed
+        .iter()
+        .filter(|l| l["type"] == "pushed")
+        .map(|l| &l["data"]["report"])
+        .collect();
+    assert_eq!(last["owners_total"], reports.len() as u64, "{last}");
+    let bytes: u64 = reports
+        .iter()
+        .map(|r| r["archive_bytes"].as_u64().unwrap() + r["index_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(bytes > 0, "{pushed:?}");
+    assert_eq!(last["bytes"], bytes, "{last}");
+    assert_eq!(last["messages"], 0, "{last}");
+    assert_eq!(
+        pushed.last().unwrap()["type"],
+        "push-summary",
+        "the summary closes the output"
     );
 }
