@@ -296,7 +296,10 @@ mod tests {
         assert_eq!(progress.snapshot().current[0].phase, Phase::Push);
         drop(b);
         let s = progress.snapshot();
-        assert_eq!((s.owners_done, s.owners_total, s.bytes, s.messages), (2, 2, 16, 2));
+        assert_eq!(
+            (s.owners_done, s.owners_total, s.bytes, s.messages),
+            (2, 2, 16, 2)
+        );
         assert!(s.current.is_empty());
     }
 

@@ -126,67 +126,65 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
         ..Default::default()
     };
     let archive_dir = options.archive_dir.clone();
-    let summary = backup(&options, &mut |outcome, _, _| {
-        match outcome {
-            UserOutcome::Done(r, compaction, pushed) => {
-                metrics.owners_ok += 1;
-                *metrics.bytes_read.get_or_insert(0) += r.bytes_read;
-                *metrics.bytes_written.get_or_insert(0) += r.bytes_written;
-                *metrics.messages_added.get_or_insert(0) += r.messages_added;
-                if args.json {
-                    let _ = p.json("user", r);
-                } else {
-                    let _ = p.line(&output::user_summary(r));
-                    if r.healed > 0 {
-                        let _ = p.line(&format!(
-                            "  healed {} entries the last repair had lost",
-                            r.healed
-                        ));
-                    }
-                    for problem in &r.problems {
-                        p.note(&format!("{}: {problem}", r.user));
-                    }
+    let summary = backup(&options, &mut |outcome, _, _| match outcome {
+        UserOutcome::Done(r, compaction, pushed) => {
+            metrics.owners_ok += 1;
+            *metrics.bytes_read.get_or_insert(0) += r.bytes_read;
+            *metrics.bytes_written.get_or_insert(0) += r.bytes_written;
+            *metrics.messages_added.get_or_insert(0) += r.messages_added;
+            if args.json {
+                let _ = p.json("user", r);
+            } else {
+                let _ = p.line(&output::user_summary(r));
+                if r.healed > 0 {
+                    let _ = p.line(&format!(
+                        "  healed {} entries the last repair had lost",
+                        r.healed
+                    ));
                 }
-                match compaction {
-                    Some(Ok(outcome)) if args.json => {
-                        let _ = p.json(
-                            "compaction",
-                            &serde_json::json!({ "user": r.user, "compaction": outcome }),
-                        );
-                    }
-                    Some(Ok(outcome)) => {
-                        let _ = p.line(&format!("  {}", output::compaction_summary(outcome)));
-                    }
-                    Some(Err(error)) => p.note(&format!("{}: compaction failed: {error}", r.user)),
-                    None => {}
-                }
-                match pushed {
-                    Some(Ok(pushed)) if args.json => {
-                        let _ = p.json(
-                            "pushed",
-                            &serde_json::json!({ "owner": r.user, "report": pushed }),
-                        );
-                    }
-                    Some(Ok(pushed)) => {
-                        let _ = p.line(&format!(
-                            "  pushed: {} (push {}, {} archive bytes, {} objects)",
-                            pushed.outcome, pushed.seq, pushed.archive_bytes, pushed.objects
-                        ));
-                    }
-                    Some(Err(error)) => p.note(&format!("{}: push failed: {error}", r.user)),
-                    None => {}
+                for problem in &r.problems {
+                    p.note(&format!("{}: {problem}", r.user));
                 }
             }
-            UserOutcome::Failed { user, error } => {
-                metrics.owners_failed += 1;
-                if args.json {
+            match compaction {
+                Some(Ok(outcome)) if args.json => {
                     let _ = p.json(
-                        "user-failed",
-                        &serde_json::json!({ "user": user, "error": error }),
+                        "compaction",
+                        &serde_json::json!({ "user": r.user, "compaction": outcome }),
                     );
                 }
-                p.note(&format!("{user}: not backed up: {error}"));
+                Some(Ok(outcome)) => {
+                    let _ = p.line(&format!("  {}", output::compaction_summary(outcome)));
+                }
+                Some(Err(error)) => p.note(&format!("{}: compaction failed: {error}", r.user)),
+                None => {}
             }
+            match pushed {
+                Some(Ok(pushed)) if args.json => {
+                    let _ = p.json(
+                        "pushed",
+                        &serde_json::json!({ "owner": r.user, "report": pushed }),
+                    );
+                }
+                Some(Ok(pushed)) => {
+                    let _ = p.line(&format!(
+                        "  pushed: {} (push {}, {} archive bytes, {} objects)",
+                        pushed.outcome, pushed.seq, pushed.archive_bytes, pushed.objects
+                    ));
+                }
+                Some(Err(error)) => p.note(&format!("{}: push failed: {error}", r.user)),
+                None => {}
+            }
+        }
+        UserOutcome::Failed { user, error } => {
+            metrics.owners_failed += 1;
+            if args.json {
+                let _ = p.json(
+                    "user-failed",
+                    &serde_json::json!({ "user": user, "error": error }),
+                );
+            }
+            p.note(&format!("{user}: not backed up: {error}"));
         }
     })?;
     display.finish(p);

@@ -76,8 +76,7 @@ impl Display {
                 let mut view = BarsView::new(multi);
                 loop {
                     view.update(&progress.snapshot());
-                    if stopped.recv_timeout(BAR_INTERVAL) != Err(mpsc::RecvTimeoutError::Timeout)
-                    {
+                    if stopped.recv_timeout(BAR_INTERVAL) != Err(mpsc::RecvTimeoutError::Timeout) {
                         view.clear();
                         return;
                     }

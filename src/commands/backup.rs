@@ -464,9 +464,14 @@ fn one_user(
             Some(r) => r,
             None => return Ok(None),
         },
-        (false, Some(source)) => {
-            backup_user(source, owner, &mut store, user_options, next_users, progress)?
-        }
+        (false, Some(source)) => backup_user(
+            source,
+            owner,
+            &mut store,
+            user_options,
+            next_users,
+            progress,
+        )?,
         (false, None) => unreachable!("a source is opened for every user on the server"),
     };
     // Repairs made while opening are worth an operator's attention.

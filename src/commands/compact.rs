@@ -1,7 +1,9 @@
 //! `mailpack compact`: the compaction policy over the selected archives, or with `dry_run` only
 //! its plan. One archive's failure (busy, damaged) does not stop the others.
 
-use crate::compact::{compact_counted, plan, CompactOptions, CompactOutcome, CompactPlan, PlanOptions};
+use crate::compact::{
+    compact_counted, plan, CompactOptions, CompactOutcome, CompactPlan, PlanOptions,
+};
 use crate::error::Result;
 use crate::progress::{OwnerProgress, Phase, Progress};
 use crate::store::{Archive, ArchivePaths, WriterOptions};
@@ -50,8 +52,8 @@ pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) ->
                 plan: command.plan.clone(),
                 writer: command.writer.clone(),
             };
-            let ran = compact_counted(&paths, &options, &mut notices, &tally)
-                .map(ArchiveCompaction::Ran);
+            let ran =
+                compact_counted(&paths, &options, &mut notices, &tally).map(ArchiveCompaction::Ran);
             if ran.is_ok() {
                 notices.extend(super::find::refresh(&paths));
             }
@@ -66,10 +68,16 @@ pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) ->
 
 /// How progress names an archive: its file name (`alice.tar.gz`), or `shared/<file>`.
 fn archive_name(paths: &ArchivePaths) -> String {
-    let file = paths.archive.file_name().unwrap_or_default().to_string_lossy();
+    let file = paths
+        .archive
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
     let parent = paths.archive.parent().and_then(|p| p.file_name());
     match parent {
-        Some(dir) if dir == crate::store::SHARED_DIR => format!("{}/{file}", crate::store::SHARED_DIR),
+        Some(dir) if dir == crate::store::SHARED_DIR => {
+            format!("{}/{file}", crate::store::SHARED_DIR)
+        }
         _ => file.into_owned(),
     }
 }

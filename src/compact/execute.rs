@@ -80,7 +80,8 @@ pub fn compact_counted(
     }
     rewriter.start()?;
     progress.set_bytes_total(bytes_before);
-    let is_message = |e: &&crate::archive::EntryRecord| e.name.starts_with(crate::archive::FILES_DIR);
+    let is_message =
+        |e: &&crate::archive::EntryRecord| e.name.starts_with(crate::archive::FILES_DIR);
     let source_path = paths.archive.clone();
     let handle = rewriter.archive().handle().clone();
     let runs: Vec<RunInfo> = rewriter.archive().runs().to_vec();

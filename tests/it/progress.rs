@@ -1,6 +1,7 @@
 //! `--progress-json` (issue 19) against a real Cyrus: progress lines whose counts only grow and
 //! whose final line adds up to the result lines of backup, restore (into Cyrus and into files),
-//! compact and push (to a Garage bucket); and bars on a terminal that leave the result lines on stdout intact.
+//! compact and push (to a Garage bucket); and bars on a terminal that leave the result lines on
+//! stdout intact.
 
 use std::path::Path;
 use std::process::Output;
@@ -48,14 +49,20 @@ fn checked_progress(lines: &[Value], command: &str) -> Value {
             p["messages"].as_u64().unwrap(),
         ];
         for k in 0..3 {
-            assert!(now[k] >= before[k], "a count went down: {before:?} then {p}");
+            assert!(
+                now[k] >= before[k],
+                "a count went down: {before:?} then {p}"
+            );
         }
         before = now;
         let owners_total = p["owners_total"].as_u64().unwrap();
         assert!(now[0] <= owners_total || owners_total == 0, "{p}");
         let current = p["current"].as_array().unwrap();
         let in_progress: (u64, u64) = current.iter().fold((0, 0), |(b, m), o| {
-            (b + o["bytes"].as_u64().unwrap(), m + o["messages"].as_u64().unwrap())
+            (
+                b + o["bytes"].as_u64().unwrap(),
+                m + o["messages"].as_u64().unwrap(),
+            )
         });
         assert!(in_progress.0 <= now[1] && in_progress.1 <= now[2], "{p}");
         assert_eq!(p["final"], i == progress.len() - 1, "{p}");
@@ -78,7 +85,11 @@ fn sum(lines: &[Value], kind: &str, field: &str) -> u64 {
     lines
         .iter()
         .filter(|l| l["type"] == kind)
-        .map(|l| l["data"][field].as_u64().unwrap_or_else(|| panic!("{field} in {l}")))
+        .map(|l| {
+            l["data"][field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{field} in {l}"))
+        })
         .sum()
 }
 
@@ -138,8 +149,14 @@ fn backup_restore_and_compact_progress_lines_grow_and_add_up_to_the_results() {
     assert_eq!(o.status.code(), Some(0), "{}", crate::util::stderr(&o));
     let out = crate::util::stdout(&o);
     let (json, human): (Vec<&str>, Vec<&str>) = out.lines().partition(|l| l.starts_with('{'));
-    assert!(human.iter().any(|l| l.starts_with("alice: run 2:")), "{out}");
-    let json: Vec<Value> = json.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        human.iter().any(|l| l.starts_with("alice: run 2:")),
+        "{out}"
+    );
+    let json: Vec<Value> = json
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let last = checked_progress(&json, "backup");
     assert_eq!(last["messages"], 0, "nothing new: {last}");
 
@@ -163,7 +180,11 @@ fn backup_restore_and_compact_progress_lines_grow_and_add_up_to_the_results() {
     let written = sum(&restored, "restore", "messages_written");
     assert!(written >= 40, "{restored:?}");
     assert_eq!(last["messages"], written, "{last}");
-    assert_eq!(last["bytes"], sum(&restored, "restore", "bytes_written"), "{last}");
+    assert_eq!(
+        last["bytes"],
+        sum(&restored, "restore", "bytes_written"),
+        "{last}"
+    );
 
     // Every owner back into a fresh Cyrus (each message placed through the plan's count).
     let fresh = CyrusServer::start(CyrusOptions::default());
@@ -188,7 +209,11 @@ fn backup_restore_and_compact_progress_lines_grow_and_add_up_to_the_results() {
     let written = sum(&restored, "restore", "messages_written");
     assert!(written >= 40, "{restored:?}");
     assert_eq!(last["messages"], written, "{last}");
-    assert_eq!(last["bytes"], sum(&restored, "restore", "bytes_written"), "{last}");
+    assert_eq!(
+        last["bytes"],
+        sum(&restored, "restore", "bytes_written"),
+        "{last}"
+    );
 
     // Compaction of every archive: the bytes of the archives rewritten. A flag change and one
     // more run leave an old version of alice's INBOX index to drop.
@@ -241,7 +266,10 @@ fn backup_restore_and_compact_progress_lines_grow_and_add_up_to_the_results() {
         .map(|c| c["entries_kept"].as_u64().unwrap())
         .sum();
     let messages = last["messages"].as_u64().unwrap();
-    assert!(messages >= 40 && messages < kept, "{last}, {kept} entries kept");
+    assert!(
+        messages >= 40 && messages < kept,
+        "{last}, {kept} entries kept"
+    );
 }
 
 /// On a terminal the bars go to stderr; stdout, sent to a file, holds the result lines alone.
