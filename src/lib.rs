@@ -14,7 +14,7 @@
 //! - `entries`: the entry vocabulary (formats/backup-entries.md) both backup and restore use;
 //! - `archive` (gzip members and tar entries, no knowledge of Cyrus or the index) and `spool`
 //!   (Cyrus's files, read-only): never import each other;
-//! - foundation: `error`, `guid`, `io`, `time`, `host`.
+//! - foundation: `error`, `guid`, `io`, `time`, `host`, `progress` (counters the CLI draws).
 
 pub mod agent;
 pub mod archive;
@@ -30,6 +30,7 @@ pub mod host;
 pub mod io;
 pub mod metrics;
 pub mod offsite;
+pub mod progress;
 pub mod restore;
 pub mod spool;
 pub mod store;

@@ -10,6 +10,7 @@ use crate::archive::{file_entry_name, Appended, ArchiveWriter, RunSummary};
 use crate::entries::{self, folder_entry, folder_target, imap_entry, records_bytes};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
+use crate::progress::Tally;
 use crate::spool::{MetaFile, Owner};
 use crate::store::{Archive, StoreWriter};
 
@@ -99,12 +100,15 @@ impl Healing {
 /// `next_users` is asked, once this run needs nothing more from `source`, which users the caller
 /// will back up next through it (given this run's report so far, to judge how long they may
 /// take); their listings are asked for before this run commits.
+///
+/// `progress` follows the report's `bytes_read` and `messages_added` as the run goes.
 pub fn backup_user(
     source: &mut dyn Source,
     owner: &Owner,
     store: &mut StoreWriter,
     options: &UserOptions,
     next_users: &mut dyn FnMut(&UserReport) -> Vec<Owner>,
+    progress: &Tally,
 ) -> Result<UserReport> {
     let started = Instant::now();
     let start_len = store.archive().committed_len();
@@ -199,8 +203,10 @@ pub fn backup_user(
             options,
             report: &mut report,
             healing: &mut healing,
+            progress,
         }
         .capture_mailbox(owner, m, &uid)?;
+        progress.reached(report.bytes_read, report.messages_added);
     }
 
     // Names: new and renamed mailboxes get a link, vanished names a tombstone, unless that many
@@ -273,6 +279,7 @@ pub fn backup_user(
     }
     let traffic = source.traffic();
     report.wire_bytes = traffic.0 + traffic.1 - traffic_before.0 - traffic_before.1;
+    progress.reached(report.bytes_read, report.messages_added);
     commit(store, options, &mut report, start_len, started)?;
     Ok(report)
 }
@@ -417,6 +424,7 @@ struct Pass2<'a> {
     options: &'a UserOptions,
     report: &'a mut UserReport,
     healing: &'a mut Healing,
+    progress: &'a Tally,
 }
 
 /// Errors that concern one mailbox or file on the mail host: reported, and the run goes on.
@@ -562,6 +570,8 @@ impl Pass2<'_> {
                     bad = true;
                 }
             }
+            self.progress
+                .reached(self.report.bytes_read, self.report.messages_added);
         }
         let missing: Vec<(u32, String)> = missing
             .into_iter()

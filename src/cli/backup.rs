@@ -67,6 +67,8 @@ pub(super) struct BackupArgs {
     /// JSON lines on stdout, one per user (formats/json-output.md).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    progress: super::progress::ProgressArgs,
     /// Write this run's figures to PATH (Prometheus text format, atomically), for
     /// node_exporter's textfile collector.
     #[arg(long, value_name = "PATH")]
@@ -75,7 +77,6 @@ pub(super) struct BackupArgs {
 
 pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
     use crate::commands::backup::{backup, BackupOptions, UserOutcome};
-    use std::io::IsTerminal;
     let push = match &args.push {
         Some(url) => Some(crate::commands::offsite::PushTarget::connect(
             &args
@@ -91,7 +92,9 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
             key.display()
         ));
     }
+    let display = super::progress::Display::start("backup", args.progress, args.json, p);
     let options = BackupOptions {
+        progress: display.progress(),
         push,
         spool: match args.remote {
             Some(command) => crate::commands::backup::SpoolAccess::Remote {
@@ -113,9 +116,7 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
         compact: args.compact.then(|| args.policy.options(false)),
         allow_mass_delete: args.allow_mass_delete,
     };
-    let tty = std::io::stderr().is_terminal() && !args.json;
     let started = std::time::Instant::now();
-    let mut bytes = 0u64;
     let mut metrics = crate::metrics::RunMetrics {
         command: "backup".into(),
         started: crate::time::now(),
@@ -125,87 +126,68 @@ pub(super) fn run(args: BackupArgs, p: &mut Printer) -> Result<u8, Error> {
         ..Default::default()
     };
     let archive_dir = options.archive_dir.clone();
-    let summary = backup(&options, &mut |outcome, done, total| {
-        match outcome {
-            UserOutcome::Done(r, compaction, pushed) => {
-                bytes += r.bytes_read;
-                metrics.owners_ok += 1;
-                *metrics.bytes_read.get_or_insert(0) += r.bytes_read;
-                *metrics.bytes_written.get_or_insert(0) += r.bytes_written;
-                *metrics.messages_added.get_or_insert(0) += r.messages_added;
-                if tty {
-                    eprint!("\r\x1b[K");
+    let summary = backup(&options, &mut |outcome, _, _| match outcome {
+        UserOutcome::Done(r, compaction, pushed) => {
+            metrics.owners_ok += 1;
+            *metrics.bytes_read.get_or_insert(0) += r.bytes_read;
+            *metrics.bytes_written.get_or_insert(0) += r.bytes_written;
+            *metrics.messages_added.get_or_insert(0) += r.messages_added;
+            if args.json {
+                let _ = p.json("user", r);
+            } else {
+                let _ = p.line(&output::user_summary(r));
+                if r.healed > 0 {
+                    let _ = p.line(&format!(
+                        "  healed {} entries the last repair had lost",
+                        r.healed
+                    ));
                 }
-                if args.json {
-                    let _ = p.json("user", r);
-                } else {
-                    let _ = p.line(&output::user_summary(r));
-                    if r.healed > 0 {
-                        let _ = p.line(&format!(
-                            "  healed {} entries the last repair had lost",
-                            r.healed
-                        ));
-                    }
-                    for problem in &r.problems {
-                        p.note(&format!("{}: {problem}", r.user));
-                    }
-                }
-                match compaction {
-                    Some(Ok(outcome)) if args.json => {
-                        let _ = p.json(
-                            "compaction",
-                            &serde_json::json!({ "user": r.user, "compaction": outcome }),
-                        );
-                    }
-                    Some(Ok(outcome)) => {
-                        let _ = p.line(&format!("  {}", output::compaction_summary(outcome)));
-                    }
-                    Some(Err(error)) => p.note(&format!("{}: compaction failed: {error}", r.user)),
-                    None => {}
-                }
-                match pushed {
-                    Some(Ok(pushed)) if args.json => {
-                        let _ = p.json(
-                            "pushed",
-                            &serde_json::json!({ "owner": r.user, "report": pushed }),
-                        );
-                    }
-                    Some(Ok(pushed)) => {
-                        let _ = p.line(&format!(
-                            "  pushed: {} (push {}, {} archive bytes, {} objects)",
-                            pushed.outcome, pushed.seq, pushed.archive_bytes, pushed.objects
-                        ));
-                    }
-                    Some(Err(error)) => p.note(&format!("{}: push failed: {error}", r.user)),
-                    None => {}
+                for problem in &r.problems {
+                    p.note(&format!("{}: {problem}", r.user));
                 }
             }
-            UserOutcome::Failed { user, error } => {
-                metrics.owners_failed += 1;
-                if tty {
-                    eprint!("\r\x1b[K");
-                }
-                if args.json {
+            match compaction {
+                Some(Ok(outcome)) if args.json => {
                     let _ = p.json(
-                        "user-failed",
-                        &serde_json::json!({ "user": user, "error": error }),
+                        "compaction",
+                        &serde_json::json!({ "user": r.user, "compaction": outcome }),
                     );
                 }
-                p.note(&format!("{user}: not backed up: {error}"));
+                Some(Ok(outcome)) => {
+                    let _ = p.line(&format!("  {}", output::compaction_summary(outcome)));
+                }
+                Some(Err(error)) => p.note(&format!("{}: compaction failed: {error}", r.user)),
+                None => {}
+            }
+            match pushed {
+                Some(Ok(pushed)) if args.json => {
+                    let _ = p.json(
+                        "pushed",
+                        &serde_json::json!({ "owner": r.user, "report": pushed }),
+                    );
+                }
+                Some(Ok(pushed)) => {
+                    let _ = p.line(&format!(
+                        "  pushed: {} (push {}, {} archive bytes, {} objects)",
+                        pushed.outcome, pushed.seq, pushed.archive_bytes, pushed.objects
+                    ));
+                }
+                Some(Err(error)) => p.note(&format!("{}: push failed: {error}", r.user)),
+                None => {}
             }
         }
-        if tty {
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            eprint!(
-                "users {done}/{total}, {} read, {}/s",
-                output::bytes(bytes),
-                output::bytes((bytes as f64 / secs) as u64)
-            );
+        UserOutcome::Failed { user, error } => {
+            metrics.owners_failed += 1;
+            if args.json {
+                let _ = p.json(
+                    "user-failed",
+                    &serde_json::json!({ "user": user, "error": error }),
+                );
+            }
+            p.note(&format!("{user}: not backed up: {error}"));
         }
     })?;
-    if tty {
-        eprintln!();
-    }
+    display.finish(p);
     if let Some(path) = &args.metrics_file {
         metrics.seconds = started.elapsed().as_secs_f64();
         metrics.archive_bytes = Some(crate::commands::archive_bytes(&archive_dir));

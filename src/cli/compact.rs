@@ -36,6 +36,8 @@ pub(super) struct CompactArgs {
     level: u32,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    progress: super::progress::ProgressArgs,
     /// Write this run's figures to PATH (Prometheus text format, atomically), for
     /// node_exporter's textfile collector.
     #[arg(long, value_name = "PATH")]
@@ -93,7 +95,9 @@ impl PolicyArgs {
 
 pub(super) fn run(args: CompactArgs, p: &mut Printer) -> Result<u8, Error> {
     use crate::commands::compact::{compact_archives, ArchiveCompaction, CompactCommand};
+    let display = super::progress::Display::start("compact", args.progress, args.json, p);
     let command = CompactCommand {
+        progress: display.progress(),
         selection: Selection::Dir {
             dir: args.archive_dir.clone().ok_or_else(|| {
                 Error::usage("pass --archive-dir DIR (or set MAILPACK_ARCHIVE_DIR)")
@@ -170,6 +174,7 @@ pub(super) fn run(args: CompactArgs, p: &mut Printer) -> Result<u8, Error> {
             failed = true;
         }
     })?;
+    display.finish(p);
     metrics.seconds = clock.elapsed().as_secs_f64();
     if let Some(path) = &args.metrics_file {
         crate::metrics::write_file(path, &metrics)?;

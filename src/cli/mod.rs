@@ -11,6 +11,7 @@ mod find;
 mod ls;
 mod offsite;
 mod output;
+mod progress;
 mod put;
 mod reindex;
 mod repair;

@@ -79,6 +79,8 @@ pub(super) struct PushArgs {
     dry_run: bool,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    progress: super::progress::ProgressArgs,
     /// Write this run's figures to PATH (Prometheus text format, atomically), for
     /// node_exporter's textfile collector.
     #[arg(long, value_name = "PATH")]
@@ -129,7 +131,9 @@ pub(super) fn run_push(args: PushArgs, p: &mut Printer) -> Result<u8, Error> {
         .map(|u| Owner::User(u.clone()))
         .chain(args.shared.iter().map(|t| Owner::Shared(t.clone())))
         .collect();
+    let display = super::progress::Display::start("push", args.progress, args.json, p);
     let options = PushOptions {
+        progress: display.progress(),
         target: args
             .flags
             .target(args.archive_dir.clone(), args.to.clone(), args.dry_run),
@@ -164,6 +168,7 @@ pub(super) fn run_push(args: PushArgs, p: &mut Printer) -> Result<u8, Error> {
     for pushed in &lines {
         print_pushed(p, pushed, json)?;
     }
+    display.finish(p);
     let line = format!(
         "pushed {} owners, {} failed: {} sent in {} requests",
         summary.pushed,

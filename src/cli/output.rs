@@ -7,15 +7,28 @@ use crate::commands::EntryView;
 use crate::error::Error;
 
 pub struct Printer {
-    stdout: io::BufWriter<io::Stdout>,
     closed: bool,
+    /// Progress bars on stderr (`cli::progress`): cleared while a line is printed, then redrawn.
+    bars: Option<indicatif::MultiProgress>,
 }
 
 impl Printer {
     pub fn new() -> Printer {
         Printer {
-            stdout: io::BufWriter::new(io::stdout()),
             closed: false,
+            bars: None,
+        }
+    }
+
+    pub(super) fn set_bars(&mut self, bars: Option<indicatif::MultiProgress>) {
+        self.bars = bars;
+    }
+
+    /// Runs `f` with the progress bars (if any) cleared from the terminal.
+    fn above_bars<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.bars {
+            Some(bars) => bars.suspend(f),
+            None => f(),
         }
     }
 
@@ -23,7 +36,7 @@ impl Printer {
         if self.closed {
             return;
         }
-        if let Err(e) = writeln!(self.stdout, "{s}").and_then(|_| self.stdout.flush()) {
+        if let Err(e) = self.above_bars(|| write_line(s)) {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 self.closed = true;
             }
@@ -32,8 +45,7 @@ impl Printer {
 
     /// One JSON line: `{"type": kind, "data": value}` (formats/json-output.md).
     pub fn json<T: serde::Serialize>(&mut self, kind: &str, value: &T) -> Result<(), Error> {
-        let line = serde_json::to_string(&serde_json::json!({ "type": kind, "data": value }))
-            .map_err(|e| Error::usage(format!("cannot encode JSON: {e}")))?;
+        let line = json_line(kind, value)?;
         self.out_line(&line);
         Ok(())
     }
@@ -45,11 +57,11 @@ impl Printer {
     }
 
     pub fn note(&mut self, s: &str) {
-        eprintln!("mailpack: {s}");
+        self.above_bars(|| eprintln!("mailpack: {s}"));
     }
 
     pub fn error(&mut self, e: &Error) {
-        eprintln!("mailpack: error: {e}");
+        self.above_bars(|| eprintln!("mailpack: error: {e}"));
     }
 
     pub fn stdout_closed(&self) -> bool {
@@ -58,6 +70,31 @@ impl Printer {
 
     pub fn mark_stdout_closed(&mut self) {
         self.closed = true;
+    }
+}
+
+/// One line on stdout, written whole under the stdout lock: lines from the `--progress-json`
+/// ticker thread never cut into another.
+fn write_line(s: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    let mut line = String::with_capacity(s.len() + 1);
+    line.push_str(s);
+    line.push('\n');
+    out.write_all(line.as_bytes())?;
+    out.flush()
+}
+
+/// `{"type": kind, "data": value}` as one line.
+pub fn json_line<T: serde::Serialize>(kind: &str, value: &T) -> Result<String, Error> {
+    serde_json::to_string(&serde_json::json!({ "type": kind, "data": value }))
+        .map_err(|e| Error::usage(format!("cannot encode JSON: {e}")))
+}
+
+/// A JSON line on stdout from a thread without the printer (the progress ticker); a closed
+/// stdout is left for the printer to notice.
+pub(super) fn print_json_line<T: serde::Serialize>(kind: &str, value: &T) {
+    if let Ok(line) = json_line(kind, value) {
+        let _ = write_line(&line);
     }
 }
 

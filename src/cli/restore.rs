@@ -129,6 +129,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    progress: super::progress::ProgressArgs,
+    #[command(flatten)]
     read: super::offsite::ReadFlags,
 }
 
@@ -195,7 +197,9 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
                 .map_err(|_| Error::usage(format!("--sha1 {s:?} is not 40 hex digits")))
         })
         .transpose()?;
+    let display = super::progress::Display::start("restore", args.progress, args.json, p);
     let options = RestoreOptions {
+        progress: display.progress(),
         archive_dir: args.archive_dir,
         shared: args.shared.is_some(),
         user: args.user.or(args.shared).unwrap_or_default(),
@@ -218,7 +222,12 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
         let jobs = args
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        return run_all(&options, jobs, args.json, p);
+        let code = run_all(&options, jobs, args.json, p)?;
+        display.finish(p);
+        return Ok(code);
+    }
+    if let Some(progress) = &options.progress {
+        progress.set_owners_total(1);
     }
     let report = if crate::offsite::BucketUrl::is_bucket(&options.archive_dir) {
         // From an off-site copy: the archive is opened from the bucket and read by range.
@@ -264,6 +273,7 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
             if report.dry_run { " (dry run)" } else { "" }
         ));
     }
+    display.finish(p);
     for w in &report.warnings {
         p.note(&format!("warning: {w}"));
     }
@@ -296,32 +306,18 @@ pub fn run(args: RestoreArgs, p: &mut Printer) -> Result<u8, Error> {
     )
 }
 
-/// `--all`: a line per owner as each finishes (JSON with `--json`), a progress line on a
-/// terminal, and exit 1 when any owner had problems or failed.
+/// `--all`: a line per owner as each finishes (JSON with `--json`), and exit 1 when any owner had problems or failed.
 fn run_all(
     options: &RestoreOptions,
     jobs: usize,
     json: bool,
     p: &mut Printer,
 ) -> Result<u8, Error> {
-    use std::io::IsTerminal;
-    let tty = std::io::stderr().is_terminal() && !json;
-    let (mut problems, mut mailboxes, mut messages, mut bytes) = (false, 0usize, 0u64, 0u64);
+    let mut problems = false;
     crate::commands::restore::restore_all(options, jobs, &mut |restored| {
-        let crate::commands::restore::OwnerRestored {
-            owner,
-            result,
-            done,
-            total,
-        } = restored;
-        if tty {
-            eprint!("\r\x1b[K");
-        }
+        let crate::commands::restore::OwnerRestored { owner, result, .. } = restored;
         match result {
             Ok(report) => {
-                mailboxes += report.mailboxes.len();
-                messages += report.messages_written;
-                bytes += report.bytes_written;
                 let clean = report.bad.is_empty()
                     && report.refused.is_empty()
                     && report.lost.is_empty()
@@ -364,12 +360,6 @@ fn run_all(
                 }
                 p.note(&format!("{owner}: restore failed: {e}"));
             }
-        }
-        if tty && done < total {
-            eprint!(
-                "{done}/{total} owners, {mailboxes} mailboxes, {messages} messages, {}",
-                output::bytes(bytes)
-            );
         }
     })?;
     Ok(u8::from(problems))

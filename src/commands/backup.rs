@@ -4,12 +4,13 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use crate::agent::{LocalSource, RemoteSource, Source};
 use crate::backup::{backup_user, record_user_gone, UserOptions, UserReport};
 use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
 use crate::error::{Error, Result};
+use crate::progress::{OwnerProgress, Phase, Progress, Tally};
 use crate::spool::{LockOptions, Owner, Spool};
 use crate::store::{list_owner_archives, ArchivePaths, StoreWriter, WriterOptions};
 
@@ -53,6 +54,9 @@ pub struct BackupOptions {
     pub allow_mass_delete: bool,
     /// Push each archive to this bucket right after its run (and compaction) committed.
     pub push: Option<crate::commands::offsite::PushTarget>,
+    /// Counters for a progress display (issue 19), per owner as its run goes; `None`: nobody
+    /// watches.
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// Users with archives here that the server no longer lists are marked gone (every name
@@ -195,6 +199,9 @@ pub fn backup(
         work.retain(|(_, gone)| !gone);
     }
     let total = work.len();
+    if let Some(progress) = &options.progress {
+        progress.set_owners_total(total as u64);
+    }
     let jobs = options.jobs.clamp(1, total.max(1));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut writer = options.writer.clone();
@@ -252,6 +259,10 @@ pub fn backup(
                             .map(|(o, _)| o.clone())
                             .collect()
                     };
+                    let tally = match &options.progress {
+                        Some(p) => p.start(&owner.to_string(), Phase::Backup),
+                        None => OwnerProgress::unwatched(),
+                    };
                     let result = (|| {
                         if source.is_none() && !*gone {
                             source = Some(open_source()?);
@@ -264,10 +275,12 @@ pub fn backup(
                             owner,
                             *gone,
                             &mut claim_next,
+                            &tally,
                         )
                     })();
                     let outcome = match result {
                         Ok(Some(mut report)) => {
+                            tally.set_phase(Phase::Compact);
                             let compaction = options.compact.as_ref().map(|plan| {
                                 compact_after_run(&options.archive_dir, owner, plan, writer)
                                     .map(Box::new)
@@ -277,6 +290,7 @@ pub fn backup(
                             {
                                 report.problems.extend(super::find::refresh(&paths));
                             }
+                            tally.set_phase(Phase::Push);
                             let pushed = options.push.as_ref().map(|target| {
                                 ArchivePaths::for_owner(&options.archive_dir, owner)
                                     .and_then(|paths| target.push(owner, &paths))
@@ -295,6 +309,8 @@ pub fn backup(
                         }
                     };
                     record_status(&options.archive_dir, owner, &outcome);
+                    // Counted done before its result is reported.
+                    drop(tally);
                     if tx.send(outcome).is_err() {
                         return;
                     }
@@ -419,6 +435,7 @@ impl Claims {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call, in the worker loop above
 fn one_user(
     options: &BackupOptions,
     source: Option<&mut (dyn Source + Send + '_)>,
@@ -427,6 +444,7 @@ fn one_user(
     owner: &Owner,
     gone: bool,
     next_users: &mut dyn FnMut(&UserReport) -> Vec<Owner>,
+    progress: &Tally,
 ) -> Result<Option<UserReport>> {
     let paths = ArchivePaths::for_owner(&options.archive_dir, owner)?;
     if gone && !paths.archive.exists() {
@@ -446,7 +464,14 @@ fn one_user(
             Some(r) => r,
             None => return Ok(None),
         },
-        (false, Some(source)) => backup_user(source, owner, &mut store, user_options, next_users)?,
+        (false, Some(source)) => backup_user(
+            source,
+            owner,
+            &mut store,
+            user_options,
+            next_users,
+            progress,
+        )?,
         (false, None) => unreachable!("a source is opened for every user on the server"),
     };
     // Repairs made while opening are worth an operator's attention.

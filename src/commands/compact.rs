@@ -1,8 +1,11 @@
 //! `mailpack compact`: the compaction policy over the selected archives, or with `dry_run` only
 //! its plan. One archive's failure (busy, damaged) does not stop the others.
 
-use crate::compact::{compact, plan, CompactOptions, CompactOutcome, CompactPlan, PlanOptions};
+use crate::compact::{
+    compact_counted, plan, CompactOptions, CompactOutcome, CompactPlan, PlanOptions,
+};
 use crate::error::Result;
+use crate::progress::{OwnerProgress, Phase, Progress};
 use crate::store::{Archive, ArchivePaths, WriterOptions};
 
 use super::Selection;
@@ -12,6 +15,9 @@ pub struct CompactCommand {
     pub plan: PlanOptions,
     pub writer: WriterOptions,
     pub dry_run: bool,
+    /// Counters for a progress display (issue 19), per archive as it is rewritten; `None`:
+    /// nobody watches.
+    pub progress: Option<std::sync::Arc<Progress>>,
 }
 
 /// What happened to one archive.
@@ -28,7 +34,14 @@ pub type OnArchive<'a> = dyn FnMut(&ArchivePaths, Result<ArchiveCompaction>, &[S
 pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) -> Result<()> {
     let mut skipped = Vec::new();
     let targets = command.selection.resolve_noting(&mut skipped)?;
+    if let Some(progress) = &command.progress {
+        progress.set_owners_total(targets.len() as u64);
+    }
     for paths in targets {
+        let tally = match &command.progress {
+            Some(p) => p.start(&archive_name(&paths), Phase::Compact),
+            None => OwnerProgress::unwatched(),
+        };
         let mut notices = std::mem::take(&mut skipped);
         let result = if command.dry_run {
             Archive::open(&paths, &mut notices)
@@ -39,13 +52,32 @@ pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) ->
                 plan: command.plan.clone(),
                 writer: command.writer.clone(),
             };
-            let ran = compact(&paths, &options, &mut notices).map(ArchiveCompaction::Ran);
+            let ran =
+                compact_counted(&paths, &options, &mut notices, &tally).map(ArchiveCompaction::Ran);
             if ran.is_ok() {
                 notices.extend(super::find::refresh(&paths));
             }
             ran
         };
+        // Counted done before its result is reported.
+        drop(tally);
         on_archive(&paths, result, &notices);
     }
     Ok(())
+}
+
+/// How progress names an archive: its file name (`alice.tar.gz`), or `shared/<file>`.
+fn archive_name(paths: &ArchivePaths) -> String {
+    let file = paths
+        .archive
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let parent = paths.archive.parent().and_then(|p| p.file_name());
+    match parent {
+        Some(dir) if dir == crate::store::SHARED_DIR => {
+            format!("{}/{file}", crate::store::SHARED_DIR)
+        }
+        _ => file.into_owned(),
+    }
 }

@@ -10,6 +10,7 @@ use crate::offsite::{
     self, Bucket, BucketUrl, Identities, OffsiteKey, OwnerPulled, OwnerPushed, OwnerVerified,
     PushSettings, ReadOptions, Recipients,
 };
+use crate::progress::{OwnerProgress, Phase, Progress, Tally};
 use crate::spool::Owner;
 use crate::store::{list_owner_archives, Archive, ArchivePaths};
 
@@ -80,6 +81,16 @@ impl PushTarget {
 
     /// Pushes one owner's archive.
     pub fn push(&self, owner: &Owner, paths: &ArchivePaths) -> Result<OwnerPushed> {
+        self.push_counted(owner, paths, &Tally::unwatched())
+    }
+
+    /// As `push`; `progress` counts the bytes read for upload.
+    pub fn push_counted(
+        &self,
+        owner: &Owner,
+        paths: &ArchivePaths,
+        progress: &Tally,
+    ) -> Result<OwnerPushed> {
         let settings = PushSettings {
             key: &self.key,
             recipients: self.recipients.as_ref(),
@@ -89,7 +100,7 @@ impl PushTarget {
             state_dir: self.state_dir.clone(),
             now: crate::time::now(),
         };
-        offsite::push_owner(&self.bucket, owner, paths, &settings)
+        offsite::push_owner_counted(&self.bucket, owner, paths, &settings, progress)
     }
 }
 
@@ -131,6 +142,9 @@ pub struct PushOptions {
     pub target: PushTargetOptions,
     pub owners: Vec<Owner>,
     pub jobs: usize,
+    /// Counters for a progress display (issue 19), per owner as it uploads; `None`: nobody
+    /// watches.
+    pub progress: Option<Arc<Progress>>,
 }
 
 pub struct PushSummary {
@@ -172,6 +186,9 @@ pub fn push_with(
             .map(|o| Ok((o.clone(), ArchivePaths::for_owner(dir, o)?)))
             .collect::<Result<_>>()?
     };
+    if let Some(progress) = &options.progress {
+        progress.set_owners_total(work.len() as u64);
+    }
     let next = AtomicUsize::new(0);
     let report = Mutex::new((0usize, 0usize, on_owner));
     let jobs = options.jobs.clamp(1, work.len().max(1));
@@ -182,7 +199,13 @@ pub fn push_with(
                 let Some((owner, paths)) = work.get(i) else {
                     break;
                 };
-                let result = target.push(owner, paths);
+                let tally = match &options.progress {
+                    Some(p) => p.start(&owner.to_string(), Phase::Push),
+                    None => OwnerProgress::unwatched(),
+                };
+                let result = target.push_counted(owner, paths, &tally);
+                // Counted done before its result is reported.
+                drop(tally);
                 let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
                 if result.is_ok() {
                     r.0 += 1;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::guid::Guid;
+use crate::progress::{OwnerProgress, Phase, Progress};
 use crate::restore::cyrus::CyrusTarget;
 use crate::restore::export::{EmlExport, MaildirExport, MboxExport};
 use crate::restore::imap::ImapTarget;
@@ -43,6 +44,9 @@ pub struct RestoreOptions {
     pub expunged_between: Option<(i64, i64)>,
     pub target: RestoreTarget,
     pub dry_run: bool,
+    /// Counters for a progress display (issue 19): an owner's messages as they are written;
+    /// `None`: nobody watches.
+    pub progress: Option<std::sync::Arc<Progress>>,
 }
 
 /// What a restore did, or with `dry_run` would do.
@@ -111,13 +115,14 @@ impl RestoreReport {
 }
 
 pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
+    let progress = owner_progress(options, &owner(options).to_string());
     let paths = ArchivePaths::for_owner(&options.archive_dir, &owner(options))?;
     if let (Some(sha1), None) = (options.sha1, options.uid) {
         if options.mailboxes.is_empty() {
             let mut report = RestoreReport::new(options);
             match read_one_by_sha1(&paths, sha1, &mut report) {
                 Ok(bytes) => {
-                    report.add(restore_message(options, sha1, bytes)?);
+                    report.add(restore_message(options, sha1, bytes, &progress)?);
                     return Ok(report);
                 }
                 // The lookup could not open a damaged archive: its degraded view may still
@@ -130,15 +135,32 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
     // A damaged archive is read in its degraded view: what still reads is restored, and the
     // damage is reported (exit 1).
     let (archive, damage) = crate::commands::open_for_reading(&paths, &mut Vec::new())?;
-    let mut report = restore_from(&archive, options)?;
+    let mut report = restore_counted(&archive, options, &progress)?;
     report.damage = damage;
     Ok(report)
+}
+
+/// The owner's counters in `options.progress`, or counters nobody watches.
+fn owner_progress(options: &RestoreOptions, name: &str) -> OwnerProgress {
+    match &options.progress {
+        Some(p) => p.start(name, Phase::Restore),
+        None => OwnerProgress::unwatched(),
+    }
 }
 
 /// As `restore`, from an archive already open: every byte comes from that one generation of it,
 /// whatever happens to the file's name meanwhile (a compaction renaming a new copy over it).
 /// `options.archive_dir` is not used.
 pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<RestoreReport> {
+    let progress = owner_progress(options, &owner(options).to_string());
+    restore_counted(archive, options, &progress)
+}
+
+fn restore_counted(
+    archive: &Archive,
+    options: &RestoreOptions,
+    progress: &OwnerProgress,
+) -> Result<RestoreReport> {
     let paths = archive.paths();
     let mut report = RestoreReport::new(options);
     if let (Some(sha1), None) = (options.sha1, options.uid) {
@@ -152,7 +174,7 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
                 })?;
             report.run = Some(run);
             let bytes = read_all(archive, entry)?;
-            report.add(restore_message(options, sha1, bytes)?);
+            report.add(restore_message(options, sha1, bytes, progress)?);
             return Ok(report);
         }
     }
@@ -182,19 +204,19 @@ pub fn restore_from(archive: &Archive, options: &RestoreOptions) -> Result<Resto
         messages,
     };
     let outcome = match &options.target {
-        RestoreTarget::Cyrus(t) => restore_mailboxes(t, archive, &request, options),
-        RestoreTarget::Imap(t) => restore_mailboxes(t, archive, &request, options),
+        RestoreTarget::Cyrus(t) => restore_mailboxes(t, archive, &request, options, progress),
+        RestoreTarget::Imap(t) => restore_mailboxes(t, archive, &request, options, progress),
         RestoreTarget::Maildir(root) => {
             let target = MaildirExport { root: root.clone() };
-            restore_mailboxes(&target, archive, &request, options)
+            restore_mailboxes(&target, archive, &request, options, progress)
         }
         RestoreTarget::Mbox(path) => {
             let target = MboxExport { path: path.clone() };
-            restore_mailboxes(&target, archive, &request, options)
+            restore_mailboxes(&target, archive, &request, options, progress)
         }
         RestoreTarget::Eml(root) => {
             let target = EmlExport { root: root.clone() };
-            restore_mailboxes(&target, archive, &request, options)
+            restore_mailboxes(&target, archive, &request, options, progress)
         }
     }?;
     report.add(outcome);
@@ -249,6 +271,9 @@ pub fn restore_all(
             .map_err(|e| Error::io("create", &shared, e))?;
     }
     let total = owners.len();
+    if let Some(progress) = &options.progress {
+        progress.set_owners_total(total as u64);
+    }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
@@ -282,6 +307,7 @@ pub fn restore_all(
 /// The server's own annotations (its archive's `meta/server-annotations.db` as of the run)
 /// back into the Cyrus target's annotations.db.
 fn restore_server(options: &RestoreOptions) -> Result<RestoreReport> {
+    let _progress = owner_progress(options, &Owner::Server.to_string());
     let RestoreTarget::Cyrus(target) = &options.target else {
         unreachable!("only a Cyrus target takes the server's annotations")
     };
@@ -354,6 +380,7 @@ fn one_owner(options: &RestoreOptions, owner: &Owner) -> RestoreOptions {
         expunged_between: None,
         target,
         dry_run: options.dry_run,
+        progress: options.progress.clone(),
     }
 }
 
@@ -439,8 +466,11 @@ fn restore_mailboxes<'a, T: Target<'a>>(
     archive: &'a Archive,
     request: &Request,
     options: &RestoreOptions,
+    progress: &OwnerProgress,
 ) -> Result<Outcome> {
-    let plan = target.plan(archive, request)?;
+    let mut plan = target.plan(archive, request)?;
+    progress.set_messages_total(plan.messages);
+    plan.progress = Some(progress.tally());
     if let (Some(uid), 0) = (request.messages.uid, plan.messages) {
         return Err(Error::NotFound(format!(
             "uid {uid} in {} as of run {}",
@@ -456,24 +486,29 @@ fn restore_mailboxes<'a, T: Target<'a>>(
 }
 
 /// Restores the one message of a `--sha1` restore, its bytes read and checked.
-fn restore_message(options: &RestoreOptions, sha1: Guid, bytes: Vec<u8>) -> Result<Outcome> {
+fn restore_message(
+    options: &RestoreOptions,
+    sha1: Guid,
+    bytes: Vec<u8>,
+    progress: &OwnerProgress,
+) -> Result<Outcome> {
     match &options.target {
         RestoreTarget::Cyrus(_) => Err(Error::usage(
             "--to-cyrus restores whole mailboxes; --sha1 goes to --imap, --maildir, --mbox or \
              --eml",
         )),
-        RestoreTarget::Imap(t) => write_message(t, sha1, bytes, options.dry_run),
+        RestoreTarget::Imap(t) => write_message(t, sha1, bytes, options.dry_run, progress),
         RestoreTarget::Maildir(root) => {
             let target = MaildirExport { root: root.clone() };
-            write_message(&target, sha1, bytes, options.dry_run)
+            write_message(&target, sha1, bytes, options.dry_run, progress)
         }
         RestoreTarget::Mbox(path) => {
             let target = MboxExport { path: path.clone() };
-            write_message(&target, sha1, bytes, options.dry_run)
+            write_message(&target, sha1, bytes, options.dry_run, progress)
         }
         RestoreTarget::Eml(root) => {
             let target = EmlExport { root: root.clone() };
-            write_message(&target, sha1, bytes, options.dry_run)
+            write_message(&target, sha1, bytes, options.dry_run, progress)
         }
     }
 }
@@ -483,8 +518,10 @@ fn write_message<'a, T: MessageTarget<'a>>(
     sha1: Guid,
     bytes: Vec<u8>,
     dry_run: bool,
+    progress: &OwnerProgress,
 ) -> Result<Outcome> {
-    let plan = target.plan_message(sha1, bytes)?;
+    let mut plan = target.plan_message(sha1, bytes)?;
+    plan.progress = Some(progress.tally());
     if dry_run {
         Ok(plan.dry_run())
     } else {

@@ -8,6 +8,7 @@
 use super::plan::{plan, CompactPlan, PlanOptions};
 use crate::archive::{padded, RunSummary};
 use crate::error::{Error, Result};
+use crate::progress::Tally;
 use crate::store::{ArchivePaths, Rewriter, RunInfo, WriterOptions};
 
 #[derive(Clone)]
@@ -41,6 +42,17 @@ pub fn compact(
     options: &CompactOptions,
     notices: &mut Vec<String>,
 ) -> Result<CompactOutcome> {
+    compact_counted(paths, options, notices, &Tally::unwatched())
+}
+
+/// As `compact`; `progress` counts the old archive's bytes gone through (up to `bytes_before`)
+/// and the message files kept.
+pub fn compact_counted(
+    paths: &ArchivePaths,
+    options: &CompactOptions,
+    notices: &mut Vec<String>,
+    progress: &Tally,
+) -> Result<CompactOutcome> {
     let mut rewriter = Rewriter::begin(paths, &options.writer, notices)?;
     let plan = plan(rewriter.archive(), &options.plan)?;
     let bytes_before = rewriter.archive().committed_len();
@@ -67,6 +79,9 @@ pub fn compact(
         return Ok(outcome);
     }
     rewriter.start()?;
+    progress.set_bytes_total(bytes_before);
+    let is_message =
+        |e: &&crate::archive::EntryRecord| e.name.starts_with(crate::archive::FILES_DIR);
     let source_path = paths.archive.clone();
     let handle = rewriter.archive().handle().clone();
     let runs: Vec<RunInfo> = rewriter.archive().runs().to_vec();
@@ -93,6 +108,7 @@ pub fn compact(
                 let mut source = handle.reader_at(member);
                 writer.append_members_verbatim(&mut source, end - member, group.to_vec())?;
                 outcome.stretches_copied += 1;
+                progress.add_messages(group.iter().filter(is_message).count() as u64);
             } else if group_keep.iter().any(|&k| k) {
                 let raw = handle.decode_members(member, Some(end))?;
                 for (e, _) in group.iter().zip(group_keep).filter(|(_, &k)| k) {
@@ -111,10 +127,14 @@ pub fn compact(
                         )
                     })?;
                     writer.append_encoded(encoded, e.clone())?;
+                    if is_message(&e) {
+                        progress.add_messages(1);
+                    }
                 }
                 outcome.members_rebuilt += 1;
             }
             i = j;
+            progress.bytes_at_least(end);
         }
         let fields = rewriter.archive().marker_fields(run)?;
         let compacted_now = (r == last).then_some(options.plan.now);
@@ -125,6 +145,7 @@ pub fn compact(
         ))?;
     }
     outcome.bytes_after = rewriter.finish()?;
+    progress.bytes_at_least(bytes_before);
     outcome.compacted = true;
     outcome.entries_kept = kept;
     outcome.entries_dropped = total - kept;

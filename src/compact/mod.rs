@@ -5,5 +5,5 @@
 mod execute;
 mod plan;
 
-pub use execute::{compact, CompactOptions, CompactOutcome};
+pub use execute::{compact, compact_counted, CompactOptions, CompactOutcome};
 pub use plan::{plan, threshold_percent, CompactPlan, Dropped, Gfs, PlanOptions, RunDecision};

@@ -18,7 +18,7 @@ pub use crypt::{Identities, Recipients};
 pub use layout::{new_id, owner_dir};
 pub use manifest::{Manifest, OffsiteKey};
 pub use pull::{list_owners, pull_owner, OwnerPulled};
-pub use push::{push_owner, OwnerPushed, PushSettings};
+pub use push::{push_owner, push_owner_counted, OwnerPushed, PushSettings};
 pub use remote::{latest_manifest, open_archive, ReadOptions, RemoteArchive};
 pub use verify::{verify_owner, BucketProblem, OwnerVerified};
 

@@ -13,6 +13,7 @@ use super::layout::{manifest_name, new_id, owner_dir, piece_name};
 use super::manifest::{self, Generation, Manifest, OffsiteKey, OwnerRecord, Piece};
 use super::remote::{latest_manifest, manifest_names};
 use crate::error::{Error, Result};
+use crate::progress::Tally;
 use crate::spool::Owner;
 use crate::store::{Archive, ArchivePaths};
 
@@ -102,6 +103,17 @@ pub fn push_owner(
     owner: &Owner,
     paths: &ArchivePaths,
     settings: &PushSettings,
+) -> Result<OwnerPushed> {
+    push_owner_counted(bucket, owner, paths, settings, &Tally::unwatched())
+}
+
+/// As `push_owner`; `progress` counts the archive and index bytes read for upload.
+pub fn push_owner_counted(
+    bucket: &Bucket,
+    owner: &Owner,
+    paths: &ArchivePaths,
+    settings: &PushSettings,
+    progress: &Tally,
 ) -> Result<OwnerPushed> {
     let dir = owner_dir(owner)?;
     let state_file = state_path(settings, owner)?;
@@ -247,9 +259,12 @@ pub fn push_owner(
 
     let lock_until = settings.lock_days.map(|d| settings.now + d as i64 * DAY);
     let data_range = generation.archive_len..committed;
-    let mut data_source = handle
-        .reader_at(data_range.start)
-        .take(data_range.end - data_range.start);
+    progress.set_bytes_total(report.archive_bytes + report.index_bytes);
+    let mut data_source = progress.reader(
+        handle
+            .reader_at(data_range.start)
+            .take(data_range.end - data_range.start),
+    );
     let data = upload_piece(
         bucket,
         &dir,
@@ -262,7 +277,7 @@ pub fn push_owner(
         lock_until,
     )?;
     let index_range = generation.index_len..index.len() as u64;
-    let mut index_source = &index[index_range.start as usize..];
+    let mut index_source = progress.reader(&index[index_range.start as usize..]);
     let index_piece = upload_piece(
         bucket,
         &dir,

@@ -5,7 +5,10 @@
 
 use crate::error::Result;
 use crate::guid::Guid;
+use crate::progress::Tally;
 use crate::store::Archive;
+
+use std::sync::Arc;
 
 use super::{LostEntry, MailboxAt};
 
@@ -60,6 +63,8 @@ pub struct RestorePlan<S> {
     /// restore): left as they are.
     pub present: Vec<String>,
     pub steps: S,
+    /// Counters a progress display reads, bumped per message written (issue 19).
+    pub progress: Option<Arc<Tally>>,
 }
 
 impl<S> RestorePlan<S> {
@@ -74,6 +79,7 @@ impl<S> RestorePlan<S> {
             writes: Vec::new(),
             present: Vec::new(),
             steps,
+            progress: None,
         }
     }
 
@@ -88,6 +94,7 @@ impl<S> RestorePlan<S> {
             writes: self.writes,
             present: self.present,
             steps,
+            progress: self.progress,
         }
     }
 
@@ -102,6 +109,7 @@ impl<S> RestorePlan<S> {
             writes: self.writes,
             present: self.present,
             steps: f(self.steps),
+            progress: self.progress,
         }
     }
 
@@ -127,6 +135,7 @@ impl<S> RestorePlan<S> {
             bad: self.bad,
             lost: self.lost,
             present: self.present,
+            progress: self.progress,
             ..Outcome::default()
         };
         (start, self.steps)
@@ -157,6 +166,8 @@ pub struct Outcome {
     /// at most 26 keywords): each with its folder and how many messages lost it. The messages
     /// themselves were restored.
     pub not_carried: Vec<String>,
+    /// The plan's progress counters, bumped by `count` (and by the export writer pool).
+    pub progress: Option<Arc<Tally>>,
 }
 
 impl Outcome {
@@ -173,6 +184,9 @@ impl Outcome {
         if written {
             self.messages_written += 1;
             self.bytes_written += len as u64;
+            if let Some(progress) = &self.progress {
+                progress.message(len as u64);
+            }
         } else {
             self.messages_already_there += 1;
         }

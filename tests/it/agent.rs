@@ -74,6 +74,7 @@ fn backup_through(source: &mut dyn Source, dir: &Path, user: &str) -> mailpack::
         &mut store,
         &user_options(),
         &mut |_| Vec::new(),
+        &mailpack::progress::Tally::unwatched(),
     )
 }
 

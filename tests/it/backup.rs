@@ -31,6 +31,7 @@ pub fn run_backup(config: &Path, dir: &Path, users: &[&str]) -> BTreeMap<String,
         compact: None,
         allow_mass_delete: false,
         push: None,
+        progress: None,
     };
     let mut reports = BTreeMap::new();
     // The server's own archive (its annotations) is not a user's.
@@ -566,6 +567,7 @@ fn a_busy_archive_fails_only_its_own_user() {
         compact: None,
         allow_mass_delete: false,
         push: None,
+        progress: None,
     };
     let mut outcomes = Vec::new();
     let summary = backup(&options, &mut |o, _, _| {

@@ -13,6 +13,7 @@ mod find;
 mod fixtures;
 mod offsite;
 mod offsite_garage;
+mod progress;
 mod repair;
 mod restore;
 mod restore_imap_tls;

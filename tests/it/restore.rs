@@ -103,6 +103,7 @@ pub fn options(dir: &Path, user: &str, target: RestoreTarget) -> RestoreOptions 
         expunged_between: None,
         target,
         dry_run: false,
+        progress: None,
     }
 }
 

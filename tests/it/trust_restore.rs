@@ -41,6 +41,7 @@ fn options(dir: &Path, target: RestoreTarget) -> RestoreOptions {
         expunged_between: None,
         target,
         dry_run: false,
+        progress: None,
     }
 }
 

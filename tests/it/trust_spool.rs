@@ -429,6 +429,7 @@ fn a_fifo_message_file_leaves_no_cyrus_lock_held() {
             &mut store,
             &options,
             &mut |_| Vec::new(),
+            &mailpack::progress::Tally::unwatched(),
         );
         drop(store);
         let _ = tx.send((report.map_err(|e| e.to_string()), source));

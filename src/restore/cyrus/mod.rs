@@ -593,6 +593,7 @@ impl<'a> Target<'a> for CyrusTarget {
         let mut out = Outcome {
             mailboxes: plan.mailboxes,
             present: plan.present,
+            progress: plan.progress,
             ..Outcome::default()
         };
         for (bad, lost) in steps.left_out.iter().cloned() {

@@ -53,7 +53,7 @@ impl<'a> Target<'a> for EmlExport {
                         let path = eml_path(&dir, record);
                         out.writes.push(path.display().to_string());
                         let secs = record.internaldate_ns.div_euclid(1_000_000_000);
-                        writer_pool(&mut pending).submit(path, bytes, Some(secs))?;
+                        writer_pool(&mut pending, &out).submit(path, bytes, Some(secs))?;
                     }
                 }
                 finish_export(pending, &self.root, &mut out)?;

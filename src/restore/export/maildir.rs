@@ -330,7 +330,7 @@ impl<'a> Target<'a> for MaildirExport {
                         };
                         out.writes
                             .push(folder.path_of(m, bytes.len()).display().to_string());
-                        folder.write(writer_pool(&mut pending), m, bytes)?;
+                        folder.write(writer_pool(&mut pending, &out), m, bytes)?;
                     }
                     for (keyword, count) in folder.finish()? {
                         out.not_carried.push(format!(

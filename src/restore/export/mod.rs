@@ -18,9 +18,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::plan::Outcome;
 use crate::error::{Error, Result};
+use crate::progress::Tally;
 use crate::spool::index::IndexRecord;
 
 /// One message to export, with what the format can carry of it.
@@ -169,14 +171,15 @@ struct PoolState {
 }
 
 impl WritePool {
-    pub fn new(threads: usize) -> WritePool {
+    /// `progress` is bumped per file written.
+    pub fn new(threads: usize, progress: Option<Arc<Tally>>) -> WritePool {
         use std::sync::{mpsc, Arc, Mutex};
         let (tx, rx) = mpsc::sync_channel::<WriteJob>(64);
         let rx = Arc::new(Mutex::new(rx));
         let state = Arc::new(PoolState::default());
         let workers = (0..threads.max(1))
             .map(|_| {
-                let (rx, state) = (rx.clone(), state.clone());
+                let (rx, state, progress) = (rx.clone(), state.clone(), progress.clone());
                 std::thread::spawn(move || loop {
                     let job = rx.lock().expect("no worker panics holding it").recv();
                     let Ok((path, bytes, mtime)) = job else {
@@ -187,6 +190,9 @@ impl WritePool {
                             use std::sync::atomic::Ordering::Relaxed;
                             state.written.fetch_add(1, Relaxed);
                             state.bytes.fetch_add(bytes.len() as u64, Relaxed);
+                            if let Some(progress) = &progress {
+                                progress.message(bytes.len() as u64);
+                            }
                         }
                         Ok(false) => drop(
                             state
@@ -296,9 +302,12 @@ pub fn export_levels(levels: &[String], inbox: bool) -> Vec<String> {
 }
 
 /// A pool sized to the machine, made when the first file is queued.
-fn writer_pool(slot: &mut Option<WritePool>) -> &WritePool {
+fn writer_pool<'p>(slot: &'p mut Option<WritePool>, out: &Outcome) -> &'p WritePool {
     slot.get_or_insert_with(|| {
-        WritePool::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        WritePool::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            out.progress.clone(),
+        )
     })
 }
 
