@@ -73,8 +73,7 @@ impl Printer {
     }
 }
 
-/// One line on stdout, written whole under the stdout lock: lines from the `--progress-json`
-/// ticker thread never cut into another.
+/// One line on stdout, written whole under the stdout lock.
 fn write_line(s: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     let mut line = String::with_capacity(s.len() + 1);
@@ -90,12 +89,11 @@ pub fn json_line<T: serde::Serialize>(kind: &str, value: &T) -> Result<String, E
         .map_err(|e| Error::usage(format!("cannot encode JSON: {e}")))
 }
 
-/// A JSON line on stdout from a thread without the printer (the progress ticker); a closed
-/// stdout is left for the printer to notice.
-pub(super) fn print_json_line<T: serde::Serialize>(kind: &str, value: &T) {
-    if let Ok(line) = json_line(kind, value) {
-        let _ = write_line(&line);
-    }
+/// A progress line on stderr (house rule: stdout carries only results), written whole under
+/// the stderr lock so it never cuts into a note.
+pub(super) fn progress_line(s: &str) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_all(format!("{s}\n").as_bytes());
 }
 
 /// A writer for entry data on stdout that remembers a closed pipe.

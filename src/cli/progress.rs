@@ -1,9 +1,11 @@
 //! Progress while backup, restore, compact and push run (issue 19), read from the counters the
 //! commands bump (`crate::progress`) by a ticker thread: on a terminal, bars on stderr, one per
 //! owner in progress under a line for the whole command (indicatif); with `--progress-json`, a
-//! `progress` JSON line on stdout every couple of seconds and a final one
-//! (formats/json-output.md, "Progress"). Nothing is drawn when stderr is not a terminal (cron,
-//! tests), with `--json` or with `--progress-json`; then no counters are kept either.
+//! `progress` JSON line on stderr every couple of seconds and a final one
+//! (formats/json-output.md, "Progress"). Everything goes to stderr: stdout carries only results.
+//! Bars are drawn only when stderr is a terminal and neither `--json` nor `--progress-json` is
+//! given; otherwise (cron) a one-line summary goes to stderr once a minute, so a long run in a
+//! log still shows it moving.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -20,6 +22,9 @@ use crate::progress::{OwnerSnapshot, Progress, Snapshot};
 /// line. Not documented as an option: the interval is not part of the format.
 const INTERVAL_ENV: &str = "MAILPACK_PROGRESS_INTERVAL_MS";
 const JSON_INTERVAL: Duration = Duration::from_secs(2);
+/// Between one-line summaries when stderr is not a terminal: often enough to see a long run
+/// move in a log, rare enough not to fill it.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the bars are refreshed from the counters (indicatif itself draws at most 20 times
 /// a second).
 const BAR_INTERVAL: Duration = Duration::from_millis(150);
@@ -28,7 +33,7 @@ const MAX_OWNER_BARS: usize = 12;
 
 #[derive(Args, Debug, Clone, Copy)]
 pub(super) struct ProgressArgs {
-    /// Print a `progress` JSON line on stdout every 2 seconds while the command runs, and a
+    /// Print a `progress` JSON line on stderr every 2 seconds while the command runs, and a
     /// final one at the end: owners done, bytes and messages so far, and the owners in progress
     /// (formats/json-output.md). Bars on a terminal are left out then.
     #[arg(long)]
@@ -61,9 +66,6 @@ impl Display {
             stop: None,
             ticker: None,
         };
-        if !bars && !args.progress_json {
-            return display;
-        }
         let progress = Progress::new(command);
         let (stop, stopped) = mpsc::channel::<()>();
         let ticker = if bars {
@@ -82,7 +84,7 @@ impl Display {
                     }
                 }
             })
-        } else {
+        } else if args.progress_json {
             let interval = std::env::var(INTERVAL_ENV)
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -92,7 +94,21 @@ impl Display {
                 if stopped.recv_timeout(interval) != Err(mpsc::RecvTimeoutError::Timeout) {
                     return;
                 }
-                output::print_json_line("progress", &JsonProgress::of(progress.snapshot(), false));
+                if let Ok(line) =
+                    output::json_line("progress", &JsonProgress::of(progress.snapshot(), false))
+                {
+                    output::progress_line(&line);
+                }
+            })
+        } else {
+            let progress = progress.clone();
+            let started = Instant::now();
+            std::thread::spawn(move || loop {
+                if stopped.recv_timeout(SUMMARY_INTERVAL) != Err(mpsc::RecvTimeoutError::Timeout) {
+                    return;
+                }
+                let line = summary_line(&progress.snapshot(), started.elapsed());
+                output::progress_line(&format!("mailpack: progress: {line}"));
             })
         };
         display.progress = Some(progress);
@@ -121,8 +137,11 @@ impl Display {
     pub(super) fn finish(mut self, p: &mut Printer) {
         self.stop(p);
         if let (true, Some(progress)) = (self.json, &self.progress) {
-            // Through the printer: a closed stdout is remembered there.
-            let _ = p.json("progress", &JsonProgress::of(progress.snapshot(), true));
+            if let Ok(line) =
+                output::json_line("progress", &JsonProgress::of(progress.snapshot(), true))
+            {
+                output::progress_line(&line);
+            }
         }
     }
 }
@@ -174,20 +193,8 @@ impl BarsView {
     }
 
     fn update(&mut self, s: &Snapshot) {
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let total = match s.owners_total {
-            0 => "?".to_string(), // still listing the owners
-            n => n.to_string(),
-        };
-        self.top.set_message(format!(
-            "{}: {}/{total} owners, {} messages, {} ({}/s), {}",
-            s.command,
-            s.owners_done,
-            s.messages,
-            output::bytes(s.bytes),
-            output::bytes((s.bytes as f64 / secs) as u64),
-            clock(self.started.elapsed())
-        ));
+        self.top
+            .set_message(summary_line(s, self.started.elapsed()));
         let shown: Vec<&OwnerSnapshot> = s.current.iter().take(MAX_OWNER_BARS).collect();
         let gone: Vec<String> = self
             .owners
@@ -279,6 +286,24 @@ fn gauge_style() -> ProgressStyle {
     ProgressStyle::with_template("  [{bar:24}] {percent:>3}% {wide_msg}")
         .expect("a valid template")
         .progress_chars("=> ")
+}
+
+/// The whole command on one line: owners done of all, messages, bytes, rate, time.
+fn summary_line(s: &Snapshot, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let total = match s.owners_total {
+        0 => "?".to_string(), // still listing the owners
+        n => n.to_string(),
+    };
+    format!(
+        "{}: {}/{total} owners, {} messages, {} ({}/s), {}",
+        s.command,
+        s.owners_done,
+        s.messages,
+        output::bytes(s.bytes),
+        output::bytes((s.bytes as f64 / secs) as u64),
+        clock(elapsed)
+    )
 }
 
 fn clock(d: Duration) -> String {
