@@ -36,7 +36,10 @@ pub fn is_index_delta(e: &EntryRecord) -> bool {
 }
 
 /// The newer of two versions (archive order); either may be absent.
-pub fn newer<'a>(a: Option<&'a EntryRecord>, b: Option<&'a EntryRecord>) -> Option<&'a EntryRecord> {
+pub fn newer<'a>(
+    a: Option<&'a EntryRecord>,
+    b: Option<&'a EntryRecord>,
+) -> Option<&'a EntryRecord> {
     match (a, b) {
         (Some(a), Some(b)) => Some(if position(b) > position(a) { b } else { a }),
         (a, b) => a.or(b),
@@ -49,18 +52,23 @@ fn read_checked(archive: &Archive, e: &EntryRecord) -> Result<Vec<u8>> {
     let path = &archive.paths().archive;
     let corrupt = |detail: String| Error::corrupt(path, e.placement.member, detail);
     if e.placement.member >= archive.committed_len() {
-        return Err(corrupt(format!("entry {} lies past the committed archive", e.name)));
+        return Err(corrupt(format!(
+            "entry {} lies past the committed archive",
+            e.name
+        )));
     }
     let mut out = Vec::with_capacity(e.size.min(crate::archive::MEMBER_TARGET as u64) as usize);
     archive
         .read_entry(e)?
         .take(e.size)
         .read_to_end(&mut out)
-        .map_err(|err| match err.into_inner().map(|i| i.downcast::<Error>()) {
-            Some(Ok(ours)) => *ours,
-            Some(Err(other)) => corrupt(format!("{}: {other}", e.name)),
-            None => corrupt(format!("{}: read failed", e.name)),
-        })?;
+        .map_err(
+            |err| match err.into_inner().map(|i| i.downcast::<Error>()) {
+                Some(Ok(ours)) => *ours,
+                Some(Err(other)) => corrupt(format!("{}: {other}", e.name)),
+                None => corrupt(format!("{}: read failed", e.name)),
+            },
+        )?;
     if out.len() as u64 != e.size || Guid::of(&out) != e.sha1 {
         return Err(corrupt(format!(
             "entry {} does not read back as its {} bytes with SHA-1 {}",
@@ -90,8 +98,9 @@ pub fn next_version(
             format!("{}: an index delta with no version before it", e.name),
         ));
     };
-    let result = index_delta::apply(&bytes, base, base_sha1)
-        .map_err(|detail| Error::corrupt(path, e.placement.member, format!("{}: {detail}", e.name)))?;
+    let result = index_delta::apply(&bytes, base, base_sha1).map_err(|detail| {
+        Error::corrupt(path, e.placement.member, format!("{}: {detail}", e.name))
+    })?;
     let sha1 = Guid::of(&result);
     Ok((result, sha1))
 }
@@ -101,9 +110,11 @@ pub fn next_version(
 pub fn chain(archive: &Archive, e: &EntryRecord) -> Result<Vec<EntryRecord>> {
     let path = &archive.paths().archive;
     let corrupt = |detail: String| Error::corrupt(path, e.placement.member, detail);
-    let Some((uid, delta)) = index_version_of(&e.name).filter(|_| e.kind == EntryKind::File)
-    else {
-        return Err(Error::usage(format!("{} is not a version of a cyrus.index", e.name)));
+    let Some((uid, delta)) = index_version_of(&e.name).filter(|_| e.kind == EntryKind::File) else {
+        return Err(Error::usage(format!(
+            "{} is not a version of a cyrus.index",
+            e.name
+        )));
     };
     if !delta {
         return Ok(vec![e.clone()]);

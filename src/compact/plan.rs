@@ -211,7 +211,9 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
     for (r, run) in runs.iter().enumerate() {
         for (i, e) in archive.entries_of(run).iter().enumerate() {
             if !e.name.starts_with(FILES_DIR) {
-                let key = index_keys.get(e.name.as_str()).map_or(e.name.as_str(), |k| k.as_str());
+                let key = index_keys
+                    .get(e.name.as_str())
+                    .map_or(e.name.as_str(), |k| k.as_str());
                 versions.entry(key).or_default().push((r, i));
             }
         }

@@ -53,7 +53,8 @@ fn message(i: u32) -> Vec<u8> {
 /// again, days 5 and 6 deltas. Every day flags 1% of the records and delivers two messages,
 /// which only that day's version (a delta from day 2 on) references. Returns each day's index.
 fn six_days(paths: &ArchivePaths) -> Vec<Vec<u8>> {
-    let mut records: Vec<(u32, Guid, u32)> = (1..=700).map(|i| (i, Guid::of(&message(i)), 0)).collect();
+    let mut records: Vec<(u32, Guid, u32)> =
+        (1..=700).map(|i| (i, Guid::of(&message(i)), 0)).collect();
     let mut versions: Vec<Vec<u8>> = Vec::new();
     for day in 1..=6i64 {
         let mut new_messages = Vec::new();
@@ -182,7 +183,10 @@ fn every_version_reads_back_exactly_before_and_after_compaction_with_its_chain()
         let archive = Archive::open(&paths, &mut Vec::new()).unwrap();
         for run in 1..=6u64 {
             let got = index_at(&archive, run).unwrap();
-            assert!(got == versions[run as usize - 1], "run {run} before compaction");
+            assert!(
+                got == versions[run as usize - 1],
+                "run {run} before compaction"
+            );
         }
         let names: Vec<String> = archive
             .runs()
@@ -211,8 +215,14 @@ fn every_version_reads_back_exactly_before_and_after_compaction_with_its_chain()
         for run in restorable.clone() {
             let got = index_at(&archive, run)
                 .unwrap_or_else(|e| panic!("{tag}: run {run} after compaction: {e}"));
-            assert!(got == versions[run as usize - 1], "{tag}: run {run} after compaction");
-            assert!(messages_present(&archive, &got), "{tag}: run {run} lost messages");
+            assert!(
+                got == versions[run as usize - 1],
+                "{tag}: run {run} after compaction"
+            );
+            assert!(
+                messages_present(&archive, &got),
+                "{tag}: run {run} lost messages"
+            );
         }
         // Something was dropped: the runs before the retained ones no longer hold day 1's copy
         // (latest-only), or nothing older than what the chain needs.
@@ -264,8 +274,15 @@ fn a_damaged_delta_is_an_error_naming_the_archive_and_offset_never_other_bytes()
         .unwrap();
     drop(store);
     let archive = Archive::open(&paths, &mut Vec::new()).unwrap();
-    let err = index_at(&archive, 7).err().expect("a damaged delta must not read");
-    let member = archive.latest("folders/F1/delta/cyrus.index").unwrap().1.placement.member;
+    let Err(err) = index_at(&archive, 7) else {
+        panic!("a damaged delta must not read");
+    };
+    let member = archive
+        .latest("folders/F1/delta/cyrus.index")
+        .unwrap()
+        .1
+        .placement
+        .member;
     assert!(
         err.contains(&paths.archive.display().to_string())
             && err.contains(&format!("at byte {member}"))
@@ -291,7 +308,9 @@ fn a_damaged_delta_is_an_error_naming_the_archive_and_offset_never_other_bytes()
     };
     drop(archive);
     let before = std::fs::read(&paths.archive).unwrap();
-    let err = compact(&paths, &o, &mut Vec::new()).unwrap_err().to_string();
+    let err = compact(&paths, &o, &mut Vec::new())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("does not hash"), "{err}");
     assert!(std::fs::read(&paths.archive).unwrap() == before);
 
@@ -302,7 +321,12 @@ fn a_damaged_delta_is_an_error_naming_the_archive_and_offset_never_other_bytes()
     let paths = ArchivePaths::for_user(dir.path(), "u").unwrap();
     let versions = six_days(&paths);
     let archive = Archive::open(&paths, &mut Vec::new()).unwrap();
-    let member = archive.latest("folders/F1/delta/cyrus.index").unwrap().1.placement.member;
+    let member = archive
+        .latest("folders/F1/delta/cyrus.index")
+        .unwrap()
+        .1
+        .placement
+        .member;
     let end = archive.runs()[5].marker_offset;
     drop(archive);
     let good = std::fs::read(&paths.archive).unwrap();
@@ -397,7 +421,9 @@ fn one_percent_of_flags_changed_in_a_large_inbox_adds_a_few_kilobytes_and_restor
     for k in 0..(DELTA_CHAIN_FULL_EVERY + 2) {
         let mut imap = server.imap("alice");
         imap.select("INBOX");
-        let set: Vec<String> = (0..N / 100).map(|j| (1 + k + j * 100).to_string()).collect();
+        let set: Vec<String> = (0..N / 100)
+            .map(|j| (1 + k + j * 100).to_string())
+            .collect();
         imap.uid_store(&set.join(","), "+FLAGS", &["\\Flagged"]);
         imap.unselect();
         drop(imap);
@@ -408,7 +434,10 @@ fn one_percent_of_flags_changed_in_a_large_inbox_adds_a_few_kilobytes_and_restor
         }
     }
     let archive = Archive::open(&paths, &mut Vec::new()).unwrap();
-    let kinds: Vec<&str> = added.iter().map(|(run, _)| kind_of_run(&archive, *run)).collect();
+    let kinds: Vec<&str> = added
+        .iter()
+        .map(|(run, _)| kind_of_run(&archive, *run))
+        .collect();
     let mut expected = vec!["delta"; DELTA_CHAIN_FULL_EVERY];
     expected.extend(["full", "delta"]);
     assert_eq!(kinds, expected);
@@ -439,7 +468,11 @@ fn one_percent_of_flags_changed_in_a_large_inbox_adds_a_few_kilobytes_and_restor
         )
         .unwrap();
         assert!(listed.damage.is_empty(), "{:?}", listed.damage);
-        let inbox = listed.mailboxes.iter().find(|m| m.name == "user.alice").unwrap();
+        let inbox = listed
+            .mailboxes
+            .iter()
+            .find(|m| m.name == "user.alice")
+            .unwrap();
         assert_eq!(inbox.messages.len(), N);
     }
     let runs: Vec<u64> = facts.keys().copied().collect();
@@ -451,8 +484,15 @@ fn one_percent_of_flags_changed_in_a_large_inbox_adds_a_few_kilobytes_and_restor
         let mut o = crate::restore::options(&dir, "alice", crate::restore::to_cyrus(&fresh));
         o.at_run = Some(*run);
         let report = mailpack::commands::restore::restore(&o).unwrap();
-        assert!(report.bad.is_empty() && report.refused.is_empty(), "{report:?}");
-        assert_eq!(crate::restore::full_facts(&fresh, "alice"), facts[run], "run {run}");
+        assert!(
+            report.bad.is_empty() && report.refused.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(
+            crate::restore::full_facts(&fresh, "alice"),
+            facts[run],
+            "run {run}"
+        );
     }
 
     // Drill: the newest run (a delta) restored and compared with the live mailbox.
@@ -474,10 +514,16 @@ fn one_percent_of_flags_changed_in_a_large_inbox_adds_a_few_kilobytes_and_restor
         .arg(&paths.archive)
         .output()
         .unwrap();
-    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
     let listing = String::from_utf8_lossy(&tar.stdout);
     assert!(listing.lines().any(|l| l.ends_with("/delta/cyrus.index")));
-    assert!(listing.lines().any(|l| l.ends_with("/cyrus.index") && !l.contains("/delta/")));
+    assert!(listing
+        .lines()
+        .any(|l| l.ends_with("/cyrus.index") && !l.contains("/delta/")));
 
     // Compaction keeping only the newest state: it still reads back exactly, and restores.
     let o = run(&[
