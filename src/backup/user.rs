@@ -610,6 +610,10 @@ impl Pass2<'_> {
                 self.writer
                     .append_bytes(&name, bytes, opened.stats[i], mtime)?;
                 self.healing.stored(&name);
+                if file == MetaFile::Index {
+                    // A full copy supersedes a delta a repair lost.
+                    self.healing.stored(&entries::index_names(uid).1);
+                }
             }
         }
         Ok(Capture::Done)
