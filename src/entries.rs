@@ -2,6 +2,8 @@
 //! backup writes and a restore reads, and the records format for raw cyrusdb records. It sits
 //! below both the backup passes and restore, so neither depends on the other.
 
+pub mod index_delta;
+
 use crate::spool::cyrusdb::Record;
 use crate::spool::name::MboxName;
 
@@ -13,6 +15,27 @@ pub const FOLDER_ANNOTATIONS_DB: &str = "annotations.db";
 /// `meta/<this>` in the server's own archive: the server's annotations, in the records format.
 pub const SERVER_ANNOTATIONS: &str = "server-annotations.db";
 const RECORDS_MAGIC: &str = "mailpack-records 1\n";
+
+/// `folders/<uniqueid>/delta/cyrus.index` → `folders/<uniqueid>/cyrus.index`, and the other
+/// way: the two names of one mailbox's index versions (formats/backup-entries.md, "Index
+/// deltas").
+pub fn index_names(uniqueid: &str) -> (String, String) {
+    (
+        folder_entry(uniqueid, index_delta::INDEX_FILE),
+        folder_entry(uniqueid, index_delta::INDEX_DELTA_FILE),
+    )
+}
+
+/// The uniqueid of an entry that is a version of a mailbox's `cyrus.index` (full copy or
+/// delta), and whether it is a delta.
+pub fn index_version_of(name: &str) -> Option<(&str, bool)> {
+    let (uid, file) = name.strip_prefix(FOLDERS_DIR)?.split_once('/')?;
+    match file {
+        index_delta::INDEX_FILE => Some((uid, false)),
+        index_delta::INDEX_DELTA_FILE => Some((uid, true)),
+        _ => None,
+    }
+}
 
 pub fn folder_entry(uniqueid: &str, file: &str) -> String {
     format!("{FOLDERS_DIR}{uniqueid}/{file}")

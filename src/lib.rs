@@ -9,6 +9,8 @@
 //! - `backup` (the two passes of one user's backup), `restore`, `compact`: peers that never import each other;
 //! - `offsite`: off-site copies of archives in S3-compatible storage (push, pull, ranged reads),
 //!   built on `store`;
+//! - `folders`: a mailbox's `cyrus.index` versions read back (full copies and index deltas),
+//!   used by `backup`, `restore`, `compact` and `find`; built on `store`;
 //! - `store`: an archive with its sidecar index, writer lock and recovery; `agent`: the spool
 //!   read locally or over ssh, behind one `Source` interface;
 //! - `entries`: the entry vocabulary (formats/backup-entries.md) both backup and restore use;
@@ -25,6 +27,7 @@ pub mod compact;
 pub mod entries;
 pub mod error;
 pub mod find;
+pub mod folders;
 pub mod guid;
 pub mod host;
 pub mod io;

@@ -37,6 +37,13 @@ impl<'a> Recorded<'a> {
         self.get(name).and_then(|e| e.stat)
     }
 
+    /// The newest stored version of a mailbox's `cyrus.index`: a full copy or an index delta
+    /// (formats/backup-entries.md, "Index deltas"), whichever came later.
+    pub fn index_entry(&self, uniqueid: &str) -> Option<&'a EntryRecord> {
+        let (full, delta) = crate::entries::index_names(uniqueid);
+        crate::folders::newer(self.get(&full), self.get(&delta))
+    }
+
     /// Names whose latest version is not a tombstone.
     pub fn latest_names(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.latest

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::{same_file, Recorded};
 use crate::agent::{MailboxListing, Source, UserFileListing};
 use crate::archive::{file_entry_name, Appended, ArchiveWriter, RunSummary};
-use crate::entries::{self, folder_entry, folder_target, imap_entry, records_bytes};
+use crate::entries::{self, folder_entry, folder_target, imap_entry, index_delta, records_bytes};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::progress::Tally;
@@ -397,7 +397,11 @@ fn is_deleted_mailbox(link: &str) -> bool {
 /// Pass 1: has any metadata file of the mailbox changed since it was stored?
 fn metadata_changed(m: &MailboxListing, uid: &str, recorded: &Recorded) -> bool {
     MetaFile::ALL.iter().enumerate().any(|(i, f)| {
-        let then = recorded.stat(&folder_entry(uid, f.file_name()));
+        let then = match f {
+            // A delta carries the stat of the index file it stands for.
+            MetaFile::Index => recorded.index_entry(uid).and_then(|e| e.stat),
+            _ => recorded.stat(&folder_entry(uid, f.file_name())),
+        };
         match (m.stats[i], then) {
             (Some(a), Some(b)) => !same_file(&a, &b),
             (None, None) => false,
@@ -604,12 +608,57 @@ impl Pass2<'_> {
             if let Some(bytes) = bytes {
                 let mtime =
                     opened.stats[i].map_or(time, |s| (s.mtime_ns.max(0) / 1_000_000_000) as u64);
+                if file == MetaFile::Index {
+                    if let Some(delta) = self.index_delta(m, uid, bytes) {
+                        let delta_name = entries::index_names(uid).1;
+                        self.writer
+                            .append_bytes(&delta_name, &delta, opened.stats[i], mtime)?;
+                        self.healing.stored(&delta_name);
+                        continue;
+                    }
+                }
                 self.writer
                     .append_bytes(&name, bytes, opened.stats[i], mtime)?;
                 self.healing.stored(&name);
+                if file == MetaFile::Index {
+                    // A full copy supersedes a delta a repair lost.
+                    self.healing.stored(&entries::index_names(uid).1);
+                }
             }
         }
         Ok(Capture::Done)
+    }
+
+    /// The index delta to store for the mailbox's new `cyrus.index` bytes, when the rules of
+    /// formats/backup-entries.md ("Index deltas") allow one; `None`: store a full copy. The
+    /// newest stored version is read back (full copy and the deltas after it, every SHA-1
+    /// checked); if it does not read, the problem is reported and a full copy starts over.
+    fn index_delta(&mut self, m: &MailboxListing, uid: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+        if bytes.len() < index_delta::DELTA_MIN_INDEX || self.healing.full_pass() {
+            return None;
+        }
+        let (full, delta) = entries::index_names(uid);
+        let newest = |name: &str| {
+            self.archive
+                .latest(name)
+                .map(|(_, e)| e)
+                .filter(|e| e.kind == crate::archive::EntryKind::File)
+        };
+        let previous = crate::folders::newer(newest(&full), newest(&delta))?;
+        let version = match crate::folders::index_bytes(self.archive, previous) {
+            Ok(v) => v,
+            Err(err) => {
+                self.report.problems.push(format!(
+                    "{}: the stored cyrus.index does not read back ({err}); stored a full copy",
+                    m.name
+                ));
+                return None;
+            }
+        };
+        if version.deltas >= index_delta::DELTA_CHAIN_FULL_EVERY {
+            return None;
+        }
+        index_delta::encode(&version.bytes, &version.sha1, bytes)
     }
 }
 

@@ -271,7 +271,10 @@ fn restore_into(
     };
     let bytes_of = |file: &str| m.file(file).and_then(|e| read_all(archive, e).ok());
     let header_bytes = bytes_of("cyrus.header").unwrap_or_default();
-    let index_bytes = bytes_of("cyrus.index").unwrap_or_default();
+    // The index as of the run: a full copy, or reconstructed from its delta chain.
+    let index_bytes = crate::restore::read_index(archive, m)
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     for (name, bytes) in [
         ("cyrus.header", &header_bytes),
         ("cyrus.index", &index_bytes),
@@ -306,7 +309,7 @@ fn restore_into(
         }
     }
     Some(Restored {
-        index_entry_stat: m.file("cyrus.index").and_then(|e| e.stat),
+        index_entry_stat: m.index_entry().and_then(|e| e.stat),
         annotations: bytes_of("cyrus.annotations"),
         annotations_stat: m.file("cyrus.annotations").and_then(|e| e.stat),
         data,

@@ -6,9 +6,9 @@
 //! commit marker. Everything else is dead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 
 use crate::archive::{EntryKind, EntryRecord, FILES_DIR};
+use crate::entries::{index_names, index_version_of};
 use crate::error::{Error, Result};
 use crate::guid::Guid;
 use crate::store::Archive;
@@ -171,6 +171,11 @@ fn raw_size(e: &EntryRecord) -> u64 {
     e.placement.data_at - e.placement.header_at as u64 + e.size.div_ceil(512) * 512
 }
 
+/// Whether `e` is an index delta (formats/backup-entries.md, "Index deltas").
+fn is_delta(e: &EntryRecord) -> bool {
+    crate::folders::is_index_delta(e)
+}
+
 fn folder_of(name: &str) -> Option<&str> {
     name.strip_prefix("folders/")?.split('/').next()
 }
@@ -190,11 +195,26 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
 
     // Every version of every name other than a message's, in commit order: (run position,
     // entry position). Messages, most of the entries, are decided by reference below.
+    // The two names of a mailbox's index (full copy, delta) are one name here: their versions
+    // together, in archive order, are the index's versions (formats/compaction.md rule 1).
+    let mut index_keys: HashMap<&str, String> = HashMap::new();
+    for run in runs {
+        for e in archive.entries_of(run) {
+            if let Some((uid, true)) = index_version_of(&e.name) {
+                index_keys
+                    .entry(e.name.as_str())
+                    .or_insert_with(|| index_names(uid).0);
+            }
+        }
+    }
     let mut versions: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
     for (r, run) in runs.iter().enumerate() {
         for (i, e) in archive.entries_of(run).iter().enumerate() {
             if !e.name.starts_with(FILES_DIR) {
-                versions.entry(e.name.as_str()).or_default().push((r, i));
+                let key = index_keys
+                    .get(e.name.as_str())
+                    .map_or(e.name.as_str(), |k| k.as_str());
+                versions.entry(key).or_default().push((r, i));
             }
         }
     }
@@ -272,16 +292,28 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
             .iter()
             .filter_map(|&a| vs.iter().rposition(|&(r, _)| runs[r].time <= a))
             .collect();
+        let mut kept: Vec<bool> = vs
+            .iter()
+            .enumerate()
+            .map(|(k, &(r, i))| {
+                let names_deleted_folder = entry((r, i))
+                    .target
+                    .strip_prefix("folders/")
+                    .is_some_and(retained_deleted);
+                runs[r].time >= window_start
+                    || Some(k) == newest_before
+                    || anchored.contains(&k)
+                    || names_deleted_folder
+            })
+            .collect();
+        // Rule 1a: a kept index delta keeps every version back to its full copy.
+        for k in (0..vs.len()).rev() {
+            if kept[k] && is_delta(entry(vs[k])) && k > 0 {
+                kept[k - 1] = true;
+            }
+        }
         for (k, &(r, i)) in vs.iter().enumerate() {
-            let names_deleted_folder = entry((r, i))
-                .target
-                .strip_prefix("folders/")
-                .is_some_and(retained_deleted);
-            if runs[r].time >= window_start
-                || Some(k) == newest_before
-                || anchored.contains(&k)
-                || names_deleted_folder
-            {
+            if kept[k] {
                 keep[r][i] = true;
             } else {
                 add(&mut dropped.old_metadata_versions, entry((r, i)));
@@ -291,18 +323,35 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
 
     // Messages referenced by a kept index version, and those only aged-out folders referenced
     // (so that the report can say why they go).
+    // Each mailbox's index versions are walked in order, so a delta is applied to the version
+    // just made rather than reconstructed from its full copy again.
     let mut referenced: HashSet<Guid> = HashSet::new();
     let mut referenced_by_deleted: HashSet<Guid> = HashSet::new();
-    for (r, run) in runs.iter().enumerate() {
-        for (i, e) in archive.entries_of(run).iter().enumerate() {
-            let is_index = e.kind == EntryKind::File && e.name.ends_with("/cyrus.index");
-            let of_aged_out = folder_of(&e.name).is_some_and(aged_out);
-            if is_index && (keep[r][i] || of_aged_out) {
-                let mut bytes = Vec::with_capacity(e.size as usize);
-                archive
-                    .read_entry(e)?
-                    .read_to_end(&mut bytes)
-                    .map_err(|err| Error::io("read", &archive.paths().archive, err))?;
+    for (name, vs) in &versions {
+        let Some((_, false)) = index_version_of(name) else {
+            continue;
+        };
+        let of_aged_out = folder_of(name).is_some_and(aged_out);
+        let wanted = |&(r, i): &(usize, usize)| {
+            entry((r, i)).kind == EntryKind::File && (keep[r][i] || of_aged_out)
+        };
+        // Whether version k's bytes are needed: for itself, or for a delta after it.
+        let mut needed: Vec<bool> = vs.iter().map(wanted).collect();
+        for k in (1..vs.len()).rev() {
+            if needed[k] && is_delta(entry(vs[k])) {
+                needed[k - 1] = true;
+            }
+        }
+        let mut current: Option<(Vec<u8>, Guid)> = None;
+        for (k, &(r, i)) in vs.iter().enumerate() {
+            let e = entry((r, i));
+            if !needed[k] || e.kind != EntryKind::File {
+                current = None;
+                continue;
+            }
+            let previous = current.as_ref().map(|(b, s)| (b.as_slice(), s));
+            let (bytes, sha1) = crate::folders::next_version(archive, previous, e)?;
+            if wanted(&(r, i)) {
                 let index = crate::spool::index::parse(&bytes).map_err(|err| {
                     Error::corrupt(
                         &archive.paths().archive,
@@ -321,6 +370,7 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
                     referenced_by_deleted.extend(guids);
                 }
             }
+            current = Some((bytes, sha1));
         }
     }
     let mut stored: HashSet<&str> = HashSet::new();

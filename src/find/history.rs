@@ -161,7 +161,8 @@ impl<'a> Walker<'a> {
         }
         let map = match file {
             "cyrus.header" => &mut self.header_entry,
-            "cyrus.index" => &mut self.index_entry,
+            // Either name of the index: the newest version, full copy or delta.
+            "cyrus.index" | "delta/cyrus.index" => &mut self.index_entry,
             _ => return None,
         };
         map.insert(uid.to_string(), e.clone());
@@ -296,7 +297,10 @@ impl<'a> Walker<'a> {
             }
             None => Vec::new(),
         };
-        let index = crate::spool::index::parse(&read(index_entry)?)
+        let bytes = crate::folders::index_bytes(self.archive, index_entry)
+            .map_err(|err| format!("find: {}: {}: {err}", path.display(), index_entry.name))?
+            .bytes;
+        let index = crate::spool::index::parse(&bytes)
             .map_err(|err| format!("find: {}: {}: {err}", path.display(), index_entry.name))?;
         Ok(index
             .records

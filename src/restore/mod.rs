@@ -18,6 +18,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::archive::{EntryKind, EntryRecord};
+use crate::entries::index_delta::{INDEX_DELTA_FILE, INDEX_FILE};
 use crate::entries::{
     parse_imap_entry, FOLDERS_DIR, FOLDER_ANNOTATIONS_DB, FOLDER_MAILBOXES_DB, IMAP_DIR,
 };
@@ -64,6 +65,25 @@ impl MailboxAt {
     pub fn file(&self, name: &str) -> Option<&EntryRecord> {
         self.files.get(name)
     }
+
+    /// The entry of the mailbox's `cyrus.index` as of the run: a full copy, or an index delta
+    /// (read it with `read_index`, never as the file itself). It carries that version's stat.
+    pub fn index_entry(&self) -> Option<&EntryRecord> {
+        self.files
+            .get(INDEX_FILE)
+            .or_else(|| self.files.get(INDEX_DELTA_FILE))
+    }
+}
+
+/// Of a folder's files, keeps only the newer of its index's two names (formats/backup-entries.md,
+/// "Index deltas"): a full copy older than a delta must not be read as the mailbox's index, and
+/// a delta older than a full copy is no longer its state.
+fn newest_index_only(files: &mut BTreeMap<String, EntryRecord>) {
+    let newest = crate::folders::newer(files.get(INDEX_FILE), files.get(INDEX_DELTA_FILE))
+        .map(|e| e.name.clone());
+    files.retain(|file, e| {
+        !(file == INDEX_FILE || file == INDEX_DELTA_FILE) || Some(&e.name) == newest.as_ref()
+    });
 }
 
 /// Checks that an archive-supplied uniqueid is one path component Cyrus could have made.
@@ -91,6 +111,9 @@ pub fn mailboxes_at(archive: &Archive, run: u64) -> (Vec<MailboxAt>, Vec<String>
                 }
             }
         }
+    }
+    for files in folders.values_mut() {
+        newest_index_only(files);
     }
     let mut out = Vec::new();
     let mut refused = Vec::new();
@@ -342,13 +365,36 @@ pub fn read_mailbox(
             .ok_or_else(|| LostEntry::missing(path, format!("{FOLDERS_DIR}{}/{file}", m.uniqueid)))
     };
     let header_entry = entry("cyrus.header")?;
-    let index_entry = entry("cyrus.index")?;
     let read = |e: &EntryRecord| read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err));
     let header = crate::spool::header::parse(&read(header_entry)?)
         .map_err(|err| LostEntry::damaged(path, header_entry, err.to_string()))?;
-    let index = crate::spool::index::parse(&read(index_entry)?)
+    let (index_entry, bytes) = read_index(archive, m)?;
+    let index = crate::spool::index::parse(&bytes)
         .map_err(|err| LostEntry::damaged(path, index_entry, err.to_string()))?;
     Ok(MailboxData { header, index })
+}
+
+/// The exact bytes of the mailbox's `cyrus.index` as of the run, with the entry that holds
+/// them: a full copy as stored, or a delta reconstructed through its chain with every SHA-1
+/// checked (`crate::folders::index_bytes`). A failure names the entry, archive and offset.
+pub fn read_index<'m>(
+    archive: &Archive,
+    m: &'m MailboxAt,
+) -> std::result::Result<(&'m EntryRecord, Vec<u8>), LostEntry> {
+    let path = &archive.paths().archive;
+    let e = m.index_entry().ok_or_else(|| {
+        LostEntry::missing(path, format!("{FOLDERS_DIR}{}/{INDEX_FILE}", m.uniqueid))
+    })?;
+    if crate::folders::is_index_delta(e) {
+        crate::folders::index_bytes(archive, e)
+            .map(|v| (e, v.bytes))
+            .map_err(|err| LostEntry::of(path, e, &err))
+    } else {
+        // A full copy: read exactly as every version before index deltas did.
+        read_all(archive, e)
+            .map(|b| (e, b))
+            .map_err(|err| LostEntry::of(path, e, &err))
+    }
 }
 
 /// The raw cyrusdb records a backup stored for a mailbox (`mailboxes.db` or `annotations.db`).

@@ -11,6 +11,7 @@ mod dovecot;
 mod drill;
 mod find;
 mod fixtures;
+mod index_delta;
 mod offsite;
 mod offsite_garage;
 mod progress;

@@ -278,7 +278,7 @@ fn plan_mailbox(
             folder_records(archive, m, FOLDER_MAILBOXES_DB)?,
             folder_records(archive, m, FOLDER_ANNOTATIONS_DB)?,
             file("cyrus.header")?,
-            file("cyrus.index")?,
+            super::read_index(archive, m)?.1,
             annotations,
         ))
     };
@@ -313,8 +313,12 @@ fn plan_mailbox(
         ));
     }
     let mtime = |file: MetaFile| {
-        m.file(file.file_name())
-            .and_then(|e| e.stat.map(|s| s.mtime_ns))
+        let e = match file {
+            // The newest version of the index: a full copy or a delta, with its file's stat.
+            MetaFile::Index => m.index_entry(),
+            _ => m.file(file.file_name()),
+        };
+        e.and_then(|e| e.stat.map(|s| s.mtime_ns))
     };
     let mut p = Planned {
         entry,

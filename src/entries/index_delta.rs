@@ -1,0 +1,452 @@
+//! The `cyrus.index` delta of formats/backup-entries.md ("Index deltas"): a version of a
+//! mailbox's index stored as the blocks (header, record slots) that differ from the version
+//! stored before it. Pure bytes: finding the base in an archive is `crate::folders`' job.
+//!
+//! Every field of a payload is checked before anything is allocated for it, the base is
+//! checked against the length and SHA-1 the delta names, and the result against the length and
+//! SHA-1 recorded when the backup read the file: `apply` returns the exact bytes or an error.
+
+use crate::guid::Guid;
+
+/// `folders/<uniqueid>/<this>`: the name a delta is stored under.
+pub const INDEX_DELTA_FILE: &str = "delta/cyrus.index";
+/// `folders/<uniqueid>/<this>`: the name a full copy is stored under.
+pub const INDEX_FILE: &str = "cyrus.index";
+pub const MAGIC: &[u8; 8] = b"MPIXDLTA";
+/// At byte 8, where a `cyrus.index` holds its minor version: no Cyrus version is this, so every
+/// index parser refuses a delta instead of misreading it.
+pub const NOT_A_MINOR_VERSION: [u8; 4] = [0xff; 4];
+pub const VERSION: u32 = 1;
+/// The largest index a delta may describe.
+pub const MAX_INDEX_SIZE: u64 = 1 << 30;
+/// The largest header length and record size a delta may use as its blocks.
+pub const MAX_BLOCK: u32 = 65536;
+/// A reader follows at most this many versions back from a delta to its full copy.
+pub const MAX_DELTA_CHAIN: usize = 64;
+/// A writer stores a full copy after this many deltas in a row.
+pub const DELTA_CHAIN_FULL_EVERY: usize = 16;
+/// Indexes smaller than this are always stored whole.
+pub const DELTA_MIN_INDEX: usize = 64 * 1024;
+/// Bytes of a payload before its runs.
+const FIXED: usize = 84;
+
+/// The fixed part of a payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaHead {
+    pub base_size: u64,
+    pub base_sha1: Guid,
+    pub result_size: u64,
+    pub result_sha1: Guid,
+    pub head_len: u32,
+    pub block_len: u32,
+    pub run_count: u32,
+}
+
+/// Where blocks begin in a file of `len` bytes cut into a `head`-byte block and `block`-byte
+/// blocks after it.
+#[derive(Clone, Copy)]
+struct Blocks {
+    head: u64,
+    block: u64,
+    len: u64,
+}
+
+impl Blocks {
+    fn count(&self) -> u64 {
+        if self.len == 0 {
+            0
+        } else if self.len <= self.head {
+            1
+        } else {
+            1 + (self.len - self.head).div_ceil(self.block)
+        }
+    }
+
+    /// The first byte of block `i` (or the file's length when `i` is past the last block).
+    fn start(&self, i: u64) -> u64 {
+        if i == 0 {
+            0
+        } else {
+            // i ≤ count ≤ 2^30 + 1 and block ≤ 2^16: no overflow.
+            (self.head + (i - 1) * self.block).min(self.len)
+        }
+    }
+}
+
+/// `start_offset` and `record_size` from a `cyrus.index` header (big-endian at 12 and 16).
+pub fn geometry(index: &[u8]) -> Option<(u32, u32)> {
+    let h = u32::from_be_bytes(index.get(12..16)?.try_into().ok()?);
+    let r = u32::from_be_bytes(index.get(16..20)?.try_into().ok()?);
+    Some((h, r))
+}
+
+/// The delta that makes `result` from `base` (whose SHA-1 is `base_sha1`), when the rules of
+/// the spec allow one: `result` at least `DELTA_MIN_INDEX` and at most `MAX_INDEX_SIZE` bytes,
+/// the same `start_offset` and `record_size` in both (at least 24, and 1 to `MAX_BLOCK`), and
+/// a payload less than half of `result`. `None`: store a full copy.
+pub fn encode(base: &[u8], base_sha1: &Guid, result: &[u8]) -> Option<Vec<u8>> {
+    if result.len() < DELTA_MIN_INDEX || result.len() as u64 > MAX_INDEX_SIZE {
+        return None;
+    }
+    let (head, block) = geometry(result)?;
+    if geometry(base)? != (head, block)
+        || !(24..=MAX_BLOCK).contains(&head)
+        || !(1..=MAX_BLOCK).contains(&block)
+    {
+        return None;
+    }
+    let limit = result.len() / 2;
+    let blocks = Blocks {
+        head: head as u64,
+        block: block as u64,
+        len: result.len() as u64,
+    };
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut data_len = 0usize;
+    for i in 0..blocks.count() {
+        let (s, e) = (blocks.start(i) as usize, blocks.start(i + 1) as usize);
+        if base.get(s..e) == Some(&result[s..e]) {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == i => *count += 1,
+            _ => runs.push((i, 1)),
+        }
+        data_len += e - s;
+        if FIXED + 8 * runs.len() + data_len >= limit {
+            return None;
+        }
+    }
+    let mut out = Vec::with_capacity(FIXED + 8 * runs.len() + data_len);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&NOT_A_MINOR_VERSION);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(base.len() as u64).to_le_bytes());
+    out.extend_from_slice(&base_sha1.0);
+    out.extend_from_slice(&(result.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Guid::of(result).0);
+    out.extend_from_slice(&head.to_le_bytes());
+    out.extend_from_slice(&block.to_le_bytes());
+    out.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+    for (first, count) in runs {
+        // Both below 2^31: the block count of a file of at most 1 GiB.
+        out.extend_from_slice(&(first as u32).to_le_bytes());
+        out.extend_from_slice(&(count as u32).to_le_bytes());
+        let (s, e) = (blocks.start(first), blocks.start(first + count));
+        out.extend_from_slice(&result[s as usize..e as usize]);
+    }
+    (out.len() < limit).then_some(out)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn guid_at(b: &[u8], at: usize) -> Guid {
+    Guid(b[at..at + 20].try_into().expect("20 bytes"))
+}
+
+/// Whether `bytes` begin as a delta payload does (its magic).
+pub fn is_delta(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
+
+/// The fixed part of a payload, checked: magic, the byte-8 marker, version, sizes and block
+/// geometry in range.
+pub fn read_head(payload: &[u8]) -> Result<DeltaHead, String> {
+    if payload.len() < FIXED {
+        return Err(format!(
+            "index delta of {} bytes is shorter than its {FIXED}-byte head",
+            payload.len()
+        ));
+    }
+    if &payload[..8] != MAGIC || payload[8..12] != NOT_A_MINOR_VERSION {
+        return Err("not an index delta (bad magic)".into());
+    }
+    let version = u32_at(payload, 12);
+    if version != VERSION {
+        return Err(format!("index delta version {version} is not {VERSION}"));
+    }
+    let head = DeltaHead {
+        base_size: u64_at(payload, 16),
+        base_sha1: guid_at(payload, 24),
+        result_size: u64_at(payload, 44),
+        result_sha1: guid_at(payload, 52),
+        head_len: u32_at(payload, 72),
+        block_len: u32_at(payload, 76),
+        run_count: u32_at(payload, 80),
+    };
+    if head.result_size > MAX_INDEX_SIZE {
+        return Err(format!(
+            "index delta makes {} bytes, more than {MAX_INDEX_SIZE}",
+            head.result_size
+        ));
+    }
+    if !(1..=MAX_BLOCK).contains(&head.head_len) || !(1..=MAX_BLOCK).contains(&head.block_len) {
+        return Err(format!(
+            "index delta blocks {}/{} out of range",
+            head.head_len, head.block_len
+        ));
+    }
+    Ok(head)
+}
+
+/// The version `payload` makes from `base`, whose SHA-1 the caller knows (`base_sha1`: it
+/// checked those bytes when it read or made them). Every check of the spec is made; the result
+/// hashes to the SHA-1 the delta records or this is an error.
+pub fn apply(payload: &[u8], base: &[u8], base_sha1: &Guid) -> Result<Vec<u8>, String> {
+    let head = read_head(payload)?;
+    if head.base_size != base.len() as u64 || head.base_sha1 != *base_sha1 {
+        return Err(format!(
+            "index delta applies to a version of {} bytes with SHA-1 {}, not to the version \
+             stored before it ({} bytes, SHA-1 {})",
+            head.base_size,
+            head.base_sha1,
+            base.len(),
+            base_sha1
+        ));
+    }
+    // A delta cannot make more bytes than it and its base hold.
+    if head.result_size > head.base_size.saturating_add(payload.len() as u64) {
+        return Err(format!(
+            "index delta makes {} bytes out of a {}-byte base and {} bytes of its own",
+            head.result_size,
+            head.base_size,
+            payload.len()
+        ));
+    }
+    let blocks = Blocks {
+        head: head.head_len as u64,
+        block: head.block_len as u64,
+        len: head.result_size,
+    };
+    let count = blocks.count();
+    let mut out = Vec::with_capacity(head.result_size as usize);
+    let mut at = FIXED;
+    let mut next_block = 0u64;
+    let copy_base = |out: &mut Vec<u8>, to: u64| -> Result<(), String> {
+        let from = out.len();
+        if from as u64 == to {
+            return Ok(());
+        }
+        let bytes = base.get(from..to as usize).ok_or_else(|| {
+            format!(
+                "index delta copies bytes {from}..{to} from a {}-byte base",
+                base.len()
+            )
+        })?;
+        out.extend_from_slice(bytes);
+        Ok(())
+    };
+    for k in 0..head.run_count {
+        let fields = payload
+            .get(at..at + 8)
+            .ok_or_else(|| format!("index delta ends in run {k} of {}", head.run_count))?;
+        let first = u32_at(fields, 0) as u64;
+        let n = u32_at(fields, 4) as u64;
+        at += 8;
+        if n == 0 || first < next_block || first + n > count {
+            return Err(format!(
+                "index delta run {k} (blocks {first}+{n}) is out of order or outside the \
+                 {count} blocks of a {}-byte file",
+                head.result_size
+            ));
+        }
+        let (s, e) = (blocks.start(first), blocks.start(first + n));
+        let len = (e - s) as usize;
+        let data = payload.get(at..at.saturating_add(len)).ok_or_else(|| {
+            format!(
+                "index delta run {k} needs {len} bytes, {} remain",
+                payload.len() - at
+            )
+        })?;
+        copy_base(&mut out, s)?;
+        out.extend_from_slice(data);
+        at += len;
+        next_block = first + n;
+    }
+    if at != payload.len() {
+        return Err(format!(
+            "index delta has {} bytes after its last run",
+            payload.len() - at
+        ));
+    }
+    copy_base(&mut out, head.result_size)?;
+    if Guid::of(&out) != head.result_sha1 {
+        return Err(format!(
+            "index delta result does not hash to {}",
+            head.result_sha1
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v17-shaped index: a 160-byte header, `n` records of 104 bytes, record `i` filled with
+    /// a pattern of `i` and `salt`.
+    fn index(n: u32, salt: u8) -> Vec<u8> {
+        let mut out = vec![0u8; 160];
+        out[8..12].copy_from_slice(&17u32.to_be_bytes());
+        out[12..16].copy_from_slice(&160u32.to_be_bytes());
+        out[16..20].copy_from_slice(&104u32.to_be_bytes());
+        out[20..24].copy_from_slice(&n.to_be_bytes());
+        out[100] = salt;
+        for i in 0..n {
+            let mut rec = [0u8; 104];
+            rec[..4].copy_from_slice(&(i + 1).to_be_bytes());
+            for (j, b) in rec[4..].iter_mut().enumerate() {
+                *b = (i as usize * 7 + j) as u8;
+            }
+            out.extend_from_slice(&rec);
+        }
+        out
+    }
+
+    fn flip_records(bytes: &mut [u8], every: usize) {
+        let n = (bytes.len() - 160) / 104;
+        for i in (0..n).step_by(every) {
+            bytes[160 + i * 104 + 50] ^= 0x20;
+        }
+        bytes[60] ^= 1;
+    }
+
+    #[test]
+    fn one_percent_of_records_changed_makes_a_small_delta_that_applies_exactly() {
+        let base = index(5000, 1);
+        let mut new = base.clone();
+        flip_records(&mut new, 100);
+        let d = encode(&base, &Guid::of(&base), &new).expect("a delta");
+        // 50 records and the header, with 8 bytes a run.
+        assert!(d.len() < FIXED + 50 * (104 + 8) + 160 + 8, "{}", d.len());
+        assert_eq!(apply(&d, &base, &Guid::of(&base)).unwrap(), new);
+        assert_eq!(read_head(&d).unwrap().result_sha1, Guid::of(&new));
+    }
+
+    #[test]
+    fn appended_records_truncation_and_a_tail_apply_exactly() {
+        let base = index(1000, 1);
+        // New messages: one run of new records.
+        let mut grown = index(1010, 2);
+        grown[160..160 + 1000 * 104].copy_from_slice(&base[160..]);
+        let d = encode(&base, &Guid::of(&base), &grown).unwrap();
+        assert_eq!(apply(&d, &base, &Guid::of(&base)).unwrap(), grown);
+        // Fewer records (a shorter file) and a partial tail block.
+        let mut shorter = base[..base.len() - 3 * 104 - 40].to_vec();
+        shorter[100] = 9;
+        let d = encode(&base, &Guid::of(&base), &shorter).unwrap();
+        assert_eq!(apply(&d, &base, &Guid::of(&base)).unwrap(), shorter);
+        // A longer tail than the base had.
+        let mut tail = base.clone();
+        tail.extend_from_slice(b"tail");
+        let d = encode(&base, &Guid::of(&base), &tail).unwrap();
+        assert_eq!(apply(&d, &base, &Guid::of(&base)).unwrap(), tail);
+    }
+
+    #[test]
+    fn full_copies_when_the_rules_say_so() {
+        let base = index(1000, 1);
+        let g = Guid::of(&base);
+        // Small index.
+        assert!(encode(&index(10, 1), &Guid::of(&index(10, 1)), &index(10, 2)).is_none());
+        // Most records changed.
+        let mut new = base.clone();
+        flip_records(&mut new, 2);
+        assert!(encode(&base, &g, &new).is_none());
+        // Another record size.
+        let mut other = base.clone();
+        other[16..20].copy_from_slice(&144u32.to_be_bytes());
+        assert!(encode(&base, &g, &other).is_none());
+        // A header length under 24.
+        let mut odd = base.clone();
+        odd[12..16].copy_from_slice(&8u32.to_be_bytes());
+        let mut odd_base = base.clone();
+        odd_base[12..16].copy_from_slice(&8u32.to_be_bytes());
+        assert!(encode(&odd_base, &Guid::of(&odd_base), &odd).is_none());
+        // Unchanged: a delta of just the head, still smaller.
+        let same = encode(&base, &g, &base).unwrap();
+        assert_eq!(same.len(), FIXED);
+        assert_eq!(apply(&same, &base, &g).unwrap(), base);
+    }
+
+    #[test]
+    fn the_wrong_base_is_refused_not_patched() {
+        let base = index(1000, 1);
+        let mut new = base.clone();
+        flip_records(&mut new, 100);
+        let d = encode(&base, &Guid::of(&base), &new).unwrap();
+        let other = index(1000, 3);
+        let err = apply(&d, &other, &Guid::of(&other)).unwrap_err();
+        assert!(err.contains("not to the version stored before it"), "{err}");
+        let err = apply(&d, &base[..base.len() - 1], &Guid::of(&base)).unwrap_err();
+        assert!(err.contains("applies to a version"), "{err}");
+    }
+
+    #[test]
+    fn every_flipped_byte_and_every_truncation_is_an_error_never_wrong_bytes() {
+        let base = index(700, 1);
+        let g = Guid::of(&base);
+        let mut new = base.clone();
+        flip_records(&mut new, 50);
+        new.truncate(new.len() - 104);
+        let d = encode(&base, &g, &new).unwrap();
+        for i in 0..d.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = d.clone();
+                bad[i] ^= bit;
+                match apply(&bad, &base, &g) {
+                    Ok(out) => panic!("byte {i} bit {bit:#x}: applied ({} bytes)", out.len()),
+                    Err(e) => assert!(!e.is_empty()),
+                }
+            }
+        }
+        for len in 0..d.len() {
+            assert!(apply(&d[..len], &base, &g).is_err(), "truncated to {len}");
+        }
+        let mut longer = d.clone();
+        longer.push(0);
+        assert!(apply(&longer, &base, &g).is_err());
+    }
+
+    #[test]
+    fn hostile_heads_are_refused_before_allocating() {
+        let base = index(700, 1);
+        let g = Guid::of(&base);
+        let mut new = base.clone();
+        flip_records(&mut new, 50);
+        let d = encode(&base, &g, &new).unwrap();
+        let with = |at: usize, bytes: &[u8]| {
+            let mut bad = d.clone();
+            bad[at..at + bytes.len()].copy_from_slice(bytes);
+            apply(&bad, &base, &g)
+        };
+        // A result far larger than base and delta could hold.
+        assert!(with(44, &(MAX_INDEX_SIZE).to_le_bytes())
+            .unwrap_err()
+            .contains("bytes out of"));
+        assert!(with(44, &u64::MAX.to_le_bytes())
+            .unwrap_err()
+            .contains("more than"));
+        assert!(with(72, &0u32.to_le_bytes()).is_err());
+        assert!(with(76, &(MAX_BLOCK + 1).to_le_bytes()).is_err());
+        assert!(with(80, &u32::MAX.to_le_bytes()).is_err());
+        // A run whose count would overflow.
+        assert!(with(FIXED, &[0xff; 8]).is_err());
+    }
+
+    #[test]
+    fn a_cyrus_index_parser_refuses_a_delta() {
+        let base = index(700, 1);
+        let mut new = base.clone();
+        flip_records(&mut new, 50);
+        let d = encode(&base, &Guid::of(&base), &new).unwrap();
+        assert!(crate::spool::index::parse(&d).is_err());
+        assert!(is_delta(&d) && !is_delta(&base));
+    }
+}

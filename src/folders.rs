@@ -1,0 +1,187 @@
+//! A mailbox's `cyrus.index` read back from an archive (formats/backup-entries.md, "Index
+//! deltas"): its versions are the full copies `folders/<uniqueid>/cyrus.index` and the deltas
+//! `folders/<uniqueid>/delta/cyrus.index` together, in archive order; a delta is reconstructed
+//! from the full copy before it and the deltas between, every length and SHA-1 checked. Every
+//! reader of an index (restore, `ls --at`, drill, `verify --against-spool`, find, compaction,
+//! and backup for the version a delta is made against) goes through here, so none of them can
+//! read a full copy older than a delta, or a delta's payload, as the mailbox's index.
+//!
+//! Sits above `store` (it reads entries) and below `backup`, `restore` and `compact`.
+
+use std::io::Read;
+
+use crate::archive::{EntryKind, EntryRecord};
+use crate::entries::index_delta::{self, MAX_DELTA_CHAIN};
+use crate::entries::index_version_of;
+use crate::error::{Error, Result};
+use crate::guid::Guid;
+use crate::store::Archive;
+
+/// One version of a mailbox's index, as the backup read it.
+pub struct IndexVersion {
+    pub bytes: Vec<u8>,
+    pub sha1: Guid,
+    /// Deltas applied after the full copy to make it (0: a full copy).
+    pub deltas: usize,
+}
+
+/// Where an entry stands in archive order.
+fn position(e: &EntryRecord) -> (u64, u32) {
+    (e.placement.member, e.placement.header_at)
+}
+
+/// Whether `e` is a version of some mailbox's index, and a delta.
+pub fn is_index_delta(e: &EntryRecord) -> bool {
+    e.kind == EntryKind::File && index_version_of(&e.name).is_some_and(|(_, delta)| delta)
+}
+
+/// The newer of two versions (archive order); either may be absent.
+pub fn newer<'a>(
+    a: Option<&'a EntryRecord>,
+    b: Option<&'a EntryRecord>,
+) -> Option<&'a EntryRecord> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if position(b) > position(a) { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// An entry's bytes, checked: the size the archive can back, its SHA-1 as it is read, and
+/// again, length and SHA-1, on the whole.
+fn read_checked(archive: &Archive, e: &EntryRecord) -> Result<Vec<u8>> {
+    let path = &archive.paths().archive;
+    let corrupt = |detail: String| Error::corrupt(path, e.placement.member, detail);
+    if e.placement.member >= archive.committed_len() {
+        return Err(corrupt(format!(
+            "entry {} lies past the committed archive",
+            e.name
+        )));
+    }
+    let mut out = Vec::with_capacity(e.size.min(crate::archive::MEMBER_TARGET as u64) as usize);
+    archive
+        .read_entry(e)?
+        .take(e.size)
+        .read_to_end(&mut out)
+        .map_err(
+            |err| match err.into_inner().map(|i| i.downcast::<Error>()) {
+                Some(Ok(ours)) => *ours,
+                Some(Err(other)) => corrupt(format!("{}: {other}", e.name)),
+                None => corrupt(format!("{}: read failed", e.name)),
+            },
+        )?;
+    if out.len() as u64 != e.size || Guid::of(&out) != e.sha1 {
+        return Err(corrupt(format!(
+            "entry {} does not read back as its {} bytes with SHA-1 {}",
+            e.name, e.size, e.sha1
+        )));
+    }
+    Ok(out)
+}
+
+/// The version `e` stands for, given the version before it (`previous`: its bytes and SHA-1)
+/// when `e` is a delta. A full copy needs nothing before it.
+pub fn next_version(
+    archive: &Archive,
+    previous: Option<(&[u8], &Guid)>,
+    e: &EntryRecord,
+) -> Result<(Vec<u8>, Guid)> {
+    let bytes = read_checked(archive, e)?;
+    if !is_index_delta(e) {
+        let sha1 = e.sha1;
+        return Ok((bytes, sha1));
+    }
+    let path = &archive.paths().archive;
+    let Some((base, base_sha1)) = previous else {
+        return Err(Error::corrupt(
+            path,
+            e.placement.member,
+            format!("{}: an index delta with no version before it", e.name),
+        ));
+    };
+    let result = index_delta::apply(&bytes, base, base_sha1).map_err(|detail| {
+        Error::corrupt(path, e.placement.member, format!("{}: {detail}", e.name))
+    })?;
+    let sha1 = Guid::of(&result);
+    Ok((result, sha1))
+}
+
+/// The versions of `e`'s mailbox index from the nearest full copy up to `e` itself, oldest
+/// first: `[e]` for a full copy. `e` must be an entry of `archive` (a clone will do).
+pub fn chain(archive: &Archive, e: &EntryRecord) -> Result<Vec<EntryRecord>> {
+    let path = &archive.paths().archive;
+    let corrupt = |detail: String| Error::corrupt(path, e.placement.member, detail);
+    let Some((uid, delta)) = index_version_of(&e.name).filter(|_| e.kind == EntryKind::File) else {
+        return Err(Error::usage(format!(
+            "{} is not a version of a cyrus.index",
+            e.name
+        )));
+    };
+    if !delta {
+        return Ok(vec![e.clone()]);
+    }
+    let runs = archive.runs();
+    let Some(r) = runs
+        .iter()
+        .rposition(|run| run.start <= e.placement.member && e.placement.member < run.end)
+    else {
+        return Err(corrupt(format!("{} is in no committed run", e.name)));
+    };
+    let entries = archive.entries_of(&runs[r]);
+    let Some(i) = entries
+        .iter()
+        .position(|x| x.placement == e.placement && x.name == e.name)
+    else {
+        return Err(corrupt(format!("{} is not where the index says", e.name)));
+    };
+    let mut out = vec![e.clone()];
+    let earlier = entries[..i].iter().rev().chain(
+        runs[..r]
+            .iter()
+            .rev()
+            .flat_map(|run| archive.entries_of(run).iter().rev()),
+    );
+    for x in earlier {
+        if x.kind != EntryKind::File {
+            continue;
+        }
+        let Some((u, is_delta)) = index_version_of(&x.name) else {
+            continue;
+        };
+        if u != uid {
+            continue;
+        }
+        out.push(x.clone());
+        if !is_delta {
+            out.reverse();
+            return Ok(out);
+        }
+        if out.len() > MAX_DELTA_CHAIN {
+            return Err(corrupt(format!(
+                "{}: more than {MAX_DELTA_CHAIN} index deltas follow its full copy",
+                e.name
+            )));
+        }
+    }
+    Err(corrupt(format!(
+        "{}: no full copy of the index is stored before this delta",
+        e.name
+    )))
+}
+
+/// The exact bytes of the index version `e` stands for (a full copy or a delta of `archive`),
+/// reconstructed through its chain with every check of the spec; an error names the archive
+/// and the byte offset of the member of the version that failed.
+pub fn index_bytes(archive: &Archive, e: &EntryRecord) -> Result<IndexVersion> {
+    let chain = chain(archive, e)?;
+    let mut current: Option<(Vec<u8>, Guid)> = None;
+    for x in &chain {
+        let previous = current.as_ref().map(|(b, s)| (b.as_slice(), s));
+        current = Some(next_version(archive, previous, x)?);
+    }
+    let (bytes, sha1) = current.expect("a chain holds at least the version asked for");
+    Ok(IndexVersion {
+        bytes,
+        sha1,
+        deltas: chain.len() - 1,
+    })
+}
