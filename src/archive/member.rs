@@ -510,6 +510,176 @@ mod tests {
         assert_eq!(raw, b"two");
     }
 
+    /// Micro-benchmark for issue 19, not a test (BENCHMARKS.md, "Compression: libdeflate against
+    /// zlib-rs"; `bench/codecs.sh` runs it): the members of real archives
+    /// (`MAILPACK_CODEC_ARCHIVES`, space-separated paths; at most `MAILPACK_CODEC_MB` MiB of tar
+    /// bytes, default 192) decoded, then compressed and decompressed again on one thread by each
+    /// candidate. Members are split into text and base64 (`base64_share` >= 0.7) because the
+    /// writer treats them differently. Prints one line per candidate and class.
+    #[test]
+    #[ignore]
+    fn codec_speed_on_real_members() {
+        use std::time::Instant;
+        let paths = std::env::var("MAILPACK_CODEC_ARCHIVES").expect("MAILPACK_CODEC_ARCHIVES");
+        let budget: usize = std::env::var("MAILPACK_CODEC_MB")
+            .map(|v| v.parse().expect("MAILPACK_CODEC_MB"))
+            .unwrap_or(192)
+            << 20;
+        let (mut text, mut b64) = (Vec::new(), Vec::new());
+        let mut total = 0usize;
+        'files: for path in paths.split_whitespace() {
+            let mut r = MemberReader::new(std::fs::File::open(path).unwrap(), 0).unwrap();
+            loop {
+                let mut raw = Vec::new();
+                if r.next_member(&mut raw).unwrap().is_none() {
+                    break;
+                }
+                total += raw.len();
+                if base64_share(&raw) >= 0.7 {
+                    b64.push(raw);
+                } else {
+                    text.push(raw);
+                }
+                if total >= budget {
+                    break 'files;
+                }
+            }
+        }
+        let mib = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>() as f64 / (1 << 20) as f64;
+        println!(
+            "members: text {} ({:.1} MiB), base64 {} ({:.1} MiB)",
+            text.len(),
+            mib(&text),
+            b64.len(),
+            mib(&b64)
+        );
+
+        type Deflate<'a> = Box<dyn FnMut(&[u8]) -> Vec<u8> + 'a>;
+        let zlib = |level: u32, strategy: Option<zlib_rs::Strategy>| -> Deflate<'static> {
+            Box::new(move |raw: &[u8]| {
+                let strategy = strategy.unwrap_or_else(|| choose_strategy(raw, level));
+                let mut out = vec![0u8; zlib_rs::compress_bound(raw.len())];
+                let (d, rc) =
+                    zlib_rs::compress_slice(&mut out, raw, deflate_config(level, strategy));
+                assert_eq!(rc, zlib_rs::ReturnCode::Ok);
+                let n = d.len();
+                out.truncate(n);
+                out
+            })
+        };
+        let libdeflate = |level: i32| -> Deflate<'static> {
+            let mut c =
+                libdeflater::Compressor::new(libdeflater::CompressionLvl::new(level).unwrap());
+            Box::new(move |raw: &[u8]| {
+                let mut out = vec![0u8; c.deflate_compress_bound(raw.len())];
+                let n = c.deflate_compress(raw, &mut out).unwrap();
+                out.truncate(n);
+                out
+            })
+        };
+        let mut candidates: Vec<(String, Deflate)> = vec![
+            ("zlib-rs 6, strategy chosen (before)".into(), zlib(6, None)),
+            (
+                "zlib-rs 6, default strategy".into(),
+                zlib(6, Some(zlib_rs::Strategy::Default)),
+            ),
+            (
+                "zlib-rs 6, Huffman only".into(),
+                zlib(6, Some(zlib_rs::Strategy::HuffmanOnly)),
+            ),
+            (
+                "zlib-rs 1".into(),
+                zlib(1, Some(zlib_rs::Strategy::Default)),
+            ),
+        ];
+        for level in [1, 2, 3, 4, 5, 6, 7, 8, 9] {
+            candidates.push((format!("libdeflate {level}"), libdeflate(level)));
+        }
+        println!(
+            "{:38} {:>7} {:>9} {:>10} {:>10}",
+            "compressor", "class", "ratio", "comp MB/s", "inflate MB/s zlib-rs / libdeflate"
+        );
+        for (name, deflate) in candidates.iter_mut() {
+            for (class, members) in [("text", &text), ("base64", &b64)] {
+                if members.is_empty() {
+                    continue;
+                }
+                let raw_bytes: usize = members.iter().map(Vec::len).sum();
+                let started = Instant::now();
+                let packed: Vec<Vec<u8>> = members.iter().map(|m| deflate(m)).collect();
+                let comp = started.elapsed().as_secs_f64();
+                let packed_bytes: usize = packed.iter().map(Vec::len).sum();
+                let mut out = vec![0u8; members.iter().map(Vec::len).max().unwrap()];
+                let started = Instant::now();
+                for (p, m) in packed.iter().zip(members.iter()) {
+                    let (d, rc) = zlib_rs::decompress_slice(
+                        &mut out[..m.len()],
+                        p,
+                        zlib_rs::InflateConfig { window_bits: -15 },
+                    );
+                    assert!(matches!(
+                        rc,
+                        zlib_rs::ReturnCode::Ok | zlib_rs::ReturnCode::StreamEnd
+                    ));
+                    assert_eq!(d.len(), m.len());
+                }
+                let zinf = started.elapsed().as_secs_f64();
+                let mut d = libdeflater::Decompressor::new();
+                let started = Instant::now();
+                for (p, m) in packed.iter().zip(members.iter()) {
+                    assert_eq!(
+                        d.deflate_decompress(p, &mut out[..m.len()]).unwrap(),
+                        m.len()
+                    );
+                }
+                let linf = started.elapsed().as_secs_f64();
+                let mb = raw_bytes as f64 / 1e6;
+                println!(
+                    "{name:38} {class:>7} {:9.4} {:10.1} {:10.1} / {:.1}",
+                    packed_bytes as f64 / raw_bytes as f64,
+                    mb / comp,
+                    mb / zinf,
+                    mb / linf
+                );
+            }
+        }
+
+        // Whole members through today's reader (BufReader, payload CRC, GzDecoder) against
+        // libdeflate's gzip decoder on the whole member plus the same payload CRC.
+        let all: Vec<&Vec<u8>> = text.iter().chain(b64.iter()).collect();
+        let raw_bytes: usize = all.iter().map(|m| m.len()).sum();
+        let file: Vec<u8> = all.iter().flat_map(|m| gz(m)).collect();
+        let mut raw = Vec::new();
+        let started = Instant::now();
+        let mut r = MemberReader::new(Cursor::new(&file[..]), 0).unwrap();
+        while let Some(m) = r.next_member(&mut raw).unwrap() {
+            assert!(m.integrity.is_ok());
+        }
+        let reader = started.elapsed().as_secs_f64();
+        let mut d = libdeflater::Decompressor::new();
+        let mut out = vec![0u8; MAX_MEMBER_RAW.min(2 << 20)];
+        let started = Instant::now();
+        let mut at = 0;
+        while at < file.len() {
+            let len = HEADER_LEN
+                + u32::from_le_bytes(file[at + 16..at + 20].try_into().unwrap()) as usize;
+            let member = &file[at..at + len];
+            assert_eq!(
+                crc32fast::hash(&member[HEADER_LEN..]),
+                u32::from_le_bytes(member[20..24].try_into().unwrap())
+            );
+            d.gzip_decompress(member, &mut out).unwrap();
+            at += len;
+        }
+        let whole = started.elapsed().as_secs_f64();
+        let mb = raw_bytes as f64 / 1e6;
+        println!(
+            "whole members, all classes: MemberReader (flate2/zlib-rs) {:.1} MB/s, libdeflate gzip_decompress {:.1} MB/s",
+            mb / reader,
+            mb / whole
+        );
+    }
+
     fn round_trip(raw: &[u8]) -> Vec<u8> {
         let member = compress_member(raw, 6).unwrap();
         let mut out = Vec::new();
