@@ -1,6 +1,6 @@
 //! One gzip member as formats/archive.md section 3.1 frames it, both ways. `compress_member`
-//! encodes one (mailpack's header with its integrity field, raw deflate, the gzip trailer) and
-//! chooses how hard deflate should work on it; `MemberReader` decodes an archive one member at a
+//! encodes one (mailpack's header with its integrity field, raw deflate from libdeflate, the gzip
+//! trailer) and chooses how hard deflate should work on it; `MemberReader` decodes an archive one member at a
 //! time, knowing exactly where each member starts and ends in the file, so the scanner can give
 //! every entry its member offset. Each member is held whole (bounded by `MAX_MEMBER_RAW`); the
 //! writer keeps them near 1 MiB.
@@ -41,67 +41,64 @@ pub fn member_header(payload_len: u32, payload_crc: u32) -> [u8; HEADER_LEN] {
 
 /// One gzip member framed as formats/archive.md section 3.1 says: a fixed header whose FEXTRA
 /// field records the length and CRC32 of everything after it, so `verify` can vouch for every
-/// byte of the file (the gzip CRC alone covers only the decompressed bytes).
+/// byte of the file (the gzip CRC alone covers only the decompressed bytes). The deflate data is
+/// libdeflate's, made from the whole buffer at once (BENCHMARKS.md, "Compression: libdeflate
+/// against zlib-rs").
 pub fn compress_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let strategy = choose_strategy(raw, level);
-    let mut out = vec![0u8; HEADER_LEN + zlib_rs::compress_bound(raw.len()) + 8];
-    let deflated_len = {
-        let (deflated, rc) =
-            zlib_rs::compress_slice(&mut out[HEADER_LEN..], raw, deflate_config(level, strategy));
-        if rc != zlib_rs::ReturnCode::Ok {
-            return Err(io::Error::other(format!("deflate failed: {rc:?}")));
-        }
-        deflated.len()
-    };
-    out.truncate(HEADER_LEN + deflated_len);
-    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    let payload = &out[HEADER_LEN..];
-    let header = member_header(payload.len() as u32, crc32fast::hash(payload));
-    out[..HEADER_LEN].copy_from_slice(&header);
-    Ok(out)
+    let level = member_level(raw, level);
+    with_compressor(level, |c| {
+        let mut out = vec![0u8; HEADER_LEN + c.deflate_compress_bound(raw.len()) + 8];
+        let deflated_len = c
+            .deflate_compress(raw, &mut out[HEADER_LEN..])
+            .map_err(|e| io::Error::other(format!("deflate failed: {e}")))?;
+        out.truncate(HEADER_LEN + deflated_len);
+        out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
+        out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        let payload = &out[HEADER_LEN..];
+        let header = member_header(payload.len() as u32, crc32fast::hash(payload));
+        out[..HEADER_LEN].copy_from_slice(&header);
+        Ok(out)
+    })
 }
 
-fn deflate_config(level: u32, strategy: zlib_rs::Strategy) -> zlib_rs::DeflateConfig {
-    zlib_rs::DeflateConfig {
-        level: level as i32,
-        method: zlib_rs::Method::Deflated,
-        // Negative: raw deflate; the gzip framing is ours.
-        window_bits: -15,
-        mem_level: 8,
-        strategy,
+/// Runs `f` with this thread's libdeflate compressor for `level` (made on first use and kept:
+/// a compressor holds its match-finder tables, a few hundred KiB, and the deflate pool's workers
+/// live as long as the writer).
+fn with_compressor<T>(
+    level: u32,
+    f: impl FnOnce(&mut libdeflater::Compressor) -> io::Result<T>,
+) -> io::Result<T> {
+    use std::cell::RefCell;
+    thread_local! {
+        static COMPRESSORS: RefCell<Vec<(u32, libdeflater::Compressor)>> =
+            const { RefCell::new(Vec::new()) };
     }
+    let lvl = libdeflater::CompressionLvl::new(level as i32)
+        .map_err(|_| io::Error::other(format!("compression level {level} out of range")))?;
+    COMPRESSORS.with(|cell| {
+        let mut compressors = cell.borrow_mut();
+        let i = match compressors.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                compressors.push((level, libdeflater::Compressor::new(lvl)));
+                compressors.len() - 1
+            }
+        };
+        f(&mut compressors[i].1)
+    })
 }
-
-/// Bytes of a sample tried both ways before a member is Huffman-coded only.
-const STRATEGY_SAMPLE: usize = 64 << 10;
 
 /// Mail attachments are base64 of already-compressed files: their bytes carry about 6 bits of
-/// entropy each and no repeated strings, so string matching (most of deflate's time) gains
-/// nothing over Huffman coding alone. A member that is mostly base64 lines is Huffman-coded only,
-/// unless a sample shows that matching does pay (base64 of text, say). Output stays standard
-/// deflate and depends only on the input.
-fn choose_strategy(raw: &[u8], level: u32) -> zlib_rs::Strategy {
-    use zlib_rs::Strategy;
-    if level < 2 || base64_share(raw) < 0.7 {
-        return Strategy::Default;
-    }
-    let sample = &raw[..raw.len().min(STRATEGY_SAMPLE)];
-    let mut buf = vec![0u8; zlib_rs::compress_bound(sample.len())];
-    let size = |buf: &mut [u8], strategy| {
-        let (out, rc) = zlib_rs::compress_slice(buf, sample, deflate_config(level, strategy));
-        if rc == zlib_rs::ReturnCode::Ok {
-            out.len()
-        } else {
-            usize::MAX
-        }
-    };
-    let huffman = size(&mut buf, Strategy::HuffmanOnly);
-    let matched = size(&mut buf, Strategy::Default);
-    if (matched as f64) < huffman as f64 * 0.97 {
-        Strategy::Default
+/// entropy each and few repeated strings, so a deeper search for matches (most of deflate's
+/// time) gains nothing. A member that is mostly base64 lines is deflated at level 1, where
+/// libdeflate still takes the matches there are (base64 of text, say) and, on real mail, comes
+/// out a little smaller than zlib's Huffman-only coding that mailpack used before. Output stays
+/// standard deflate and depends only on the input and the level.
+fn member_level(raw: &[u8], level: u32) -> u32 {
+    if level > 1 && base64_share(raw) >= 0.7 {
+        1
     } else {
-        Strategy::HuffmanOnly
+        level
     }
 }
 
@@ -236,6 +233,12 @@ impl<R: Read> BufRead for Counted<R> {
 pub struct MemberReader<R> {
     input: Option<Counted<R>>,
     start: u64,
+    /// libdeflate's decoder for whole members, made on first use.
+    inflater: Option<libdeflater::Decompressor>,
+    /// One member's compressed payload (at most `MAX_MEMBER_PAYLOAD` bytes).
+    packed: Vec<u8>,
+    /// Whether `decode_whole` is tried first (tests compare it with the streaming path alone).
+    whole_members: bool,
 }
 
 impl<R: Read + Seek> MemberReader<R> {
@@ -251,6 +254,9 @@ impl<R: Read + Seek> MemberReader<R> {
                 payload_crc: crc32fast::Hasher::new(),
             }),
             start: offset,
+            inflater: None,
+            packed: Vec::new(),
+            whole_members: true,
         })
     }
 
@@ -283,6 +289,27 @@ impl<R: Read + Seek> MemberReader<R> {
         }
         let mut counted = self.input.take().expect("checked above");
         counted.start_member();
+        let whole = if self.whole_members {
+            self.decode_whole(&mut counted, raw, limit)
+        } else {
+            Ok(false)
+        };
+        match whole {
+            Ok(true) => {
+                let end = counted.consumed;
+                self.input = Some(counted);
+                return Ok(Some(Member {
+                    offset,
+                    end,
+                    integrity: Ok(()),
+                }));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.input = Some(counted);
+                return Err(MemberError::Io(e));
+            }
+        }
         let mut decoder = GzDecoder::new(counted);
         let result = (&mut decoder).take(limit as u64 + 1).read_to_end(raw);
         let counted = decoder.into_inner();
@@ -308,6 +335,71 @@ impl<R: Read + Seek> MemberReader<R> {
                 detail: format!("gzip member does not decode: {e}"),
             }),
         }
+    }
+
+    /// The fast path for mailpack's own members: one whose header names its payload's length
+    /// and CRC32 (formats/archive.md section 3.1) is read whole, checked against them, and
+    /// inflated by libdeflate in one call into a buffer of exactly its ISIZE, checked against the
+    /// trailer's CRC32. `Ok(false)`, with the file rewound to the member's start and `raw`
+    /// empty, for every other member (foreign, damaged, torn, or decompressing to more than
+    /// `limit` bytes): the streaming decoder then reads it as before and says what is wrong and
+    /// where it ends. Allocation is bounded by `MAX_MEMBER_PAYLOAD` and `limit` before any
+    /// number from the file is used.
+    ///
+    /// XXX: libdeflater does not report where the deflate data ended, so a member whose deflate
+    /// data ends before its last 8 bytes and whose trailer is repeated at both places would be
+    /// read here as ending where its header says, where gzip would end it earlier. Only a
+    /// member forged with a matching `MP` field can be so; mailpack never writes one.
+    fn decode_whole(
+        &mut self,
+        counted: &mut Counted<R>,
+        raw: &mut Vec<u8>,
+        limit: usize,
+    ) -> io::Result<bool> {
+        let offset = counted.member_start;
+        if self.read_whole(counted, raw, limit)? {
+            return Ok(true);
+        }
+        raw.clear();
+        counted.inner.seek(SeekFrom::Start(offset))?;
+        counted.consumed = offset;
+        counted.start_member();
+        Ok(false)
+    }
+
+    fn read_whole(
+        &mut self,
+        counted: &mut Counted<R>,
+        raw: &mut Vec<u8>,
+        limit: usize,
+    ) -> io::Result<bool> {
+        let mut head = [0u8; HEADER_LEN];
+        if read_full(counted, &mut head)? < HEADER_LEN || head[..16] != member_header(0, 0)[..16] {
+            return Ok(false);
+        }
+        let payload_len = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")) as u64;
+        if !(8..=MAX_MEMBER_PAYLOAD).contains(&payload_len) {
+            return Ok(false);
+        }
+        self.packed.resize(payload_len as usize, 0);
+        if read_full(counted, &mut self.packed)? < self.packed.len() || counted.integrity().is_err()
+        {
+            return Ok(false);
+        }
+        let (deflated, trailer) = self.packed.split_at(self.packed.len() - 8);
+        let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+        let isize = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes")) as usize;
+        if isize > limit {
+            return Ok(false);
+        }
+        raw.resize(isize, 0);
+        let inflater = self
+            .inflater
+            .get_or_insert_with(libdeflater::Decompressor::new);
+        Ok(
+            matches!(inflater.deflate_decompress(deflated, raw), Ok(n) if n == isize)
+                && crc32fast::hash(raw) == crc,
+        )
     }
 
     /// After an error, finds the next offset after `from` where a mailpack member starts whose
@@ -427,7 +519,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
     use flate2::write::GzEncoder;
-    use std::io::{Cursor, Write};
+    use std::io::{Cursor, Read, Write};
 
     fn gz(data: &[u8]) -> Vec<u8> {
         compress_member(data, 6).unwrap()
@@ -466,6 +558,73 @@ mod tests {
         }
     }
 
+    /// Every member, error and integrity verdict of `file`, read with or without the
+    /// whole-member path, members decoded at most `limit` bytes.
+    fn read_all(file: &[u8], whole: bool, limit: usize) -> Vec<String> {
+        let mut r = MemberReader::new(Cursor::new(file.to_vec()), 0).unwrap();
+        r.whole_members = whole;
+        let mut out = Vec::new();
+        let mut raw = Vec::new();
+        for _ in 0..8 {
+            match r.next_member_within(&mut raw, limit) {
+                Ok(Some(m)) => out.push(format!("{m:?} {}", crc32fast::hash(&raw))),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(format!(
+                        "{:?} {}",
+                        e.offset(),
+                        matches!(e, MemberError::Torn { .. })
+                    ));
+                    match r.resync(e.offset().unwrap_or(0)) {
+                        Ok(Some(_)) => {}
+                        _ => break,
+                    }
+                    r.whole_members = whole;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn whole_members_read_exactly_as_the_streaming_decoder_reads_them() {
+        let text =
+            b"From: a@example.org\r\nSubject: hi\r\n\r\nhello there, mail text. ".repeat(300);
+        let mut file = [gz(&text), gz(b"second"), gz(&[])].concat();
+        let foreign = {
+            let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            e.write_all(b"foreign member").unwrap();
+            e.finish().unwrap()
+        };
+        file.extend_from_slice(&foreign);
+        file.extend_from_slice(&gz(&text[..5000]));
+        let clean = read_all(&file, true, MAX_MEMBER_RAW);
+        assert_eq!(clean.len(), 5);
+        assert_eq!(clean, read_all(&file, false, MAX_MEMBER_RAW));
+        // A member past the limit is damage either way.
+        assert_eq!(read_all(&file, true, 4000), read_all(&file, false, 4000));
+        // Every single-byte change and every truncation: the same members, ends, verdicts.
+        let second = gz(&text).len();
+        for i in (0..second + 60).chain(file.len() - 80..file.len()) {
+            for bit in [0x01u8, 0x10, 0x80] {
+                let mut bad = file.clone();
+                bad[i] ^= bit;
+                assert_eq!(
+                    read_all(&bad, true, MAX_MEMBER_RAW),
+                    read_all(&bad, false, MAX_MEMBER_RAW),
+                    "flip of byte {i} bit {bit:#x}"
+                );
+            }
+        }
+        for cut in (0..file.len()).step_by(7) {
+            assert_eq!(
+                read_all(&file[..cut], true, MAX_MEMBER_RAW),
+                read_all(&file[..cut], false, MAX_MEMBER_RAW),
+                "cut at {cut}"
+            );
+        }
+    }
+
     #[test]
     fn members_are_found_with_exact_offsets() {
         let (a, b) = (gz(b"first member"), gz(&vec![b'x'; 300_000]));
@@ -484,6 +643,7 @@ mod tests {
             (a.len() as u64, (a.len() + b.len()) as u64, 300_000)
         );
         assert!(r.next_member(&mut raw).unwrap().is_none());
+        assert!(r.inflater.is_some(), "mailpack's members took the whole-member path");
     }
 
     #[test]
@@ -557,10 +717,10 @@ mod tests {
         type Deflate<'a> = Box<dyn FnMut(&[u8]) -> Vec<u8> + 'a>;
         let zlib = |level: u32, strategy: Option<zlib_rs::Strategy>| -> Deflate<'static> {
             Box::new(move |raw: &[u8]| {
-                let strategy = strategy.unwrap_or_else(|| choose_strategy(raw, level));
+                let strategy = strategy.unwrap_or_else(|| zlib_rs_strategy(raw, level));
                 let mut out = vec![0u8; zlib_rs::compress_bound(raw.len())];
                 let (d, rc) =
-                    zlib_rs::compress_slice(&mut out, raw, deflate_config(level, strategy));
+                    zlib_rs::compress_slice(&mut out, raw, zlib_rs_config(level, strategy));
                 assert_eq!(rc, zlib_rs::ReturnCode::Ok);
                 let n = d.len();
                 out.truncate(n);
@@ -594,6 +754,15 @@ mod tests {
         ];
         for level in [1, 2, 3, 4, 5, 6, 7, 8, 9] {
             candidates.push((format!("libdeflate {level}"), libdeflate(level)));
+        }
+        for level in [5, 6] {
+            candidates.push((
+                format!("compress_member {level} (after), no framing"),
+                Box::new(move |raw: &[u8]| {
+                    let m = compress_member(raw, level).unwrap();
+                    m[HEADER_LEN..m.len() - 8].to_vec()
+                }),
+            ));
         }
         println!(
             "{:38} {:>7} {:>9} {:>10} {:>10}",
@@ -689,7 +858,7 @@ mod tests {
     }
 
     #[test]
-    fn base64_attachments_are_huffman_coded_and_text_is_not() {
+    fn base64_attachments_are_deflated_fast_and_text_is_not() {
         let mut state = 1u64;
         let mut noise = || {
             state = state
@@ -712,17 +881,79 @@ mod tests {
             b64.extend_from_slice(line.as_bytes());
             b64.extend_from_slice(b"\r\n");
         }
-        assert_eq!(choose_strategy(&b64, 6), zlib_rs::Strategy::HuffmanOnly);
+        assert_eq!(member_level(&b64, 6), 1);
         assert_eq!(round_trip(&b64), b64);
         let text = b"Dear team, the quarterly report is attached. Regards, Alice\r\n".repeat(5000);
-        assert_eq!(choose_strategy(&text, 6), zlib_rs::Strategy::Default);
+        assert_eq!(member_level(&text, 6), 6);
+        assert_eq!(member_level(&b64, 1), 1);
         assert_eq!(round_trip(&text), text);
-        // Base64 of repetitive text: matching still pays, so it is kept.
+        // Base64 of repetitive text: level 1 still finds its matches.
         let repetitive: Vec<u8> =
             b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWkFCQ0RF\r\n"
                 .repeat(3000)
                 .to_vec();
-        assert_eq!(choose_strategy(&repetitive, 6), zlib_rs::Strategy::Default);
+        assert_eq!(member_level(&repetitive, 6), 1);
+        assert!(compress_member(&repetitive, 6).unwrap().len() < repetitive.len() / 50);
+        assert_eq!(round_trip(&repetitive), repetitive);
         assert_eq!(round_trip(&[]), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn members_are_plain_gzip_with_the_mailpack_header_at_every_level() {
+        let raw = b"Subject: hello\r\n\r\nsome mail text, repeated. ".repeat(4000);
+        for level in 1..=9 {
+            let member = compress_member(&raw, level).unwrap();
+            let payload = &member[HEADER_LEN..];
+            assert_eq!(
+                member[..HEADER_LEN],
+                member_header(payload.len() as u32, crc32fast::hash(payload))
+            );
+            let trailer = &member[member.len() - 8..];
+            assert_eq!(trailer[..4], crc32fast::hash(&raw).to_le_bytes());
+            assert_eq!(trailer[4..], (raw.len() as u32).to_le_bytes());
+            let mut out = Vec::new();
+            flate2::read::MultiGzDecoder::new(&member[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, raw);
+        }
+        assert!(compress_member(&raw, 13).is_err());
+    }
+
+    /// Today's member compression before issue 19 (zlib-rs at `level`, Huffman-only for a
+    /// base64 member unless a sample shows matching saving 3%), kept as the reference side of
+    /// `codec_speed_on_real_members`.
+    fn zlib_rs_config(level: u32, strategy: zlib_rs::Strategy) -> zlib_rs::DeflateConfig {
+        zlib_rs::DeflateConfig {
+            level: level as i32,
+            method: zlib_rs::Method::Deflated,
+            window_bits: -15,
+            mem_level: 8,
+            strategy,
+        }
+    }
+
+    fn zlib_rs_strategy(raw: &[u8], level: u32) -> zlib_rs::Strategy {
+        use zlib_rs::Strategy;
+        if level < 2 || base64_share(raw) < 0.7 {
+            return Strategy::Default;
+        }
+        let sample = &raw[..raw.len().min(64 << 10)];
+        let mut buf = vec![0u8; zlib_rs::compress_bound(sample.len())];
+        let size = |buf: &mut [u8], strategy| {
+            let (out, rc) = zlib_rs::compress_slice(buf, sample, zlib_rs_config(level, strategy));
+            if rc == zlib_rs::ReturnCode::Ok {
+                out.len()
+            } else {
+                usize::MAX
+            }
+        };
+        let huffman = size(&mut buf, Strategy::HuffmanOnly);
+        let matched = size(&mut buf, Strategy::Default);
+        if (matched as f64) < huffman as f64 * 0.97 {
+            Strategy::Default
+        } else {
+            Strategy::HuffmanOnly
+        }
     }
 }
