@@ -4,7 +4,8 @@
 # 3.6 through bench_spool::make_bench_spool, as bench/make-spool.sh does for 100 users):
 #  1. full backup side by side, hyperfine, median of 3, a fresh archive directory / repository
 #     for every run, the spool read into the page cache (vmtouch -t) before every run of every
-#     command: mailpack backup (this build, libdeflate) | mailpack backup (OLD build: zlib-rs) |
+#     command: mailpack backup (this build, libdeflate; also at --level 5) | mailpack backup (OLD
+#     build: zlib-rs) |
 #     restic backup (zstd) | tar -cf - | pigz -p <cores>;
 #  2. decompression, old against new on the same archives (the new build's): verify (every
 #     member inflated, every SHA-1 checked), compact --force (every member of the copy inflated
@@ -71,14 +72,16 @@ if [ "$only" = all ] || [ "$only" = backup ]; then
   export RESTIC_PASSWORD=bench
   hyperfine --runs "$runs" --export-json "$f/full.json" \
     --prepare "rm -rf '$f/A-new'; $warm" \
+    --prepare "rm -rf '$f/A-new5'; $warm" \
     --prepare "rm -rf '$f/A-old'; $warm" \
     --prepare "rm -rf '$f/restic' && restic init --quiet -r '$f/restic' > /dev/null; $warm" \
     --prepare "rm -f '$f/pigz.tar.gz'; $warm" \
     -n "mailpack backup (new, libdeflate)" "$new backup --config '$conf' --archive-dir '$f/A-new' > /dev/null" \
+    -n "mailpack backup --level 5 (new)" "$new backup --level 5 --config '$conf' --archive-dir '$f/A-new5' > /dev/null" \
     -n "mailpack backup (old, zlib-rs)" "$old backup --config '$conf' --archive-dir '$f/A-old' > /dev/null" \
     -n "restic backup" "restic backup --quiet -r '$f/restic' '$s/spool' '$s/conf' '$s/sieve'" \
     -n "tar -cf - | pigz -p $cores" "tar -cf - -C '$s' spool conf sieve | pigz -6 -p $cores > '$f/pigz.tar.gz'"
-  echo "sizes: mailpack new $(cat "$f"/A-new/*.tar.gz | wc -c) + indexes $(cat "$f"/A-new/*.idx | wc -c); old $(cat "$f"/A-old/*.tar.gz | wc -c) + $(cat "$f"/A-old/*.idx | wc -c); restic repository $(du -sb "$f/restic" | cut -f1); pigz $(stat -c %s "$f/pigz.tar.gz")"
+  echo "sizes: mailpack new $(cat "$f"/A-new/*.tar.gz | wc -c) + indexes $(cat "$f"/A-new/*.idx | wc -c); new --level 5 $(cat "$f"/A-new5/*.tar.gz | wc -c); old $(cat "$f"/A-old/*.tar.gz | wc -c) + $(cat "$f"/A-old/*.idx | wc -c); restic repository $(du -sb "$f/restic" | cut -f1); pigz $(stat -c %s "$f/pigz.tar.gz")"
   for a in "$f"/A-new/user000.tar.gz; do tar -tzf "$a" > /dev/null && echo "GNU tar lists $a: $(tar -tzf "$a" | wc -l) entries"; gzip -t "$a" && echo "gzip -t: ok"; done
   for v in new old; do
     bin=$new; [ $v = old ] && bin=$old
