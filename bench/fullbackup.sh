@@ -7,9 +7,10 @@
 #     command: mailpack backup (this build, libdeflate; also at --level 5) | mailpack backup (OLD
 #     build: zlib-rs) |
 #     restic backup (zstd) | tar -cf - | pigz -p <cores>;
-#  2. decompression, old against new on the same archives (the new build's): verify (every
-#     member inflated, every SHA-1 checked), compact --force (every member of the copy inflated
-#     and checked), restore --all --maildir;
+#  2. decompression, old against new on the same archives (the new build's, two runs: a full
+#     backup, then 1% new mail and flag changes): verify (every member inflated, every SHA-1
+#     checked), compact --force --keep-days 0 (the first run's index versions dropped, members
+#     copied, every member of the copy inflated and checked), restore --all --maildir;
 #  3. the member codec micro-benchmark (src/archive/member.rs, codec_speed_on_real_members) on
 #     the new build's archives.
 # Installs restic, pigz, hyperfine and vmtouch if missing. Work files in bench/work/fullbackup/.
@@ -90,6 +91,22 @@ if [ "$only" = all ] || [ "$only" = backup ]; then
   done
   rm -rf "$f/R"; restic init --quiet -r "$f/R" > /dev/null; eval "$warm"
   /usr/bin/time -f "restic full backup: max RSS %M KiB, %e s, user %U s, system %S s" restic backup --quiet -r "$f/R" "$s/spool" "$s/conf" "$s/sieve"
+  # hyperfine runs every repetition of one command before the next, so this VM's drift (other
+  # work on the machine) lands on one side of a ratio; interleaved rounds put it on both, and
+  # CPU time (user + system) hardly depends on it.
+  echo "== 1b. the same, interleaved rounds (bench/paired.py, $((runs + 2)) rounds after a warm-up)"
+  rm -f "$f"/cpu-*.txt
+  t="/usr/bin/time -a -f '%e %U %S %M'"
+  python3 bench/paired.py $((runs + 2)) "$f/paired.json" \
+    --prepare "rm -rf '$f/P-new' '$f/P-old' '$f/P-new5' '$f/P-restic' && restic init --quiet -r '$f/P-restic' > /dev/null; $warm" \
+    "new=$t -o '$f/cpu-new.txt' $new backup --config '$conf' --archive-dir '$f/P-new'" \
+    "old=$t -o '$f/cpu-old.txt' $old backup --config '$conf' --archive-dir '$f/P-old'" \
+    "restic=$t -o '$f/cpu-restic.txt' restic backup --quiet -r '$f/P-restic' '$s/spool' '$s/conf' '$s/sieve'" \
+    "new5=$t -o '$f/cpu-new5.txt' $new backup --level 5 --config '$conf' --archive-dir '$f/P-new5'"
+  for v in new old restic new5; do
+    # The first line is the warm-up round's.
+    tail -n +2 "$f/cpu-$v.txt" | awk -v v=$v '{c = $2 + $3; s += c; n++; if ($4 > m) m = $4} END {printf "%-7s CPU (user+system) mean %.2f s over %d runs, peak RSS %d KiB\n", v, s / n, n, m}'
+  done
   python3 - "$f/full.json" <<'PY'
 import json, sys
 r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
@@ -101,16 +118,25 @@ fi
 
 if [ "$only" = all ] || [ "$only" = decompress ]; then
   echo "== 2. decompression: old and new read the same archives (made by the new build)"
-  src=$f/D-src
-  if [ ! -d "$src" ]; then eval "$warm"; "$new" backup --config "$conf" --archive-dir "$src" > /dev/null; fi
+  # Two runs, so that compaction has something to drop: a full backup, then 1% new mail and 1%
+  # flag changes made by a real Cyrus on a copy of the spool (bench_spool::change_bench_spool),
+  # then a second backup of the copy.
+  src=$f/D-src2
+  if [ ! -d "$src" ]; then
+    rm -rf "$f/spool-day2" && cp -a "$s" "$f/spool-day2"
+    eval "$warm"; "$new" backup --config "$conf" --archive-dir "$src" > /dev/null
+    MAILPACK_BENCH_SPOOL="$f/spool-day2" MAILPACK_BENCH_NEW=240 \
+      cargo test --release --quiet --test it bench_spool::change_bench_spool -- --ignored --nocapture
+    "$new" backup --config "$f/spool-day2/etc/imapd.conf" --archive-dir "$src" > /dev/null
+  fi
   dwarm="vmtouch -q -t '$src'"
   hyperfine --runs "$runs" --export-json "$f/verify.json" --prepare "$dwarm" \
     -n "verify (new)" "$new verify --archive-dir '$src' > /dev/null" \
     -n "verify (old)" "$old verify --archive-dir '$src' > /dev/null"
   hyperfine --runs "$runs" --export-json "$f/compact.json" \
     --prepare "rm -rf '$f/C' && cp -a '$src' '$f/C' && vmtouch -q -t '$f/C'" \
-    -n "compact --force (new)" "$new compact --force --archive-dir '$f/C' > /dev/null" \
-    -n "compact --force (old)" "$old compact --force --archive-dir '$f/C' > /dev/null"
+    -n "compact --force (new)" "$new compact --force --keep-days 0 --keep-deleted-days 0 --archive-dir '$f/C' > /dev/null" \
+    -n "compact --force (old)" "$old compact --force --keep-days 0 --keep-deleted-days 0 --archive-dir '$f/C' > /dev/null"
   hyperfine --runs "$runs" --export-json "$f/restore.json" \
     --prepare "rm -rf '$f/out'; sync; $dwarm" \
     -n "restore --all --maildir (new)" "$new restore --archive-dir '$src' --all --maildir '$f/out' > /dev/null" \
@@ -135,6 +161,7 @@ if [ "$only" = all ] || [ "$only" = codecs ]; then
   echo "== 3. member codecs on the new build's archives (one thread)"
   src=$f/D-src
   [ -d "$src" ] || { eval "$warm"; "$new" backup --config "$conf" --archive-dir "$src" > /dev/null; }
+  # (one run: members as a first backup makes them)
   MAILPACK_CODEC_ARCHIVES="$(ls "$src"/*.tar.gz | tr '\n' ' ')" MAILPACK_CODEC_MB=${CODEC_MB:-256} \
     cargo test --release --quiet --lib codec_speed_on_real_members -- --ignored --nocapture 2>&1 \
     | grep -v '^running\|^test \|^$'
