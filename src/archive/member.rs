@@ -1,6 +1,6 @@
 //! One gzip member as formats/archive.md section 3.1 frames it, both ways. `compress_member`
-//! encodes one (mailpack's header with its integrity field, raw deflate, the gzip trailer) and
-//! chooses how hard deflate should work on it; `MemberReader` decodes an archive one member at a
+//! encodes one (mailpack's header with its integrity field, raw deflate from libdeflate, the gzip
+//! trailer) and chooses how hard deflate should work on it; `MemberReader` decodes an archive one member at a
 //! time, knowing exactly where each member starts and ends in the file, so the scanner can give
 //! every entry its member offset. Each member is held whole (bounded by `MAX_MEMBER_RAW`); the
 //! writer keeps them near 1 MiB.
@@ -41,17 +41,24 @@ pub fn member_header(payload_len: u32, payload_crc: u32) -> [u8; HEADER_LEN] {
 
 /// One gzip member framed as formats/archive.md section 3.1 says: a fixed header whose FEXTRA
 /// field records the length and CRC32 of everything after it, so `verify` can vouch for every
-/// byte of the file (the gzip CRC alone covers only the decompressed bytes).
+/// byte of the file (the gzip CRC alone covers only the decompressed bytes). The deflate data is
+/// made from the whole buffer at once, by libdeflate or, for base64 attachments, by zlib-rs's
+/// Huffman-only coder (`choose_coding`; BENCHMARKS.md, "Compression: libdeflate against
+/// zlib-rs").
 pub fn compress_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let strategy = choose_strategy(raw, level);
-    let mut out = vec![0u8; HEADER_LEN + zlib_rs::compress_bound(raw.len()) + 8];
-    let deflated_len = {
-        let (deflated, rc) =
-            zlib_rs::compress_slice(&mut out[HEADER_LEN..], raw, deflate_config(level, strategy));
-        if rc != zlib_rs::ReturnCode::Ok {
-            return Err(io::Error::other(format!("deflate failed: {rc:?}")));
+    let (mut out, deflated_len) = match choose_coding(raw, level)? {
+        Coding::Matched(level) => with_compressor(level, |c| {
+            let mut out = vec![0u8; HEADER_LEN + c.deflate_compress_bound(raw.len()) + 8];
+            let len = c
+                .deflate_compress(raw, &mut out[HEADER_LEN..])
+                .map_err(|e| io::Error::other(format!("deflate failed: {e}")))?;
+            Ok((out, len))
+        })?,
+        Coding::HuffmanOnly => {
+            let mut out = vec![0u8; HEADER_LEN + zlib_rs::compress_bound(raw.len()) + 8];
+            let len = huffman_only(raw, &mut out[HEADER_LEN..])?;
+            (out, len)
         }
-        deflated.len()
     };
     out.truncate(HEADER_LEN + deflated_len);
     out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
@@ -62,62 +69,139 @@ pub fn compress_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn deflate_config(level: u32, strategy: zlib_rs::Strategy) -> zlib_rs::DeflateConfig {
-    zlib_rs::DeflateConfig {
-        level: level as i32,
+/// How one member's deflate data is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Coding {
+    /// libdeflate at this level: string matching and Huffman coding.
+    Matched(u32),
+    /// Huffman coding alone, no string matching (zlib's `Z_HUFFMAN_ONLY`, from zlib-rs).
+    HuffmanOnly,
+}
+
+/// Bytes of a base64 member's start coded both ways before it is Huffman-coded only.
+const CODING_SAMPLE: usize = 32 << 10;
+
+/// Mail attachments are base64 of already-compressed files: their bytes carry about 6 bits of
+/// entropy each and no repeated strings, so string matching (most of deflate's time) gains
+/// nothing over Huffman coding alone. A member that is mostly base64 lines is Huffman-coded
+/// only, unless `CODING_SAMPLE` bytes from its middle come out at least 3% smaller from
+/// libdeflate's fastest matching (base64 of text, say). Both sizes are integers, so the choice, and with it
+/// the output, depends only on the input and the level.
+fn choose_coding(raw: &[u8], level: u32) -> io::Result<Coding> {
+    if base64_share(raw) < 0.7 {
+        return Ok(Coding::Matched(level));
+    }
+    // From the middle: a member often starts with the end of a text message before the
+    // attachment that fills it.
+    let from = (raw.len() / 2).saturating_sub(CODING_SAMPLE / 2);
+    let sample = &raw[from..raw.len().min(from + CODING_SAMPLE)];
+    let mut buf = vec![0u8; zlib_rs::compress_bound(sample.len())];
+    let huffman = huffman_only(sample, &mut buf)?;
+    let matched = with_compressor(1, |c| {
+        c.deflate_compress(sample, &mut buf)
+            .map_err(|e| io::Error::other(format!("deflate failed: {e}")))
+    })?;
+    Ok(if matched * 100 < huffman * 97 {
+        Coding::Matched(level)
+    } else {
+        Coding::HuffmanOnly
+    })
+}
+
+/// Raw deflate of `raw` into `out` (at least `zlib_rs::compress_bound` long), Huffman-coded only.
+fn huffman_only(raw: &[u8], out: &mut [u8]) -> io::Result<usize> {
+    let config = zlib_rs::DeflateConfig {
+        level: 6,
         method: zlib_rs::Method::Deflated,
         // Negative: raw deflate; the gzip framing is ours.
         window_bits: -15,
         mem_level: 8,
-        strategy,
-    }
-}
-
-/// Bytes of a sample tried both ways before a member is Huffman-coded only.
-const STRATEGY_SAMPLE: usize = 64 << 10;
-
-/// Mail attachments are base64 of already-compressed files: their bytes carry about 6 bits of
-/// entropy each and no repeated strings, so string matching (most of deflate's time) gains
-/// nothing over Huffman coding alone. A member that is mostly base64 lines is Huffman-coded only,
-/// unless a sample shows that matching does pay (base64 of text, say). Output stays standard
-/// deflate and depends only on the input.
-fn choose_strategy(raw: &[u8], level: u32) -> zlib_rs::Strategy {
-    use zlib_rs::Strategy;
-    if level < 2 || base64_share(raw) < 0.7 {
-        return Strategy::Default;
-    }
-    let sample = &raw[..raw.len().min(STRATEGY_SAMPLE)];
-    let mut buf = vec![0u8; zlib_rs::compress_bound(sample.len())];
-    let size = |buf: &mut [u8], strategy| {
-        let (out, rc) = zlib_rs::compress_slice(buf, sample, deflate_config(level, strategy));
-        if rc == zlib_rs::ReturnCode::Ok {
-            out.len()
-        } else {
-            usize::MAX
-        }
+        strategy: zlib_rs::Strategy::HuffmanOnly,
     };
-    let huffman = size(&mut buf, Strategy::HuffmanOnly);
-    let matched = size(&mut buf, Strategy::Default);
-    if (matched as f64) < huffman as f64 * 0.97 {
-        Strategy::Default
-    } else {
-        Strategy::HuffmanOnly
+    let (deflated, rc) = zlib_rs::compress_slice(out, raw, config);
+    if rc != zlib_rs::ReturnCode::Ok {
+        return Err(io::Error::other(format!("deflate failed: {rc:?}")));
     }
+    Ok(deflated.len())
 }
 
-/// The share of `raw` in lines of at least 60 base64 characters (MIME wraps at 76).
+/// Runs `f` with this thread's libdeflate compressor for `level` (made on first use and kept:
+/// a compressor holds its match-finder tables, a few hundred KiB, and the deflate pool's workers
+/// live as long as the writer).
+fn with_compressor<T>(
+    level: u32,
+    f: impl FnOnce(&mut libdeflater::Compressor) -> io::Result<T>,
+) -> io::Result<T> {
+    use std::cell::RefCell;
+    thread_local! {
+        static COMPRESSORS: RefCell<Vec<(u32, libdeflater::Compressor)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+    let lvl = libdeflater::CompressionLvl::new(level as i32)
+        .map_err(|_| io::Error::other(format!("compression level {level} out of range")))?;
+    COMPRESSORS.with(|cell| {
+        let mut compressors = cell.borrow_mut();
+        let i = match compressors.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                compressors.push((level, libdeflater::Compressor::new(lvl)));
+                compressors.len() - 1
+            }
+        };
+        f(&mut compressors[i].1)
+    })
+}
+
+/// The share of `raw` in lines of at least 60 base64 characters (MIME wraps at 76), a line's
+/// one trailing CR not counted in its length; its newline counts towards the share. This runs
+/// on every member, so it must cost little beside deflate: one pass with a byte table (about
+/// three times `split` and `all`; bit masks of 64 bytes at a time were slower still).
 fn base64_share(raw: &[u8]) -> f64 {
+    const OTHER: u8 = 0;
+    const B64: u8 = 1;
+    const CR: u8 = 2;
+    const LF: u8 = 3;
+    const CLASS: [u8; 256] = {
+        let mut t = [OTHER; 256];
+        let mut i = 0;
+        while i < 256 {
+            let b = i as u8;
+            if b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=' {
+                t[i] = B64;
+            }
+            i += 1;
+        }
+        t[b'\r' as usize] = CR;
+        t[b'\n' as usize] = LF;
+        t
+    };
     if raw.is_empty() {
         return 0.0;
     }
-    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
     let mut in_lines = 0usize;
-    for line in raw.split(|&b| b == b'\n') {
-        let body = line.strip_suffix(b"\r").unwrap_or(line);
-        if body.len() >= 60 && body.iter().all(|&b| is_b64(b)) {
-            in_lines += line.len() + 1;
+    let mut line_start = 0usize;
+    // Bytes of the current line that are not base64, and the class of its last byte.
+    let mut other = 0usize;
+    let mut last = OTHER;
+    let mut close = |end: usize, other: usize, last: u8, line_start: usize| {
+        let stripped = usize::from(last == CR);
+        if end - line_start - stripped >= 60 && other == stripped {
+            in_lines += end - line_start + 1;
+        }
+    };
+    for (i, &b) in raw.iter().enumerate() {
+        let class = CLASS[b as usize];
+        if class == LF {
+            close(i, other, last, line_start);
+            line_start = i + 1;
+            other = 0;
+            last = OTHER;
+        } else {
+            other += usize::from(class != B64);
+            last = class;
         }
     }
+    close(raw.len(), other, last, line_start);
     in_lines as f64 / raw.len() as f64
 }
 
@@ -236,6 +320,12 @@ impl<R: Read> BufRead for Counted<R> {
 pub struct MemberReader<R> {
     input: Option<Counted<R>>,
     start: u64,
+    /// libdeflate's decoder for whole members, made on first use.
+    inflater: Option<libdeflater::Decompressor>,
+    /// One member's compressed payload (at most `MAX_MEMBER_PAYLOAD` bytes).
+    packed: Vec<u8>,
+    /// Whether `decode_whole` is tried first (tests compare it with the streaming path alone).
+    whole_members: bool,
 }
 
 impl<R: Read + Seek> MemberReader<R> {
@@ -251,6 +341,9 @@ impl<R: Read + Seek> MemberReader<R> {
                 payload_crc: crc32fast::Hasher::new(),
             }),
             start: offset,
+            inflater: None,
+            packed: Vec::new(),
+            whole_members: true,
         })
     }
 
@@ -283,6 +376,27 @@ impl<R: Read + Seek> MemberReader<R> {
         }
         let mut counted = self.input.take().expect("checked above");
         counted.start_member();
+        let whole = if self.whole_members {
+            self.decode_whole(&mut counted, raw, limit)
+        } else {
+            Ok(false)
+        };
+        match whole {
+            Ok(true) => {
+                let end = counted.consumed;
+                self.input = Some(counted);
+                return Ok(Some(Member {
+                    offset,
+                    end,
+                    integrity: Ok(()),
+                }));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.input = Some(counted);
+                return Err(MemberError::Io(e));
+            }
+        }
         let mut decoder = GzDecoder::new(counted);
         let result = (&mut decoder).take(limit as u64 + 1).read_to_end(raw);
         let counted = decoder.into_inner();
@@ -308,6 +422,71 @@ impl<R: Read + Seek> MemberReader<R> {
                 detail: format!("gzip member does not decode: {e}"),
             }),
         }
+    }
+
+    /// The fast path for mailpack's own members: one whose header names its payload's length
+    /// and CRC32 (formats/archive.md section 3.1) is read whole, checked against them, and
+    /// inflated by libdeflate in one call into a buffer of exactly its ISIZE, checked against the
+    /// trailer's CRC32. `Ok(false)`, with the file rewound to the member's start and `raw`
+    /// empty, for every other member (foreign, damaged, torn, or decompressing to more than
+    /// `limit` bytes): the streaming decoder then reads it as before and says what is wrong and
+    /// where it ends. Allocation is bounded by `MAX_MEMBER_PAYLOAD` and `limit` before any
+    /// number from the file is used.
+    ///
+    /// XXX: libdeflater does not report where the deflate data ended, so a member whose deflate
+    /// data ends before its last 8 bytes and whose trailer is repeated at both places would be
+    /// read here as ending where its header says, where gzip would end it earlier. Only a
+    /// member forged with a matching `MP` field can be so; mailpack never writes one.
+    fn decode_whole(
+        &mut self,
+        counted: &mut Counted<R>,
+        raw: &mut Vec<u8>,
+        limit: usize,
+    ) -> io::Result<bool> {
+        let offset = counted.member_start;
+        if self.read_whole(counted, raw, limit)? {
+            return Ok(true);
+        }
+        raw.clear();
+        counted.inner.seek(SeekFrom::Start(offset))?;
+        counted.consumed = offset;
+        counted.start_member();
+        Ok(false)
+    }
+
+    fn read_whole(
+        &mut self,
+        counted: &mut Counted<R>,
+        raw: &mut Vec<u8>,
+        limit: usize,
+    ) -> io::Result<bool> {
+        let mut head = [0u8; HEADER_LEN];
+        if read_full(counted, &mut head)? < HEADER_LEN || head[..16] != member_header(0, 0)[..16] {
+            return Ok(false);
+        }
+        let payload_len = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")) as u64;
+        if !(8..=MAX_MEMBER_PAYLOAD).contains(&payload_len) {
+            return Ok(false);
+        }
+        self.packed.resize(payload_len as usize, 0);
+        if read_full(counted, &mut self.packed)? < self.packed.len() || counted.integrity().is_err()
+        {
+            return Ok(false);
+        }
+        let (deflated, trailer) = self.packed.split_at(self.packed.len() - 8);
+        let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+        let isize = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes")) as usize;
+        if isize > limit {
+            return Ok(false);
+        }
+        raw.resize(isize, 0);
+        let inflater = self
+            .inflater
+            .get_or_insert_with(libdeflater::Decompressor::new);
+        Ok(
+            matches!(inflater.deflate_decompress(deflated, raw), Ok(n) if n == isize)
+                && crc32fast::hash(raw) == crc,
+        )
     }
 
     /// After an error, finds the next offset after `from` where a mailpack member starts whose
@@ -427,7 +606,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
     use flate2::write::GzEncoder;
-    use std::io::{Cursor, Write};
+    use std::io::{Cursor, Read, Write};
 
     fn gz(data: &[u8]) -> Vec<u8> {
         compress_member(data, 6).unwrap()
@@ -466,6 +645,73 @@ mod tests {
         }
     }
 
+    /// Every member, error and integrity verdict of `file`, read with or without the
+    /// whole-member path, members decoded at most `limit` bytes.
+    fn read_all(file: &[u8], whole: bool, limit: usize) -> Vec<String> {
+        let mut r = MemberReader::new(Cursor::new(file.to_vec()), 0).unwrap();
+        r.whole_members = whole;
+        let mut out = Vec::new();
+        let mut raw = Vec::new();
+        for _ in 0..8 {
+            match r.next_member_within(&mut raw, limit) {
+                Ok(Some(m)) => out.push(format!("{m:?} {}", crc32fast::hash(&raw))),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(format!(
+                        "{:?} {}",
+                        e.offset(),
+                        matches!(e, MemberError::Torn { .. })
+                    ));
+                    match r.resync(e.offset().unwrap_or(0)) {
+                        Ok(Some(_)) => {}
+                        _ => break,
+                    }
+                    r.whole_members = whole;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn whole_members_read_exactly_as_the_streaming_decoder_reads_them() {
+        let text =
+            b"From: a@example.org\r\nSubject: hi\r\n\r\nhello there, mail text. ".repeat(300);
+        let mut file = [gz(&text), gz(b"second"), gz(&[])].concat();
+        let foreign = {
+            let mut e = GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+            e.write_all(b"foreign member").unwrap();
+            e.finish().unwrap()
+        };
+        file.extend_from_slice(&foreign);
+        file.extend_from_slice(&gz(&text[..5000]));
+        let clean = read_all(&file, true, MAX_MEMBER_RAW);
+        assert_eq!(clean.len(), 5);
+        assert_eq!(clean, read_all(&file, false, MAX_MEMBER_RAW));
+        // A member past the limit is damage either way.
+        assert_eq!(read_all(&file, true, 4000), read_all(&file, false, 4000));
+        // Every single-byte change and every truncation: the same members, ends, verdicts.
+        let second = gz(&text).len();
+        for i in (0..second + 60).chain(file.len() - 80..file.len()) {
+            for bit in [0x01u8, 0x10, 0x80] {
+                let mut bad = file.clone();
+                bad[i] ^= bit;
+                assert_eq!(
+                    read_all(&bad, true, MAX_MEMBER_RAW),
+                    read_all(&bad, false, MAX_MEMBER_RAW),
+                    "flip of byte {i} bit {bit:#x}"
+                );
+            }
+        }
+        for cut in (0..file.len()).step_by(7) {
+            assert_eq!(
+                read_all(&file[..cut], true, MAX_MEMBER_RAW),
+                read_all(&file[..cut], false, MAX_MEMBER_RAW),
+                "cut at {cut}"
+            );
+        }
+    }
+
     #[test]
     fn members_are_found_with_exact_offsets() {
         let (a, b) = (gz(b"first member"), gz(&vec![b'x'; 300_000]));
@@ -484,6 +730,10 @@ mod tests {
             (a.len() as u64, (a.len() + b.len()) as u64, 300_000)
         );
         assert!(r.next_member(&mut raw).unwrap().is_none());
+        assert!(
+            r.inflater.is_some(),
+            "mailpack's members took the whole-member path"
+        );
     }
 
     #[test]
@@ -508,6 +758,199 @@ mod tests {
         assert_eq!(r.resync(0).unwrap(), Some(a.len() as u64));
         r.next_member(&mut raw).unwrap().unwrap();
         assert_eq!(raw, b"two");
+    }
+
+    /// Micro-benchmark for issue 19, not a test (BENCHMARKS.md, "Compression: libdeflate against
+    /// zlib-rs"; bench/fullbackup.sh runs it): the members of real archives
+    /// (`MAILPACK_CODEC_ARCHIVES`, space-separated paths; at most `MAILPACK_CODEC_MB` MiB of tar
+    /// bytes, default 192) decoded, then compressed and decompressed again on one thread by each
+    /// candidate. Candidates take turns member by member, so a machine whose speed drifts (a
+    /// shared VM) slows all of them alike. Members are split into text and base64
+    /// (`base64_share` >= 0.7) because the writer treats them differently.
+    #[test]
+    #[ignore]
+    fn codec_speed_on_real_members() {
+        use std::time::{Duration, Instant};
+        let paths = std::env::var("MAILPACK_CODEC_ARCHIVES").expect("MAILPACK_CODEC_ARCHIVES");
+        let budget: usize = std::env::var("MAILPACK_CODEC_MB")
+            .map(|v| v.parse().expect("MAILPACK_CODEC_MB"))
+            .unwrap_or(192)
+            << 20;
+        let (mut text, mut b64) = (Vec::new(), Vec::new());
+        let mut total = 0usize;
+        'files: for path in paths.split_whitespace() {
+            let mut r = MemberReader::new(std::fs::File::open(path).unwrap(), 0).unwrap();
+            loop {
+                let mut raw = Vec::new();
+                if r.next_member(&mut raw).unwrap().is_none() {
+                    break;
+                }
+                total += raw.len();
+                if base64_share(&raw) >= 0.7 {
+                    b64.push(raw);
+                } else {
+                    text.push(raw);
+                }
+                if total >= budget {
+                    break 'files;
+                }
+            }
+        }
+        let mib = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>() as f64 / (1 << 20) as f64;
+        println!(
+            "members: text {} ({:.1} MiB), base64 {} ({:.1} MiB)",
+            text.len(),
+            mib(&text),
+            b64.len(),
+            mib(&b64)
+        );
+
+        type Deflate = Box<dyn FnMut(&[u8]) -> Vec<u8>>;
+        let zlib = |level: u32, strategy: Option<zlib_rs::Strategy>| -> Deflate {
+            Box::new(move |raw: &[u8]| {
+                let strategy = strategy.unwrap_or_else(|| zlib_rs_strategy(raw, level));
+                let mut out = vec![0u8; zlib_rs::compress_bound(raw.len())];
+                let (d, rc) =
+                    zlib_rs::compress_slice(&mut out, raw, zlib_rs_config(level, strategy));
+                assert_eq!(rc, zlib_rs::ReturnCode::Ok);
+                let n = d.len();
+                out.truncate(n);
+                out
+            })
+        };
+        let libdeflate = |level: i32| -> Deflate {
+            let mut c =
+                libdeflater::Compressor::new(libdeflater::CompressionLvl::new(level).unwrap());
+            Box::new(move |raw: &[u8]| {
+                let mut out = vec![0u8; c.deflate_compress_bound(raw.len())];
+                let n = c.deflate_compress(raw, &mut out).unwrap();
+                out.truncate(n);
+                out
+            })
+        };
+        let mut candidates: Vec<(String, Deflate)> = vec![
+            ("zlib-rs 6, strategy chosen (before)".into(), zlib(6, None)),
+            (
+                "zlib-rs 6".into(),
+                zlib(6, Some(zlib_rs::Strategy::Default)),
+            ),
+            (
+                "zlib-rs Huffman only".into(),
+                zlib(6, Some(zlib_rs::Strategy::HuffmanOnly)),
+            ),
+            (
+                "zlib-rs 1".into(),
+                zlib(1, Some(zlib_rs::Strategy::Default)),
+            ),
+        ];
+        for level in 1..=9 {
+            candidates.push((format!("libdeflate {level}"), libdeflate(level)));
+        }
+        for level in [5, 6] {
+            candidates.push((
+                format!("compress_member {level} (after)"),
+                Box::new(move |raw: &[u8]| {
+                    let m = compress_member(raw, level).unwrap();
+                    m[HEADER_LEN..m.len() - 8].to_vec()
+                }),
+            ));
+        }
+
+        #[derive(Clone, Copy, Default)]
+        struct Tally {
+            raw: usize,
+            packed: usize,
+            deflate: Duration,
+            zlib_rs_inflate: Duration,
+            libdeflate_inflate: Duration,
+        }
+        let n = candidates.len();
+        let mut tally = vec![[Tally::default(); 2]; n];
+        let mut out = vec![0u8; text.iter().chain(&b64).map(Vec::len).max().unwrap_or(0)];
+        let mut inflater = libdeflater::Decompressor::new();
+        let mut share_time = Duration::ZERO;
+        for (class, members) in [&text, &b64].into_iter().enumerate() {
+            for (i, m) in members.iter().enumerate() {
+                let started = Instant::now();
+                std::hint::black_box(base64_share(m));
+                share_time += started.elapsed();
+                for k in 0..n {
+                    let c = (i + k) % n;
+                    let t = &mut tally[c][class];
+                    let started = Instant::now();
+                    let packed = (candidates[c].1)(m);
+                    t.deflate += started.elapsed();
+                    let started = Instant::now();
+                    let (d, rc) = zlib_rs::decompress_slice(
+                        &mut out[..m.len()],
+                        &packed,
+                        zlib_rs::InflateConfig { window_bits: -15 },
+                    );
+                    t.zlib_rs_inflate += started.elapsed();
+                    assert!(matches!(
+                        rc,
+                        zlib_rs::ReturnCode::Ok | zlib_rs::ReturnCode::StreamEnd
+                    ));
+                    assert_eq!(d.len(), m.len());
+                    let started = Instant::now();
+                    let len = inflater.deflate_decompress(&packed, &mut out[..m.len()]);
+                    t.libdeflate_inflate += started.elapsed();
+                    assert_eq!(len, Ok(m.len()));
+                    t.raw += m.len();
+                    t.packed += packed.len();
+                }
+            }
+        }
+        let rate = |bytes: usize, d: Duration| bytes as f64 / 1e6 / d.as_secs_f64();
+        println!(
+            "{:36} {:>6} {:>7} {:>10} {:>14} {:>14}",
+            "compressor", "class", "ratio", "deflate", "zlib-rs inflate", "libdeflate inflate"
+        );
+        for (c, (name, _)) in candidates.iter().enumerate() {
+            for (class, t) in ["text", "base64"].iter().zip(&tally[c]) {
+                if t.raw == 0 {
+                    continue;
+                }
+                println!(
+                    "{name:36} {class:>6} {:7.4} {:6.1} MB/s {:9.1} MB/s {:9.1} MB/s",
+                    t.packed as f64 / t.raw as f64,
+                    rate(t.raw, t.deflate),
+                    rate(t.raw, t.zlib_rs_inflate),
+                    rate(t.raw, t.libdeflate_inflate)
+                );
+            }
+        }
+        let all_raw: usize = text.iter().chain(&b64).map(Vec::len).sum();
+        println!(
+            "base64_share: {:.1} MB/s over all members",
+            rate(all_raw, share_time)
+        );
+
+        // Whole members through MemberReader (file bytes, both CRCs, inflate), with and without
+        // the whole-member path, member by member in turn.
+        let file: Vec<u8> = text.iter().chain(&b64).flat_map(|m| gz(m)).collect();
+        let mut whole = MemberReader::new(Cursor::new(&file[..]), 0).unwrap();
+        let mut streaming = MemberReader::new(Cursor::new(&file[..]), 0).unwrap();
+        streaming.whole_members = false;
+        let (mut t_whole, mut t_streaming) = (Duration::ZERO, Duration::ZERO);
+        let mut raw = Vec::new();
+        loop {
+            let started = Instant::now();
+            let a = whole.next_member(&mut raw).unwrap();
+            t_whole += started.elapsed();
+            let started = Instant::now();
+            let b = streaming.next_member(&mut raw).unwrap();
+            t_streaming += started.elapsed();
+            assert_eq!(a, b);
+            if a.is_none() {
+                break;
+            }
+        }
+        println!(
+            "MemberReader on members of compress_member 6: streaming (flate2, zlib-rs) {:.1} MB/s, whole (libdeflate) {:.1} MB/s",
+            rate(all_raw, t_streaming),
+            rate(all_raw, t_whole)
+        );
     }
 
     fn round_trip(raw: &[u8]) -> Vec<u8> {
@@ -542,17 +985,127 @@ mod tests {
             b64.extend_from_slice(line.as_bytes());
             b64.extend_from_slice(b"\r\n");
         }
-        assert_eq!(choose_strategy(&b64, 6), zlib_rs::Strategy::HuffmanOnly);
+        assert_eq!(choose_coding(&b64, 6).unwrap(), Coding::HuffmanOnly);
         assert_eq!(round_trip(&b64), b64);
         let text = b"Dear team, the quarterly report is attached. Regards, Alice\r\n".repeat(5000);
-        assert_eq!(choose_strategy(&text, 6), zlib_rs::Strategy::Default);
+        assert_eq!(choose_coding(&text, 6).unwrap(), Coding::Matched(6));
+        assert_eq!(choose_coding(&b64, 1).unwrap(), Coding::HuffmanOnly);
         assert_eq!(round_trip(&text), text);
-        // Base64 of repetitive text: matching still pays, so it is kept.
+        // Base64 of repetitive text: matching pays, so it is kept.
         let repetitive: Vec<u8> =
             b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVpBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWkFCQ0RF\r\n"
                 .repeat(3000)
                 .to_vec();
-        assert_eq!(choose_strategy(&repetitive, 6), zlib_rs::Strategy::Default);
+        assert_eq!(choose_coding(&repetitive, 6).unwrap(), Coding::Matched(6));
+        assert!(compress_member(&repetitive, 6).unwrap().len() < repetitive.len() / 50);
+        assert_eq!(round_trip(&repetitive), repetitive);
         assert_eq!(round_trip(&[]), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn base64_share_counts_as_the_line_by_line_definition() {
+        fn by_lines(raw: &[u8]) -> f64 {
+            if raw.is_empty() {
+                return 0.0;
+            }
+            let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=';
+            let mut in_lines = 0usize;
+            for line in raw.split(|&b| b == b'\n') {
+                let body = line.strip_suffix(b"\r").unwrap_or(line);
+                if body.len() >= 60 && body.iter().all(|&b| is_b64(b)) {
+                    in_lines += line.len() + 1;
+                }
+            }
+            in_lines as f64 / raw.len() as f64
+        }
+        let mut state = 7u64;
+        let pieces: [&[u8]; 9] = [
+            b"QUJD", b"x+/=", b"\r", b"\n", b"\r\n", b" ", b"-", b"\r\r", b"Zz09",
+        ];
+        for round in 0..3000 {
+            let mut raw = Vec::new();
+            while raw.len() < round % 400 {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let p = (state >> 33) as usize;
+                // Mostly base64, so that lines near the 60-byte boundary are common.
+                let piece = if p % 10 < 7 {
+                    pieces[p % 2 * 8]
+                } else {
+                    pieces[p % 9]
+                };
+                raw.extend_from_slice(piece);
+            }
+            assert_eq!(
+                base64_share(&raw),
+                by_lines(&raw),
+                "{:?}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+        let line = [b"A".repeat(60), b"\r\n".to_vec()].concat();
+        assert_eq!(base64_share(&line), 1.0);
+        assert_eq!(base64_share(&line[..61]), by_lines(&line[..61]));
+        assert_eq!(base64_share(&line[..59]), 0.0);
+    }
+
+    #[test]
+    fn members_are_plain_gzip_with_the_mailpack_header_at_every_level() {
+        let raw = b"Subject: hello\r\n\r\nsome mail text, repeated. ".repeat(4000);
+        for level in 1..=9 {
+            let member = compress_member(&raw, level).unwrap();
+            let payload = &member[HEADER_LEN..];
+            assert_eq!(
+                member[..HEADER_LEN],
+                member_header(payload.len() as u32, crc32fast::hash(payload))
+            );
+            let trailer = &member[member.len() - 8..];
+            assert_eq!(trailer[..4], crc32fast::hash(&raw).to_le_bytes());
+            assert_eq!(trailer[4..], (raw.len() as u32).to_le_bytes());
+            let mut out = Vec::new();
+            flate2::read::MultiGzDecoder::new(&member[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, raw);
+        }
+        assert!(compress_member(&raw, 13).is_err());
+    }
+
+    /// Today's member compression before issue 19 (zlib-rs at `level`, Huffman-only for a
+    /// base64 member unless a sample shows matching saving 3%), kept as the reference side of
+    /// `codec_speed_on_real_members`.
+    fn zlib_rs_config(level: u32, strategy: zlib_rs::Strategy) -> zlib_rs::DeflateConfig {
+        zlib_rs::DeflateConfig {
+            level: level as i32,
+            method: zlib_rs::Method::Deflated,
+            window_bits: -15,
+            mem_level: 8,
+            strategy,
+        }
+    }
+
+    fn zlib_rs_strategy(raw: &[u8], level: u32) -> zlib_rs::Strategy {
+        use zlib_rs::Strategy;
+        if level < 2 || base64_share(raw) < 0.7 {
+            return Strategy::Default;
+        }
+        let sample = &raw[..raw.len().min(64 << 10)];
+        let mut buf = vec![0u8; zlib_rs::compress_bound(sample.len())];
+        let size = |buf: &mut [u8], strategy| {
+            let (out, rc) = zlib_rs::compress_slice(buf, sample, zlib_rs_config(level, strategy));
+            if rc == zlib_rs::ReturnCode::Ok {
+                out.len()
+            } else {
+                usize::MAX
+            }
+        };
+        let huffman = size(&mut buf, Strategy::HuffmanOnly);
+        let matched = size(&mut buf, Strategy::Default);
+        if (matched as f64) < huffman as f64 * 0.97 {
+            Strategy::Default
+        } else {
+            Strategy::HuffmanOnly
+        }
     }
 }
