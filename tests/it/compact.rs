@@ -16,8 +16,9 @@ use mailpack::io::SourceStat;
 
 const DAY: i64 = 86_400;
 
-/// A minimal cyrus.index (minor version 17) holding `records` as (uid, guid, system flags).
-fn index_v17(records: &[(u32, Guid, u32)]) -> Vec<u8> {
+/// A minimal cyrus.index (minor version 17: 160-byte header, 112-byte records) holding
+/// `records` as (uid, guid, system flags).
+pub fn index_v17(records: &[(u32, Guid, u32)]) -> Vec<u8> {
     let mut out = vec![0u8; 160];
     out[8..12].copy_from_slice(&17u32.to_be_bytes());
     out[12..16].copy_from_slice(&160u32.to_be_bytes());

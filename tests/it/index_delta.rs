@@ -16,32 +16,11 @@ use mailpack::store::{Archive, ArchivePaths, StoreWriter, WriterOptions, WriterW
 use mailpack::Guid;
 
 use crate::backup::run_backup;
+use crate::compact::index_v17;
 use crate::cyrus::{CyrusOptions, CyrusServer};
 use crate::util::{run, stderr, stdout, TempDir};
 
 const DAY: i64 = 86_400;
-
-/// A cyrus.index of minor version 17 (160-byte header, 112-byte records) holding `records` as
-/// (uid, guid, system flags).
-fn index_v17(records: &[(u32, Guid, u32)]) -> Vec<u8> {
-    let mut out = vec![0u8; 160];
-    out[8..12].copy_from_slice(&17u32.to_be_bytes());
-    out[12..16].copy_from_slice(&160u32.to_be_bytes());
-    out[16..20].copy_from_slice(&112u32.to_be_bytes());
-    out[20..24].copy_from_slice(&(records.len() as u32).to_be_bytes());
-    let crc = crc32fast::hash(&out[..156]);
-    out[156..160].copy_from_slice(&crc.to_be_bytes());
-    for (uid, guid, flags) in records {
-        let mut r = vec![0u8; 112];
-        r[0..4].copy_from_slice(&uid.to_be_bytes());
-        r[32..36].copy_from_slice(&flags.to_be_bytes());
-        r[60..80].copy_from_slice(&guid.0);
-        let crc = crc32fast::hash(&r[..108]);
-        r[108..112].copy_from_slice(&crc.to_be_bytes());
-        out.extend_from_slice(&r);
-    }
-    out
-}
 
 const FLAGGED: u32 = 1 << 1;
 
