@@ -1,7 +1,8 @@
 //! The thread pool that deflates the writer's members. Members go out in the order they came
 //! in, whatever order the workers finish them in, and each is compressed by `compress_member`
 //! alone, so the archive's bytes do not depend on the thread count. With one thread nothing is
-//! spawned and members are compressed on the caller's thread.
+//! spawned and members are compressed on the caller's thread; with more, the threads start with
+//! the first large member.
 
 use std::collections::VecDeque;
 use std::io;
@@ -12,6 +13,10 @@ use std::thread::JoinHandle;
 use super::member::compress_member;
 
 type Job = (Vec<u8>, mpsc::SyncSender<io::Result<Vec<u8>>>);
+
+/// Members smaller than this are compressed on the caller's thread while no worker has been
+/// started: starting threads costs more than deflating a few KiB.
+const INLINE_MAX: usize = 64 << 10;
 
 /// Compresses members on `threads` workers; results are collected in submission order.
 pub(super) struct DeflatePool {
@@ -24,28 +29,31 @@ pub(super) struct DeflatePool {
 
 impl DeflatePool {
     pub(super) fn new(level: u32, threads: usize) -> DeflatePool {
-        let threads = threads.max(1);
-        let mut pool = DeflatePool {
+        DeflatePool {
             level,
             jobs: None,
             workers: Vec::new(),
             in_flight: VecDeque::new(),
-            threads,
-        };
-        if threads > 1 {
-            let (tx, rx) = mpsc::sync_channel::<Job>(threads * 2);
-            let rx = Arc::new(Mutex::new(rx));
-            for _ in 0..threads {
-                let rx = Arc::clone(&rx);
-                pool.workers.push(std::thread::spawn(move || loop {
-                    let job = rx.lock().map(|r| r.recv());
-                    let Ok(Ok((raw, reply))) = job else { return };
-                    let _ = reply.send(compress_member(&raw, level));
-                }));
-            }
-            pool.jobs = Some(tx);
+            threads: threads.max(1),
         }
-        pool
+    }
+
+    /// Starts the workers, on the first member worth them: a run that commits only small
+    /// members (a no-change run's commit marker) starts no thread at all, which on a server of
+    /// many owners was most of such a run's cost (BENCHMARKS.md, "Many owners").
+    fn start_workers(&mut self) {
+        let (tx, rx) = mpsc::sync_channel::<Job>(self.threads * 2);
+        let rx = Arc::new(Mutex::new(rx));
+        let level = self.level;
+        for _ in 0..self.threads {
+            let rx = Arc::clone(&rx);
+            self.workers.push(std::thread::spawn(move || loop {
+                let job = rx.lock().map(|r| r.recv());
+                let Ok(Ok((raw, reply))) = job else { return };
+                let _ = reply.send(compress_member(&raw, level));
+            }));
+        }
+        self.jobs = Some(tx);
     }
 
     /// How many members may wait before the writer writes one out: two per worker keep every
@@ -62,8 +70,12 @@ impl DeflatePool {
         self.in_flight.len()
     }
 
-    /// Queues member `seq`'s tar bytes for compression.
+    /// Queues member `seq`'s tar bytes for compression. Until a member of at least
+    /// `INLINE_MAX` bytes comes, members are compressed here, on the caller's thread.
     pub(super) fn submit(&mut self, seq: u64, raw: Vec<u8>) {
+        if self.jobs.is_none() && self.threads > 1 && raw.len() >= INLINE_MAX {
+            self.start_workers();
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         match &self.jobs {
             Some(jobs) => {
@@ -106,7 +118,15 @@ mod tests {
     #[test]
     fn members_come_back_in_order_and_the_same_on_any_thread_count() {
         let members: Vec<Vec<u8>> = (0..20u8)
-            .map(|i| vec![i; 1000 + 5000 * (i as usize % 4)])
+            // Small members first (compressed inline), then ones past INLINE_MAX (which start
+            // the workers) mixed with small ones.
+            .map(|i| {
+                vec![
+                    i;
+                    1000 + 5000 * (i as usize % 4)
+                        + if i > 5 { 30_000 * (i as usize % 3) } else { 0 }
+                ]
+            })
             .collect();
         let run = |threads: usize| {
             let mut pool = DeflatePool::new(6, threads);
