@@ -23,7 +23,7 @@
 //! is how `imap()` reads the content back in either mode. A test of a client's refusal to send
 //! a password in the clear must therefore check the client, not rely on the server refusing.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -572,31 +572,9 @@ fn reap_stale_instances() {
     });
 }
 
-fn port_free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
 /// `n` distinct free ports below the kernel's ephemeral range (32768+), so an outgoing
 /// connection elsewhere in the test run cannot take one between this check and Dovecot's bind.
 /// 32000–32767: the Cyrus fixture picks from 20000–31999.
 fn pick_ports(n: usize) -> Vec<u16> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let mut chosen: Vec<u16> = Vec::new();
-    while chosen.len() < n {
-        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as u64;
-        let mut x =
-            (std::process::id() as u64) << 32 ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos;
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 32;
-        let port = 32000 + (x % 768) as u16;
-        if !chosen.contains(&port) && port_free(port) {
-            chosen.push(port);
-        }
-    }
-    chosen
+    crate::support::pick_free_ports(n, 32000..32768, &[])
 }

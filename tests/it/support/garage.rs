@@ -8,9 +8,9 @@
 //! Servers listen on 127.0.0.1 only, live in a private directory under the temp dir, and are
 //! killed and removed by Drop, which also runs when a test panics.
 
+use crate::support::port_free;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1102,35 +1102,13 @@ fn wait_until(
 // ---------------------------------------------------------------------------------------------
 // Ports and directories
 
-fn port_free(port: u16) -> bool {
-    port != 0 && TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
 /// Three free ports below the kernel's ephemeral range (32768+), so an outgoing connection
 /// elsewhere in the test run cannot grab one between this check and Garage's bind, and a
 /// restarted node can bind its old ports again. Port 0 would not do: Garage must be told its
 /// ports in the config, and a node's RPC port must stay the same across restarts.
 fn pick_ports(taken: &[u16]) -> Ports {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let mut chosen: Vec<u16> = Vec::new();
-    while chosen.len() < 3 {
-        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64)
-            .unwrap_or(0);
-        let mut x = (std::process::id() as u64) << 32
-            ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ nanos.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 32;
-        // 20000..32000, the range the Cyrus fixture also uses; both check before use.
-        let port = 20000 + (x % 12000) as u16;
-        if !chosen.contains(&port) && !taken.contains(&port) && port_free(port) {
-            chosen.push(port);
-        }
-    }
+    // 20000..32000, the range the Cyrus fixture also uses; both check before use.
+    let chosen = crate::support::pick_free_ports(3, 20000..32000, taken);
     Ports {
         rpc: chosen[0],
         s3: chosen[1],

@@ -4,7 +4,9 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
+
+use crate::support::port_free;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -914,31 +916,10 @@ fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path)) {
     }
 }
 
-fn port_free(port: u16) -> bool {
-    port != 0 && TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
 /// Ports below the kernel's ephemeral range (32768+), so an outgoing connection elsewhere in
 /// the test run cannot grab one between this check and master's bind.
 fn pick_ports() -> Ports {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let mut chosen: Vec<u16> = Vec::new();
-    while chosen.len() < 4 {
-        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos() as u64;
-        let mut x =
-            (std::process::id() as u64) << 32 ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos;
-        x ^= x >> 29;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 32;
-        let port = 20000 + (x % 12000) as u16;
-        if !chosen.contains(&port) && port_free(port) {
-            chosen.push(port);
-        }
-    }
+    let chosen = crate::support::pick_free_ports(4, 20000..32000, &[]);
     Ports {
         imap: chosen[0],
         lmtp: chosen[1],
