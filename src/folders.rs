@@ -46,6 +46,9 @@ pub fn newer<'a>(
     }
 }
 
+/// The most a size recorded in the index may reserve up front.
+const MAX_EXACT_RESERVE: u64 = 256 << 20;
+
 /// An entry's bytes, checked: the size the archive can back, its SHA-1 as it is read, and
 /// again, length and SHA-1, on the whole.
 fn read_checked(archive: &Archive, e: &EntryRecord) -> Result<Vec<u8>> {
@@ -57,7 +60,9 @@ fn read_checked(archive: &Archive, e: &EntryRecord) -> Result<Vec<u8>> {
             e.name
         )));
     }
-    let mut out = Vec::with_capacity(e.size.min(crate::archive::MEMBER_TARGET as u64) as usize);
+    // Exactly the recorded size, up to a cap on what a number in the index may reserve: a large
+    // index read by doubling would hold up to twice its size (issue 19, flat memory).
+    let mut out = Vec::with_capacity(e.size.min(MAX_EXACT_RESERVE) as usize);
     archive
         .read_entry(e)?
         .take(e.size)

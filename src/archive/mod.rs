@@ -68,7 +68,9 @@ pub struct EntryRecord {
     pub size: u64,
     /// SHA-1 of the data; zero for symlinks.
     pub sha1: Guid,
-    pub stat: Option<SourceStat>,
+    /// Boxed: most entries (message files) carry none, and an inline one would cost every entry
+    /// 40 bytes of the in-memory index (issue 19, flat memory).
+    pub stat: Option<Box<SourceStat>>,
 }
 
 impl EntryRecord {

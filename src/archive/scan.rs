@@ -531,7 +531,7 @@ impl<R: Read + Seek> Scanner<R> {
                 },
                 size: partial.size,
                 sha1,
-                stat: meta.stat,
+                stat: meta.stat.map(Box::new),
             },
             run: meta.run,
             mtime: partial.mtime,

@@ -397,7 +397,7 @@ impl ArchiveWriter {
                 },
                 size: e.size,
                 sha1: e.sha1,
-                stat: e.stat,
+                stat: e.stat.map(Box::new),
             },
             seq: self.seq,
         });
@@ -521,7 +521,7 @@ impl ArchiveWriter {
                 },
                 size,
                 sha1,
-                stat,
+                stat: stat.map(Box::new),
             },
             seq: first_seq,
         });

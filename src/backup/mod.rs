@@ -34,7 +34,7 @@ impl<'a> Recorded<'a> {
     }
 
     pub fn stat(&self, name: &str) -> Option<SourceStat> {
-        self.get(name).and_then(|e| e.stat)
+        self.get(name).and_then(|e| e.stat.as_deref().copied())
     }
 
     /// The newest stored version of a mailbox's `cyrus.index`: a full copy or an index delta

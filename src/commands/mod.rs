@@ -95,7 +95,7 @@ impl EntryView {
             sha1: (e.kind == EntryKind::File).then(|| e.sha1.to_hex()),
             member: e.placement.member,
             data_at: e.placement.data_at,
-            source: e.stat,
+            source: e.stat.as_deref().copied(),
         }
     }
 }

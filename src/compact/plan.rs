@@ -349,25 +349,33 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
                 current = None;
                 continue;
             }
+            if !is_delta(e) {
+                // A full copy needs nothing before it: let the previous version go first, so two
+                // large versions are never held at once.
+                current = None;
+            }
             let previous = current.as_ref().map(|(b, s)| (b.as_slice(), s));
             let (bytes, sha1) = crate::folders::next_version(archive, previous, e)?;
             if wanted(&(r, i)) {
-                let index = crate::spool::index::parse(&bytes).map_err(|err| {
+                let bad = |err: crate::spool::ParseError| {
                     Error::corrupt(
                         &archive.paths().archive,
                         e.placement.member,
                         format!("{}: {err}", e.name),
                     )
-                })?;
-                let guids = index
-                    .records
-                    .iter()
-                    .filter(|rec| !rec.is_unlinked())
-                    .map(|rec| rec.guid);
-                if keep[r][i] {
-                    referenced.extend(guids);
+                };
+                // Record by record: a parsed copy of a large index would cost more than its bytes.
+                let (_, records) = crate::spool::index::parse_records(&bytes).map_err(bad)?;
+                let set = if keep[r][i] {
+                    &mut referenced
                 } else {
-                    referenced_by_deleted.extend(guids);
+                    &mut referenced_by_deleted
+                };
+                for record in records {
+                    let record = record.map_err(bad)?;
+                    if !record.is_unlinked() {
+                        set.insert(record.guid);
+                    }
                 }
             }
             current = Some((bytes, sha1));

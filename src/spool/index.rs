@@ -589,6 +589,69 @@ impl Fields<'_> {
 /// header CRC (v12+), that `start_offset` and `record_size` are at least the version's sizes,
 /// that the file holds `num_records` records, and each record's CRC (v12+).
 pub fn parse(bytes: &[u8]) -> Result<IndexFile, ParseError> {
+    let (header, records) = parse_records(bytes)?;
+    // `records` checked that the file holds them all, so the allocation is bounded by the file.
+    let mut all = Vec::with_capacity(header.num_records as usize);
+    for record in records {
+        all.push(record?);
+    }
+    Ok(IndexFile {
+        header,
+        records: all,
+    })
+}
+
+/// The records of a `cyrus.index`, decoded one at a time: what a reader that needs each record
+/// once (compaction's reference walk) uses, so a million-record index costs no more memory than
+/// its bytes. Each record's CRC is checked as it is decoded.
+pub struct Records<'a> {
+    bytes: &'a [u8],
+    layout: &'static RecordLayout,
+    start: u64,
+    stride: u64,
+    next: u64,
+    count: u64,
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<IndexRecord, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.count {
+            return None;
+        }
+        let n = self.next;
+        self.next += 1;
+        let (rl, at) = (self.layout, self.start + n * self.stride);
+        let decoded = (|| {
+            let from = usize::try_from(at)
+                .map_err(|_| ParseError::new(at, "record offset does not fit in memory"))?;
+            let window = self
+                .bytes
+                .get(from..)
+                .and_then(|b| b.get(..rl.size))
+                .ok_or_else(|| ParseError::new(at, "record runs past the end of the file"))?;
+            let rec = Fields {
+                buf: window,
+                base: at,
+            };
+            if let Some(crc_at) = rl.crc {
+                let uid = rec.u32(rl.uid)?;
+                rec.check_crc(crc_at, &format!("record {} (uid {uid})", n + 1))?;
+            }
+            decode_record(&rec, rl)
+        })();
+        if decoded.is_err() {
+            // One error ends the walk: the file is not trusted past it.
+            self.next = self.count;
+        }
+        Some(decoded)
+    }
+}
+
+/// The checked header of a `cyrus.index` and its records, decoded as they are read (the
+/// checks of `parse`, the per-record ones as each record comes).
+pub fn parse_records(bytes: &[u8]) -> Result<(IndexHeader, Records<'_>), ParseError> {
     let len = bytes.len() as u64;
     let file = Fields {
         buf: bytes,
@@ -677,27 +740,19 @@ pub fn parse(bytes: &[u8]) -> Result<IndexFile, ParseError> {
         ));
     }
 
-    // `end <= len`, so the number of records is bounded by the file and the allocation too.
-    let mut records = Vec::with_capacity(header.num_records as usize);
-    for n in 0..u64::from(header.num_records) {
-        let at = start + n * stride;
-        let from = usize::try_from(at)
-            .map_err(|_| ParseError::new(at, "record offset does not fit in memory"))?;
-        let window = bytes
-            .get(from..)
-            .and_then(|b| b.get(..rl.size))
-            .ok_or_else(|| ParseError::new(at, "record runs past the end of the file"))?;
-        let rec = Fields {
-            buf: window,
-            base: at,
-        };
-        if let Some(crc_at) = rl.crc {
-            let uid = rec.u32(rl.uid)?;
-            rec.check_crc(crc_at, &format!("record {} (uid {uid})", n + 1))?;
-        }
-        records.push(decode_record(&rec, rl)?);
-    }
-    Ok(IndexFile { header, records })
+    // `end <= len`, so the number of records is bounded by the file.
+    let count = u64::from(header.num_records);
+    Ok((
+        header,
+        Records {
+            bytes,
+            layout: rl,
+            start,
+            stride,
+            next: 0,
+            count,
+        },
+    ))
 }
 
 fn decode_header(

@@ -79,6 +79,11 @@ impl Archive {
             index_len,
             files: std::cell::OnceCell::new(),
         };
+        // Exactly as many slots as entries: growing by doubling would hold up to twice the
+        // index, and one and a half times it while moving (issue 19, flat memory).
+        archive
+            .entries
+            .reserve_exact(runs.iter().map(|r| r.entries.len()).sum());
         for run in runs {
             archive.push_run(run);
         }

@@ -662,7 +662,7 @@ fn copy_entry(
         Err(e) => return Err(e),
     };
     let appended =
-        writer.append_reader(&r.name, &mut data, r.size, Some(r.sha1), r.stat, e.mtime)?;
+        writer.append_reader(&r.name, &mut data, r.size, Some(r.sha1), r.stat.as_deref().copied(), e.mtime)?;
     Ok(matches!(appended, crate::archive::Appended::Stored(_)))
 }
 

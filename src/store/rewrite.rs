@@ -10,6 +10,7 @@ use super::{sidecar, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, 
 use crate::archive::{ArchiveId, ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
 use crate::io::{create_private, fsync_dir, remove_if_present, rename, DurableFile};
+use sha1::Digest;
 
 /// Suffix of the temporary file a rewrite fills, beside the archive. Its name does not end in
 /// `.tar.gz`, so it is never mistaken for an archive; a crash leaves it behind, and the next
@@ -125,6 +126,10 @@ impl Rewriter {
         );
         writer.sync()?;
         drop(writer);
+        // Every run is written: the source's entries are not needed again, and the check below
+        // holds the copy's largest run, so both at once would double the peak.
+        self.archive.entries = Vec::new();
+        self.archive.files = std::cell::OnceCell::new();
         let len = self.check_copy(&tmp, &index_tmp)?;
 
         // From here the old index must not outlive the old archive: remove it first (durably),
@@ -156,9 +161,12 @@ impl Rewriter {
         let written = &self.written;
         let copy = ArchiveHandle::open(tmp)?;
         let outcome = scan_runs_with(&copy, 0, None, Some(self.archive_id), &mut |found| {
+            let block = sidecar::encode_block(&found);
+            let digest: [u8; 20] = sha1::Sha1::digest(&block).into();
+            drop(found.entries);
             let same = written
                 .get(k)
-                .is_some_and(|(run, digest)| *run == found.run && *digest == block_digest(&found));
+                .is_some_and(|(run, d)| *run == found.run && *d == digest);
             if !same {
                 return Err(Error::corrupt(
                     tmp,
@@ -170,7 +178,7 @@ impl Rewriter {
                 ));
             }
             k += 1;
-            index_file.write_all_at_end(&sidecar::encode_block(&found))
+            index_file.write_all_at_end(&block)
         })?;
         if let Some(d) = outcome.damage.first() {
             return Err(Error::corrupt(
@@ -204,7 +212,6 @@ fn index_tmp(paths: &ArchivePaths) -> PathBuf {
 }
 
 fn block_digest(run: &CommittedRun) -> [u8; 20] {
-    use sha1::Digest;
     sha1::Sha1::digest(sidecar::encode_block(run)).into()
 }
 

@@ -159,7 +159,7 @@ fn decode_entry(r: &mut &[u8]) -> io::Result<EntryRecord> {
         },
         size,
         sha1: Guid(sha1),
-        stat,
+        stat: stat.map(Box::new),
     })
 }
 
@@ -522,13 +522,13 @@ mod tests {
                     },
                     size: 42,
                     sha1: Guid::of(b"x"),
-                    stat: Some(SourceStat {
+                    stat: Some(Box::new(SourceStat {
                         dev: 1,
                         ino: 2,
                         size: 42,
                         mtime_ns: 3,
                         ctime_ns: -4,
-                    }),
+                    })),
                 },
                 EntryRecord {
                     name: "imap/INBOX".into(),

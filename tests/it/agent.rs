@@ -49,7 +49,7 @@ fn content(dir: &Path, user: &str) -> Content {
                 e.target.clone(),
                 e.sha1,
                 e.size,
-                e.stat,
+                e.stat.as_deref().copied(),
             )
         })
         .collect()

@@ -777,7 +777,7 @@ fn a_backup_after_a_repair_stores_again_what_the_repair_lost() {
                         .unwrap();
                     store
                         .writer()
-                        .append_bytes(&e.name, &bytes, e.stat, 0)
+                        .append_bytes(&e.name, &bytes, e.stat.as_deref().copied(), 0)
                         .map(drop)
                 }
             }

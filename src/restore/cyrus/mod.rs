@@ -270,7 +270,7 @@ fn plan_mailbox(
         let annotations = match m.file(MetaFile::Annotations.file_name()) {
             Some(e) => Some((
                 read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err))?,
-                e.stat.map(|s| s.mtime_ns),
+                e.stat.as_deref().map(|s| s.mtime_ns),
             )),
             None => None,
         };
@@ -318,7 +318,7 @@ fn plan_mailbox(
             MetaFile::Index => m.index_entry(),
             _ => m.file(file.file_name()),
         };
-        e.and_then(|e| e.stat.map(|s| s.mtime_ns))
+        e.and_then(|e| e.stat.as_deref().map(|s| s.mtime_ns))
     };
     let mut p = Planned {
         entry,
@@ -898,7 +898,7 @@ impl CyrusTarget {
                         Ok(bytes) => place(
                             target,
                             &bytes,
-                            e.stat.map(|s| s.mtime_ns),
+                            e.stat.as_deref().map(|s| s.mtime_ns),
                             owner,
                             Durability::Now,
                         )?,
@@ -916,7 +916,7 @@ impl CyrusTarget {
                     Ok(bytes) => place(
                         &path,
                         &bytes,
-                        e.stat.map(|s| s.mtime_ns),
+                        e.stat.as_deref().map(|s| s.mtime_ns),
                         owner,
                         Durability::Now,
                     )?,
