@@ -177,6 +177,17 @@ fn read_str(r: &mut &[u8]) -> io::Result<String> {
     String::from_utf8(s.to_vec()).map_err(|_| bad("name is not UTF-8"))
 }
 
+fn rest_is_zero(reader: &mut impl Read) -> io::Result<bool> {
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().all(|&b| b == 0) => {}
+            _ => return Ok(false),
+        }
+    }
+}
+
 /// Reads and checks the whole index.
 pub fn read(path: &Path) -> Result<IndexRead> {
     let mut file = match crate::io::open_own(path) {
@@ -214,6 +225,16 @@ pub fn read(path: &Path) -> Result<IndexRead> {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(Error::io("read", path, e)),
         };
+        // No block is empty (its frame alone is FRAME_LEN bytes): a zero length is where an
+        // unsynced append's data did not reach the disk before a crash, and only zeros follow.
+        if body_len == 0 {
+            if rest_is_zero(&mut reader).map_err(|e| Error::io("read", path, e))? {
+                break;
+            }
+            return Ok(IndexRead::Invalid(format!(
+                "index block at byte {pos} is empty"
+            )));
+        }
         let is_last_possible = |needed: u64| pos + needed >= file_len;
         if body_len > MAX_BLOCK || pos + 8 + body_len as u64 > file_len {
             if is_last_possible(8 + body_len as u64) {
@@ -231,8 +252,12 @@ pub fn read(path: &Path) -> Result<IndexRead> {
             .map_err(|e| Error::io("read", path, e))?;
         let block_end = pos + 8 + body_len as u64;
         if crc32fast::hash(&body) != LE::read_u32(&crc) {
-            if block_end == file_len {
-                break; // the last block is torn
+            // The last block is torn; or unsynced appends were cut short by a crash, leaving
+            // zeros where their data did not reach the disk.
+            if block_end == file_len
+                || rest_is_zero(&mut reader).map_err(|e| Error::io("read", path, e))?
+            {
+                break;
             }
             return Ok(IndexRead::Invalid(format!(
                 "index block at byte {pos} fails its CRC"
@@ -491,8 +516,12 @@ pub fn append(
         .map_err(|e| Error::io("seek", path, e))?;
     bytes.extend_from_slice(&encode_block(run));
     file.write_all_at_end(&bytes)?;
-    file.sync()?;
+    // No fsync for an appended block (formats/archive.md section 7, step 6): the archive was
+    // synced before it, so the index is never ahead of the archive, and a block a crash loses
+    // or tears is rebuilt from the archive's tail on the next open. It was the second of the
+    // two syncs of every run, most of the cost of a no-change run of many owners.
     if created {
+        file.sync()?;
         fsync_dir(&crate::io::parent_dir(path), faults)?;
     }
     Ok(if created { 0 } else { good_len } + bytes.len() as u64)
@@ -580,6 +609,34 @@ mod tests {
         let mut rotten = full.clone();
         rotten[HEADER_LEN + 10] ^= 1;
         std::fs::write(&path, &rotten).unwrap();
+        assert!(matches!(read(&path).unwrap(), IndexRead::Invalid(_)));
+    }
+
+    /// What a crash can leave of appends that were not synced (formats/archive.md section 7):
+    /// the file's new length without its data (zeros), or part of the data then zeros. The
+    /// blocks before stay trusted; a non-zero byte after a zero length is still damage.
+    #[test]
+    fn unsynced_appends_lost_to_a_crash_read_as_a_torn_tail() {
+        let dir = tempdir();
+        let path = dir.join("u.idx");
+        let id = ArchiveId([9u8; 16]);
+        let len1 = append(&path, &id, 0, &sample_run(1, 0), &Faults::none()).unwrap();
+        let len2 = append(&path, &id, len1, &sample_run(2, 200), &Faults::none()).unwrap();
+        let full = std::fs::read(&path).unwrap();
+        let block2 = (len2 - len1) as usize;
+        for written in [0, 3, 4, 60, block2 - 1] {
+            let mut crashed = full[..len1 as usize + written].to_vec();
+            // Two appends' worth of length reached the disk, the rest of the data did not.
+            crashed.resize(len1 as usize + 2 * block2, 0);
+            std::fs::write(&path, &crashed).unwrap();
+            let IndexRead::Valid { runs, good_len, .. } = read(&path).unwrap() else {
+                panic!("{written} bytes written")
+            };
+            assert_eq!((runs.len(), good_len), (1, len1), "{written} bytes written");
+        }
+        let mut foreign = full[..len1 as usize].to_vec();
+        foreign.extend_from_slice(&[0, 0, 0, 0, 7]);
+        std::fs::write(&path, &foreign).unwrap();
         assert!(matches!(read(&path).unwrap(), IndexRead::Invalid(_)));
     }
 

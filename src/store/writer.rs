@@ -167,7 +167,8 @@ impl StoreWriter {
         (&self.archive, &mut self.writer)
     }
 
-    /// Commits the run: marker, fsync of the archive, then the index block and its fsync.
+    /// Commits the run: marker, fsync of the archive, then the index block (not synced:
+    /// formats/archive.md section 7).
     pub fn commit(&mut self, summary: &RunSummary) -> Result<&RunInfo> {
         if self.poisoned {
             return Err(Error::Poisoned(self.archive.paths.archive.clone()));
