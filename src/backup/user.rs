@@ -61,6 +61,8 @@ pub struct UserReport {
     /// listing counts for the run that read it off the wire. Summed over a backup, exact.
     pub wire_bytes: u64,
     pub bytes_written: u64,
+    /// Entries the run stored: 0 when it committed only its marker (nothing changed).
+    pub entries_stored: u64,
     pub seconds: f64,
     /// The user no longer exists on the server; their names were tombstoned.
     pub gone: bool,
@@ -338,6 +340,7 @@ fn commit(
     if report.gone {
         counts.push(("user-gone".to_string(), 1));
     }
+    report.entries_stored = store.writer().pending_entries() as u64;
     let run = store.commit(&RunSummary {
         time: options.time,
         host: options.host.clone(),

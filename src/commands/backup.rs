@@ -286,9 +286,16 @@ pub fn backup(
                                     .map(Box::new)
                                     .map_err(|e| e.to_string())
                             });
-                            if let Ok(paths) = ArchivePaths::for_owner(&options.archive_dir, owner)
-                            {
-                                report.problems.extend(super::find::refresh(&paths));
+                            // A run of only its marker changes nothing a search shows but the
+                            // run list; the next refresh or search catches that up, without
+                            // reading the whole find index now.
+                            let rewritten = matches!(&compaction, Some(Ok(c)) if c.compacted);
+                            if report.entries_stored > 0 || rewritten {
+                                if let Ok(paths) =
+                                    ArchivePaths::for_owner(&options.archive_dir, owner)
+                                {
+                                    report.problems.extend(super::find::refresh(&paths));
+                                }
                             }
                             tally.set_phase(Phase::Push);
                             let pushed = options.push.as_ref().map(|target| {

@@ -54,7 +54,8 @@ pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) ->
             };
             let ran =
                 compact_counted(&paths, &options, &mut notices, &tally).map(ArchiveCompaction::Ran);
-            if ran.is_ok() {
+            // Only a rewrite changes what the find index describes.
+            if matches!(&ran, Ok(ArchiveCompaction::Ran(o)) if o.compacted) {
                 notices.extend(super::find::refresh(&paths));
             }
             ran
