@@ -84,12 +84,14 @@ fn read_checked(archive: &Archive, e: &EntryRecord) -> Result<Vec<u8>> {
 }
 
 /// The version `e` stands for, given the version before it (`previous`: its bytes and SHA-1)
-/// when `e` is a delta. A full copy needs nothing before it.
+/// when `e` is a delta; a delta turns those bytes into the new version in place. A full copy
+/// needs nothing before it, and `previous` is let go before it is read.
 pub fn next_version(
     archive: &Archive,
-    previous: Option<(&[u8], &Guid)>,
+    previous: Option<(Vec<u8>, Guid)>,
     e: &EntryRecord,
 ) -> Result<(Vec<u8>, Guid)> {
+    let previous = previous.filter(|_| is_index_delta(e));
     let bytes = read_checked(archive, e)?;
     if !is_index_delta(e) {
         let sha1 = e.sha1;
@@ -103,7 +105,7 @@ pub fn next_version(
             format!("{}: an index delta with no version before it", e.name),
         ));
     };
-    let result = index_delta::apply(&bytes, base, base_sha1).map_err(|detail| {
+    let result = index_delta::apply_in_place(&bytes, base, &base_sha1).map_err(|detail| {
         Error::corrupt(path, e.placement.member, format!("{}: {detail}", e.name))
     })?;
     let sha1 = Guid::of(&result);
@@ -180,8 +182,7 @@ pub fn index_bytes(archive: &Archive, e: &EntryRecord) -> Result<IndexVersion> {
     let chain = chain(archive, e)?;
     let mut current: Option<(Vec<u8>, Guid)> = None;
     for x in &chain {
-        let previous = current.as_ref().map(|(b, s)| (b.as_slice(), s));
-        current = Some(next_version(archive, previous, x)?);
+        current = Some(next_version(archive, current.take(), x)?);
     }
     let (bytes, sha1) = current.expect("a chain holds at least the version asked for");
     Ok(IndexVersion {

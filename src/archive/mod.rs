@@ -20,7 +20,7 @@ pub use member::{
 pub use reader::open_entry;
 pub use scan::{ScanEvent, ScannedEntry, Scanner};
 pub use tar::padded;
-pub use writer::{Appended, ArchiveWriter, CommittedRun, EntryRejected};
+pub use writer::{Appended, ArchiveWriter, CommittedRun, EntryRejected, FoldEntry};
 
 use crate::guid::Guid;
 use crate::io::SourceStat;

@@ -19,6 +19,10 @@ use crate::guid::Guid;
 use crate::io::DurableFile;
 use crate::io::SourceStat;
 
+/// Takes each entry of a run, placed, when the writer no longer keeps them
+/// (`ArchiveWriter::fold_placed_entries`).
+pub type FoldEntry = Box<dyn FnMut(&EntryRecord) + Send>;
+
 /// A run made durable by `commit`.
 #[derive(Clone, Debug)]
 pub struct CommittedRun {
@@ -88,6 +92,11 @@ pub struct ArchiveWriter {
     first_seq: u64,
     member_offsets: Vec<u64>,
     entries: Vec<PendingEntry>,
+    /// Set by `fold_placed_entries`: each entry goes here once its member is placed, instead of
+    /// waiting in `entries` for the commit.
+    fold: Option<FoldEntry>,
+    /// Entries of this run already given to `fold`.
+    folded: u64,
     deflate_pool: DeflatePool,
     poisoned: bool,
     /// Whether `commit` fsyncs. A compaction writes many runs into a temporary file that only
@@ -118,6 +127,8 @@ impl ArchiveWriter {
             first_seq: 0,
             member_offsets: Vec::new(),
             entries: Vec::new(),
+            fold: None,
+            folded: 0,
             deflate_pool: DeflatePool::new(level, threads),
             poisoned: false,
             sync_on_commit: true,
@@ -214,6 +225,7 @@ impl ArchiveWriter {
             for record in records {
                 self.entries.push(PendingEntry { record, seq });
             }
+            self.fold_placed();
             Ok(())
         })();
         self.poison_on_err(r)
@@ -552,6 +564,7 @@ impl ArchiveWriter {
         self.member_offsets.push(self.written);
         self.file.write_all_at_end(&compressed)?;
         self.written += compressed.len() as u64;
+        self.fold_placed();
         Ok(())
     }
 
@@ -564,7 +577,33 @@ impl ArchiveWriter {
 
     /// Number of entries appended to the run so far.
     pub fn pending_entries(&self) -> usize {
-        self.entries.len()
+        self.folded as usize + self.entries.len()
+    }
+
+    /// From now on, each entry is handed to `fold` with its final placement as soon as the
+    /// member holding its first header is written, and not kept: `commit` then returns a run
+    /// without entries. For a rewrite, which needs only a digest of each run; without it a run of
+    /// a million entries would be held whole until its commit (issue 19, flat memory).
+    pub fn fold_placed_entries(&mut self, fold: FoldEntry) {
+        self.fold = Some(fold);
+    }
+
+    /// Hands the entries whose first member is written to `fold`, in order.
+    fn fold_placed(&mut self) {
+        let Some(fold) = self.fold.as_mut() else {
+            return;
+        };
+        let placed = self
+            .entries
+            .iter()
+            .take_while(|p| ((p.seq - self.first_seq) as usize) < self.member_offsets.len())
+            .count();
+        for p in self.entries.drain(..placed) {
+            let mut record = p.record;
+            record.placement.member = self.member_offsets[(p.seq - self.first_seq) as usize];
+            fold(&record);
+        }
+        self.folded += placed as u64;
     }
 
     /// Writes the commit marker in its own member and fsyncs the archive: after this returns the
@@ -590,7 +629,7 @@ impl ArchiveWriter {
         self.member = marker::encode(
             self.run,
             &self.archive_id,
-            self.entries.len() as u64,
+            self.pending_entries() as u64,
             self.run_start,
             summary,
         )?;
@@ -602,6 +641,8 @@ impl ArchiveWriter {
         }
 
         let marker_offset = *self.member_offsets.last().expect("the marker was written");
+        self.fold_placed();
+        self.folded = 0;
         let entries = std::mem::take(&mut self.entries)
             .into_iter()
             .map(|p| {

@@ -402,7 +402,9 @@ fn metadata_changed(m: &MailboxListing, uid: &str, recorded: &Recorded) -> bool 
     MetaFile::ALL.iter().enumerate().any(|(i, f)| {
         let then = match f {
             // A delta carries the stat of the index file it stands for.
-            MetaFile::Index => recorded.index_entry(uid).and_then(|e| e.stat.as_deref().copied()),
+            MetaFile::Index => recorded
+                .index_entry(uid)
+                .and_then(|e| e.stat.as_deref().copied()),
             _ => recorded.stat(&folder_entry(uid, f.file_name())),
         };
         match (m.stats[i], then) {

@@ -311,7 +311,9 @@ fn restore_into(
     Some(Restored {
         index_entry_stat: m.index_entry().and_then(|e| e.stat.as_deref().copied()),
         annotations: bytes_of("cyrus.annotations"),
-        annotations_stat: m.file("cyrus.annotations").and_then(|e| e.stat.as_deref().copied()),
+        annotations_stat: m
+            .file("cyrus.annotations")
+            .and_then(|e| e.stat.as_deref().copied()),
         data,
         header_bytes,
     })

@@ -349,13 +349,9 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
                 current = None;
                 continue;
             }
-            if !is_delta(e) {
-                // A full copy needs nothing before it: let the previous version go first, so two
-                // large versions are never held at once.
-                current = None;
-            }
-            let previous = current.as_ref().map(|(b, s)| (b.as_slice(), s));
-            let (bytes, sha1) = crate::folders::next_version(archive, previous, e)?;
+            // The previous version is handed over: a delta becomes the next version in its
+            // bytes, and a full copy lets it go first, so two large versions are never held.
+            let (bytes, sha1) = crate::folders::next_version(archive, current.take(), e)?;
             if wanted(&(r, i)) {
                 let bad = |err: crate::spool::ParseError| {
                     Error::corrupt(

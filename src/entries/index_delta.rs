@@ -199,6 +199,16 @@ pub fn read_head(payload: &[u8]) -> Result<DeltaHead, String> {
 /// checked those bytes when it read or made them). Every check of the spec is made; the result
 /// hashes to the SHA-1 the delta records or this is an error.
 pub fn apply(payload: &[u8], base: &[u8], base_sha1: &Guid) -> Result<Vec<u8>, String> {
+    apply_in_place(payload, base.to_vec(), base_sha1)
+}
+
+/// As `apply`, turning `base` itself into the result: the bytes a delta does not change stay
+/// where they are, so a large index is never held twice (issue 19, flat memory).
+pub fn apply_in_place(
+    payload: &[u8],
+    mut base: Vec<u8>,
+    base_sha1: &Guid,
+) -> Result<Vec<u8>, String> {
     let head = read_head(payload)?;
     if head.base_size != base.len() as u64 || head.base_sha1 != *base_sha1 {
         return Err(format!(
@@ -225,21 +235,25 @@ pub fn apply(payload: &[u8], base: &[u8], base_sha1: &Guid) -> Result<Vec<u8>, S
         len: head.result_size,
     };
     let count = blocks.count();
-    let mut out = Vec::with_capacity(head.result_size as usize);
+    let base_len = base.len() as u64;
+    // The result's bytes are made in order; `done` is how far. A byte the delta does not carry
+    // is the base's at the same offset, already in place, so it must lie inside the base.
+    base.resize(head.result_size as usize, 0);
+    let mut out = base;
+    let mut done = 0u64;
     let mut at = FIXED;
     let mut next_block = 0u64;
-    let copy_base = |out: &mut Vec<u8>, to: u64| -> Result<(), String> {
-        let from = out.len();
-        if from as u64 == to {
+    let copy_base = |done: &mut u64, to: u64| -> Result<(), String> {
+        let from = *done;
+        if from == to {
             return Ok(());
         }
-        let bytes = base.get(from..to as usize).ok_or_else(|| {
-            format!(
-                "index delta copies bytes {from}..{to} from a {}-byte base",
-                base.len()
-            )
-        })?;
-        out.extend_from_slice(bytes);
+        if to > base_len {
+            return Err(format!(
+                "index delta copies bytes {from}..{to} from a {base_len}-byte base"
+            ));
+        }
+        *done = to;
         Ok(())
     };
     for k in 0..head.run_count {
@@ -264,8 +278,9 @@ pub fn apply(payload: &[u8], base: &[u8], base_sha1: &Guid) -> Result<Vec<u8>, S
                 payload.len() - at
             )
         })?;
-        copy_base(&mut out, s)?;
-        out.extend_from_slice(data);
+        copy_base(&mut done, s)?;
+        out[s as usize..e as usize].copy_from_slice(data);
+        done = e;
         at += len;
         next_block = first + n;
     }
@@ -275,7 +290,7 @@ pub fn apply(payload: &[u8], base: &[u8], base_sha1: &Guid) -> Result<Vec<u8>, S
             payload.len() - at
         ));
     }
-    copy_base(&mut out, head.result_size)?;
+    copy_base(&mut done, head.result_size)?;
     if Guid::of(&out) != head.result_sha1 {
         return Err(format!(
             "index delta result does not hash to {}",

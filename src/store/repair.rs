@@ -661,8 +661,14 @@ fn copy_entry(
         Err(Error::Corrupt { .. }) => return Ok(false),
         Err(e) => return Err(e),
     };
-    let appended =
-        writer.append_reader(&r.name, &mut data, r.size, Some(r.sha1), r.stat.as_deref().copied(), e.mtime)?;
+    let appended = writer.append_reader(
+        &r.name,
+        &mut data,
+        r.size,
+        Some(r.sha1),
+        r.stat.as_deref().copied(),
+        e.mtime,
+    )?;
     Ok(matches!(appended, crate::archive::Appended::Stored(_)))
 }
 

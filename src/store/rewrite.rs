@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 
 use super::open::{scan_runs_with, Access};
 use super::{sidecar, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterOptions};
-use crate::archive::{ArchiveId, ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
+use crate::archive::{ArchiveId, ArchiveWriter, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
 use crate::io::{create_private, fsync_dir, remove_if_present, rename, DurableFile};
-use sha1::Digest;
 
 /// Suffix of the temporary file a rewrite fills, beside the archive. Its name does not end in
 /// `.tar.gz`, so it is never mistaken for an archive; a crash leaves it behind, and the next
@@ -34,6 +33,8 @@ pub struct Rewriter {
     /// Each run written: its number and a digest of its index block (frame and every entry
     /// with its placement), so the check compares everything while holding 28 bytes a run.
     written: Vec<(u64, [u8; 20])>,
+    /// The run being written, digested entry by entry as the writer places them.
+    digest: std::sync::Arc<std::sync::Mutex<sidecar::BlockDigest>>,
     started: bool,
     finished: bool,
     _lock: WriterLock,
@@ -67,6 +68,7 @@ impl Rewriter {
             options: options.clone(),
             writer: None,
             written: Vec::new(),
+            digest: Default::default(),
             started: false,
             finished: false,
             _lock: lock,
@@ -92,6 +94,10 @@ impl Rewriter {
             self.options.threads,
         )?;
         writer.defer_sync();
+        let digest = self.digest.clone();
+        writer.fold_placed_entries(Box::new(move |e| {
+            digest.lock().expect("never poisoned").add(e)
+        }));
         self.writer = Some(writer);
         self.started = true;
         Ok(())
@@ -107,7 +113,8 @@ impl Rewriter {
     pub fn commit(&mut self, summary: &RunSummary) -> Result<()> {
         let writer = self.writer.as_mut().expect("start was called");
         let run = writer.commit(summary)?;
-        self.written.push((run.run, block_digest(&run)));
+        let digest = std::mem::take(&mut *self.digest.lock().expect("never poisoned"));
+        self.written.push((run.run, digest.finish(&run)));
         Ok(())
     }
 
@@ -161,9 +168,7 @@ impl Rewriter {
         let written = &self.written;
         let copy = ArchiveHandle::open(tmp)?;
         let outcome = scan_runs_with(&copy, 0, None, Some(self.archive_id), &mut |found| {
-            let block = sidecar::encode_block(&found);
-            let digest: [u8; 20] = sha1::Sha1::digest(&block).into();
-            drop(found.entries);
+            let digest = sidecar::BlockDigest::of(&found);
             let same = written
                 .get(k)
                 .is_some_and(|(run, d)| *run == found.run && *d == digest);
@@ -178,7 +183,7 @@ impl Rewriter {
                 ));
             }
             k += 1;
-            index_file.write_all_at_end(&block)
+            sidecar::encode_block_in_pieces(&found, |piece| index_file.write_all_at_end(piece))
         })?;
         if let Some(d) = outcome.damage.first() {
             return Err(Error::corrupt(
@@ -209,10 +214,6 @@ fn index_tmp(paths: &ArchivePaths) -> PathBuf {
     let mut name = paths.index.as_os_str().to_owned();
     name.push(REWRITE_SUFFIX);
     PathBuf::from(name)
-}
-
-fn block_digest(run: &CommittedRun) -> [u8; 20] {
-    sha1::Sha1::digest(sidecar::encode_block(run)).into()
 }
 
 impl Drop for Rewriter {
