@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::open::{open_consistent, scan_runs};
+use super::open::{check_tail, open_consistent, scan_runs};
 use super::sidecar::IndexRead;
 use super::{Archive, ArchiveHandle, ArchivePaths};
 use crate::error::Result;
@@ -81,9 +81,22 @@ fn verify_opened(
             .or_insert_with(|| format!("runs/{}", run.run));
     }
 
+    let tail = outcome.file_len.saturating_sub(outcome.committed_end);
+    // A torn member after the last commit is what an interrupted writer leaves (a kill can cut
+    // a write short): the same check a writer's open makes before cutting it decides whether it
+    // is that, reported as the tail below, or damage.
+    let interrupted_tail = tail > 0
+        && check_tail(
+            &source,
+            outcome.committed_end,
+            outcome.file_len,
+            &outcome.damage,
+        )
+        .is_ok();
     let mut problems: Vec<Problem> = outcome
         .damage
         .iter()
+        .filter(|d| !(interrupted_tail && d.offset >= outcome.committed_end))
         .map(|d| Problem {
             offset: d.offset,
             within: d.within,
@@ -92,12 +105,12 @@ fn verify_opened(
         })
         .collect();
 
-    let tail = outcome.file_len.saturating_sub(outcome.committed_end);
     if tail > 0
-        && outcome
-            .damage
-            .iter()
-            .all(|d| d.offset < outcome.committed_end)
+        && (interrupted_tail
+            || outcome
+                .damage
+                .iter()
+                .all(|d| d.offset < outcome.committed_end))
     {
         problems.push(Problem {
             offset: outcome.committed_end,

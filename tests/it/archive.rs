@@ -367,6 +367,26 @@ fn truncation_anywhere_in_the_last_run_gives_the_previous_commit() {
             assert_matches(&archive, &model_1);
             drop(archive);
             assert_eq!(std::fs::metadata(&cut_paths.archive).unwrap().len(), cut);
+            // verify names it as what it is, an interrupted run's bytes, and nothing else (a
+            // member cut short used to be reported as damage at its offset).
+            if cut > start {
+                let report = mailpack::store::verify(&cut_paths).unwrap();
+                let unexplained: Vec<_> = report
+                    .problems
+                    .iter()
+                    .filter(|p| {
+                        !(p.detail.contains("belong to no committed run")
+                            || p.detail.contains("the index"))
+                    })
+                    .collect();
+                assert!(unexplained.is_empty(), "cut {cut}: {unexplained:?}");
+                assert!(
+                    report.problems.iter().any(|p| p.offset == start
+                        && p.detail.contains("belong to no committed run")),
+                    "cut {cut}: {:?}",
+                    report.problems
+                );
+            }
             // The next writer cuts the interrupted run's tail.
             let notices = writer_repairs(&cut_paths);
             assert_eq!(
