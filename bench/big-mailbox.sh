@@ -110,8 +110,8 @@ row "restore --maildir" "$mp" restore --user big --maildir "$w/maildir"
 echo "   maildir: $(du -sb "$w/maildir" | cut -f1) B"
 rm -rf "$w/maildir"
 row "restore --mbox (export)" "$mp" restore --user big --mbox "$w/export.mbox"
-echo "   mbox: $(size "$w/export.mbox") B"
-rm -f "$w/export.mbox"
+echo "   mbox: $(du -sb "$w/export.mbox" | cut -f1) B"
+rm -rf "$w/export.mbox"
 warm "$s" "$A"
 row "drill --all" "$mp" drill --config "$conf" --archive-dir "$A" --all
 tail -3 "$w/out.txt" | sed 's/^/   drill: /'

@@ -26,7 +26,11 @@ const STORE_CHUNK: u32 = 50_000;
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)
         .ok()
-        .map(|v| v.replace('_', "").parse().unwrap_or_else(|_| panic!("{key}={v}")))
+        .map(|v| {
+            v.replace('_', "")
+                .parse()
+                .unwrap_or_else(|_| panic!("{key}={v}"))
+        })
         .unwrap_or(default)
 }
 
@@ -103,7 +107,12 @@ fn make_big_mailbox_spool() {
     server.stop();
     let inbox = server.mailbox_path(&server.user_mailbox(USER));
     let samples = read_samples(&inbox, first_new_uid);
-    assert_eq!(samples.len(), sample, "message files in {}", inbox.display());
+    assert_eq!(
+        samples.len(),
+        sample,
+        "message files in {}",
+        inbox.display()
+    );
     let copies = messages - sample;
     let bytes = write_copies(&inbox, &samples, first_new_uid, copies);
     lap(&format!(
@@ -135,7 +144,8 @@ fn make_big_mailbox_spool() {
     let status = imap.status("INBOX", "MESSAGES UIDNEXT");
     eprintln!("big mailbox: STATUS INBOX {status:?}");
     assert_eq!(
-        status["MESSAGES"], messages as u64,
+        status["MESSAGES"],
+        messages as u64,
         "INBOX messages after reconstruct\n{}",
         server.diagnostics()
     );
@@ -143,7 +153,11 @@ fn make_big_mailbox_spool() {
     assert_eq!(uidnext as usize, first_new_uid as usize + copies);
     imap.select("INBOX");
     // Cyrus must serve exactly the bytes written, at the date given.
-    for uid in [first_new_uid, first_new_uid + copies as u32 / 2, uidnext - 1] {
+    for uid in [
+        first_new_uid,
+        first_new_uid + copies as u32 / 2,
+        uidnext - 1,
+    ] {
         if uid < first_new_uid || copies == 0 {
             continue;
         }
@@ -168,7 +182,7 @@ fn make_big_mailbox_spool() {
     drop(server);
     lap(&format!("copied the spool to {}", dest.display()));
     eprintln!(
-        "big mailbox: {messages} messages in INBOX of {USER}, spool {} , total {:.1} s",
+        "big mailbox: {messages} messages in INBOX of {USER}, spool {}, total {:.1} s",
         dest.display(),
         started.elapsed().as_secs_f64()
     );
@@ -206,7 +220,10 @@ fn write_copies(
 ) -> u64 {
     let ids = cyrus_ids();
     let span = 10 * 365 * 86_400u64;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let first_date = now - span - 86_400;
     let workers = 2;
     std::thread::scope(|scope| {
@@ -248,18 +265,135 @@ fn write_copies(
 }
 
 const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "a", "in", "is", "you", "that", "it", "he", "was", "for", "on",
-    "are", "as", "with", "his", "they", "I", "at", "be", "this", "have", "from", "or", "one",
-    "had", "by", "word", "but", "not", "what", "all", "were", "we", "when", "your", "can", "said",
-    "there", "use", "an", "each", "which", "she", "do", "how", "their", "if", "will", "up",
-    "other", "about", "out", "many", "then", "them", "these", "so", "some", "her", "would",
-    "make", "like", "him", "into", "time", "has", "look", "two", "more", "write", "go", "see",
-    "number", "no", "way", "could", "people", "my", "than", "first", "water", "been", "call",
-    "who", "its", "now", "find", "long", "down", "day", "did", "get", "come", "made", "may",
-    "part", "meeting", "invoice", "attached", "please", "regards", "tomorrow", "project",
-    "review", "budget", "quarterly", "report", "deadline", "server", "mailbox", "backup",
-    "schedule", "customer", "order", "shipping", "account", "password", "reset", "thanks",
-    "hello", "team", "update", "release", "notes", "agenda", "minutes",
+    "the",
+    "of",
+    "and",
+    "to",
+    "a",
+    "in",
+    "is",
+    "you",
+    "that",
+    "it",
+    "he",
+    "was",
+    "for",
+    "on",
+    "are",
+    "as",
+    "with",
+    "his",
+    "they",
+    "I",
+    "at",
+    "be",
+    "this",
+    "have",
+    "from",
+    "or",
+    "one",
+    "had",
+    "by",
+    "word",
+    "but",
+    "not",
+    "what",
+    "all",
+    "were",
+    "we",
+    "when",
+    "your",
+    "can",
+    "said",
+    "there",
+    "use",
+    "an",
+    "each",
+    "which",
+    "she",
+    "do",
+    "how",
+    "their",
+    "if",
+    "will",
+    "up",
+    "other",
+    "about",
+    "out",
+    "many",
+    "then",
+    "them",
+    "these",
+    "so",
+    "some",
+    "her",
+    "would",
+    "make",
+    "like",
+    "him",
+    "into",
+    "time",
+    "has",
+    "look",
+    "two",
+    "more",
+    "write",
+    "go",
+    "see",
+    "number",
+    "no",
+    "way",
+    "could",
+    "people",
+    "my",
+    "than",
+    "first",
+    "water",
+    "been",
+    "call",
+    "who",
+    "its",
+    "now",
+    "find",
+    "long",
+    "down",
+    "day",
+    "did",
+    "get",
+    "come",
+    "made",
+    "may",
+    "part",
+    "meeting",
+    "invoice",
+    "attached",
+    "please",
+    "regards",
+    "tomorrow",
+    "project",
+    "review",
+    "budget",
+    "quarterly",
+    "report",
+    "deadline",
+    "server",
+    "mailbox",
+    "backup",
+    "schedule",
+    "customer",
+    "order",
+    "shipping",
+    "account",
+    "password",
+    "reset",
+    "thanks",
+    "hello",
+    "team",
+    "update",
+    "release",
+    "notes",
+    "agenda",
+    "minutes",
 ];
 
 /// Senders, some with RFC 2047 names, as `find --from` has to decode them.
@@ -339,8 +473,14 @@ fn sample_message(rng: &mut Rng, i: usize) -> Vec<u8> {
         let subject = match rng.below(100) {
             0..=19 => format!("Re: {}", words(rng, 4)),
             20..=24 => format!("Fwd: {}", words(rng, 5)),
-            25..=27 => format!("=?UTF-8?Q?R=C3=A9union_{}?=", words(rng, 2).replace(' ', "_")),
-            _ => words(rng, 3 + rng.below(5) as usize),
+            25..=27 => format!(
+                "=?UTF-8?Q?R=C3=A9union_{}?=",
+                words(rng, 2).replace(' ', "_")
+            ),
+            _ => {
+                let n = 3 + rng.below(5) as usize;
+                words(rng, n)
+            }
         };
         (from, subject)
     };
@@ -362,16 +502,22 @@ fn sample_message(rng: &mut Rng, i: usize) -> Vec<u8> {
         ));
     }
     if subject.starts_with("Re:") {
-        h.push_str(&format!("In-Reply-To: <{}.{:x}@example.org>\r\n", i / 2, rng.next() >> 20));
+        h.push_str(&format!(
+            "In-Reply-To: <{}.{:x}@example.org>\r\n",
+            i / 2,
+            rng.next() >> 20
+        ));
     }
     if from.starts_with("newsletter") {
         h.push_str("List-Id: <news.lists.example.org>\r\nList-Unsubscribe: <mailto:leave@lists.example.org>\r\n");
     }
     h.push_str("MIME-Version: 1.0\r\n");
-    let body = text(rng, log_uniform(rng, 1_000.0, 12_000.0));
+    let body_size = log_uniform(rng, 1_000.0, 12_000.0);
+    let body = text(rng, body_size);
     let roll = rng.below(100);
     let msg = if roll == 0 {
-        let att = rng.noise(log_uniform(rng, 20_000.0, 200_000.0));
+        let att_size = log_uniform(rng, 20_000.0, 200_000.0);
+        let att = rng.noise(att_size);
         format!(
             "{h}Content-Type: multipart/mixed; boundary=\"=_m{i}\"\r\n\r\n--=_m{i}\r\n\
              Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n--=_m{i}\r\n\
