@@ -178,7 +178,30 @@ fn make_big_mailbox_spool() {
 
     server.stop();
     let _ = std::fs::remove_dir_all(&dest);
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    // copy_spool copies file by file, which took 139 s for 95,000 messages here: INBOX's
+    // directory is moved out of its way and into the copy by rename instead (same file system).
+    let parked = dest.with_extension("inbox-parked");
+    let _ = std::fs::remove_dir_all(&parked);
+    let inbox_in_dest = dest.join(inbox.strip_prefix(server.base_dir()).unwrap());
+    let moved = match std::fs::rename(&inbox, &parked) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("big mailbox: cannot move INBOX aside ({e}); copying it");
+            false
+        }
+    };
     crate::spool_view::copy_spool(server.base_dir(), &dest);
+    if moved {
+        std::fs::rename(&parked, &inbox_in_dest).unwrap();
+        // As copy_spool leaves everything else.
+        let status = std::process::Command::new("chown")
+            .args(["-R", "root:root"])
+            .arg(&inbox_in_dest)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
     drop(server);
     lap(&format!("copied the spool to {}", dest.display()));
     eprintln!(
