@@ -3,6 +3,7 @@
 mod agent;
 mod archive;
 mod backup;
+mod bench_big_mailbox;
 mod bench_spool;
 mod cli;
 mod compact;
