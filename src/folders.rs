@@ -191,3 +191,125 @@ pub fn index_bytes(archive: &Archive, e: &EntryRecord) -> Result<IndexVersion> {
         deltas: chain.len() - 1,
     })
 }
+
+/// Hands `visit` every record of the index version `chain` makes (a full copy, then the deltas
+/// after it up to the version wanted, as `chain` gives them), decoded and checked one at a
+/// time as the version streams out of the archive: the version is never held, only its deltas'
+/// payloads (issue 19, flat memory). Every check of `index_bytes` is made on the way (the full
+/// copy's and each payload's length and SHA-1, the result's); on an error, what `visit` was
+/// given is not to be trusted.
+pub fn for_each_record(
+    archive: &Archive,
+    chain: &[&EntryRecord],
+    visit: &mut dyn FnMut(crate::spool::index::IndexRecord) -> Result<()>,
+) -> Result<()> {
+    use crate::spool::index::{parse_head, MAX_STREAMED_START, MAX_STREAMED_STRIDE};
+    let path = &archive.paths().archive;
+    let (full, deltas) = match chain.split_first() {
+        Some((full, deltas)) if !is_index_delta(full) && deltas.iter().all(|e| is_index_delta(e)) => {
+            (*full, deltas)
+        }
+        _ => {
+            let at = chain.first().map_or(0, |e| e.placement.member);
+            return Err(Error::corrupt(
+                path,
+                at,
+                "an index version's chain does not start at a full copy",
+            ));
+        }
+    };
+    let last = chain.last().expect("not empty");
+    let corrupt = |detail: String| Error::corrupt(path, last.placement.member, detail);
+    if full.placement.member >= archive.committed_len() {
+        return Err(corrupt(format!(
+            "entry {} lies past the committed archive",
+            full.name
+        )));
+    }
+    let payloads = deltas
+        .iter()
+        .map(|e| read_checked(archive, e))
+        .collect::<Result<Vec<_>>>()?;
+    let mut len = full.size;
+    if let Some(p) = payloads.last() {
+        len = index_delta::read_head(p)
+            .map_err(|d| corrupt(format!("{}: {d}", last.name)))?
+            .result_size;
+    }
+    // The header is gathered (at most MAX_STREAMED_START bytes), then one record slot at a
+    // time; both are capped, as the numbers that size them come from the file.
+    let head_want = len.min(MAX_STREAMED_START) as usize;
+    let mut head: Vec<u8> = Vec::with_capacity(head_want);
+    let mut shape = None;
+    let mut slot: Vec<u8> = Vec::new();
+    let mut next_record = 0u64;
+    let mut offset = 0u64;
+    let mut failure: Option<Error> = None;
+    let bad = |err: crate::spool::ParseError| corrupt(format!("{}: {err}", last.name));
+    let mut take = |mut piece: &[u8]| -> Result<()> {
+        offset += piece.len() as u64;
+        if shape.is_none() {
+            let n = (head_want - head.len()).min(piece.len());
+            head.extend_from_slice(&piece[..n]);
+            piece = &piece[n..];
+            if head.len() < head_want {
+                return Ok(());
+            }
+            let (_, s) = parse_head(&head, len).map_err(bad)?;
+            if s.start > head.len() as u64 || s.stride > MAX_STREAMED_STRIDE || s.stride == 0 {
+                return Err(corrupt(format!(
+                    "{}: records at {} of {} bytes each are beyond what is read of an index \
+                     a piece at a time",
+                    last.name, s.start, s.stride
+                )));
+            }
+            slot.reserve_exact(s.stride as usize);
+            slot.extend_from_slice(&head[s.start as usize..]);
+            head = Vec::new();
+            shape = Some(s);
+        }
+        let s = shape.as_ref().expect("set above");
+        loop {
+            if next_record >= s.count {
+                return Ok(());
+            }
+            let n = (s.stride as usize - slot.len().min(s.stride as usize)).min(piece.len());
+            slot.extend_from_slice(&piece[..n]);
+            piece = &piece[n..];
+            while slot.len() >= s.stride as usize && next_record < s.count {
+                visit(s.decode(next_record, &slot[..s.stride as usize]).map_err(bad)?)?;
+                next_record += 1;
+                slot.drain(..s.stride as usize);
+            }
+            if piece.is_empty() {
+                return Ok(());
+            }
+        }
+    };
+    let mut reader = archive.read_entry(full)?.take(full.size);
+    let streamed = index_delta::stream_chain(&mut reader, full.size, &full.sha1, &payloads, &mut |piece| {
+        take(piece).map_err(|e| {
+            let text = e.to_string();
+            failure = Some(e);
+            text
+        })
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    streamed.map_err(|d| {
+        corrupt(format!(
+            "{} (through {} deltas from the full copy at byte {}): {d}",
+            last.name,
+            payloads.len(),
+            full.placement.member
+        ))
+    })?;
+    if offset != len || shape.as_ref().is_none_or(|s| next_record != s.count) {
+        return Err(corrupt(format!(
+            "{}: the index version does not read back as {len} bytes of whole records",
+            last.name
+        )));
+    }
+    Ok(())
+}

@@ -44,7 +44,7 @@ pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) ->
         };
         let mut notices = std::mem::take(&mut skipped);
         let result = if command.dry_run {
-            Archive::open(&paths, &mut notices)
+            Archive::open_streamed(&paths, &mut notices)
                 .and_then(|a| plan(&a, &command.plan))
                 .map(ArchiveCompaction::Planned)
         } else {

@@ -152,7 +152,7 @@ fn owner_state(owner: &Owner, paths: &ArchivePaths, options: &StatusOptions) -> 
         notes: Vec::new(),
     };
     let mut notices = Vec::new();
-    match Archive::open(paths, &mut notices) {
+    match Archive::open_streamed(paths, &mut notices) {
         Ok(archive) => {
             state.runs = archive.runs().len();
             state.archive_bytes = archive.committed_len();

@@ -80,8 +80,6 @@ pub fn compact_counted(
     }
     rewriter.start()?;
     progress.set_bytes_total(bytes_before);
-    let is_message =
-        |e: &&crate::archive::EntryRecord| e.name.starts_with(crate::archive::FILES_DIR);
     let source_path = paths.archive.clone();
     let handle = rewriter.archive().handle().clone();
     let runs: Vec<RunInfo> = rewriter.archive().runs().to_vec();
@@ -89,53 +87,41 @@ pub fn compact_counted(
     for (r, run) in runs.iter().enumerate() {
         let keep = &outcome.plan.keep[r];
         let (archive, writer) = rewriter.split();
-        let entries = archive.entries_of(run);
+        // Entries whose first header lies in the same member, gathered as the run's entries
+        // stream by; a group's bytes end at the next group's member, or at the commit marker.
+        let mut copy = GroupCopy {
+            handle: &handle,
+            source_path: &source_path,
+            writer,
+            progress,
+            stretches_copied: 0,
+            members_rebuilt: 0,
+        };
+        let mut group: Vec<crate::archive::EntryRecord> = Vec::new();
+        let mut group_keep: Vec<bool> = Vec::new();
         let mut i = 0;
-        while i < entries.len() {
-            // Entries whose first header lies in the same member, and where their bytes end: at
-            // the next such group's member, or at the commit marker.
-            let member = entries[i].placement.member;
-            let mut j = i;
-            while j < entries.len() && entries[j].placement.member == member {
-                j += 1;
+        archive.for_each_entry(run, &mut |e| {
+            if group
+                .first()
+                .is_some_and(|g| g.placement.member != e.placement.member)
+            {
+                copy.flush(&mut group, &mut group_keep, e.placement.member)?;
             }
-            let end = entries
-                .get(j)
-                .map_or(run.marker_offset, |e| e.placement.member);
-            let group = &entries[i..j];
-            let group_keep = &keep[i..j];
-            if group_keep.iter().all(|&k| k) {
-                let mut source = handle.reader_at(member);
-                writer.append_members_verbatim(&mut source, end - member, group.to_vec())?;
-                outcome.stretches_copied += 1;
-                progress.add_messages(group.iter().filter(is_message).count() as u64);
-            } else if group_keep.iter().any(|&k| k) {
-                let raw = handle.decode_members(member, Some(end))?;
-                for (e, _) in group.iter().zip(group_keep).filter(|(_, &k)| k) {
-                    // Placements come from the index: checked arithmetic, so a hostile one is
-                    // an error rather than an overflow.
-                    let from = e.placement.header_at as usize;
-                    let to = usize::try_from(e.placement.data_at)
-                        .ok()
-                        .zip(usize::try_from(padded(e.size)).ok())
-                        .and_then(|(at, len)| at.checked_add(len));
-                    let encoded = to.and_then(|to| raw.get(from..to)).ok_or_else(|| {
-                        Error::corrupt(
-                            &source_path,
-                            member,
-                            format!("entry {} lies outside its member", e.name),
-                        )
-                    })?;
-                    writer.append_encoded(encoded, e.clone())?;
-                    if is_message(&e) {
-                        progress.add_messages(1);
-                    }
-                }
-                outcome.members_rebuilt += 1;
-            }
-            i = j;
-            progress.bytes_at_least(end);
-        }
+            let kept = keep.get(i).copied().ok_or_else(|| {
+                Error::corrupt(
+                    &source_path,
+                    run.start,
+                    format!("run {} holds more entries than were planned", run.run),
+                )
+            })?;
+            i += 1;
+            group.push(e.clone());
+            group_keep.push(kept);
+            Ok(())
+        })?;
+        copy.flush(&mut group, &mut group_keep, run.marker_offset)?;
+        outcome.stretches_copied += copy.stretches_copied;
+        outcome.members_rebuilt += copy.members_rebuilt;
         let fields = rewriter.archive().marker_fields(run)?;
         let compacted_now = (r == last).then_some(options.plan.now);
         rewriter.commit(&RunSummary::from_marker(
@@ -150,4 +136,69 @@ pub fn compact_counted(
     outcome.entries_kept = kept;
     outcome.entries_dropped = total - kept;
     Ok(outcome)
+}
+
+/// Copies the groups of one run into the rewrite.
+struct GroupCopy<'a> {
+    handle: &'a crate::store::ArchiveHandle,
+    source_path: &'a std::path::Path,
+    writer: &'a mut crate::archive::ArchiveWriter,
+    progress: &'a Tally,
+    stretches_copied: u64,
+    members_rebuilt: u64,
+}
+
+impl GroupCopy<'_> {
+    /// Writes the kept entries of one group (entries whose first header lies in the same
+    /// member, their bytes ending at `end`) and empties it: all kept, the bytes are copied as
+    /// they are; some kept, the member is decompressed and their tar bytes packed anew.
+    fn flush(
+        &mut self,
+        group: &mut Vec<crate::archive::EntryRecord>,
+        group_keep: &mut Vec<bool>,
+        end: u64,
+    ) -> Result<()> {
+        let Some(first) = group.first() else {
+            return Ok(());
+        };
+        let member = first.placement.member;
+        let is_message = |e: &crate::archive::EntryRecord| e.name.starts_with(crate::archive::FILES_DIR);
+        if group_keep.iter().all(|&k| k) {
+            let messages = group.iter().filter(|e| is_message(e)).count() as u64;
+            let mut source = self.handle.reader_at(member);
+            let entries = std::mem::take(group);
+            self.writer
+                .append_members_verbatim(&mut source, end.saturating_sub(member), entries)?;
+            self.stretches_copied += 1;
+            self.progress.add_messages(messages);
+        } else if group_keep.iter().any(|&k| k) {
+            let raw = self.handle.decode_members(member, Some(end))?;
+            for (e, _) in group.drain(..).zip(group_keep.iter()).filter(|(_, &k)| k) {
+                // Placements come from the index: checked arithmetic, so a hostile one is
+                // an error rather than an overflow.
+                let from = e.placement.header_at as usize;
+                let to = usize::try_from(e.placement.data_at)
+                    .ok()
+                    .zip(usize::try_from(padded(e.size)).ok())
+                    .and_then(|(at, len)| at.checked_add(len));
+                let encoded = to.and_then(|to| raw.get(from..to)).ok_or_else(|| {
+                    Error::corrupt(
+                        self.source_path,
+                        member,
+                        format!("entry {} lies outside its member", e.name),
+                    )
+                })?;
+                let message = is_message(&e);
+                self.writer.append_encoded(encoded, e)?;
+                if message {
+                    self.progress.add_messages(1);
+                }
+            }
+            self.members_rebuilt += 1;
+        }
+        group.clear();
+        group_keep.clear();
+        self.progress.bytes_at_least(end);
+        Ok(())
+    }
 }

@@ -138,6 +138,190 @@ pub fn encode(base: &[u8], base_sha1: &Guid, result: &[u8]) -> Option<Vec<u8>> {
     (out.len() < limit).then_some(out)
 }
 
+/// One run of changed blocks: the bytes `start..end` of the result, found at `data_at` in the
+/// payload.
+struct ChangedRun {
+    start: u64,
+    end: u64,
+    data_at: usize,
+}
+
+/// A payload's runs, checked: in order, inside the result's blocks, their bytes present, and
+/// nothing after the last.
+fn changed_runs(payload: &[u8], head: &DeltaHead) -> Result<Vec<ChangedRun>, String> {
+    // A delta cannot make more bytes than it and its base hold.
+    if head.result_size > head.base_size.saturating_add(payload.len() as u64) {
+        return Err(format!(
+            "index delta makes {} bytes out of a {}-byte base and {} bytes of its own",
+            head.result_size,
+            head.base_size,
+            payload.len()
+        ));
+    }
+    let blocks = Blocks {
+        head: head.head_len as u64,
+        block: head.block_len as u64,
+        len: head.result_size,
+    };
+    let count = blocks.count();
+    let mut at = FIXED;
+    let mut next_block = 0u64;
+    // Each run takes at least 9 payload bytes, so the payload bounds the count.
+    let mut runs = Vec::with_capacity((head.run_count as usize).min(payload.len() / 9));
+    for k in 0..head.run_count {
+        let fields = payload
+            .get(at..at + 8)
+            .ok_or_else(|| format!("index delta ends in run {k} of {}", head.run_count))?;
+        let first = u32_at(fields, 0) as u64;
+        let n = u32_at(fields, 4) as u64;
+        at += 8;
+        if n == 0 || first < next_block || first + n > count {
+            return Err(format!(
+                "index delta run {k} (blocks {first}+{n}) is out of order or outside the \
+                 {count} blocks of a {}-byte file",
+                head.result_size
+            ));
+        }
+        let (start, end) = (blocks.start(first), blocks.start(first + n));
+        let len = (end - start) as usize;
+        if payload.len() - at < len {
+            return Err(format!(
+                "index delta run {k} needs {len} bytes, {} remain",
+                payload.len() - at
+            ));
+        }
+        runs.push(ChangedRun {
+            start,
+            end,
+            data_at: at,
+        });
+        at += len;
+        next_block = first + n;
+    }
+    if at != payload.len() {
+        return Err(format!(
+            "index delta has {} bytes after its last run",
+            payload.len() - at
+        ));
+    }
+    Ok(runs)
+}
+
+/// Hands `sink` the bytes of the version that `payloads` (the deltas after a full copy, in
+/// order) make of the full copy read from `base` (`base_len` bytes, SHA-1 `base_sha1`), in
+/// order and in pieces, without holding either version: each byte is the newest delta's that
+/// changed it, else the full copy's. The heads must chain (each delta's base is the version
+/// before it, by length and SHA-1), the full copy must read back as its length and SHA-1, and
+/// the bytes made must hash to the last delta's result: an error otherwise, after which what
+/// `sink` was given is not to be trusted. The versions in between are not made, so a chain
+/// `apply` would refuse in the middle can stream here, but only to exactly the recorded
+/// result.
+pub fn stream_chain(
+    base: &mut dyn std::io::Read,
+    base_len: u64,
+    base_sha1: &Guid,
+    payloads: &[Vec<u8>],
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    use sha1::Digest;
+    if payloads.len() > MAX_DELTA_CHAIN {
+        return Err(format!(
+            "more than {MAX_DELTA_CHAIN} index deltas follow a full copy"
+        ));
+    }
+    let mut deltas = Vec::with_capacity(payloads.len());
+    let (mut len, mut sha1) = (base_len, *base_sha1);
+    for payload in payloads {
+        let head = read_head(payload)?;
+        if head.base_size != len || head.base_sha1 != sha1 {
+            return Err(format!(
+                "index delta applies to a version of {} bytes with SHA-1 {}, not to the \
+                 version stored before it ({len} bytes, SHA-1 {sha1})",
+                head.base_size, head.base_sha1
+            ));
+        }
+        (len, sha1) = (head.result_size, head.result_sha1);
+        deltas.push((changed_runs(payload, &head)?, payload.as_slice()));
+    }
+    let final_len = len;
+    let mut cursors = vec![0usize; deltas.len()];
+    let mut made = sha1::Sha1::default();
+    let mut base_hash = sha1::Sha1::default();
+    let mut base_read = 0u64;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut read_base = |to: u64, emit: bool, sink: &mut dyn FnMut(&[u8]) -> Result<(), String>| {
+        while base_read < to {
+            let n = ((to - base_read) as usize).min(buf.len());
+            base.read_exact(&mut buf[..n])
+                .map_err(|e| format!("full copy of the index ends early: {e}"))?;
+            base_hash.update(&buf[..n]);
+            base_read += n as u64;
+            if emit {
+                sink(&buf[..n])?;
+            }
+        }
+        Ok::<(), String>(())
+    };
+    let mut x = 0u64;
+    while x < final_len {
+        // Each delta's first run that ends after x.
+        for (d, (runs, _)) in deltas.iter().enumerate() {
+            while runs.get(cursors[d]).is_some_and(|r| r.end <= x) {
+                cursors[d] += 1;
+            }
+        }
+        let covering = (0..deltas.len())
+            .rev()
+            .find(|&d| deltas[d].0.get(cursors[d]).is_some_and(|r| r.start <= x));
+        // Up to where the answer stays the same: the next start of a run of a newer delta.
+        let newer_start = |from: usize| {
+            (from..deltas.len())
+                .filter_map(|d| deltas[d].0.get(cursors[d]).map(|r| r.start))
+                .filter(|&s| s > x)
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        match covering {
+            Some(d) => {
+                let run = &deltas[d].0[cursors[d]];
+                let y = run.end.min(newer_start(d + 1)).min(final_len);
+                let from = run.data_at + (x - run.start) as usize;
+                let piece = &deltas[d].1[from..from + (y - x) as usize];
+                made.update(piece);
+                sink(piece)?;
+                x = y;
+            }
+            None => {
+                let y = newer_start(0).min(final_len);
+                if y > base_len {
+                    return Err(format!(
+                        "index delta copies bytes {x}..{y} from a {base_len}-byte full copy"
+                    ));
+                }
+                read_base(x, false, sink)?;
+                let mut emit = |piece: &[u8]| {
+                    made.update(piece);
+                    sink(piece)
+                };
+                read_base(y, true, &mut emit)?;
+                x = y;
+            }
+        }
+    }
+    read_base(base_len, false, sink)?;
+    let mut extra = [0u8; 1];
+    if base.read(&mut extra).map_err(|e| e.to_string())? != 0 {
+        return Err(format!("full copy of the index is longer than its {base_len} bytes"));
+    }
+    if Guid(base_hash.finalize().into()) != *base_sha1 {
+        return Err(format!("full copy of the index does not hash to {base_sha1}"));
+    }
+    if !deltas.is_empty() && Guid(made.finalize().into()) != sha1 {
+        return Err(format!("index delta result does not hash to {sha1}"));
+    }
+    Ok(())
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
@@ -220,29 +404,13 @@ pub fn apply_in_place(
             base_sha1
         ));
     }
-    // A delta cannot make more bytes than it and its base hold.
-    if head.result_size > head.base_size.saturating_add(payload.len() as u64) {
-        return Err(format!(
-            "index delta makes {} bytes out of a {}-byte base and {} bytes of its own",
-            head.result_size,
-            head.base_size,
-            payload.len()
-        ));
-    }
-    let blocks = Blocks {
-        head: head.head_len as u64,
-        block: head.block_len as u64,
-        len: head.result_size,
-    };
-    let count = blocks.count();
     let base_len = base.len() as u64;
+    let runs = changed_runs(payload, &head)?;
     // The result's bytes are made in order; `done` is how far. A byte the delta does not carry
     // is the base's at the same offset, already in place, so it must lie inside the base.
     base.resize(head.result_size as usize, 0);
     let mut out = base;
     let mut done = 0u64;
-    let mut at = FIXED;
-    let mut next_block = 0u64;
     let copy_base = |done: &mut u64, to: u64| -> Result<(), String> {
         let from = *done;
         if from == to {
@@ -256,39 +424,12 @@ pub fn apply_in_place(
         *done = to;
         Ok(())
     };
-    for k in 0..head.run_count {
-        let fields = payload
-            .get(at..at + 8)
-            .ok_or_else(|| format!("index delta ends in run {k} of {}", head.run_count))?;
-        let first = u32_at(fields, 0) as u64;
-        let n = u32_at(fields, 4) as u64;
-        at += 8;
-        if n == 0 || first < next_block || first + n > count {
-            return Err(format!(
-                "index delta run {k} (blocks {first}+{n}) is out of order or outside the \
-                 {count} blocks of a {}-byte file",
-                head.result_size
-            ));
-        }
-        let (s, e) = (blocks.start(first), blocks.start(first + n));
-        let len = (e - s) as usize;
-        let data = payload.get(at..at.saturating_add(len)).ok_or_else(|| {
-            format!(
-                "index delta run {k} needs {len} bytes, {} remain",
-                payload.len() - at
-            )
-        })?;
-        copy_base(&mut done, s)?;
-        out[s as usize..e as usize].copy_from_slice(data);
-        done = e;
-        at += len;
-        next_block = first + n;
-    }
-    if at != payload.len() {
-        return Err(format!(
-            "index delta has {} bytes after its last run",
-            payload.len() - at
-        ));
+    for run in &runs {
+        copy_base(&mut done, run.start)?;
+        let len = (run.end - run.start) as usize;
+        out[run.start as usize..run.end as usize]
+            .copy_from_slice(&payload[run.data_at..run.data_at + len]);
+        done = run.end;
     }
     copy_base(&mut done, head.result_size)?;
     if Guid::of(&out) != head.result_sha1 {
@@ -362,6 +503,78 @@ mod tests {
         tail.extend_from_slice(b"tail");
         let d = encode(&base, &Guid::of(&base), &tail).unwrap();
         assert_eq!(apply(&d, &base, &Guid::of(&base)).unwrap(), tail);
+    }
+
+    fn streamed(full: &[u8], payloads: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        stream_chain(
+            &mut &full[..],
+            full.len() as u64,
+            &Guid::of(full),
+            payloads,
+            &mut |piece| {
+                out.extend_from_slice(piece);
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// A chain streamed from its full copy makes exactly what applying its deltas one by one
+    /// makes, through growth, truncation, regrowth and changes that overlap from version to
+    /// version; a broken link anywhere is refused.
+    #[test]
+    fn a_streamed_chain_is_the_chain_applied() {
+        let mut versions = vec![index(3000, 1)];
+        let mut next = versions[0].clone();
+        flip_records(&mut next, 97);
+        versions.push(next.clone());
+        next.extend_from_slice(&index(3020, 3)[160 + 3000 * 104..]);
+        flip_records(&mut next, 61);
+        versions.push(next.clone());
+        next.truncate(next.len() - 30 * 104 - 17);
+        next[100] ^= 4;
+        versions.push(next.clone());
+        next.extend_from_slice(&vec![0x5a; 104 * 12 + 33]);
+        flip_records(&mut next, 89);
+        versions.push(next.clone());
+        let payloads: Vec<Vec<u8>> = versions
+            .windows(2)
+            .map(|w| encode(&w[0], &Guid::of(&w[0]), &w[1]).expect("a delta"))
+            .collect();
+        for k in 0..payloads.len() {
+            assert_eq!(
+                streamed(&versions[0], &payloads[..=k]).unwrap(),
+                versions[k + 1],
+                "version {}",
+                k + 1
+            );
+        }
+        assert_eq!(streamed(&versions[0], &[]).unwrap(), versions[0]);
+        // A payload out of order, a damaged full copy, a damaged payload.
+        let swapped = vec![payloads[1].clone(), payloads[0].clone()];
+        assert!(streamed(&versions[0], &swapped).is_err());
+        let mut bad_full = versions[0].clone();
+        bad_full[5000] ^= 1;
+        let mut out = Vec::new();
+        let r = stream_chain(
+            &mut &bad_full[..],
+            bad_full.len() as u64,
+            &Guid::of(&versions[0]),
+            &payloads,
+            &mut |p| {
+                out.extend_from_slice(p);
+                Ok(())
+            },
+        );
+        assert!(r.unwrap_err().contains("does not hash"));
+        for at in [FIXED + 3, FIXED + 20, payloads[2].len() - 1] {
+            let mut bad = payloads.clone();
+            bad[2][at] ^= 0x40;
+            // Up to the damaged delta's own version: a later delta may overwrite the bytes a
+            // flip hit, and then the version it makes is still exact.
+            assert!(streamed(&versions[0], &bad[..=2]).is_err(), "flip at {at}");
+        }
     }
 
     #[test]

@@ -606,44 +606,29 @@ pub fn parse(bytes: &[u8]) -> Result<IndexFile, ParseError> {
 /// its bytes. Each record's CRC is checked as it is decoded.
 pub struct Records<'a> {
     bytes: &'a [u8],
-    layout: &'static RecordLayout,
-    start: u64,
-    stride: u64,
+    shape: RecordShape,
     next: u64,
-    count: u64,
 }
 
 impl Iterator for Records<'_> {
     type Item = Result<IndexRecord, ParseError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.next >= self.count {
+        if self.next >= self.shape.count {
             return None;
         }
         let n = self.next;
         self.next += 1;
-        let (rl, at) = (self.layout, self.start + n * self.stride);
-        let decoded = (|| {
-            let from = usize::try_from(at)
-                .map_err(|_| ParseError::new(at, "record offset does not fit in memory"))?;
-            let window = self
-                .bytes
-                .get(from..)
-                .and_then(|b| b.get(..rl.size))
-                .ok_or_else(|| ParseError::new(at, "record runs past the end of the file"))?;
-            let rec = Fields {
-                buf: window,
-                base: at,
-            };
-            if let Some(crc_at) = rl.crc {
-                let uid = rec.u32(rl.uid)?;
-                rec.check_crc(crc_at, &format!("record {} (uid {uid})", n + 1))?;
-            }
-            decode_record(&rec, rl)
-        })();
+        let at = self.shape.start + n * self.shape.stride;
+        let decoded = usize::try_from(at)
+            .map_err(|_| ParseError::new(at, "record offset does not fit in memory"))
+            .and_then(|from| {
+                let slot = self.bytes.get(from..).unwrap_or_default();
+                self.shape.decode(n, slot)
+            });
         if decoded.is_err() {
             // One error ends the walk: the file is not trusted past it.
-            self.next = self.count;
+            self.next = self.shape.count;
         }
         Some(decoded)
     }
@@ -652,12 +637,61 @@ impl Iterator for Records<'_> {
 /// The checked header of a `cyrus.index` and its records, decoded as they are read (the
 /// checks of `parse`, the per-record ones as each record comes).
 pub fn parse_records(bytes: &[u8]) -> Result<(IndexHeader, Records<'_>), ParseError> {
-    let len = bytes.len() as u64;
+    let (header, shape) = parse_head(bytes, bytes.len() as u64)?;
+    Ok((
+        header,
+        Records {
+            bytes,
+            shape,
+            next: 0,
+        },
+    ))
+}
+
+/// Where a `cyrus.index`'s records lie and how each decodes: what a reader that sees the file
+/// a piece at a time (compaction's walk over an index rebuilt from deltas) needs after the
+/// header, so it never holds the file.
+pub struct RecordShape {
+    layout: &'static RecordLayout,
+    /// Offset of the first record, bytes per record slot, and how many there are.
+    pub start: u64,
+    pub stride: u64,
+    pub count: u64,
+}
+
+/// The most header bytes a streamed reader collects before the first record.
+pub const MAX_STREAMED_START: u64 = 1 << 16;
+/// The largest record slot a streamed reader collects.
+pub const MAX_STREAMED_STRIDE: u64 = 1 << 16;
+
+impl RecordShape {
+    /// Decodes record `n` (0-based) from the `stride` bytes of its slot, with the checks
+    /// `parse_records` makes.
+    pub fn decode(&self, n: u64, slot: &[u8]) -> Result<IndexRecord, ParseError> {
+        let at = self.start + n * self.stride;
+        let window = slot
+            .get(..self.layout.size)
+            .ok_or_else(|| ParseError::new(at, "record runs past the end of the file"))?;
+        let rec = Fields {
+            buf: window,
+            base: at,
+        };
+        if let Some(crc_at) = self.layout.crc {
+            let uid = rec.u32(self.layout.uid)?;
+            rec.check_crc(crc_at, &format!("record {} (uid {uid})", n + 1))?;
+        }
+        decode_record(&rec, self.layout)
+    }
+}
+
+/// The checked header of a `cyrus.index` of `len` bytes from `bytes`, which hold at least the
+/// header (the whole file will do): every check `parse_records` makes before the records.
+pub fn parse_head(bytes: &[u8], len: u64) -> Result<(IndexHeader, RecordShape), ParseError> {
     let file = Fields {
         buf: bytes,
         base: 0,
     };
-    if bytes.len() < BASE_HEADER_SIZE {
+    if len < BASE_HEADER_SIZE as u64 || bytes.len() < BASE_HEADER_SIZE {
         return Err(ParseError::new(
             len,
             format!("file of {len} bytes ends inside the {BASE_HEADER_SIZE}-byte base header"),
@@ -670,7 +704,7 @@ pub fn parse_records(bytes: &[u8]) -> Result<(IndexHeader, Records<'_>), ParseEr
             format!("unsupported cyrus.index minor version {minor_version}"),
         )
     })?;
-    if bytes.len() < hl.size {
+    if len < hl.size as u64 || bytes.len() < hl.size {
         return Err(ParseError::new(
             len,
             format!(
@@ -744,12 +778,10 @@ pub fn parse_records(bytes: &[u8]) -> Result<(IndexHeader, Records<'_>), ParseEr
     let count = u64::from(header.num_records);
     Ok((
         header,
-        Records {
-            bytes,
+        RecordShape {
             layout: rl,
             start,
             stride,
-            next: 0,
             count,
         },
     ))

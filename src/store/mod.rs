@@ -46,6 +46,9 @@ pub struct RunInfo {
     pub compacted: Option<i64>,
     #[serde(skip)]
     pub entries: Range<usize>,
+    /// How many entries the run holds (also when they were left in the index file).
+    #[serde(skip)]
+    pub entry_count: usize,
 }
 
 /// The committed state of one archive.
@@ -60,6 +63,16 @@ pub struct Archive {
     index_len: u64,
     /// SHA-1s of the stored message files, built on first use.
     files: std::cell::OnceCell<std::collections::HashSet<Guid>>,
+    /// Set when the entries were left in the index file (`open_streamed`): each pass over a
+    /// run's entries reads its block again, so memory does not grow with the archive.
+    streamed: Option<IndexStream>,
+}
+
+/// The index file a streamed archive's entries are read from, and where each run's block is.
+struct IndexStream {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    blocks: Vec<sidecar::BlockAt>,
 }
 
 impl Archive {
@@ -78,6 +91,7 @@ impl Archive {
             entries: Vec::new(),
             index_len,
             files: std::cell::OnceCell::new(),
+            streamed: None,
         };
         // Exactly as many slots as entries: growing by doubling would hold up to twice the
         // index, and one and a half times it while moving (issue 19, flat memory).
@@ -95,6 +109,7 @@ impl Archive {
             files.extend(run.entries.iter().filter_map(message_guid));
         }
         let first = self.entries.len();
+        let entry_count = run.entries.len();
         self.entries.extend(run.entries);
         self.runs.push(RunInfo {
             run: run.run,
@@ -104,6 +119,7 @@ impl Archive {
             time: run.time,
             compacted: run.compacted,
             entries: first..self.entries.len(),
+            entry_count,
         });
     }
 
@@ -119,8 +135,37 @@ impl Archive {
         &self.runs
     }
 
+    /// A run's entries held in memory. A streamed archive (`open_streamed`) holds none: its
+    /// readers go through `for_each_entry`.
     pub fn entries_of(&self, run: &RunInfo) -> &[EntryRecord] {
+        debug_assert!(self.streamed.is_none(), "entries_of on a streamed archive");
         &self.entries[run.entries.clone()]
+    }
+
+    /// Hands each entry of `run` (one of `runs()`) to `visit`, in archive order, from memory
+    /// or, for a streamed archive, from the index file, one at a time and checked as it is
+    /// read. Something collected from entries before an error must not be acted on.
+    pub fn for_each_entry(
+        &self,
+        run: &RunInfo,
+        visit: &mut dyn FnMut(&EntryRecord) -> crate::error::Result<()>,
+    ) -> crate::error::Result<()> {
+        let Some(stream) = &self.streamed else {
+            return self.entries[run.entries.clone()].iter().try_for_each(visit);
+        };
+        let k = self
+            .runs
+            .iter()
+            .position(|r| r.run == run.run)
+            .expect("a run of this archive");
+        sidecar::stream_entries(&stream.path, &stream.file, &stream.blocks[k], &mut |e| {
+            visit(&e)
+        })
+    }
+
+    /// Whether the entries were left in the index file.
+    pub fn is_streamed(&self) -> bool {
+        self.streamed.is_some()
     }
 
     /// Bytes of the archive that belong to committed runs.

@@ -48,7 +48,7 @@ pub(crate) fn scan_runs(
     archive_id: Option<ArchiveId>,
 ) -> Result<ScanOutcome> {
     let mut runs = Vec::new();
-    let mut outcome = scan_runs_with(source, from, prev, archive_id, &mut |run| {
+    let mut outcome = scan_runs_with(source, from, prev, archive_id, None, &mut |run| {
         runs.push(run);
         Ok(())
     })?;
@@ -57,12 +57,15 @@ pub(crate) fn scan_runs(
 }
 
 /// As `scan_runs`, but hands each complete run to `on_run` as it is found instead of keeping
-/// it, so memory holds one run's entries at a time.
+/// it, so memory holds one run's entries at a time. With `on_entry`, not even that: each entry
+/// goes to `on_entry` as it is read, and `on_run` gets the run without entries. Entries of a
+/// run that then fails its commit checks have gone out too: the caller acts only on runs.
 pub(crate) fn scan_runs_with(
     source: &ArchiveHandle,
     from: u64,
     prev: Option<(u64, u64)>,
     archive_id: Option<ArchiveId>,
+    mut on_entry: Option<&mut dyn FnMut(&EntryRecord) -> Result<()>>,
     on_run: &mut dyn FnMut(CommittedRun) -> Result<()>,
 ) -> Result<ScanOutcome> {
     let path = source.path();
@@ -81,6 +84,7 @@ pub(crate) fn scan_runs_with(
     let mut expected_run = prev.map(|(run, _)| run.checked_add(1));
     let mut run_start = from;
     let mut pending: Vec<EntryRecord> = Vec::new();
+    let mut pending_count = 0u64;
     for event in scanner {
         match event {
             ScanEvent::Entry(e) => {
@@ -102,7 +106,11 @@ pub(crate) fn scan_runs_with(
                         });
                     }
                 }
-                pending.push(e.record);
+                pending_count += 1;
+                match on_entry.as_mut() {
+                    Some(visit) => visit(&e.record)?,
+                    None => pending.push(e.record),
+                }
             }
             ScanEvent::MemberEnd(m) => {
                 out.members += 1;
@@ -145,11 +153,10 @@ pub(crate) fn scan_runs_with(
                         m.start
                     ));
                 }
-                if m.entries != pending.len() as u64 {
+                if m.entries != pending_count {
                     problems.push(format!(
-                        "commit counts {} entries but {} precede it",
+                        "commit counts {} entries but {pending_count} precede it",
                         m.entries,
-                        pending.len()
                     ));
                 }
                 if problems.is_empty() {
@@ -166,6 +173,7 @@ pub(crate) fn scan_runs_with(
                             .and_then(|(_, v)| v.parse().ok()),
                         entries: std::mem::take(&mut pending),
                     })?;
+                    pending_count = 0;
                     out.committed_end = member.end;
                 } else {
                     out.damage.push(Damage {
@@ -176,6 +184,7 @@ pub(crate) fn scan_runs_with(
                         torn: false,
                     });
                     pending.clear();
+                    pending_count = 0;
                 }
                 expected_run = Some(m.run.checked_add(1));
                 run_start = member.end;
@@ -217,6 +226,65 @@ impl Archive {
     pub fn open(paths: &ArchivePaths, notices: &mut Vec<String>) -> Result<Archive> {
         let (source, index) = open_consistent(paths)?;
         Archive::load_read_only(paths, source, index, notices)
+    }
+
+    /// Opens the committed state of an archive for reading, as `open` does, but leaves the
+    /// entries in the index file when the index is current (every byte a good block, the last
+    /// commit where it says, nothing after it): a pass over them (`for_each_entry`) reads the
+    /// index again, so memory does not grow with the archive (formats/compaction.md section 4).
+    /// Anything else opens the full way, which knows what to do about it.
+    pub fn open_streamed(paths: &ArchivePaths, notices: &mut Vec<String>) -> Result<Archive> {
+        for _ in 0..3 {
+            let source = ArchiveHandle::open(&paths.archive)?;
+            let frames = sidecar::read_frames(&paths.index)?;
+            if !source.is_current() {
+                continue;
+            }
+            refuse_empty(&source)?;
+            if let Some(archive) = Archive::streamed_if_current(paths, source, frames, false)? {
+                return Ok(archive);
+            }
+            break;
+        }
+        Archive::open(paths, notices)
+    }
+
+    /// A streamed archive over `source` when `frames` (its index, read without entries) is
+    /// current; a writer's (`for_writer`) next commit appends its block after the frames.
+    pub(super) fn streamed_if_current(
+        paths: &ArchivePaths,
+        source: ArchiveHandle,
+        frames: Option<sidecar::Frames>,
+        for_writer: bool,
+    ) -> Result<Option<Archive>> {
+        let Some(frames) = frames else {
+            return Ok(None);
+        };
+        let Some(last) = frames.runs.last() else {
+            return Ok(None);
+        };
+        let file_len = source.len()?;
+        check_signature(&source, file_len)?;
+        if file_len != last.end || !marker_matches(&source, last, &frames.archive_id) {
+            return Ok(None);
+        }
+        let index_len = if for_writer { frames.len } else { 0 };
+        let mut archive = Archive::from_runs(
+            paths.clone(),
+            source,
+            Some(frames.archive_id),
+            frames.runs,
+            index_len,
+        );
+        for (run, block) in archive.runs.iter_mut().zip(&frames.blocks) {
+            run.entry_count = block.count as usize;
+        }
+        archive.streamed = Some(super::IndexStream {
+            path: paths.index.clone(),
+            file: frames.file,
+            blocks: frames.blocks,
+        });
+        Ok(Some(archive))
     }
 
     /// Reads an archive already open as `source`, with the index read beside it.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::open::{scan_runs_with, Access};
 use super::{sidecar, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterOptions};
-use crate::archive::{ArchiveId, ArchiveWriter, RunSummary, ScanEvent, Scanner};
+use crate::archive::{ArchiveId, ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
 use crate::io::{create_private, fsync_dir, remove_if_present, rename, DurableFile};
 
@@ -30,9 +30,10 @@ pub struct Rewriter {
     archive_id: ArchiveId,
     options: WriterOptions,
     writer: Option<ArchiveWriter>,
-    /// Each run written: its number and a digest of its index block (frame and every entry
-    /// with its placement), so the check compares everything while holding 28 bytes a run.
-    written: Vec<(u64, [u8; 20])>,
+    /// Each run written: its frame (no entries), a digest of its index block (frame and every
+    /// entry with its placement), its entry count and the block's body length, so the check
+    /// compares everything, and writes the copy's index, holding no run's entries.
+    written: Vec<WrittenRun>,
     /// The run being written, digested entry by entry as the writer places them.
     digest: std::sync::Arc<std::sync::Mutex<sidecar::BlockDigest>>,
     started: bool,
@@ -50,15 +51,29 @@ impl Rewriter {
     ) -> Result<Rewriter> {
         let lock = WriterLock::acquire_existing(&paths.archive, &paths.lock, options.wait)?;
         let source = ArchiveHandle::open_writable(&paths.archive)?;
-        let index = sidecar::read(&paths.index)?;
-        let archive = Archive::load(
-            paths,
-            source,
-            index,
-            Access::Write,
-            &options.faults,
-            notices,
-        )?;
+        // Entries stay in the index file when it is current (formats/compaction.md section 4);
+        // otherwise the full open repairs the tail or rebuilds the index first, and the entries
+        // are let go once the index it wrote can be streamed.
+        let frames = sidecar::read_frames(&paths.index)?;
+        let archive = match Archive::streamed_if_current(paths, source.clone(), frames, true)? {
+            Some(streamed) => streamed,
+            None => {
+                let index = sidecar::read(&paths.index)?;
+                let full = Archive::load(
+                    paths,
+                    source,
+                    index,
+                    Access::Write,
+                    &options.faults,
+                    notices,
+                )?;
+                let frames = sidecar::read_frames(&paths.index)?;
+                match Archive::streamed_if_current(paths, full.source.clone(), frames, true)? {
+                    Some(streamed) => streamed,
+                    None => full,
+                }
+            }
+        };
         let archive_id = archive.archive_id.ok_or_else(|| {
             Error::NotFound(format!("committed runs in {}", paths.archive.display()))
         })?;
@@ -114,7 +129,17 @@ impl Rewriter {
         let writer = self.writer.as_mut().expect("start was called");
         let run = writer.commit(summary)?;
         let digest = std::mem::take(&mut *self.digest.lock().expect("never poisoned"));
-        self.written.push((run.run, digest.finish(&run)));
+        let (count, body_len) = (digest.count(), digest.body_len());
+        let frame = CommittedRun {
+            entries: Vec::new(),
+            ..run
+        };
+        self.written.push(WrittenRun {
+            digest: digest.finish(&frame),
+            frame,
+            count,
+            body_len,
+        });
         Ok(())
     }
 
@@ -155,36 +180,77 @@ impl Rewriter {
     /// Scans the copy from its first byte (every member's integrity field and CRC, every tar
     /// header, every message's SHA-1 against its name, every metadata file's against its pax
     /// record) and compares each run found, entries and placements included, with what the
-    /// writer reported writing. Writes the copy's index to `index_tmp` as it goes, so memory
-    /// holds one run at a time.
+    /// writer reported writing. Writes the copy's index to `index_tmp` as it goes, entry by
+    /// entry, so memory holds no run's entries: each block's frame, count and length come from
+    /// the writer, and a run whose entries differ fails the comparison at its commit.
     fn check_copy(&self, tmp: &Path, index_tmp: &Path) -> Result<u64> {
-        let mut index_file = DurableFile::new(
+        let index_file = std::cell::RefCell::new(DurableFile::new(
             create_private(index_tmp)?,
             index_tmp,
             self.options.faults.clone(),
-        );
-        index_file.write_all_at_end(&sidecar::encode_header(&self.archive_id))?;
-        let mut k = 0;
+        ));
+        index_file
+            .borrow_mut()
+            .write_all_at_end(&sidecar::encode_header(&self.archive_id))?;
+        let mut sink = |piece: &[u8]| index_file.borrow_mut().write_all_at_end(piece);
         let written = &self.written;
+        let differs = |run: u64, at: u64| {
+            Error::corrupt(
+                tmp,
+                at,
+                format!("run {run} of the rewritten copy differs from what was written"),
+            )
+        };
+        // The run being read back: its position in `written`, digest and index block.
+        let k = std::cell::Cell::new(0usize);
+        let current: std::cell::RefCell<Option<(sidecar::BlockDigest, sidecar::BlockStream)>> =
+            Default::default();
         let copy = ArchiveHandle::open(tmp)?;
-        let outcome = scan_runs_with(&copy, 0, None, Some(self.archive_id), &mut |found| {
-            let digest = sidecar::BlockDigest::of(&found);
-            let same = written
-                .get(k)
-                .is_some_and(|(run, d)| *run == found.run && *d == digest);
-            if !same {
-                return Err(Error::corrupt(
-                    tmp,
-                    found.start,
-                    format!(
-                        "run {} of the rewritten copy differs from what was written",
-                        found.run
-                    ),
+        let mut on_entry = |e: &crate::archive::EntryRecord| {
+            let mut current = current.borrow_mut();
+            if current.is_none() {
+                let Some(w) = written.get(k.get()) else {
+                    return Err(differs(k.get() as u64 + 1, e.placement.member));
+                };
+                *current = Some((
+                    sidecar::BlockDigest::default(),
+                    sidecar::BlockStream::begin(&w.frame, w.count, w.body_len)?,
                 ));
             }
-            k += 1;
-            sidecar::encode_block_in_pieces(&found, |piece| index_file.write_all_at_end(piece))
-        })?;
+            let (digest, block) = current.as_mut().expect("just set");
+            if digest.count() >= written[k.get()].count {
+                return Err(differs(written[k.get()].frame.run, e.placement.member));
+            }
+            digest.add(e);
+            block.entry(e, &mut |piece| {
+                index_file.borrow_mut().write_all_at_end(piece)
+            })
+        };
+        let outcome = scan_runs_with(
+            &copy,
+            0,
+            None,
+            Some(self.archive_id),
+            Some(&mut on_entry),
+            &mut |found| {
+                let w = written
+                    .get(k.get())
+                    .ok_or_else(|| differs(found.run, found.start))?;
+                let (digest, block) = match current.borrow_mut().take() {
+                    Some(both) => both,
+                    None => (
+                        sidecar::BlockDigest::default(),
+                        sidecar::BlockStream::begin(&w.frame, w.count, w.body_len)?,
+                    ),
+                };
+                if found.run != w.frame.run || digest.finish(&found) != w.digest {
+                    return Err(differs(found.run, found.start));
+                }
+                k.set(k.get() + 1);
+                block.finish(&mut sink)
+            },
+        )?;
+        let k = k.get();
         if let Some(d) = outcome.damage.first() {
             return Err(Error::corrupt(
                 tmp,
@@ -204,9 +270,17 @@ impl Rewriter {
                 ),
             ));
         }
-        index_file.sync()?;
+        index_file.borrow_mut().sync()?;
         Ok(outcome.committed_end)
     }
+}
+
+/// What the rewrite's writer reported for one run of the copy.
+struct WrittenRun {
+    frame: CommittedRun,
+    digest: [u8; 20],
+    count: u64,
+    body_len: u64,
 }
 
 /// Where the copy's index is written before it is renamed into place.

@@ -94,6 +94,78 @@ pub fn encode_block_in_pieces(
     sink(&piece)
 }
 
+/// Writes one block entry by entry, in pieces of about 64 KiB, when its frame, entry count and
+/// body length are known before its entries (a rewrite's copy, whose writer reported them):
+/// memory holds one piece, whatever the run's size. What it writes is `encode_block`'s block
+/// exactly, or `finish` fails.
+pub struct BlockStream {
+    piece: Vec<u8>,
+    crc: crc32fast::Hasher,
+    /// Bytes at the front of `piece` the CRC does not cover (the length field).
+    uncovered: usize,
+    body_len: u64,
+    written: u64,
+    count: u64,
+    entries: u64,
+}
+
+const PIECE: usize = 64 << 10;
+
+impl BlockStream {
+    pub fn begin(frame: &CommittedRun, count: u64, body_len: u64) -> Result<BlockStream> {
+        let len = u32::try_from(body_len)
+            .ok()
+            .filter(|&n| n <= MAX_BLOCK)
+            .ok_or_else(|| Error::refused(format!("a run's index block would be {body_len} bytes")))?;
+        let mut piece = Vec::with_capacity(PIECE + 512);
+        piece.extend_from_slice(&len.to_le_bytes());
+        encode_frame(frame, count, &mut piece);
+        Ok(BlockStream {
+            written: FRAME_LEN as u64,
+            piece,
+            crc: crc32fast::Hasher::new(),
+            uncovered: 4,
+            body_len,
+            count,
+            entries: 0,
+        })
+    }
+
+    pub fn entry(&mut self, e: &EntryRecord, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let before = self.piece.len();
+        encode_entry(e, &mut self.piece);
+        self.written += (self.piece.len() - before) as u64;
+        self.entries += 1;
+        if self.piece.len() >= PIECE {
+            self.flush(sink)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.crc.update(&self.piece[self.uncovered..]);
+        self.uncovered = 0;
+        sink(&self.piece)?;
+        self.piece.clear();
+        Ok(())
+    }
+
+    /// Ends the block with its CRC; fails if the entries were not the count and length
+    /// promised to `begin`.
+    pub fn finish(mut self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if self.written != self.body_len || self.entries != self.count {
+            return Err(Error::refused(format!(
+                "an index block promised {} entries in {} bytes and got {} in {}",
+                self.count, self.body_len, self.entries, self.written
+            )));
+        }
+        self.crc.update(&self.piece[self.uncovered..]);
+        let crc = self.crc.clone().finalize();
+        self.piece.extend_from_slice(&crc.to_le_bytes());
+        sink(&self.piece)
+    }
+}
+
 /// A block's frame: the run's fields and its entry count.
 fn encode_frame(run: &CommittedRun, count: u64, body: &mut Vec<u8>) {
     body.extend_from_slice(&run.run.to_le_bytes());
@@ -111,6 +183,8 @@ fn encode_frame(run: &CommittedRun, count: u64, body: &mut Vec<u8>) {
 pub struct BlockDigest {
     entries: sha1::Sha1,
     count: u64,
+    /// Bytes of the entries' records.
+    entries_len: u64,
     scratch: Vec<u8>,
 }
 
@@ -119,6 +193,7 @@ impl Default for BlockDigest {
         BlockDigest {
             entries: sha1::Sha1::default(),
             count: 0,
+            entries_len: 0,
             scratch: Vec::with_capacity(256),
         }
     }
@@ -131,6 +206,17 @@ impl BlockDigest {
         encode_entry(e, &mut self.scratch);
         self.entries.update(&self.scratch);
         self.count += 1;
+        self.entries_len += self.scratch.len() as u64;
+    }
+
+    /// Entries added so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The length of the block body these entries make (frame included).
+    pub fn body_len(&self) -> u64 {
+        FRAME_LEN as u64 + self.entries_len
     }
 
     /// The digest of `run`'s frame with the entries added (`run.entries` is not looked at).
@@ -392,6 +478,74 @@ pub struct Lookup {
 /// only after its block's CRC checks out. `None` when the index is missing or not fully valid
 /// (the caller then falls back to a full open).
 pub fn find_latest(path: &Path, name: &str) -> Result<Option<Lookup>> {
+    let mut found = None;
+    let mut hit = None;
+    let frames = stream_blocks(path, &mut |frame, rec| {
+        if let Some(frame) = frame {
+            if let Some(entry) = hit.take() {
+                found = Some((frame.run, entry));
+            }
+            return true;
+        }
+        let name_len = LE::read_u16(&rec[1..3]) as usize;
+        if &rec[3..3 + name_len] == name.as_bytes() {
+            match decode_entry(&mut &rec[..]) {
+                Ok(e) => hit = Some(e),
+                Err(_) => return false,
+            }
+        }
+        true
+    })?;
+    Ok(frames.map(|f| Lookup {
+        archive_id: f.archive_id,
+        found,
+        last: f.runs.last().cloned(),
+    }))
+}
+
+/// Where one run's block lies in the index file, as a streamed read found it.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockAt {
+    /// Offset of the block's length field.
+    pub offset: u64,
+    pub body_len: u32,
+    pub count: u32,
+}
+
+/// An index read without its entries: every block's frame and where it lies. Each block was
+/// read through in full (every record checked to decode, the CRC checked), so entries can be
+/// streamed from it again later (`stream_entries`) instead of being held in memory.
+pub struct Frames {
+    pub archive_id: ArchiveId,
+    /// The runs, with no entries.
+    pub runs: Vec<CommittedRun>,
+    pub blocks: Vec<BlockAt>,
+    /// Length of the file: every byte of it is a good block.
+    pub len: u64,
+    /// The file read, to stream entries from: the same generation as the frames.
+    pub file: File,
+}
+
+/// Reads the whole index, keeping only frames. `None` unless every byte of the file is a good
+/// block of consecutive runs (missing, torn, damaged or trailing bytes: the caller opens the
+/// archive the full way, which sorts them out).
+pub fn read_frames(path: &Path) -> Result<Option<Frames>> {
+    let mut ok = true;
+    let frames = stream_blocks(path, &mut |frame, rec| {
+        if frame.is_none() {
+            ok = decode_entry(&mut &rec[..]).is_ok();
+        }
+        ok
+    })?;
+    Ok(frames.filter(|_| ok))
+}
+
+/// Streams a file's blocks: `visit` gets each entry record's bytes (`None` frame), then, once
+/// the block's CRC checks out, its frame; `false` from `visit` stops with `None`.
+fn stream_blocks(
+    path: &Path,
+    visit: &mut dyn FnMut(Option<&CommittedRun>, &[u8]) -> bool,
+) -> Result<Option<Frames>> {
     let mut file = match crate::io::open_own(path) {
         Ok(f) => f,
         Err(Error::NotFound(_) | Error::Foreign { .. }) => return Ok(None),
@@ -405,11 +559,9 @@ pub fn find_latest(path: &Path, name: &str) -> Result<Option<Lookup>> {
         return Ok(None);
     }
     let archive_id = ArchiveId(header[16..32].try_into().expect("16 bytes"));
-    let mut lookup = Lookup {
-        archive_id,
-        found: None,
-        last: None,
-    };
+    let mut runs: Vec<CommittedRun> = Vec::new();
+    let mut blocks = Vec::new();
+    let mut file_len = HEADER_LEN as u64;
     let mut chunks = Chunks {
         file,
         buf: vec![0; LOOKUP_CHUNK],
@@ -423,24 +575,94 @@ pub fn find_latest(path: &Path, name: &str) -> Result<Option<Lookup>> {
         if body_len > MAX_BLOCK {
             return Ok(None);
         }
-        match scan_block_for(&mut chunks, body_len, name.as_bytes()) {
-            Ok(Some((frame, hit))) => {
-                if let Some(prev) = &lookup.last {
+        let mut on_record = |rec: &[u8]| visit(None, rec);
+        match scan_block(&mut chunks, body_len, &mut on_record) {
+            Ok(Some((frame, count))) => {
+                if let Some(prev) = runs.last() {
                     if Some(frame.run) != prev.run.checked_add(1) || frame.start != prev.end {
                         return Ok(None);
                     }
                 }
-                if let Some(entry) = hit {
-                    lookup.found = Some((frame.run, entry));
+                if !visit(Some(&frame), &[]) {
+                    return Ok(None);
                 }
-                lookup.last = Some(frame);
+                blocks.push(BlockAt {
+                    offset: file_len,
+                    body_len,
+                    count,
+                });
+                file_len += 8 + body_len as u64;
+                runs.push(frame);
             }
             // Torn, damaged or trailing bytes: let the full open sort it out.
             Ok(None) => return Ok(None),
             Err(e) => return Err(Error::io("read", path, e)),
         }
     }
-    Ok(Some(lookup))
+    Ok(Some(Frames {
+        archive_id,
+        runs,
+        blocks,
+        len: file_len,
+        file: chunks.file,
+    }))
+}
+
+/// Streams the entries of one block `read_frames` found, in order, into `visit`, checking
+/// every record and the block's CRC again (the file may have rotted since): memory holds one
+/// entry and a window of the file, whatever the run's size. An entry handed over before a
+/// failed check is already out, so a caller acts on what it collected only after `Ok`.
+pub fn stream_entries(
+    path: &Path,
+    file: &File,
+    block: &BlockAt,
+    visit: &mut dyn FnMut(EntryRecord) -> Result<()>,
+) -> Result<()> {
+    let mut reader = file;
+    reader
+        .seek(SeekFrom::Start(block.offset))
+        .map_err(|e| Error::io("seek", path, e))?;
+    let mut chunks = Chunks {
+        file: reader,
+        buf: vec![0; LOOKUP_CHUNK],
+        start: 0,
+        end: 0,
+        block_left: 0,
+        crc: crc32fast::Hasher::new(),
+    };
+    let damaged = |detail: &str| {
+        Error::corrupt(
+            path,
+            block.offset,
+            format!("index block {detail}; `mailpack reindex` rebuilds it from the archive"),
+        )
+    };
+    match chunks.raw(4).map_err(|e| Error::io("read", path, e))? {
+        Some(len) if LE::read_u32(&len) == block.body_len => {}
+        _ => return Err(damaged("changed since it was read")),
+    }
+    let mut failure: Option<Error> = None;
+    let mut on_record = |rec: &[u8]| {
+        let outcome = decode_entry(&mut &rec[..])
+            .map_err(|e| damaged(&format!("holds a bad entry ({e})")))
+            .and_then(&mut *visit);
+        match outcome {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    };
+    let scanned = scan_block(&mut chunks, block.body_len, &mut on_record)
+        .map_err(|e| Error::io("read", path, e))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    match scanned {
+        Some((_, count)) if count == block.count => Ok(()),
+        _ => Err(damaged("fails its check (CRC, length or entry count)")),
+    }
 }
 
 const LOOKUP_CHUNK: usize = 256 << 10;
@@ -449,8 +671,8 @@ const MAX_RECORD: usize = 1 + 2 + MAX_NAME + 2 + MAX_NAME + 48 + 1 + 40;
 
 /// A window over the index file. Bytes of the current block go through the CRC as they are
 /// loaded into the window, so each chunk is checksummed once.
-struct Chunks {
-    file: File,
+struct Chunks<R: Read> {
+    file: R,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -459,7 +681,7 @@ struct Chunks {
     crc: crc32fast::Hasher,
 }
 
-impl Chunks {
+impl<R: Read> Chunks<R> {
     /// Makes at least `want` bytes of the current block available, if the block has them.
     fn fill(&mut self, want: usize) -> io::Result<bool> {
         if self.end - self.start >= want {
@@ -497,13 +719,14 @@ impl Chunks {
     }
 }
 
-/// Reads one block body of `body_len` bytes and its CRC: the frame (without entries) and the
-/// last entry named `name`. `Ok(None)` when the block is torn or damaged.
-fn scan_block_for(
-    c: &mut Chunks,
+/// Reads one block body of `body_len` bytes and its CRC, handing each entry record's bytes to
+/// `visit`: the frame (without entries) and the entry count. `Ok(None)` when the block is torn
+/// or damaged, or `visit` said stop; the records handed over are trustworthy only after `Some`.
+fn scan_block<R: Read>(
+    c: &mut Chunks<R>,
     body_len: u32,
-    name: &[u8],
-) -> io::Result<Option<(CommittedRun, Option<EntryRecord>)>> {
+    visit: &mut dyn FnMut(&[u8]) -> bool,
+) -> io::Result<Option<(CommittedRun, u32)>> {
     c.start = 0;
     c.end = 0;
     c.block_left = body_len as u64;
@@ -526,7 +749,6 @@ fn scan_block_for(
     };
     let count = f.read_u32::<LE>()?;
     c.start += FRAME_LEN;
-    let mut hit = None;
     for _ in 0..count {
         let window = MAX_RECORD.min((c.end - c.start) + c.block_left as usize);
         if !c.fill(window)? {
@@ -536,12 +758,8 @@ fn scan_block_for(
         let Some(len) = record_len(rec) else {
             return Ok(None);
         };
-        let name_len = LE::read_u16(&rec[1..3]) as usize;
-        if &rec[3..3 + name_len] == name {
-            match decode_entry(&mut &rec[..len]) {
-                Ok(e) => hit = Some(e),
-                Err(_) => return Ok(None),
-            }
+        if !visit(&rec[..len]) {
+            return Ok(None);
         }
         c.start += len;
     }
@@ -550,7 +768,7 @@ fn scan_block_for(
     }
     let crc = std::mem::replace(&mut c.crc, crc32fast::Hasher::new()).finalize();
     match c.raw(4)? {
-        Some(stored) if LE::read_u32(&stored) == crc => Ok(Some((frame, hit))),
+        Some(stored) if LE::read_u32(&stored) == crc => Ok(Some((frame, count))),
         _ => Ok(None),
     }
 }
