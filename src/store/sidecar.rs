@@ -964,6 +964,56 @@ mod tests {
         assert!(matches!(read(&path).unwrap(), IndexRead::Invalid(_)));
     }
 
+    /// Frames read without entries, then the entries streamed block by block, give what a
+    /// whole read gives; a byte that rots after the frames were read is an error naming the
+    /// index file and the block's offset, never a different entry.
+    #[test]
+    fn streamed_entries_are_the_entries_and_rot_between_reads_is_caught() {
+        let dir = tempdir();
+        let path = dir.join("u.idx");
+        let id = ArchiveId([9u8; 16]);
+        let mut big = sample_run(2, 200);
+        let one = big.entries[0].clone();
+        big.entries = (0..5000u64)
+            .map(|k| {
+                let mut e = one.clone();
+                e.placement.member = k;
+                e
+            })
+            .collect();
+        let len1 = append(&path, &id, 0, &sample_run(1, 0), &Faults::none()).unwrap();
+        append(&path, &id, len1, &big, &Faults::none()).unwrap();
+        let frames = read_frames(&path).unwrap().expect("a good index");
+        assert_eq!(frames.runs.len(), 2);
+        assert!(frames.runs.iter().all(|r| r.entries.is_empty()));
+        assert_eq!(frames.blocks[1].count, 5000);
+        let mut got = Vec::new();
+        stream_entries(&path, &frames.file, &frames.blocks[1], &mut |e| {
+            got.push(e);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, big.entries);
+
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = len1 as usize + 8 + FRAME_LEN + 300_000 % (bytes.len() - len1 as usize - 100);
+        bytes[at] ^= 0x10;
+        // Written in place: the open file sees it, as it would see rot.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+            .unwrap();
+        let err = stream_entries(&path, &frames.file, &frames.blocks[1], &mut |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(&format!("{len1}")),
+            "{err}"
+        );
+        assert!(read_frames(&path).unwrap().is_none());
+    }
+
     fn tempdir() -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!(
             "mailpack-idx-{}-{:?}",

@@ -764,3 +764,73 @@ fn gfs_retention_keeps_the_chosen_runs_restorable_byte_for_byte_and_drops_the_ot
     .unwrap();
     assert!(plain.runs.iter().filter(|d| d.kept).count() < kept.len());
 }
+
+/// Compaction reads entries from the index file a piece at a time when the index is current,
+/// and opens the full way otherwise (formats/compaction.md section 4). Both ways make the same
+/// archive, byte for byte, and the same plan: with a good index, a missing one, one that lags a
+/// run behind, a torn one and a rotten one; each leaves a current index beside the copy.
+#[test]
+fn compaction_streaming_the_index_and_reading_it_whole_make_the_same_archive() {
+    let dir = TempDir::new("compact-streamed");
+    let paths = ArchivePaths::for_user(dir.path(), "u").unwrap();
+    ten_weeks(&paths);
+    let archive_bytes = std::fs::read(&paths.archive).unwrap();
+    let good_index = std::fs::read(&paths.index).unwrap();
+    let streamed = Archive::open_streamed(&paths, &mut Vec::new()).unwrap();
+    assert!(streamed.is_streamed());
+    let whole = Archive::open(&paths, &mut Vec::new()).unwrap();
+    assert!(!whole.is_streamed());
+    let options = compact_options(NOW, Faults::none());
+    let plan_streamed = plan(&streamed, &options.plan).unwrap();
+    let plan_whole = plan(&whole, &options.plan).unwrap();
+    assert_eq!(plan_streamed.keep, plan_whole.keep);
+    assert_eq!(plan_streamed.dropped, plan_whole.dropped);
+    assert_eq!(
+        (plan_streamed.total_raw, plan_streamed.live_raw),
+        (plan_whole.total_raw, plan_whole.live_raw)
+    );
+    drop((streamed, whole));
+
+    let reference = compact(&paths, &options, &mut Vec::new()).unwrap();
+    assert!(reference.compacted && reference.entries_dropped > 0);
+    let compacted = std::fs::read(&paths.archive).unwrap();
+    let compacted_index = std::fs::read(&paths.index).unwrap();
+
+    // The index of run 1 only (a later run's block then is missing), cut inside the last block,
+    // and a flipped byte inside the first block.
+    let first_block_end = {
+        let len = u32::from_le_bytes(good_index[32..36].try_into().unwrap()) as usize;
+        32 + 8 + len
+    };
+    let mut rotten = good_index.clone();
+    rotten[60] ^= 1;
+    let broken: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("missing", None),
+        ("a run behind", Some(good_index[..first_block_end].to_vec())),
+        ("torn", Some(good_index[..good_index.len() - 5].to_vec())),
+        ("rotten", Some(rotten)),
+    ];
+    for (what, index) in broken {
+        std::fs::write(&paths.archive, &archive_bytes).unwrap();
+        match &index {
+            Some(bytes) => std::fs::write(&paths.index, bytes).unwrap(),
+            None => std::fs::remove_file(&paths.index).unwrap(),
+        }
+        assert!(
+            !Archive::open_streamed(&paths, &mut Vec::new())
+                .unwrap()
+                .is_streamed(),
+            "{what}: a stale index is not streamed"
+        );
+        let mut notices = Vec::new();
+        let outcome = compact(&paths, &options, &mut notices).unwrap();
+        assert_eq!(
+            (outcome.entries_kept, outcome.entries_dropped),
+            (reference.entries_kept, reference.entries_dropped),
+            "{what}"
+        );
+        assert!(std::fs::read(&paths.archive).unwrap() == compacted, "{what}");
+        assert!(std::fs::read(&paths.index).unwrap() == compacted_index, "{what}");
+        assert!(verify(&paths).unwrap().problems.is_empty(), "{what}");
+    }
+}
