@@ -179,9 +179,25 @@ pub fn chain(archive: &Archive, e: &EntryRecord) -> Result<Vec<EntryRecord>> {
 /// reconstructed through its chain with every check of the spec; an error names the archive
 /// and the byte offset of the member of the version that failed.
 pub fn index_bytes(archive: &Archive, e: &EntryRecord) -> Result<IndexVersion> {
-    let chain = chain(archive, e)?;
+    chain_bytes(archive, &chain(archive, e)?)
+}
+
+/// The exact bytes of the index version the last of `chain` stands for, `chain` being its full
+/// copy and the deltas after it, oldest first (as `chain` finds them), with every check of
+/// `index_bytes`.
+pub fn chain_bytes(archive: &Archive, chain: &[EntryRecord]) -> Result<IndexVersion> {
+    let Some(last) = chain.last() else {
+        return Err(Error::usage("no version of a cyrus.index to read"));
+    };
+    if chain.len() > MAX_DELTA_CHAIN + 1 {
+        return Err(Error::corrupt(
+            &archive.paths().archive,
+            last.placement.member,
+            format!("{}: more than {MAX_DELTA_CHAIN} index deltas follow its full copy", last.name),
+        ));
+    }
     let mut current: Option<(Vec<u8>, Guid)> = None;
-    for x in &chain {
+    for x in chain {
         current = Some(next_version(archive, current.take(), x)?);
     }
     let (bytes, sha1) = current.expect("a chain holds at least the version asked for");

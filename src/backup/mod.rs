@@ -9,43 +9,93 @@ pub use user::{backup_user, record_user_gone, UserOptions, UserReport};
 
 use std::collections::HashMap;
 
-use crate::archive::{EntryKind, EntryRecord};
+use crate::archive::{EntryKind, EntryRecord, FILES_DIR};
+use crate::entries::index_version_of;
+use crate::error::Result;
+use crate::guid::Guid;
 use crate::io::SourceStat;
 use crate::store::Archive;
 
-/// The latest committed version of every name in an archive.
-pub struct Recorded<'a> {
-    latest: HashMap<&'a str, &'a EntryRecord>,
+/// What a run compares the spool with: the latest committed version of every name other than a
+/// message's, the SHA-1s of the stored message files, and each mailbox index's versions since
+/// its last full copy. Read in one pass over the archive's entries (streamed from the index
+/// file when the writer opened it so), and owned: a message costs its 20 bytes here, not its
+/// entry, so memory follows the spool, not the archive's history (issue 19).
+pub struct Recorded {
+    latest: HashMap<String, EntryRecord>,
+    /// Sorted, without duplicates.
+    files: Vec<Guid>,
+    /// Per mailbox uniqueid: the stored versions of its `cyrus.index` (full copies and deltas,
+    /// files only) from the newest full copy on.
+    index_chains: HashMap<String, Vec<EntryRecord>>,
 }
 
-impl<'a> Recorded<'a> {
-    pub fn of(archive: &'a Archive) -> Recorded<'a> {
-        let mut latest = HashMap::new();
+impl Recorded {
+    pub fn of(archive: &Archive) -> Result<Recorded> {
+        let mut recorded = Recorded {
+            latest: HashMap::new(),
+            files: Vec::new(),
+            index_chains: HashMap::new(),
+        };
         for run in archive.runs() {
-            for e in archive.entries_of(run) {
-                latest.insert(e.name.as_str(), e);
-            }
+            archive.for_each_entry(run, &mut |e| {
+                if let Some(guid) = e.name.strip_prefix(FILES_DIR).and_then(|h| h.parse().ok()) {
+                    recorded.files.push(guid);
+                    return Ok(());
+                }
+                if e.kind == EntryKind::File {
+                    if let Some((uid, delta)) = index_version_of(&e.name) {
+                        let chain = recorded.index_chains.entry(uid.to_string()).or_default();
+                        if !delta {
+                            chain.clear();
+                        }
+                        chain.push(e.clone());
+                    }
+                }
+                recorded.latest.insert(e.name.clone(), e.clone());
+                Ok(())
+            })?;
         }
-        Recorded { latest }
+        recorded.files.sort_unstable();
+        recorded.files.dedup();
+        recorded.files.shrink_to_fit();
+        Ok(recorded)
     }
 
-    pub fn get(&self, name: &str) -> Option<&'a EntryRecord> {
-        self.latest.get(name).copied().filter(|e| !e.is_tombstone())
+    pub fn get(&self, name: &str) -> Option<&EntryRecord> {
+        self.latest.get(name).filter(|e| !e.is_tombstone())
     }
 
     pub fn stat(&self, name: &str) -> Option<SourceStat> {
         self.get(name).and_then(|e| e.stat.as_deref().copied())
     }
 
-    /// The newest stored version of a mailbox's `cyrus.index`: a full copy or an index delta
-    /// (formats/backup-entries.md, "Index deltas"), whichever came later.
-    pub fn index_entry(&self, uniqueid: &str) -> Option<&'a EntryRecord> {
-        let (full, delta) = crate::entries::index_names(uniqueid);
-        crate::folders::newer(self.get(&full), self.get(&delta))
+    /// Whether a message file with this SHA-1 is stored.
+    pub fn has_file(&self, guid: &Guid) -> bool {
+        self.files.binary_search(guid).is_ok()
     }
 
-    /// Names whose latest version is not a tombstone.
-    pub fn latest_names(&self) -> impl Iterator<Item = &'a str> + '_ {
+    /// The newest stored version of a mailbox's `cyrus.index`: a full copy or an index delta
+    /// (formats/backup-entries.md, "Index deltas"), whichever came later.
+    pub fn index_entry(&self, uniqueid: &str) -> Option<&EntryRecord> {
+        let (full, delta) = crate::entries::index_names(uniqueid);
+        let file = |name: &str| self.get(name).filter(|e| e.kind == EntryKind::File);
+        crate::folders::newer(file(&full), file(&delta))
+    }
+
+    /// The versions `index_entry` is made of, oldest first: its full copy, then the deltas
+    /// after it, up to it. `None` when there is no stored version.
+    pub fn index_chain(&self, uniqueid: &str) -> Option<&[EntryRecord]> {
+        let newest = self.index_entry(uniqueid)?;
+        let chain = self.index_chains.get(uniqueid)?;
+        let at = chain
+            .iter()
+            .rposition(|e| e.placement == newest.placement && e.name == newest.name)?;
+        Some(&chain[..=at])
+    }
+
+    /// Names whose latest version is not a tombstone (message files aside).
+    pub fn latest_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.latest
             .values()
             .filter(|e| !e.is_tombstone())
@@ -53,7 +103,7 @@ impl<'a> Recorded<'a> {
     }
 
     /// Live `imap/` names and the folder each points at.
-    pub fn links(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
+    pub fn links(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.latest
             .values()
             .filter(|e| {

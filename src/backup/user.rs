@@ -123,7 +123,7 @@ pub fn backup_user(
     let traffic_before = source.traffic();
     let listing = source.list_owner(owner)?;
     let (archive, writer) = store.split();
-    let recorded = Recorded::of(archive);
+    let recorded = Recorded::of(archive)?;
     let old_links: BTreeMap<&str, &str> = recorded.links().collect();
     let mut healing = Healing {
         lost: archive.repair_losses().unwrap_or_else(|e| {
@@ -200,6 +200,7 @@ pub fn backup_user(
         Pass2 {
             source: &mut *source,
             archive,
+            recorded: &recorded,
             writer,
             added: &mut added,
             options,
@@ -295,7 +296,7 @@ pub fn record_user_gone(
     let started = Instant::now();
     let start_len = store.archive().committed_len();
     let (archive, writer) = store.split();
-    let recorded = Recorded::of(archive);
+    let recorded = Recorded::of(archive)?;
     let live: Vec<String> = recorded
         .links()
         .map(|(n, _)| n.to_string())
@@ -427,6 +428,7 @@ enum Capture {
 struct Pass2<'a> {
     source: &'a mut dyn Source,
     archive: &'a Archive,
+    recorded: &'a Recorded,
     writer: &'a mut ArchiveWriter,
     /// Message files appended in this run, not yet committed.
     added: &'a mut HashSet<Guid>,
@@ -522,7 +524,7 @@ impl Pass2<'_> {
             .filter(|r| {
                 !(r.guid.is_zero()
                     || self.added.contains(&r.guid)
-                    || self.archive.has_file(&r.guid))
+                    || self.recorded.has_file(&r.guid))
                     && seen.insert(r.guid)
             })
             .collect();
@@ -642,15 +644,8 @@ impl Pass2<'_> {
         if bytes.len() < index_delta::DELTA_MIN_INDEX || self.healing.full_pass() {
             return None;
         }
-        let (full, delta) = entries::index_names(uid);
-        let newest = |name: &str| {
-            self.archive
-                .latest(name)
-                .map(|(_, e)| e)
-                .filter(|e| e.kind == crate::archive::EntryKind::File)
-        };
-        let previous = crate::folders::newer(newest(&full), newest(&delta))?;
-        let version = match crate::folders::index_bytes(self.archive, previous) {
+        let chain = self.recorded.index_chain(uid)?;
+        let version = match crate::folders::chain_bytes(self.archive, chain) {
             Ok(v) => v,
             Err(err) => {
                 self.report.problems.push(format!(

@@ -288,9 +288,10 @@ pub fn backup(
                             });
                             // A run of only its marker changes nothing a search shows but the
                             // run list; the next refresh or search catches that up, without
-                            // reading the whole find index now.
+                            // reading the whole find index now. After a rewrite the next search
+                            // walks the history again, as after `compact`.
                             let rewritten = matches!(&compaction, Some(Ok(c)) if c.compacted);
-                            if report.entries_stored > 0 || rewritten {
+                            if report.entries_stored > 0 && !rewritten {
                                 if let Ok(paths) =
                                     ArchivePaths::for_owner(&options.archive_dir, owner)
                                 {
@@ -465,7 +466,7 @@ fn one_user(
         create_archive_dir(&paths.dir())?;
     }
     let mut notices = Vec::new();
-    let mut store = StoreWriter::open(&paths, writer, &mut notices)?;
+    let mut store = StoreWriter::open_streamed(&paths, writer, &mut notices)?;
     let mut report = match (gone, source) {
         (true, _) => match record_user_gone(&mut store, user_options, owner)? {
             Some(r) => r,

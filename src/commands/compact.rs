@@ -52,13 +52,10 @@ pub fn compact_archives(command: &CompactCommand, on_archive: &mut OnArchive) ->
                 plan: command.plan.clone(),
                 writer: command.writer.clone(),
             };
-            let ran =
-                compact_counted(&paths, &options, &mut notices, &tally).map(ArchiveCompaction::Ran);
-            // Only a rewrite changes what the find index describes.
-            if matches!(&ran, Ok(ArchiveCompaction::Ran(o)) if o.compacted) {
-                notices.extend(super::find::refresh(&paths));
-            }
-            ran
+            // The find index is left behind a rewrite: the next search walks the history
+            // again, reusing every message's fields (formats/find-index.md section 1), so a
+            // compaction's memory stays that of its own work.
+            compact_counted(&paths, &options, &mut notices, &tally).map(ArchiveCompaction::Ran)
         };
         // Counted done before its result is reported.
         drop(tally);

@@ -110,7 +110,11 @@ impl Archive {
         }
         let first = self.entries.len();
         let entry_count = run.entries.len();
-        self.entries.extend(run.entries);
+        // A streamed archive keeps no entries: a run committed through it is not read back
+        // (`for_each_entry` says so).
+        if self.streamed.is_none() {
+            self.entries.extend(run.entries);
+        }
         self.runs.push(RunInfo {
             run: run.run,
             start: run.start,
@@ -153,14 +157,19 @@ impl Archive {
         let Some(stream) = &self.streamed else {
             return self.entries[run.entries.clone()].iter().try_for_each(visit);
         };
-        let k = self
+        let block = self
             .runs
             .iter()
             .position(|r| r.run == run.run)
-            .expect("a run of this archive");
-        sidecar::stream_entries(&stream.path, &stream.file, &stream.blocks[k], &mut |e| {
-            visit(&e)
-        })
+            .and_then(|k| stream.blocks.get(k))
+            .ok_or_else(|| {
+                crate::error::Error::refused(format!(
+                    "{}: run {} was committed after its entries were last read",
+                    self.paths.archive.display(),
+                    run.run
+                ))
+            })?;
+        sidecar::stream_entries(&stream.path, &stream.file, block, &mut |e| visit(&e))
     }
 
     /// Whether the entries were left in the index file.
@@ -215,10 +224,27 @@ impl Archive {
             .collect()
     }
 
-    /// Whether a message file with this SHA-1 is stored.
+    /// Whether a message file with this SHA-1 is stored. A streamed archive reads its index
+    /// once for the answer; should that read fail, the file counts as not stored, so a writer
+    /// stores it again: a second copy is harmless (compaction drops it), a missing one is not.
     pub fn has_file(&self, guid: &Guid) -> bool {
         self.files
-            .get_or_init(|| self.entries.iter().filter_map(message_guid).collect())
+            .get_or_init(|| {
+                if self.streamed.is_none() {
+                    return self.entries.iter().filter_map(message_guid).collect();
+                }
+                let mut files = std::collections::HashSet::new();
+                let read = self.runs.iter().try_for_each(|run| {
+                    self.for_each_entry(run, &mut |e| {
+                        files.extend(message_guid(e));
+                        Ok(())
+                    })
+                });
+                if read.is_err() {
+                    files.clear();
+                }
+                files
+            })
             .contains(guid)
     }
 

@@ -287,6 +287,41 @@ impl Archive {
         Ok(Some(archive))
     }
 
+    /// Opens an archive under its writer lock, as `load` does with `Access::Write` (cutting an
+    /// interrupted tail, rebuilding a stale index); with `streamed`, the entries are left in
+    /// the index file once it is current (`open_streamed`), read again by `for_each_entry`.
+    pub(super) fn load_for_writer(
+        paths: &ArchivePaths,
+        source: ArchiveHandle,
+        index_missing: bool,
+        streamed: bool,
+        faults: &Faults,
+        notices: &mut Vec<String>,
+    ) -> Result<Archive> {
+        if streamed && !index_missing {
+            let frames = sidecar::read_frames(&paths.index)?;
+            if let Some(archive) = Archive::streamed_if_current(paths, source.clone(), frames, true)?
+            {
+                return Ok(archive);
+            }
+        }
+        let index = if index_missing {
+            IndexRead::Missing
+        } else {
+            sidecar::read(&paths.index)?
+        };
+        let full = Archive::load(paths, source, index, Access::Write, faults, notices)?;
+        if !streamed || full.runs.is_empty() {
+            return Ok(full);
+        }
+        // The full open brought the index up to date: stream from it, letting the entries go.
+        let frames = sidecar::read_frames(&paths.index)?;
+        Ok(
+            Archive::streamed_if_current(paths, full.source.clone(), frames, true)?
+                .unwrap_or(full),
+        )
+    }
+
     /// Reads an archive already open as `source`, with the index read beside it.
     pub(super) fn load_read_only(
         paths: &ArchivePaths,

@@ -286,7 +286,14 @@ impl Archive {
             return Ok(None);
         };
         let name = format!("{REPAIRS_DIR}{}", last.run);
-        let Some(entry) = self.entries_of(last).iter().find(|e| e.name == name) else {
+        let mut found = None;
+        self.for_each_entry(last, &mut |e| {
+            if e.name == name {
+                found = Some(e.clone());
+            }
+            Ok(())
+        })?;
+        let Some(entry) = found.as_ref() else {
             return Ok(None);
         };
         // The list is bounded by what the repair lost, but read with a cap all the same.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::open::{scan_runs_with, Access};
+use super::open::scan_runs_with;
 use super::{sidecar, Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterOptions};
 use crate::archive::{ArchiveId, ArchiveWriter, CommittedRun, RunSummary, ScanEvent, Scanner};
 use crate::error::{Error, Result};
@@ -54,26 +54,8 @@ impl Rewriter {
         // Entries stay in the index file when it is current (formats/compaction.md section 4);
         // otherwise the full open repairs the tail or rebuilds the index first, and the entries
         // are let go once the index it wrote can be streamed.
-        let frames = sidecar::read_frames(&paths.index)?;
-        let archive = match Archive::streamed_if_current(paths, source.clone(), frames, true)? {
-            Some(streamed) => streamed,
-            None => {
-                let index = sidecar::read(&paths.index)?;
-                let full = Archive::load(
-                    paths,
-                    source,
-                    index,
-                    Access::Write,
-                    &options.faults,
-                    notices,
-                )?;
-                let frames = sidecar::read_frames(&paths.index)?;
-                match Archive::streamed_if_current(paths, full.source.clone(), frames, true)? {
-                    Some(streamed) => streamed,
-                    None => full,
-                }
-            }
-        };
+        let archive =
+            Archive::load_for_writer(paths, source, false, true, &options.faults, notices)?;
         let archive_id = archive.archive_id.ok_or_else(|| {
             Error::NotFound(format!("committed runs in {}", paths.archive.display()))
         })?;

@@ -5,8 +5,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::open::Access;
-use super::sidecar::{self, IndexRead};
+use super::sidecar;
 use super::{Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterWait};
 use crate::archive::{ArchiveId, ArchiveWriter, RunSummary};
 use crate::error::{Error, Result};
@@ -79,6 +78,27 @@ impl StoreWriter {
         options: &WriterOptions,
         notices: &mut Vec<String>,
     ) -> Result<StoreWriter> {
+        StoreWriter::open_with(paths, options, false, notices)
+    }
+
+    /// As `open`, leaving the committed entries in the index file when it is current
+    /// (`Archive::open_streamed`): what a backup, which reads them once, opens, so its memory
+    /// does not grow with the archive's history. `archive()` then answers through
+    /// `for_each_entry`, not `entries_of`, `latest` or `state_at`.
+    pub fn open_streamed(
+        paths: &ArchivePaths,
+        options: &WriterOptions,
+        notices: &mut Vec<String>,
+    ) -> Result<StoreWriter> {
+        StoreWriter::open_with(paths, options, true, notices)
+    }
+
+    fn open_with(
+        paths: &ArchivePaths,
+        options: &WriterOptions,
+        streamed: bool,
+        notices: &mut Vec<String>,
+    ) -> Result<StoreWriter> {
         let lock = WriterLock::acquire(&paths.lock, options.wait, &options.faults)?;
         let (file, created) = open_private(&paths.archive)?;
         let loaded = (|| {
@@ -95,16 +115,11 @@ impl StoreWriter {
             );
             // An index beside an archive that did not exist describes nothing here (its
             // archive was removed by hand): it is replaced by the first commit.
-            let index = if created {
-                IndexRead::Missing
-            } else {
-                sidecar::read(&paths.index)?
-            };
-            Archive::load(
+            Archive::load_for_writer(
                 paths,
                 source,
-                index,
-                Access::Write,
+                created,
+                streamed,
                 &options.faults,
                 notices,
             )
