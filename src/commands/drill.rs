@@ -97,7 +97,7 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
     let mut unreadable = Vec::new();
     for (owner, paths) in own {
         let Some(owner) = owner else { continue };
-        let archive = match Archive::open(&paths, &mut Vec::new()) {
+        let archive = match Archive::open_streamed(&paths, &mut Vec::new()).and_then(Archive::split_messages) {
             Ok(a) => a,
             Err(e) => {
                 // Nothing of it can be restored: that is the drill's first finding.
@@ -168,7 +168,7 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
         let (owner, paths) = &archives[*i];
         if open.as_ref().is_none_or(|(j, _)| j != i) {
             open = None;
-            match Archive::open(paths, &mut Vec::new()) {
+            match Archive::open_streamed(paths, &mut Vec::new()).and_then(Archive::split_messages) {
                 Ok(a) => open = Some((*i, a)),
                 Err(e) => {
                     *per_owner.entry(*i).or_default() += 1;

@@ -137,6 +137,23 @@ pub fn open_for_reading(
     }
 }
 
+/// Opens an archive for a restore: as `open_for_reading`, with the message files split out of
+/// the entries into a table by SHA-1 (`Archive::split_messages`), and the entries streamed from
+/// the index when it is current, so memory follows the archive's names, not its messages or
+/// its history (issue 19).
+pub fn open_for_restore(
+    paths: &ArchivePaths,
+    notices: &mut Vec<String>,
+) -> Result<(Archive, Vec<String>)> {
+    let opened = match Archive::open_streamed(paths, notices) {
+        Ok(archive) => Ok((archive, Vec::new())),
+        Err(Error::Corrupt { .. }) => open_for_reading(paths, notices),
+        Err(e) => Err(e),
+    };
+    let (archive, damage) = opened?;
+    Ok((archive.split_messages()?, damage))
+}
+
 pub fn ls(paths: &ArchivePaths, all: bool) -> Result<Listing> {
     let mut notices = Vec::new();
     let (archive, damage) = open_for_reading(paths, &mut notices)?;

@@ -134,7 +134,7 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport> {
     }
     // A damaged archive is read in its degraded view: what still reads is restored, and the
     // damage is reported (exit 1).
-    let (archive, damage) = crate::commands::open_for_reading(&paths, &mut Vec::new())?;
+    let (archive, damage) = crate::commands::open_for_restore(&paths, &mut Vec::new())?;
     let mut report = restore_counted(&archive, options, &progress)?;
     report.damage = damage;
     Ok(report)
@@ -165,15 +165,11 @@ fn restore_counted(
     let mut report = RestoreReport::new(options);
     if let (Some(sha1), None) = (options.sha1, options.uid) {
         if options.mailboxes.is_empty() {
-            let name = crate::archive::file_entry_name(&sha1);
-            let (run, entry) = archive
-                .latest(&name)
-                .filter(|(_, e)| e.kind == crate::archive::EntryKind::File)
-                .ok_or_else(|| {
-                    Error::NotFound(format!("message {sha1} in {}", paths.archive.display()))
-                })?;
-            report.run = Some(run);
-            let bytes = read_all(archive, entry)?;
+            let stored = archive.stored_message(&sha1).ok_or_else(|| {
+                Error::NotFound(format!("message {sha1} in {}", paths.archive.display()))
+            })?;
+            report.run = Some(stored.run);
+            let bytes = read_all(archive, &stored.entry())?;
             report.add(restore_message(options, sha1, bytes, progress)?);
             return Ok(report);
         }
@@ -312,7 +308,7 @@ fn restore_server(options: &RestoreOptions) -> Result<RestoreReport> {
         unreachable!("only a Cyrus target takes the server's annotations")
     };
     let paths = ArchivePaths::for_owner(&options.archive_dir, &Owner::Server)?;
-    let (archive, damage) = crate::commands::open_for_reading(&paths, &mut Vec::new())?;
+    let (archive, damage) = crate::commands::open_for_restore(&paths, &mut Vec::new())?;
     let run = run_at(&archive, options.at)?;
     let mut report = RestoreReport {
         user: Owner::Server.name().to_string(),
@@ -590,7 +586,7 @@ pub struct AsOf {
 /// a damaged archive, every mailbox that still reads is listed and the rest are named in
 /// `damage`.
 pub fn as_of(paths: &ArchivePaths, at: Option<i64>, notices: &mut Vec<String>) -> Result<AsOf> {
-    let (archive, damage) = crate::commands::open_for_reading(paths, notices)?;
+    let (archive, damage) = crate::commands::open_for_restore(paths, notices)?;
     as_of_archive(&archive, damage, at)
 }
 

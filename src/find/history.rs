@@ -473,10 +473,10 @@ impl<'a> Walker<'a> {
             self.files.read(guid).map(|bytes| fields_of(&bytes))
         } else {
             let mut head = Vec::with_capacity(HEADER_READ_MAX);
-            self.archive.read_entry(e).and_then(|r| {
+            self.archive.read_entry(&e).and_then(|r| {
                 r.take(HEADER_READ_MAX as u64)
                     .read_to_end(&mut head)
-                    .map_err(|err| crate::restore::unwrap_io(err, path, e))
+                    .map_err(|err| crate::restore::unwrap_io(err, path, &e))
                     .map(|_| fields_of(&head))
             })
         };

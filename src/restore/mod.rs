@@ -418,6 +418,8 @@ pub fn folder_records(
 /// restore of many decodes each member once instead of once per message in it.
 pub struct Messages<'a> {
     archive: &'a Archive,
+    /// Empty when the archive's messages were split out (`Archive::split_messages`): it looks
+    /// them up itself, in a fraction of the memory.
     by_guid: std::collections::HashMap<Guid, &'a EntryRecord>,
     member: std::cell::RefCell<Option<(u64, Vec<u8>)>>,
 }
@@ -425,7 +427,12 @@ pub struct Messages<'a> {
 impl<'a> Messages<'a> {
     pub fn new(archive: &'a Archive) -> Messages<'a> {
         let mut by_guid = std::collections::HashMap::new();
-        for run in archive.runs() {
+        let runs = if archive.messages_split() {
+            &[][..]
+        } else {
+            archive.runs()
+        };
+        for run in runs {
             for e in archive.entries_of(run) {
                 if e.kind != EntryKind::File {
                     continue;
@@ -447,7 +454,7 @@ impl<'a> Messages<'a> {
     }
 
     pub fn has(&self, guid: &Guid) -> bool {
-        self.by_guid.contains_key(guid)
+        self.entry(guid).is_some()
     }
 
     /// The message's bytes, SHA-1 checked: a mismatch, or a member that fails its own checks,
@@ -457,11 +464,17 @@ impl<'a> Messages<'a> {
     }
 
     /// The entry a message is stored as.
-    pub fn entry(&self, guid: &Guid) -> Option<&'a EntryRecord> {
-        self.by_guid.get(guid).copied()
+    pub fn entry(&self, guid: &Guid) -> Option<std::borrow::Cow<'a, EntryRecord>> {
+        if self.archive.messages_split() {
+            return self
+                .archive
+                .stored_message(guid)
+                .map(|m| std::borrow::Cow::Owned(m.entry()));
+        }
+        self.by_guid.get(guid).map(|e| std::borrow::Cow::Borrowed(*e))
     }
 
-    fn read_entry(&self, guid: &Guid) -> Result<(&'a EntryRecord, Vec<u8>)> {
+    fn read_entry(&self, guid: &Guid) -> Result<(std::borrow::Cow<'a, EntryRecord>, Vec<u8>)> {
         let e = self
             .entry(guid)
             .ok_or_else(|| Error::NotFound(format!("message {guid} in the archive")))?;
@@ -474,7 +487,8 @@ impl<'a> Messages<'a> {
             .filter(|&(_, end)| end <= crate::archive::MEMBER_TARGET);
         let Some((start, end)) = span else {
             // Longer than a member: streamed across its members.
-            return Ok((e, read_all(self.archive, e)?));
+            let bytes = read_all(self.archive, &e)?;
+            return Ok((e, bytes));
         };
         let path = &self.archive.paths().archive;
         let mut cached = self.member.borrow_mut();
@@ -508,7 +522,7 @@ impl<'a> Messages<'a> {
     /// the archive holds no such message at all.
     pub fn lost(&self, guid: &Guid, err: &Error) -> Option<LostEntry> {
         let e = self.entry(guid)?;
-        Some(LostEntry::of(&self.archive.paths().archive, e, err))
+        Some(LostEntry::of(&self.archive.paths().archive, &e, err))
     }
 }
 

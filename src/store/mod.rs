@@ -66,6 +66,34 @@ pub struct Archive {
     /// Set when the entries were left in the index file (`open_streamed`): each pass over a
     /// run's entries reads its block again, so memory does not grow with the archive.
     streamed: Option<IndexStream>,
+    /// Set by `split_messages`: the message files, out of `entries`, by SHA-1.
+    messages: Option<Vec<StoredMessage>>,
+}
+
+/// A stored message file as a restore looks it up by SHA-1: 48 bytes where its entry would take
+/// about 200 (issue 19, flat memory).
+#[derive(Clone, Copy, Debug)]
+pub struct StoredMessage {
+    pub guid: Guid,
+    /// The run that stored it.
+    pub run: u64,
+    pub placement: crate::archive::Placement,
+    pub size: u64,
+}
+
+impl StoredMessage {
+    /// The entry this message is stored as (message files carry no stat).
+    pub fn entry(&self) -> EntryRecord {
+        EntryRecord {
+            name: crate::archive::file_entry_name(&self.guid),
+            kind: crate::archive::EntryKind::File,
+            target: String::new(),
+            placement: self.placement,
+            size: self.size,
+            sha1: self.guid,
+            stat: None,
+        }
+    }
 }
 
 /// The index file a streamed archive's entries are read from, and where each run's block is.
@@ -92,6 +120,7 @@ impl Archive {
             index_len,
             files: std::cell::OnceCell::new(),
             streamed: None,
+            messages: None,
         };
         // Exactly as many slots as entries: growing by doubling would hold up to twice the
         // index, and one and a half times it while moving (issue 19, flat memory).
@@ -177,6 +206,98 @@ impl Archive {
         self.streamed.is_some()
     }
 
+    /// This archive with its message files taken out of the entries into a table by SHA-1 (the
+    /// first copy of each, in archive order), the other entries kept: what a restore reads,
+    /// which looks messages up by SHA-1 and walks only the other names. `entries_of`,
+    /// `latest` and `state_at` then see no `files/` entries; `stored_message` and `has_file`
+    /// answer for them. A streamed archive's entries are read here, each once.
+    pub fn split_messages(mut self) -> crate::error::Result<Archive> {
+        if self.messages.is_some() {
+            return Ok(self);
+        }
+        let mut kept: Vec<EntryRecord> = Vec::new();
+        let mut messages: Vec<(StoredMessage, usize)> = Vec::new();
+        let mut ranges = Vec::with_capacity(self.runs.len());
+        let mut order = 0usize;
+        let mut route = |run: u64, e: EntryRecord, kept: &mut Vec<EntryRecord>| match message_guid(&e)
+        {
+            Some(guid) => {
+                messages.push((
+                    StoredMessage {
+                        guid,
+                        run,
+                        placement: e.placement,
+                        size: e.size,
+                    },
+                    order,
+                ));
+                order += 1;
+            }
+            None => kept.push(e),
+        };
+        if self.streamed.is_some() {
+            for run in &self.runs {
+                let first = kept.len();
+                self.for_each_entry(run, &mut |e| {
+                    route(run.run, e.clone(), &mut kept);
+                    Ok(())
+                })?;
+                ranges.push(first..kept.len());
+            }
+        } else {
+            let mut entries = std::mem::take(&mut self.entries).into_iter();
+            for run in &self.runs {
+                let first = kept.len();
+                for e in entries.by_ref().take(run.entries.len()) {
+                    route(run.run, e, &mut kept);
+                }
+                ranges.push(first..kept.len());
+            }
+        }
+        // The first copy of each: sorted by SHA-1, then archive order.
+        messages.sort_unstable_by(|a, b| (a.0.guid, a.1).cmp(&(b.0.guid, b.1)));
+        messages.dedup_by(|b, a| a.0.guid == b.0.guid);
+        let mut table: Vec<StoredMessage> = Vec::with_capacity(messages.len());
+        table.extend(messages.into_iter().map(|(m, _)| m));
+        kept.shrink_to_fit();
+        for (run, range) in self.runs.iter_mut().zip(ranges) {
+            run.entries = range;
+        }
+        self.entries = kept;
+        self.streamed = None;
+        self.files = std::cell::OnceCell::new();
+        self.messages = Some(table);
+        Ok(self)
+    }
+
+    /// The stored message file with this SHA-1 (its first copy), when the messages were split
+    /// out (`split_messages`) or, otherwise, found among the entries.
+    pub fn stored_message(&self, guid: &Guid) -> Option<StoredMessage> {
+        if let Some(table) = &self.messages {
+            return table
+                .binary_search_by(|m| m.guid.cmp(guid))
+                .ok()
+                .map(|k| table[k]);
+        }
+        let name = crate::archive::file_entry_name(guid);
+        self.runs.iter().find_map(|run| {
+            self.entries_of(run)
+                .iter()
+                .find(|e| e.name == name && e.kind == crate::archive::EntryKind::File)
+                .map(|e| StoredMessage {
+                    guid: *guid,
+                    run: run.run,
+                    placement: e.placement,
+                    size: e.size,
+                })
+        })
+    }
+
+    /// Whether the message files were split out of the entries.
+    pub fn messages_split(&self) -> bool {
+        self.messages.is_some()
+    }
+
     /// Bytes of the archive that belong to committed runs.
     pub fn committed_len(&self) -> u64 {
         self.runs.last().map_or(0, |r| r.end)
@@ -228,6 +349,9 @@ impl Archive {
     /// once for the answer; should that read fail, the file counts as not stored, so a writer
     /// stores it again: a second copy is harmless (compaction drops it), a missing one is not.
     pub fn has_file(&self, guid: &Guid) -> bool {
+        if self.messages.is_some() {
+            return self.stored_message(guid).is_some();
+        }
         self.files
             .get_or_init(|| {
                 if self.streamed.is_none() {
