@@ -193,7 +193,10 @@ pub fn chain_bytes(archive: &Archive, chain: &[EntryRecord]) -> Result<IndexVers
         return Err(Error::corrupt(
             &archive.paths().archive,
             last.placement.member,
-            format!("{}: more than {MAX_DELTA_CHAIN} index deltas follow its full copy", last.name),
+            format!(
+                "{}: more than {MAX_DELTA_CHAIN} index deltas follow its full copy",
+                last.name
+            ),
         ));
     }
     let mut current: Option<(Vec<u8>, Guid)> = None;
@@ -208,21 +211,23 @@ pub fn chain_bytes(archive: &Archive, chain: &[EntryRecord]) -> Result<IndexVers
     })
 }
 
-/// Hands `visit` every record of the index version `chain` makes (a full copy, then the deltas
-/// after it up to the version wanted, as `chain` gives them), decoded and checked one at a
-/// time as the version streams out of the archive: the version is never held, only its deltas'
-/// payloads (issue 19, flat memory). Every check of `index_bytes` is made on the way (the full
-/// copy's and each payload's length and SHA-1, the result's); on an error, what `visit` was
-/// given is not to be trusted.
-pub fn for_each_record(
+/// Hands `sink` the bytes of the index version `chain` makes (a full copy, then the deltas
+/// after it up to the version wanted, oldest first), in order and in pieces, as the version
+/// streams out of the archive: the version is never held, only its deltas' payloads (issue 19,
+/// flat memory). Every check of `index_bytes` is made on the way (the full copy's and each
+/// payload's length and SHA-1, the result's); on an error, what `sink` was given is not to be
+/// trusted. Returns the version's length and SHA-1. An error from `sink` stops the stream and
+/// is returned as it is.
+pub fn stream_version(
     archive: &Archive,
     chain: &[&EntryRecord],
-    visit: &mut dyn FnMut(crate::spool::index::IndexRecord) -> Result<()>,
-) -> Result<()> {
-    use crate::spool::index::{parse_head, MAX_STREAMED_START, MAX_STREAMED_STRIDE};
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<(u64, Guid)> {
     let path = &archive.paths().archive;
     let (full, deltas) = match chain.split_first() {
-        Some((full, deltas)) if !is_index_delta(full) && deltas.iter().all(|e| is_index_delta(e)) => {
+        Some((full, deltas))
+            if !is_index_delta(full) && deltas.iter().all(|e| is_index_delta(e)) =>
+        {
             (*full, deltas)
         }
         _ => {
@@ -246,12 +251,63 @@ pub fn for_each_record(
         .iter()
         .map(|e| read_checked(archive, e))
         .collect::<Result<Vec<_>>>()?;
-    let mut len = full.size;
+    let (mut len, mut sha1) = (full.size, full.sha1);
     if let Some(p) = payloads.last() {
-        len = index_delta::read_head(p)
-            .map_err(|d| corrupt(format!("{}: {d}", last.name)))?
-            .result_size;
+        let head = index_delta::read_head(p).map_err(|d| corrupt(format!("{}: {d}", last.name)))?;
+        (len, sha1) = (head.result_size, head.result_sha1);
     }
+    let mut failure: Option<Error> = None;
+    let mut reader = archive.read_entry(full)?.take(full.size);
+    let streamed = index_delta::stream_chain(
+        &mut reader,
+        full.size,
+        &full.sha1,
+        &payloads,
+        &mut |piece| {
+            sink(piece).map_err(|e| {
+                let text = e.to_string();
+                failure = Some(e);
+                text
+            })
+        },
+    );
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    streamed.map_err(|d| {
+        corrupt(format!(
+            "{} (through {} deltas from the full copy at byte {}): {d}",
+            last.name,
+            payloads.len(),
+            full.placement.member
+        ))
+    })?;
+    Ok((len, sha1))
+}
+
+/// Hands `visit` every record of the index version `chain` makes (as `stream_version` streams
+/// it), decoded and checked one at a time, every record's CRC included.
+pub fn for_each_record(
+    archive: &Archive,
+    chain: &[&EntryRecord],
+    visit: &mut dyn FnMut(crate::spool::index::IndexRecord) -> Result<()>,
+) -> Result<()> {
+    use crate::spool::index::{parse_head, MAX_STREAMED_START, MAX_STREAMED_STRIDE};
+    let Some(last) = chain.last() else {
+        return Err(Error::usage("no version of a cyrus.index to read"));
+    };
+    let path = &archive.paths().archive;
+    let corrupt = |detail: String| Error::corrupt(path, last.placement.member, detail);
+    // The version's length, which the header's checks need before the bytes are all there.
+    let len = match chain {
+        [only] => only.size,
+        _ => {
+            let payload = read_checked(archive, last)?;
+            index_delta::read_head(&payload)
+                .map_err(|d| corrupt(format!("{}: {d}", last.name)))?
+                .result_size
+        }
+    };
     // The header is gathered (at most MAX_STREAMED_START bytes), then one record slot at a
     // time; both are capped, as the numbers that size them come from the file.
     let head_want = len.min(MAX_STREAMED_START) as usize;
@@ -259,11 +315,8 @@ pub fn for_each_record(
     let mut shape = None;
     let mut slot: Vec<u8> = Vec::new();
     let mut next_record = 0u64;
-    let mut offset = 0u64;
-    let mut failure: Option<Error> = None;
     let bad = |err: crate::spool::ParseError| corrupt(format!("{}: {err}", last.name));
     let mut take = |mut piece: &[u8]| -> Result<()> {
-        offset += piece.len() as u64;
         if shape.is_none() {
             let n = (head_want - head.len()).min(piece.len());
             head.extend_from_slice(&piece[..n]);
@@ -293,7 +346,10 @@ pub fn for_each_record(
             slot.extend_from_slice(&piece[..n]);
             piece = &piece[n..];
             while slot.len() >= s.stride as usize && next_record < s.count {
-                visit(s.decode(next_record, &slot[..s.stride as usize]).map_err(bad)?)?;
+                visit(
+                    s.decode(next_record, &slot[..s.stride as usize])
+                        .map_err(bad)?,
+                )?;
                 next_record += 1;
                 slot.drain(..s.stride as usize);
             }
@@ -302,26 +358,8 @@ pub fn for_each_record(
             }
         }
     };
-    let mut reader = archive.read_entry(full)?.take(full.size);
-    let streamed = index_delta::stream_chain(&mut reader, full.size, &full.sha1, &payloads, &mut |piece| {
-        take(piece).map_err(|e| {
-            let text = e.to_string();
-            failure = Some(e);
-            text
-        })
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    streamed.map_err(|d| {
-        corrupt(format!(
-            "{} (through {} deltas from the full copy at byte {}): {d}",
-            last.name,
-            payloads.len(),
-            full.placement.member
-        ))
-    })?;
-    if offset != len || shape.as_ref().is_none_or(|s| next_record != s.count) {
+    let (made, _) = stream_version(archive, chain, &mut take)?;
+    if made != len || shape.as_ref().is_none_or(|s| next_record != s.count) {
         return Err(corrupt(format!(
             "{}: the index version does not read back as {len} bytes of whole records",
             last.name

@@ -424,6 +424,15 @@ enum Capture {
     Missing(Vec<(u32, String)>),
 }
 
+/// A record of a mailbox's index whose message file a run must fetch: what of it the fetch needs.
+struct WantedMessage {
+    uid: u32,
+    guid: Guid,
+    archived: bool,
+    expunged: bool,
+    internaldate_ns: i64,
+}
+
 /// What pass 2 of one user's run works with.
 struct Pass2<'a> {
     source: &'a mut dyn Source,
@@ -500,8 +509,36 @@ impl Pass2<'_> {
             + opened.index.len()
             + opened.annotations.as_ref().map_or(0, Vec::len))
             as u64;
-        let index = match crate::spool::index::parse(&opened.index) {
-            Ok(index) => index,
+        // Message files first: a stored index must never reference a message the archive
+        // lacks. The source holds the shared name lock meanwhile, so Cyrus unlinks none.
+        // Records are decoded one at a time and only those whose message must be fetched are
+        // kept, in a few bytes each: a parsed million-record index would cost more than its
+        // bytes (issue 19, flat memory).
+        let mut bad = false;
+        let mut missing = Vec::new();
+        let mut seen = HashSet::new();
+        let walked = crate::spool::index::parse_records(&opened.index).and_then(|(_, records)| {
+            let mut wanted = Vec::new();
+            for r in records {
+                let r = r?;
+                let have = r.is_unlinked()
+                    || r.guid.is_zero()
+                    || self.added.contains(&r.guid)
+                    || self.recorded.has_file(&r.guid);
+                if !have && seen.insert(r.guid) {
+                    wanted.push(WantedMessage {
+                        uid: r.uid,
+                        guid: r.guid,
+                        archived: r.is_archived(),
+                        expunged: r.is_expunged(),
+                        internaldate_ns: r.internaldate_ns,
+                    });
+                }
+            }
+            Ok(wanted)
+        });
+        let wanted = match walked {
+            Ok(wanted) => wanted,
             Err(err) => {
                 self.source.close_mailbox()?;
                 self.report.skipped += 1;
@@ -511,32 +548,16 @@ impl Pass2<'_> {
                 return Ok(Capture::Done);
             }
         };
-
-        // Message files first: a stored index must never reference a message the archive
-        // lacks. The source holds the shared name lock meanwhile, so Cyrus unlinks none.
-        let mut bad = false;
-        let mut missing = Vec::new();
-        let mut seen = HashSet::new();
-        let wanted: Vec<&crate::spool::index::IndexRecord> = index
-            .records
-            .iter()
-            .filter(|r| !r.is_unlinked())
-            .filter(|r| {
-                !(r.guid.is_zero()
-                    || self.added.contains(&r.guid)
-                    || self.recorded.has_file(&r.guid))
-                    && seen.insert(r.guid)
-            })
-            .collect();
+        drop(seen);
         // Asked for all at once, so a remote agent streams them without a round trip each.
         self.source.prefetch(
             &wanted
                 .iter()
-                .map(|r| (r.uid, r.guid, r.is_archived()))
+                .map(|r| (r.uid, r.guid, r.archived))
                 .collect::<Vec<_>>(),
         )?;
         for r in wanted {
-            let fetched = match self.source.fetch_message(r.uid, &r.guid, r.is_archived()) {
+            let fetched = match self.source.fetch_message(r.uid, &r.guid, r.archived) {
                 Ok(f) => f,
                 Err(err) if is_local_problem(&err) => {
                     self.report
@@ -548,10 +569,10 @@ impl Pass2<'_> {
                 Err(err) => return Err(err),
             };
             let Some(mut file) = fetched else {
-                if !r.is_expunged() {
+                if !r.expunged {
                     // The other files are still stored this time; a read again only asks for
                     // what is still missing.
-                    missing.push((r.uid, r.is_archived()));
+                    missing.push((r.uid, r.archived));
                 } // else cleaned up between the index read and now: nothing to keep
                 continue;
             };
@@ -644,21 +665,34 @@ impl Pass2<'_> {
         if bytes.len() < index_delta::DELTA_MIN_INDEX || self.healing.full_pass() {
             return None;
         }
-        let chain = self.recorded.index_chain(uid)?;
-        let version = match crate::folders::chain_bytes(self.archive, chain) {
-            Ok(v) => v,
+        let chain: Vec<&crate::archive::EntryRecord> =
+            self.recorded.index_chain(uid)?.iter().collect();
+        if chain.len() > index_delta::DELTA_CHAIN_FULL_EVERY {
+            return None;
+        }
+        // The stored version streams past the new bytes block by block, so it is never held
+        // (issue 19, flat memory); a delta ruled out half way stops the read.
+        let mut encoder = index_delta::Encoder::new(bytes)?;
+        let mut ruled_out = false;
+        let streamed = crate::folders::stream_version(self.archive, &chain, &mut |piece| {
+            if encoder.base_piece(piece) {
+                Ok(())
+            } else {
+                ruled_out = true;
+                Err(Error::refused("no delta"))
+            }
+        });
+        match streamed {
+            Ok((len, sha1)) => encoder.finish(len, &sha1),
+            Err(_) if ruled_out => None,
             Err(err) => {
                 self.report.problems.push(format!(
                     "{}: the stored cyrus.index does not read back ({err}); stored a full copy",
                     m.name
                 ));
-                return None;
+                None
             }
-        };
-        if version.deltas >= index_delta::DELTA_CHAIN_FULL_EVERY {
-            return None;
         }
-        index_delta::encode(&version.bytes, &version.sha1, bytes)
     }
 }
 

@@ -97,7 +97,9 @@ pub fn drill(options: &DrillOptions) -> Result<DrillReport> {
     let mut unreadable = Vec::new();
     for (owner, paths) in own {
         let Some(owner) = owner else { continue };
-        let archive = match Archive::open_streamed(&paths, &mut Vec::new()).and_then(Archive::split_messages) {
+        let archive = match Archive::open_streamed(&paths, &mut Vec::new())
+            .and_then(Archive::split_messages)
+        {
             Ok(a) => a,
             Err(e) => {
                 // Nothing of it can be restored: that is the drill's first finding.

@@ -162,13 +162,17 @@ impl GroupCopy<'_> {
             return Ok(());
         };
         let member = first.placement.member;
-        let is_message = |e: &crate::archive::EntryRecord| e.name.starts_with(crate::archive::FILES_DIR);
+        let is_message =
+            |e: &crate::archive::EntryRecord| e.name.starts_with(crate::archive::FILES_DIR);
         if group_keep.iter().all(|&k| k) {
             let messages = group.iter().filter(|e| is_message(e)).count() as u64;
             let mut source = self.handle.reader_at(member);
             let entries = std::mem::take(group);
-            self.writer
-                .append_members_verbatim(&mut source, end.saturating_sub(member), entries)?;
+            self.writer.append_members_verbatim(
+                &mut source,
+                end.saturating_sub(member),
+                entries,
+            )?;
             self.stretches_copied += 1;
             self.progress.add_messages(messages);
         } else if group_keep.iter().any(|&k| k) {

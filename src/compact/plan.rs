@@ -404,45 +404,45 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
                         ))
                     }
                 },
-                Some(hex) => {
-                    let first_copy = match hex.parse::<Guid>() {
-                        Ok(g) => match (referenced.first_sight(&g), referenced_by_deleted.first_sight(&g)) {
-                            (Some(first), _) => {
-                                if first {
-                                    true
-                                } else {
-                                    add(&mut dropped.duplicate_copies, e);
-                                    false
-                                }
-                            }
-                            (None, Some(first)) => {
-                                if first {
-                                    add(&mut dropped.deleted_mailboxes, e);
-                                } else {
-                                    add(&mut dropped.duplicate_copies, e);
-                                }
+                Some(hex) => match hex.parse::<Guid>() {
+                    Ok(g) => match (
+                        referenced.first_sight(&g),
+                        referenced_by_deleted.first_sight(&g),
+                    ) {
+                        (Some(first), _) => {
+                            if first {
+                                true
+                            } else {
+                                add(&mut dropped.duplicate_copies, e);
                                 false
                             }
-                            (None, None) => {
-                                if other_seen.insert(g) {
-                                    add(&mut dropped.expunged_beyond_retention, e);
-                                } else {
-                                    add(&mut dropped.duplicate_copies, e);
-                                }
-                                false
+                        }
+                        (None, Some(first)) => {
+                            if first {
+                                add(&mut dropped.deleted_mailboxes, e);
+                            } else {
+                                add(&mut dropped.duplicate_copies, e);
                             }
-                        },
-                        Err(_) => {
-                            if odd_names_seen.insert(e.name.clone()) {
+                            false
+                        }
+                        (None, None) => {
+                            if other_seen.insert(g) {
                                 add(&mut dropped.expunged_beyond_retention, e);
                             } else {
                                 add(&mut dropped.duplicate_copies, e);
                             }
                             false
                         }
-                    };
-                    first_copy
-                }
+                    },
+                    Err(_) => {
+                        if odd_names_seen.insert(e.name.clone()) {
+                            add(&mut dropped.expunged_beyond_retention, e);
+                        } else {
+                            add(&mut dropped.duplicate_copies, e);
+                        }
+                        false
+                    }
+                },
             };
             if kept {
                 live_raw += raw_size(e);

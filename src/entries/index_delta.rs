@@ -85,57 +85,152 @@ pub fn geometry(index: &[u8]) -> Option<(u32, u32)> {
 /// the same `start_offset` and `record_size` in both (at least 24, and 1 to `MAX_BLOCK`), and
 /// a payload less than half of `result`. `None`: store a full copy.
 pub fn encode(base: &[u8], base_sha1: &Guid, result: &[u8]) -> Option<Vec<u8>> {
-    if result.len() < DELTA_MIN_INDEX || result.len() as u64 > MAX_INDEX_SIZE {
-        return None;
-    }
-    let (head, block) = geometry(result)?;
-    if geometry(base)? != (head, block)
-        || !(24..=MAX_BLOCK).contains(&head)
-        || !(1..=MAX_BLOCK).contains(&block)
-    {
-        return None;
-    }
-    let limit = result.len() / 2;
-    let blocks = Blocks {
-        head: head as u64,
-        block: block as u64,
-        len: result.len() as u64,
-    };
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut data_len = 0usize;
-    for i in 0..blocks.count() {
-        let (s, e) = (blocks.start(i) as usize, blocks.start(i + 1) as usize);
-        if base.get(s..e) == Some(&result[s..e]) {
-            continue;
-        }
-        match runs.last_mut() {
-            Some((first, count)) if *first + *count == i => *count += 1,
-            _ => runs.push((i, 1)),
-        }
-        data_len += e - s;
-        if FIXED + 8 * runs.len() + data_len >= limit {
+    let mut encoder = Encoder::new(result)?;
+    encoder.base_piece(base).then_some(())?;
+    encoder.finish(base.len() as u64, base_sha1)
+}
+
+/// `encode` with the base given a piece at a time, in order (as `stream_chain` makes it), so
+/// the base version is never held: each piece is compared with the result at the same offset,
+/// block by block, and only which blocks changed is kept.
+pub struct Encoder<'r> {
+    result: &'r [u8],
+    blocks: Blocks,
+    /// Bytes of the base seen so far.
+    seen: u64,
+    /// One bit per block of the result: changed.
+    changed: Vec<u64>,
+    /// Bytes of the changed blocks so far, and the size under which a payload must stay.
+    data_len: u64,
+    limit: u64,
+    /// The base's geometry was checked (its first 20 bytes seen).
+    head: Vec<u8>,
+}
+
+impl<'r> Encoder<'r> {
+    /// `None` when the rules of the spec say a full copy whatever the base (size, geometry).
+    pub fn new(result: &'r [u8]) -> Option<Encoder<'r>> {
+        if result.len() < DELTA_MIN_INDEX || result.len() as u64 > MAX_INDEX_SIZE {
             return None;
         }
+        let (head, block) = geometry(result)?;
+        if !(24..=MAX_BLOCK).contains(&head) || !(1..=MAX_BLOCK).contains(&block) {
+            return None;
+        }
+        let blocks = Blocks {
+            head: head as u64,
+            block: block as u64,
+            len: result.len() as u64,
+        };
+        Some(Encoder {
+            result,
+            blocks,
+            seen: 0,
+            changed: vec![0; blocks.count().div_ceil(64) as usize],
+            data_len: 0,
+            limit: result.len() as u64 / 2,
+            head: Vec::with_capacity(20),
+        })
     }
-    let mut out = Vec::with_capacity(FIXED + 8 * runs.len() + data_len);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&NOT_A_MINOR_VERSION);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(base.len() as u64).to_le_bytes());
-    out.extend_from_slice(&base_sha1.0);
-    out.extend_from_slice(&(result.len() as u64).to_le_bytes());
-    out.extend_from_slice(&Guid::of(result).0);
-    out.extend_from_slice(&head.to_le_bytes());
-    out.extend_from_slice(&block.to_le_bytes());
-    out.extend_from_slice(&(runs.len() as u32).to_le_bytes());
-    for (first, count) in runs {
-        // Both below 2^31: the block count of a file of at most 1 GiB.
-        out.extend_from_slice(&(first as u32).to_le_bytes());
-        out.extend_from_slice(&(count as u32).to_le_bytes());
-        let (s, e) = (blocks.start(first), blocks.start(first + count));
-        out.extend_from_slice(&result[s as usize..e as usize]);
+
+    /// The block holding byte `at` of the result.
+    fn block_of(&self, at: u64) -> u64 {
+        if at < self.blocks.head {
+            0
+        } else {
+            1 + (at - self.blocks.head) / self.blocks.block
+        }
     }
-    (out.len() < limit).then_some(out)
+
+    fn mark(&mut self, i: u64) {
+        let (word, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+        if self.changed[word] & bit == 0 {
+            self.changed[word] |= bit;
+            self.data_len += self.blocks.start(i + 1) - self.blocks.start(i);
+        }
+    }
+
+    fn is_changed(&self, i: u64) -> bool {
+        self.changed[(i / 64) as usize] & (1u64 << (i % 64)) != 0
+    }
+
+    /// The next piece of the base. `false`: a delta is ruled out already (another geometry, or
+    /// too many changed bytes); the rest of the base need not be read.
+    pub fn base_piece(&mut self, mut piece: &[u8]) -> bool {
+        if self.head.len() < 20 {
+            let n = (20 - self.head.len()).min(piece.len());
+            self.head.extend_from_slice(&piece[..n]);
+            if self.head.len() == 20 && geometry(&self.head) != geometry(self.result) {
+                return false;
+            }
+        }
+        let len = self.result.len() as u64;
+        while !piece.is_empty() && self.seen < len {
+            let i = self.block_of(self.seen);
+            let end = self.blocks.start(i + 1);
+            let n = ((end - self.seen) as usize).min(piece.len());
+            let at = self.seen as usize;
+            if !self.is_changed(i) && piece[..n] != self.result[at..at + n] {
+                self.mark(i);
+            }
+            self.seen += n as u64;
+            piece = &piece[n..];
+        }
+        // Bytes of the base past the result's end change nothing of it.
+        self.seen += piece.len() as u64;
+        FIXED as u64 + self.data_len < self.limit
+    }
+
+    /// The payload, once the whole base (`base_len` bytes, SHA-1 `base_sha1`) was given; `None`
+    /// when the rules say a full copy.
+    pub fn finish(mut self, base_len: u64, base_sha1: &Guid) -> Option<Vec<u8>> {
+        if self.seen != base_len || self.head.len() < 20.min(base_len as usize) {
+            return None;
+        }
+        if geometry(&self.head) != geometry(self.result) {
+            return None;
+        }
+        // Blocks the base does not reach in full are changed.
+        if base_len < self.result.len() as u64 {
+            for i in self.block_of(base_len)..self.blocks.count() {
+                self.mark(i);
+            }
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for i in 0..self.blocks.count() {
+            if !self.is_changed(i) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((first, count)) if *first + *count == i => *count += 1,
+                _ => runs.push((i, 1)),
+            }
+            if (FIXED + 8 * runs.len()) as u64 + self.data_len >= self.limit {
+                return None;
+            }
+        }
+        let (head, block) = geometry(self.result)?;
+        let result = self.result;
+        let mut out = Vec::with_capacity(FIXED + 8 * runs.len() + self.data_len as usize);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&NOT_A_MINOR_VERSION);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&base_len.to_le_bytes());
+        out.extend_from_slice(&base_sha1.0);
+        out.extend_from_slice(&(result.len() as u64).to_le_bytes());
+        out.extend_from_slice(&Guid::of(result).0);
+        out.extend_from_slice(&head.to_le_bytes());
+        out.extend_from_slice(&block.to_le_bytes());
+        out.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+        for (first, count) in runs {
+            // Both below 2^31: the block count of a file of at most 1 GiB.
+            out.extend_from_slice(&(first as u32).to_le_bytes());
+            out.extend_from_slice(&(count as u32).to_le_bytes());
+            let (s, e) = (self.blocks.start(first), self.blocks.start(first + count));
+            out.extend_from_slice(&result[s as usize..e as usize]);
+        }
+        ((out.len() as u64) < self.limit).then_some(out)
+    }
 }
 
 /// One run of changed blocks: the bytes `start..end` of the result, found at `data_at` in the
@@ -311,10 +406,14 @@ pub fn stream_chain(
     read_base(base_len, false, sink)?;
     let mut extra = [0u8; 1];
     if base.read(&mut extra).map_err(|e| e.to_string())? != 0 {
-        return Err(format!("full copy of the index is longer than its {base_len} bytes"));
+        return Err(format!(
+            "full copy of the index is longer than its {base_len} bytes"
+        ));
     }
     if Guid(base_hash.finalize().into()) != *base_sha1 {
-        return Err(format!("full copy of the index does not hash to {base_sha1}"));
+        return Err(format!(
+            "full copy of the index does not hash to {base_sha1}"
+        ));
     }
     if !deltas.is_empty() && Guid(made.finalize().into()) != sha1 {
         return Err(format!("index delta result does not hash to {sha1}"));
@@ -575,6 +674,42 @@ mod tests {
             // flip hit, and then the version it makes is still exact.
             assert!(streamed(&versions[0], &bad[..=2]).is_err(), "flip at {at}");
         }
+    }
+
+    /// The base given a piece at a time, in pieces of any size, makes the payload `encode`
+    /// makes from it whole, through growth and truncation, and the same refusals.
+    #[test]
+    fn a_base_fed_in_pieces_encodes_as_the_whole_base() {
+        let base = index(3000, 1);
+        let mut flipped = base.clone();
+        flip_records(&mut flipped, 97);
+        let mut grown = flipped.clone();
+        grown.extend_from_slice(&vec![7u8; 104 * 9 + 5]);
+        let shorter = flipped[..flipped.len() - 104 * 4 - 3].to_vec();
+        let mut most = base.clone();
+        flip_records(&mut most, 2);
+        for result in [&flipped, &grown, &shorter, &most, &base] {
+            for from in [&base, &shorter, &grown] {
+                let whole = encode(from, &Guid::of(from), result);
+                for piece in [1usize, 7, 104, 4096, from.len()] {
+                    let mut encoder = Encoder::new(result).expect("large enough");
+                    let mut going = true;
+                    for chunk in from.chunks(piece) {
+                        if !encoder.base_piece(chunk) {
+                            going = false;
+                            break;
+                        }
+                    }
+                    let streamed = if going {
+                        encoder.finish(from.len() as u64, &Guid::of(from))
+                    } else {
+                        None
+                    };
+                    assert_eq!(streamed, whole, "pieces of {piece}");
+                }
+            }
+        }
+        assert!(encode(&base, &Guid::of(&base), &most).is_none());
     }
 
     #[test]

@@ -471,7 +471,9 @@ impl<'a> Messages<'a> {
                 .stored_message(guid)
                 .map(|m| std::borrow::Cow::Owned(m.entry()));
         }
-        self.by_guid.get(guid).map(|e| std::borrow::Cow::Borrowed(*e))
+        self.by_guid
+            .get(guid)
+            .map(|e| std::borrow::Cow::Borrowed(*e))
     }
 
     fn read_entry(&self, guid: &Guid) -> Result<(std::borrow::Cow<'a, EntryRecord>, Vec<u8>)> {

@@ -219,22 +219,22 @@ impl Archive {
         let mut messages: Vec<(StoredMessage, usize)> = Vec::new();
         let mut ranges = Vec::with_capacity(self.runs.len());
         let mut order = 0usize;
-        let mut route = |run: u64, e: EntryRecord, kept: &mut Vec<EntryRecord>| match message_guid(&e)
-        {
-            Some(guid) => {
-                messages.push((
-                    StoredMessage {
-                        guid,
-                        run,
-                        placement: e.placement,
-                        size: e.size,
-                    },
-                    order,
-                ));
-                order += 1;
-            }
-            None => kept.push(e),
-        };
+        let mut route =
+            |run: u64, e: EntryRecord, kept: &mut Vec<EntryRecord>| match message_guid(&e) {
+                Some(guid) => {
+                    messages.push((
+                        StoredMessage {
+                            guid,
+                            run,
+                            placement: e.placement,
+                            size: e.size,
+                        },
+                        order,
+                    ));
+                    order += 1;
+                }
+                None => kept.push(e),
+            };
         if self.streamed.is_some() {
             for run in &self.runs {
                 let first = kept.len();
@@ -255,7 +255,7 @@ impl Archive {
             }
         }
         // The first copy of each: sorted by SHA-1, then archive order.
-        messages.sort_unstable_by(|a, b| (a.0.guid, a.1).cmp(&(b.0.guid, b.1)));
+        messages.sort_unstable_by_key(|(m, order)| (m.guid, *order));
         messages.dedup_by(|b, a| a.0.guid == b.0.guid);
         let mut table: Vec<StoredMessage> = Vec::with_capacity(messages.len());
         table.extend(messages.into_iter().map(|(m, _)| m));

@@ -56,6 +56,9 @@ pub(crate) fn scan_runs(
     Ok(outcome)
 }
 
+/// Where a scan hands each entry as it is read.
+pub(crate) type EntrySink<'a> = dyn FnMut(&EntryRecord) -> Result<()> + 'a;
+
 /// As `scan_runs`, but hands each complete run to `on_run` as it is found instead of keeping
 /// it, so memory holds one run's entries at a time. With `on_entry`, not even that: each entry
 /// goes to `on_entry` as it is read, and `on_run` gets the run without entries. Entries of a
@@ -65,7 +68,7 @@ pub(crate) fn scan_runs_with(
     from: u64,
     prev: Option<(u64, u64)>,
     archive_id: Option<ArchiveId>,
-    mut on_entry: Option<&mut dyn FnMut(&EntryRecord) -> Result<()>>,
+    mut on_entry: Option<&mut EntrySink>,
     on_run: &mut dyn FnMut(CommittedRun) -> Result<()>,
 ) -> Result<ScanOutcome> {
     let path = source.path();
@@ -300,7 +303,8 @@ impl Archive {
     ) -> Result<Archive> {
         if streamed && !index_missing {
             let frames = sidecar::read_frames(&paths.index)?;
-            if let Some(archive) = Archive::streamed_if_current(paths, source.clone(), frames, true)?
+            if let Some(archive) =
+                Archive::streamed_if_current(paths, source.clone(), frames, true)?
             {
                 return Ok(archive);
             }
@@ -316,10 +320,7 @@ impl Archive {
         }
         // The full open brought the index up to date: stream from it, letting the entries go.
         let frames = sidecar::read_frames(&paths.index)?;
-        Ok(
-            Archive::streamed_if_current(paths, full.source.clone(), frames, true)?
-                .unwrap_or(full),
-        )
+        Ok(Archive::streamed_if_current(paths, full.source.clone(), frames, true)?.unwrap_or(full))
     }
 
     /// Reads an archive already open as `source`, with the index read beside it.

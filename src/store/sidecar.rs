@@ -116,7 +116,9 @@ impl BlockStream {
         let len = u32::try_from(body_len)
             .ok()
             .filter(|&n| n <= MAX_BLOCK)
-            .ok_or_else(|| Error::refused(format!("a run's index block would be {body_len} bytes")))?;
+            .ok_or_else(|| {
+                Error::refused(format!("a run's index block would be {body_len} bytes"))
+            })?;
         let mut piece = Vec::with_capacity(PIECE + 512);
         piece.extend_from_slice(&len.to_le_bytes());
         encode_frame(frame, count, &mut piece);
@@ -131,7 +133,11 @@ impl BlockStream {
         })
     }
 
-    pub fn entry(&mut self, e: &EntryRecord, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    pub fn entry(
+        &mut self,
+        e: &EntryRecord,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let before = self.piece.len();
         encode_entry(e, &mut self.piece);
         self.written += (self.piece.len() - before) as u64;

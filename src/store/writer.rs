@@ -115,14 +115,7 @@ impl StoreWriter {
             );
             // An index beside an archive that did not exist describes nothing here (its
             // archive was removed by hand): it is replaced by the first commit.
-            Archive::load_for_writer(
-                paths,
-                source,
-                created,
-                streamed,
-                &options.faults,
-                notices,
-            )
+            Archive::load_for_writer(paths, source, created, streamed, &options.faults, notices)
         })();
         let archive = match loaded {
             Ok(archive) => archive,

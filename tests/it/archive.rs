@@ -381,8 +381,11 @@ fn truncation_anywhere_in_the_last_run_gives_the_previous_commit() {
                     .collect();
                 assert!(unexplained.is_empty(), "cut {cut}: {unexplained:?}");
                 assert!(
-                    report.problems.iter().any(|p| p.offset == start
-                        && p.detail.contains("belong to no committed run")),
+                    report
+                        .problems
+                        .iter()
+                        .any(|p| p.offset == start
+                            && p.detail.contains("belong to no committed run")),
                     "cut {cut}: {:?}",
                     report.problems
                 );

@@ -829,8 +829,14 @@ fn compaction_streaming_the_index_and_reading_it_whole_make_the_same_archive() {
             (reference.entries_kept, reference.entries_dropped),
             "{what}"
         );
-        assert!(std::fs::read(&paths.archive).unwrap() == compacted, "{what}");
-        assert!(std::fs::read(&paths.index).unwrap() == compacted_index, "{what}");
+        assert!(
+            std::fs::read(&paths.archive).unwrap() == compacted,
+            "{what}"
+        );
+        assert!(
+            std::fs::read(&paths.index).unwrap() == compacted_index,
+            "{what}"
+        );
         assert!(verify(&paths).unwrap().problems.is_empty(), "{what}");
     }
 }

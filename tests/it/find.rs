@@ -329,7 +329,10 @@ Cc: Dave Dent <dave@example.net>\r\nSubject: Lunch\r\nMessage-ID: <lunch@example
     assert!(rewritten, "{}", stdout(&compacted));
     assert_eq!(summary["index"], "built", "{summary}");
     let (_, summary, _) = find(&dir, &[]);
-    assert_eq!(summary["index"], "current", "the search saved it: {summary}");
+    assert_eq!(
+        summary["index"], "current",
+        "the search saved it: {summary}"
+    );
     std::fs::remove_file(&index_file).unwrap();
     let (fresh, _, _) = find(&dir, &[]);
     assert_eq!(after, fresh);
