@@ -295,7 +295,7 @@ impl Spool {
         e: &MailboxEntry,
         locks: &LockOptions,
     ) -> Result<(MailboxSnapshot, super::lock::FileLock)> {
-        let (snap, lock) = self.read_mailbox_locked(e, locks, true)?;
+        let (snap, lock) = self.read_mailbox_locked(e, locks, true, true)?;
         Ok((snap, lock.expect("a created lock file is always locked")))
     }
 
@@ -303,11 +303,16 @@ impl Spool {
     /// reader that must not write (the agent) passes false and, when the file is missing
     /// (no Cyrus process has locked the mailbox since its lock folder was made), reads under the
     /// index lock alone; the name lock then returned is `None`.
+    ///
+    /// Without `keep_records`, every record is still decoded and checked, but the snapshot's
+    /// `index.records` is left empty: for a reader that walks the bytes itself (a backup), as a
+    /// million parsed records cost more than the file (issue 19, flat memory).
     pub fn read_mailbox_locked(
         &self,
         e: &MailboxEntry,
         locks: &LockOptions,
         create_lockfile: bool,
+        keep_records: bool,
     ) -> Result<(MailboxSnapshot, Option<super::lock::FileLock>)> {
         use super::file;
         use super::lock::{FileLock, LockMode};
@@ -380,7 +385,20 @@ impl Spool {
         };
         drop(index_lock);
 
-        let index = super::index::parse(&index_bytes).map_err(|err| err.in_file(&index_path))?;
+        let index = if keep_records {
+            super::index::parse(&index_bytes)
+        } else {
+            super::index::parse_records(&index_bytes).and_then(|(header, records)| {
+                for record in records {
+                    record?;
+                }
+                Ok(super::index::IndexFile {
+                    header,
+                    records: Vec::new(),
+                })
+            })
+        }
+        .map_err(|err| err.in_file(&index_path))?;
         let header =
             super::header::parse(&header_bytes).map_err(|err| err.in_file(&header_path))?;
         Ok((
