@@ -568,9 +568,11 @@ fn stream_blocks(
     let mut runs: Vec<CommittedRun> = Vec::new();
     let mut blocks = Vec::new();
     let mut file_len = HEADER_LEN as u64;
+    // A small index gets a small window: a backup of many small owners opens one each.
+    let window = window_for(file.metadata().map_or(u64::MAX, |m| m.len()));
     let mut chunks = Chunks {
         file,
-        buf: vec![0; LOOKUP_CHUNK],
+        buf: vec![0; window],
         start: 0,
         end: 0,
         block_left: 0,
@@ -630,7 +632,7 @@ pub fn stream_entries(
         .map_err(|e| Error::io("seek", path, e))?;
     let mut chunks = Chunks {
         file: reader,
-        buf: vec![0; LOOKUP_CHUNK],
+        buf: vec![0; window_for(block.body_len as u64)],
         start: 0,
         end: 0,
         block_left: 0,
@@ -672,6 +674,12 @@ pub fn stream_entries(
 }
 
 const LOOKUP_CHUNK: usize = 256 << 10;
+
+/// The window for reading `len` bytes of index: all of them when that is less than
+/// `LOOKUP_CHUNK`, but never less than one record and a frame.
+fn window_for(len: u64) -> usize {
+    (len.min(LOOKUP_CHUNK as u64) as usize).max(MAX_RECORD + FRAME_LEN)
+}
 /// The longest entry record: both names at their maximum, plus the stat.
 const MAX_RECORD: usize = 1 + 2 + MAX_NAME + 2 + MAX_NAME + 48 + 1 + 40;
 
