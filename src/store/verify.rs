@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::open::{check_tail, open_consistent, scan_runs};
+use super::open::{check_tail, open_consistent, scan_runs_with};
 use super::sidecar::IndexRead;
 use super::{Archive, ArchiveHandle, ArchivePaths};
 use crate::error::Result;
@@ -62,20 +62,80 @@ fn verify_opened(
         Err(e @ crate::Error::Foreign { .. }) => return Err(e),
         _ => {}
     }
-    let outcome = scan_runs(&source, 0, None, None)?;
+    drop(opened);
+    let index_runs: &[crate::archive::CommittedRun] = match &index {
+        IndexRead::Valid { runs, .. } => runs,
+        _ => &[],
+    };
 
     // Entries by member, to name what a damaged member holds.
     let mut members: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
-    let index_runs = match &index {
-        IndexRead::Valid { runs, .. } => Some(runs),
-        _ => None,
-    };
-    for run in index_runs.into_iter().flatten().chain(outcome.runs.iter()) {
+    for run in index_runs {
         for e in &run.entries {
             members
                 .entry(e.placement.member)
                 .or_insert_with(|| e.name.clone());
         }
+        members
+            .entry(run.marker_offset)
+            .or_insert_with(|| format!("runs/{}", run.run));
+    }
+
+    // The scan hands each entry over as it reads it, and each is compared at once with the
+    // index's entry in the same place, so no scanned run is held (issue 19): the entries being
+    // read belong to the next good run (`good`), and their disagreements wait for its commit,
+    // since a run that fails its commit checks is damage, reported as such, not compared.
+    #[derive(Default)]
+    struct Lockstep {
+        good: usize,
+        position: usize,
+        pending: Vec<Problem>,
+        /// Per good run, in order: the entries the index disagrees about.
+        disagreements: Vec<Vec<Problem>>,
+        // Each good run scanned, without entries, and how many it had.
+        scanned: Vec<(crate::archive::CommittedRun, usize)>,
+    }
+    let state = std::cell::RefCell::new(Lockstep::default());
+    let mut on_entry = |e: &crate::archive::EntryRecord| {
+        members
+            .entry(e.placement.member)
+            .or_insert_with(|| e.name.clone());
+        let mut st = state.borrow_mut();
+        let indexed = index_runs
+            .get(st.good)
+            .and_then(|r| r.entries.get(st.position));
+        if indexed.is_some_and(|a| a != e) {
+            let run = index_runs[st.good].run;
+            st.pending.push(Problem {
+                offset: e.placement.member,
+                within: Some(e.placement.header_at as u64),
+                entry: Some(e.name.clone()),
+                detail: format!(
+                    "the index disagrees with the archive about this entry (run {run})"
+                ),
+            });
+        }
+        st.position += 1;
+        Ok(())
+    };
+    let mut on_run = |run: crate::archive::CommittedRun| {
+        let mut st = state.borrow_mut();
+        // Only a good run reaches here: the entries since the last one are its own.
+        let count = st.position;
+        let pending = std::mem::take(&mut st.pending);
+        st.disagreements.push(pending);
+        st.scanned.push((run, count));
+        st.position = 0;
+        st.good += 1;
+        Ok(())
+    };
+    let outcome = scan_runs_with(&source, 0, None, None, Some(&mut on_entry), &mut on_run)?;
+    let Lockstep {
+        mut disagreements,
+        scanned,
+        ..
+    } = state.into_inner();
+    for (run, _) in &scanned {
         members
             .entry(run.marker_offset)
             .or_insert_with(|| format!("runs/{}", run.run));
@@ -122,7 +182,7 @@ fn verify_opened(
 
     match &index {
         IndexRead::Missing => {
-            if !outcome.runs.is_empty() {
+            if !scanned.is_empty() {
                 problems.push(index_problem(0, "the index is missing".into()))
             }
         }
@@ -132,7 +192,7 @@ fn verify_opened(
         // Only `reindex` makes one; a file's index never reads as this.
         IndexRead::Floor { .. } => {}
         IndexRead::Valid { runs, .. } => {
-            for (i, scanned) in outcome.runs.iter().enumerate() {
+            for (i, (scanned, count)) in scanned.iter().enumerate() {
                 let Some(indexed) = runs.get(i) else {
                     problems.push(index_problem(
                         scanned.marker_offset,
@@ -153,7 +213,7 @@ fn verify_opened(
                     scanned.end,
                     scanned.time,
                 );
-                if !same_frame || indexed.entries.len() != scanned.entries.len() {
+                if !same_frame || indexed.entries.len() != *count {
                     problems.push(index_problem(
                         scanned.marker_offset,
                         format!(
@@ -163,33 +223,22 @@ fn verify_opened(
                     ));
                     continue;
                 }
-                for (a, b) in indexed.entries.iter().zip(&scanned.entries) {
-                    if a != b {
-                        problems.push(Problem {
-                            offset: b.placement.member,
-                            within: Some(b.placement.header_at as u64),
-                            entry: Some(b.name.clone()),
-                            detail: format!(
-                                "the index disagrees with the archive about this entry (run {})",
-                                scanned.run
-                            ),
-                        });
-                    }
-                }
+                // Entry by entry, as the scan found them.
+                problems.append(&mut disagreements[i]);
             }
-            if runs.len() > outcome.runs.len() {
+            if runs.len() > scanned.len() {
                 problems.push(index_problem(
                     outcome.committed_end,
                     format!(
                         "the index lists {} runs, the archive holds {}",
                         runs.len(),
-                        outcome.runs.len()
+                        scanned.len()
                     ),
                 ));
             }
         }
     }
-    if outcome.runs.is_empty() {
+    if scanned.is_empty() {
         problems.push(index_problem(0, "the file holds no committed run".into()));
     }
     problems.sort_by_key(|p| (p.offset, p.within));
@@ -197,8 +246,8 @@ fn verify_opened(
     Ok(VerifyReport {
         archive: paths.archive.clone(),
         user: paths.user.clone(),
-        runs: outcome.runs.len() as u64,
-        entries: outcome.runs.iter().map(|r| r.entries.len() as u64).sum(),
+        runs: scanned.len() as u64,
+        entries: scanned.iter().map(|(_, n)| *n as u64).sum(),
         members: outcome.members,
         bytes: outcome.file_len,
         problems,
