@@ -516,7 +516,6 @@ impl Pass2<'_> {
         // bytes (issue 19, flat memory).
         let mut bad = false;
         let mut missing = Vec::new();
-        let mut seen = HashSet::new();
         let walked = crate::spool::index::parse_records(&opened.index).and_then(|(_, records)| {
             let mut wanted = Vec::new();
             for r in records {
@@ -525,7 +524,7 @@ impl Pass2<'_> {
                     || r.guid.is_zero()
                     || self.added.contains(&r.guid)
                     || self.recorded.has_file(&r.guid);
-                if !have && seen.insert(r.guid) {
+                if !have {
                     wanted.push(WantedMessage {
                         uid: r.uid,
                         guid: r.guid,
@@ -535,6 +534,23 @@ impl Pass2<'_> {
                     });
                 }
             }
+            // One fetch per message, the first record naming it in index order: sorted by
+            // SHA-1 to drop the others, then back into index order (a set of every SHA-1 seen
+            // would cost more than the list).
+            let mut order: Vec<u32> = (0..wanted.len() as u32).collect();
+            order.sort_unstable_by_key(|&k| (wanted[k as usize].guid, k));
+            order.dedup_by_key(|k| wanted[*k as usize].guid);
+            order.sort_unstable();
+            let mut keep = order.into_iter().peekable();
+            let mut k = 0u32;
+            wanted.retain(|_| {
+                let kept = keep.peek() == Some(&k);
+                if kept {
+                    keep.next();
+                }
+                k += 1;
+                kept
+            });
             Ok(wanted)
         });
         let wanted = match walked {
@@ -548,7 +564,6 @@ impl Pass2<'_> {
                 return Ok(Capture::Done);
             }
         };
-        drop(seen);
         // Asked for all at once, so a remote agent streams them without a round trip each.
         self.source.prefetch(
             &wanted
