@@ -99,7 +99,8 @@ impl StoredMessage {
 /// The index file a streamed archive's entries are read from, and where each run's block is.
 struct IndexStream {
     path: std::path::PathBuf,
-    file: std::fs::File,
+    /// `None` for an archive with no runs when it was opened.
+    file: Option<std::fs::File>,
     blocks: Vec<sidecar::BlockAt>,
 }
 
@@ -191,6 +192,7 @@ impl Archive {
             .iter()
             .position(|r| r.run == run.run)
             .and_then(|k| stream.blocks.get(k))
+            .zip(stream.file.as_ref())
             .ok_or_else(|| {
                 crate::error::Error::refused(format!(
                     "{}: run {} was committed after its entries were last read",
@@ -198,7 +200,8 @@ impl Archive {
                     run.run
                 ))
             })?;
-        sidecar::stream_entries(&stream.path, &stream.file, block, &mut |e| visit(&e))
+        let (block, file) = block;
+        sidecar::stream_entries(&stream.path, file, block, &mut |e| visit(&e))
     }
 
     /// Whether the entries were left in the index file.

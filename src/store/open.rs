@@ -284,7 +284,7 @@ impl Archive {
         }
         archive.streamed = Some(super::IndexStream {
             path: paths.index.clone(),
-            file: frames.file,
+            file: Some(frames.file),
             blocks: frames.blocks,
         });
         Ok(Some(archive))
@@ -314,8 +314,17 @@ impl Archive {
         } else {
             sidecar::read(&paths.index)?
         };
-        let full = Archive::load(paths, source, index, Access::Write, faults, notices)?;
-        if !streamed || full.runs.is_empty() {
+        let mut full = Archive::load(paths, source, index, Access::Write, faults, notices)?;
+        if !streamed {
+            return Ok(full);
+        }
+        if full.runs.is_empty() {
+            // Nothing to stream; what this writer commits is not kept either.
+            full.streamed = Some(super::IndexStream {
+                path: paths.index.clone(),
+                file: None,
+                blocks: Vec::new(),
+            });
             return Ok(full);
         }
         // The full open brought the index up to date: stream from it, letting the entries go.

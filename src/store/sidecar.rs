@@ -148,6 +148,17 @@ impl BlockStream {
         Ok(())
     }
 
+    /// Entry records already encoded (by `RunSpill`), appended as they are; the caller sets
+    /// how many entries they were before `finish`.
+    fn encoded(&mut self, bytes: &[u8], sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.piece.extend_from_slice(bytes);
+        self.written += bytes.len() as u64;
+        if self.piece.len() >= PIECE {
+            self.flush(sink)?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         self.crc.update(&self.piece[self.uncovered..]);
         self.uncovered = 0;
@@ -811,6 +822,142 @@ pub fn write_full(
     write_atomic(path, &bytes, faults)
 }
 
+/// A run's entries, encoded as its index block holds them, gathered as a writer places them
+/// (`ArchiveWriter::fold_placed_entries`): in memory up to a limit (1 MiB, some ten thousand
+/// entries), then in an unlinked file beside the index, so a run of a million entries costs a
+/// file rather than its entries in memory (issue 19, flat memory). `append_spilled` writes the
+/// block from it: the same bytes `encode_block` makes of the run.
+pub struct RunSpill {
+    path: std::path::PathBuf,
+    limit: usize,
+    mem: Vec<u8>,
+    file: Option<File>,
+    spilled: u64,
+    count: u64,
+    /// The first write that failed: the block cannot be written from this spill.
+    error: Option<String>,
+}
+
+impl RunSpill {
+    /// A spill for the index at `index`; its file, when needed, is `<index>.spill`, removed as
+    /// soon as it is open.
+    pub fn new(index: &Path) -> RunSpill {
+        RunSpill::with_limit(index, 1 << 20)
+    }
+
+    pub fn with_limit(index: &Path, limit: usize) -> RunSpill {
+        let mut name = index.as_os_str().to_owned();
+        name.push(".spill");
+        RunSpill {
+            path: name.into(),
+            limit,
+            mem: Vec::new(),
+            file: None,
+            spilled: 0,
+            count: 0,
+            error: None,
+        }
+    }
+
+    pub fn add(&mut self, e: &EntryRecord) {
+        encode_entry(e, &mut self.mem);
+        self.count += 1;
+        if self.mem.len() >= self.limit && self.error.is_none() {
+            if let Err(e) = self.spill() {
+                self.error = Some(format!("{}: {e}", self.path.display()));
+            }
+        }
+    }
+
+    fn spill(&mut self) -> std::result::Result<(), String> {
+        use std::io::Write;
+        if self.file.is_none() {
+            let file = create_private(&self.path).map_err(|e| e.to_string())?;
+            // Unlinked at once: nothing is left behind by a crash after this point.
+            std::fs::remove_file(&self.path).map_err(|e| e.to_string())?;
+            self.file = Some(file);
+        }
+        let file = self.file.as_mut().expect("just opened");
+        file.write_all(&self.mem).map_err(|e| e.to_string())?;
+        self.spilled += self.mem.len() as u64;
+        self.mem.clear();
+        Ok(())
+    }
+
+    /// Entries added since the last `clear`.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Forgets the run (after its block was written, or not).
+    pub fn clear(&mut self) {
+        self.mem = Vec::new();
+        self.file = None;
+        self.spilled = 0;
+        self.count = 0;
+        self.error = None;
+    }
+
+    /// The run's block, handed to `sink` (in one piece when nothing was spilled to the file).
+    fn write_block(
+        &mut self,
+        frame: &CommittedRun,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(e) = &self.error {
+            return Err(Error::refused(format!(
+                "the run's index entries could not be kept aside: {e}"
+            )));
+        }
+        let body_len = FRAME_LEN as u64 + self.spilled + self.mem.len() as u64;
+        let mut block = BlockStream::begin(frame, self.count, body_len)?;
+        let Some(file) = self.file.as_mut() else {
+            // Nothing went to the file: the block is written in one piece, as `append` does.
+            let mut whole = Vec::with_capacity(body_len as usize + 8);
+            let mut gather = |p: &[u8]| {
+                whole.extend_from_slice(p);
+                Ok(())
+            };
+            block.encoded(&self.mem, &mut gather)?;
+            block.entries = self.count;
+            block.finish(&mut gather)?;
+            return sink(&whole);
+        };
+        {
+            let read = |e: io::Error| Error::io("read", &self.path, e);
+            file.seek(SeekFrom::Start(0)).map_err(read)?;
+            let mut left = self.spilled;
+            let mut piece = vec![0u8; PIECE];
+            while left > 0 {
+                let n = (left as usize).min(PIECE);
+                file.read_exact(&mut piece[..n]).map_err(read)?;
+                block.encoded(&piece[..n], sink)?;
+                left -= n as u64;
+            }
+        }
+        block.encoded(&self.mem, sink)?;
+        block.entries = self.count;
+        block.finish(sink)
+    }
+}
+
+/// As `append`, the block made from `spill` (its entries) and `frame` (the run, without
+/// entries); the spill is cleared either way.
+pub fn append_spilled(
+    path: &Path,
+    archive_id: &ArchiveId,
+    good_len: u64,
+    frame: &CommittedRun,
+    spill: &mut RunSpill,
+    faults: &Faults,
+) -> Result<u64> {
+    let written = append_with(path, archive_id, good_len, faults, &mut |sink| {
+        spill.write_block(frame, sink)
+    });
+    spill.clear();
+    written
+}
+
 /// Appends one run's block, cutting off a torn block first, and fsyncs. `good_len` is the length
 /// of the index's valid part; 0 means the index does not exist yet.
 pub fn append(
@@ -820,6 +967,22 @@ pub fn append(
     run: &CommittedRun,
     faults: &Faults,
 ) -> Result<u64> {
+    append_with(path, archive_id, good_len, faults, &mut |sink| {
+        sink(&encode_block(run))
+    })
+}
+
+/// Where a block is handed, a piece at a time.
+type PieceSink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
+
+/// The block `block` hands over, in pieces, to the end of the index (see `append`).
+fn append_with(
+    path: &Path,
+    archive_id: &ArchiveId,
+    good_len: u64,
+    faults: &Faults,
+    block: &mut dyn FnMut(&mut PieceSink) -> Result<()>,
+) -> Result<u64> {
     let created = good_len == 0;
     let file = if created {
         create_private(path)?
@@ -827,16 +990,30 @@ pub fn append(
         crate::io::open_own_writable(path)?
     };
     let mut file = DurableFile::new(file, path, faults.clone());
-    let mut bytes = Vec::new();
+    // The header and a block handed over in one piece go out in one write. A piece is held
+    // back until the next arrives, so the last goes out with whatever precedes it.
+    let mut held: Vec<u8> = Vec::new();
     if created {
-        bytes.extend_from_slice(&encode_header(archive_id));
+        held.extend_from_slice(&encode_header(archive_id));
     } else {
         file.truncate(good_len)?;
     }
     file.seek(SeekFrom::Start(if created { 0 } else { good_len }))
         .map_err(|e| Error::io("seek", path, e))?;
-    bytes.extend_from_slice(&encode_block(run));
-    file.write_all_at_end(&bytes)?;
+    let mut written = if created { 0 } else { good_len };
+    let mut pieces = 0u64;
+    block(&mut |piece| {
+        if pieces > 0 {
+            file.write_all_at_end(&held)?;
+            written += held.len() as u64;
+            held.clear();
+        }
+        held.extend_from_slice(piece);
+        pieces += 1;
+        Ok(())
+    })?;
+    file.write_all_at_end(&held)?;
+    written += held.len() as u64;
     // No fsync for an appended block (formats/archive.md section 7, step 6): the archive was
     // synced before it, so the index is never ahead of the archive, and a block a crash loses
     // or tears is rebuilt from the archive's tail on the next open. It was the second of the
@@ -845,7 +1022,7 @@ pub fn append(
         file.sync()?;
         fsync_dir(&crate::io::parent_dir(path), faults)?;
     }
-    Ok(if created { 0 } else { good_len } + bytes.len() as u64)
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -1026,6 +1203,48 @@ mod tests {
             "{err}"
         );
         assert!(read_frames(&path).unwrap().is_none());
+    }
+
+    /// A run's block written from a spill, in memory or through its file, is the block
+    /// `append` writes from the run held whole; the spill's file is gone once open.
+    #[test]
+    fn a_spilled_run_appends_the_same_block() {
+        let dir = tempdir();
+        let id = ArchiveId([7u8; 16]);
+        let mut big = sample_run(2, 200);
+        let one = big.entries[0].clone();
+        big.entries = (0..3000u64)
+            .map(|k| {
+                let mut e = one.clone();
+                e.placement.member = 200 + k;
+                e.name = format!("files/{k:040x}");
+                e
+            })
+            .collect();
+        let whole = dir.join("whole.idx");
+        let len1 = append(&whole, &id, 0, &sample_run(1, 0), &Faults::none()).unwrap();
+        let len2 = append(&whole, &id, len1, &big, &Faults::none()).unwrap();
+        for limit in [1 << 30, 100, 64 << 10, 1] {
+            let path = dir.join(format!("spilled-{limit}.idx"));
+            assert_eq!(
+                append(&path, &id, 0, &sample_run(1, 0), &Faults::none()).unwrap(),
+                len1
+            );
+            let mut spill = RunSpill::with_limit(&path, limit);
+            for e in &big.entries {
+                spill.add(e);
+            }
+            assert_eq!(spill.count(), 3000);
+            let frame = CommittedRun {
+                entries: Vec::new(),
+                ..big.clone()
+            };
+            let len = append_spilled(&path, &id, len1, &frame, &mut spill, &Faults::none()).unwrap();
+            assert_eq!(len, len2, "limit {limit}");
+            assert!(std::fs::read(&path).unwrap() == std::fs::read(&whole).unwrap(), "limit {limit}");
+            assert!(!spill.path.exists(), "limit {limit}");
+            assert_eq!(spill.count(), 0);
+        }
     }
 
     fn tempdir() -> std::path::PathBuf {

@@ -43,6 +43,8 @@ pub struct StoreWriter {
     /// This writer created the archive file: if it commits nothing, it removes it again, so a
     /// refused user leaves no empty files behind.
     created: bool,
+    /// Where a streamed writer's run keeps its entries until its index block is written.
+    spill: Option<std::sync::Arc<std::sync::Mutex<sidecar::RunSpill>>>,
     lock: WriterLock,
 }
 
@@ -131,7 +133,7 @@ impl StoreWriter {
             Some(id) => id,
             None => ArchiveId::random()?,
         };
-        let writer = ArchiveWriter::new(
+        let mut writer = ArchiveWriter::new(
             DurableFile::new(file, &paths.archive, options.faults.clone()),
             archive.committed_len(),
             archive.next_run().ok_or_else(|| {
@@ -144,9 +146,22 @@ impl StoreWriter {
             options.level,
             options.threads,
         )?;
+        // A streamed writer does not keep its run's entries either: each, once placed, is
+        // encoded into the spill its index block is written from.
+        let spill = streamed.then(|| {
+            let spill = std::sync::Arc::new(std::sync::Mutex::new(sidecar::RunSpill::new(
+                &paths.index,
+            )));
+            let into = spill.clone();
+            writer.fold_placed_entries(Box::new(move |e| {
+                into.lock().expect("never poisoned").add(e)
+            }));
+            spill
+        });
         Ok(StoreWriter {
             archive,
             writer,
+            spill,
             archive_id,
             faults: options.faults.clone(),
             poisoned: false,
@@ -184,13 +199,24 @@ impl StoreWriter {
         let run = self.writer.commit(summary)?;
         // The run is durable in the archive now; if the index append fails, the next open
         // re-indexes it from the archive's tail.
-        match sidecar::append(
-            &self.archive.paths.index,
-            &self.archive_id,
-            self.archive.index_len,
-            &run,
-            &self.faults,
-        ) {
+        let appended = match &self.spill {
+            Some(spill) => sidecar::append_spilled(
+                &self.archive.paths.index,
+                &self.archive_id,
+                self.archive.index_len,
+                &run,
+                &mut spill.lock().expect("never poisoned"),
+                &self.faults,
+            ),
+            None => sidecar::append(
+                &self.archive.paths.index,
+                &self.archive_id,
+                self.archive.index_len,
+                &run,
+                &self.faults,
+            ),
+        };
+        match appended {
             Ok(len) => self.archive.index_len = len,
             Err(e) => {
                 // Committed all the same: report it, and let no further run append to an
