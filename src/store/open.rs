@@ -695,7 +695,7 @@ pub(super) fn check_tail(
 /// An empty file at an archive's name holds nothing to read: readers report it. (A writer that
 /// commits nothing removes the file it created; only a crash leaves one, and the next writer
 /// takes it as new.)
-fn refuse_empty(source: &ArchiveHandle) -> Result<()> {
+pub(super) fn refuse_empty(source: &ArchiveHandle) -> Result<()> {
     if source.len()? == 0 {
         return Err(Error::Foreign {
             path: source.path().to_path_buf(),

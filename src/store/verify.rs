@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use super::open::{check_tail, open_consistent, scan_runs_with};
+use super::open::{
+    check_signature, check_tail, marker_matches, open_consistent, refuse_empty, scan_runs_with,
+};
 use super::sidecar::IndexRead;
 use super::{Archive, ArchiveHandle, ArchivePaths};
 use crate::error::Result;
@@ -55,14 +57,37 @@ fn verify_opened(
     let mut repaired = Vec::new();
     // Opening repairs what may be repaired; damage inside committed data makes it fail, and the
     // scan below then names every problem.
-    let opened = Archive::load_read_only(paths, source.clone(), index.clone(), &mut repaired);
-    match opened {
-        Err(crate::Error::NotFound(what)) => return Err(crate::Error::NotFound(what)),
-        // Not ours: nothing in it is checked as if it were an archive.
-        Err(e @ crate::Error::Foreign { .. }) => return Err(e),
-        _ => {}
+    // An index that is current needs no open to say so: the open would repair nothing and
+    // report nothing, and it would hold a second copy of every entry (issue 19).
+    let current = match &index {
+        IndexRead::Valid {
+            runs,
+            archive_id,
+            good_len,
+            file_len,
+        } => {
+            let len = source.len()?;
+            // Anything amiss (an empty or foreign file, a damaged first member) goes the full
+            // way below, which says what it is.
+            refuse_empty(&source).is_ok()
+                && check_signature(&source, len).is_ok()
+                && runs.last().is_some_and(|last| {
+                    good_len == file_len
+                        && len == last.end
+                        && marker_matches(&source, last, archive_id)
+                })
+        }
+        _ => false,
+    };
+    if !current {
+        let opened = Archive::load_read_only(paths, source.clone(), index.clone(), &mut repaired);
+        match opened {
+            Err(crate::Error::NotFound(what)) => return Err(crate::Error::NotFound(what)),
+            // Not ours: nothing in it is checked as if it were an archive.
+            Err(e @ crate::Error::Foreign { .. }) => return Err(e),
+            _ => {}
+        }
     }
-    drop(opened);
     let index_runs: &[crate::archive::CommittedRun] = match &index {
         IndexRead::Valid { runs, .. } => runs,
         _ => &[],
