@@ -46,6 +46,9 @@ pub fn newer<'a>(
     }
 }
 
+/// The most records a version's header may reserve up front.
+const MAX_RECORDS_RESERVE: u64 = 1 << 20;
+
 /// The most a size recorded in the index may reserve up front.
 const MAX_EXACT_RESERVE: u64 = 256 << 20;
 
@@ -292,6 +295,51 @@ pub fn for_each_record(
     chain: &[&EntryRecord],
     visit: &mut dyn FnMut(crate::spool::index::IndexRecord) -> Result<()>,
 ) -> Result<()> {
+    for_each_record_with_header(archive, chain, &mut |_, _| {}, visit)
+}
+
+/// The index version `chain` makes, parsed, without its bytes ever held whole: what a restore
+/// reads a mailbox's index as (issue 19, flat memory).
+pub fn index_file(
+    archive: &Archive,
+    chain: &[&EntryRecord],
+) -> Result<crate::spool::index::IndexFile> {
+    let mut header = None;
+    let records = std::cell::RefCell::new(Vec::new());
+    for_each_record_with_header(
+        archive,
+        chain,
+        &mut |h, count| {
+            // `count` is the file's own number, checked only against a length the archive's
+            // index or a delta head states: reserved up to a cap, and grown past it only by
+            // records that really decode.
+            records
+                .borrow_mut()
+                .reserve_exact(count.min(MAX_RECORDS_RESERVE) as usize);
+            header = Some(h);
+        },
+        &mut |r| {
+            records.borrow_mut().push(r);
+            Ok(())
+        },
+    )?;
+    let header = header.ok_or_else(|| {
+        let last = chain.last().map_or(0, |e| e.placement.member);
+        Error::corrupt(&archive.paths().archive, last, "an index version without a header")
+    })?;
+    Ok(crate::spool::index::IndexFile {
+        header,
+        records: records.into_inner(),
+    })
+}
+
+/// `for_each_record`, handing the header and the record count to `on_header` first.
+fn for_each_record_with_header(
+    archive: &Archive,
+    chain: &[&EntryRecord],
+    on_header: &mut dyn FnMut(crate::spool::index::IndexHeader, u64),
+    visit: &mut dyn FnMut(crate::spool::index::IndexRecord) -> Result<()>,
+) -> Result<()> {
     use crate::spool::index::{parse_head, MAX_STREAMED_START, MAX_STREAMED_STRIDE};
     let Some(last) = chain.last() else {
         return Err(Error::usage("no version of a cyrus.index to read"));
@@ -324,7 +372,7 @@ pub fn for_each_record(
             if head.len() < head_want {
                 return Ok(());
             }
-            let (_, s) = parse_head(&head, len).map_err(bad)?;
+            let (header, s) = parse_head(&head, len).map_err(bad)?;
             if s.start > head.len() as u64 || s.stride > MAX_STREAMED_STRIDE || s.stride == 0 {
                 return Err(corrupt(format!(
                     "{}: records at {} of {} bytes each are beyond what is read of an index \
@@ -332,6 +380,7 @@ pub fn for_each_record(
                     last.name, s.start, s.stride
                 )));
             }
+            on_header(header, s.count);
             slot.reserve_exact(s.stride as usize);
             slot.extend_from_slice(&head[s.start as usize..]);
             head = Vec::new();

@@ -368,9 +368,17 @@ pub fn read_mailbox(
     let read = |e: &EntryRecord| read_all(archive, e).map_err(|err| LostEntry::of(path, e, &err));
     let header = crate::spool::header::parse(&read(header_entry)?)
         .map_err(|err| LostEntry::damaged(path, header_entry, err.to_string()))?;
-    let (index_entry, bytes) = read_index(archive, m)?;
-    let index = crate::spool::index::parse(&bytes)
-        .map_err(|err| LostEntry::damaged(path, index_entry, err.to_string()))?;
+    // Parsed as it streams out of the archive (through its deltas), so the bytes and the
+    // records of a large index are never held at once.
+    let index_entry = m.index_entry().ok_or_else(|| {
+        LostEntry::missing(path, format!("{FOLDERS_DIR}{}/{INDEX_FILE}", m.uniqueid))
+    })?;
+    let index = crate::folders::chain(archive, index_entry)
+        .and_then(|chain| {
+            let chain: Vec<&EntryRecord> = chain.iter().collect();
+            crate::folders::index_file(archive, &chain)
+        })
+        .map_err(|err| LostEntry::of(path, index_entry, &err))?;
     Ok(MailboxData { header, index })
 }
 
