@@ -325,7 +325,11 @@ pub fn index_file(
     )?;
     let header = header.ok_or_else(|| {
         let last = chain.last().map_or(0, |e| e.placement.member);
-        Error::corrupt(&archive.paths().archive, last, "an index version without a header")
+        Error::corrupt(
+            &archive.paths().archive,
+            last,
+            "an index version without a header",
+        )
     })?;
     Ok(crate::spool::index::IndexFile {
         header,

@@ -263,7 +263,9 @@ impl Source for LocalSource<'_> {
             }
         }
         // The backup walks the index's records itself, from the bytes.
-        let (snap, name_lock) = self.spool.read_mailbox_locked(e, &self.locks, false, false)?;
+        let (snap, name_lock) = self
+            .spool
+            .read_mailbox_locked(e, &self.locks, false, false)?;
         // The folders are checked once; a message file is then `<digits>.` inside one of them,
         // opened without following a symlink, so it cannot lead elsewhere either.
         let checked = |dir: Option<PathBuf>| -> Result<Option<PathBuf>> {

@@ -1239,9 +1239,13 @@ mod tests {
                 entries: Vec::new(),
                 ..big.clone()
             };
-            let len = append_spilled(&path, &id, len1, &frame, &mut spill, &Faults::none()).unwrap();
+            let len =
+                append_spilled(&path, &id, len1, &frame, &mut spill, &Faults::none()).unwrap();
             assert_eq!(len, len2, "limit {limit}");
-            assert!(std::fs::read(&path).unwrap() == std::fs::read(&whole).unwrap(), "limit {limit}");
+            assert!(
+                std::fs::read(&path).unwrap() == std::fs::read(&whole).unwrap(),
+                "limit {limit}"
+            );
             assert!(!spill.path.exists(), "limit {limit}");
             assert_eq!(spill.count(), 0);
         }

@@ -149,9 +149,8 @@ impl StoreWriter {
         // A streamed writer does not keep its run's entries either: each, once placed, is
         // encoded into the spill its index block is written from.
         let spill = streamed.then(|| {
-            let spill = std::sync::Arc::new(std::sync::Mutex::new(sidecar::RunSpill::new(
-                &paths.index,
-            )));
+            let spill =
+                std::sync::Arc::new(std::sync::Mutex::new(sidecar::RunSpill::new(&paths.index)));
             let into = spill.clone();
             writer.fold_placed_entries(Box::new(move |e| {
                 into.lock().expect("never poisoned").add(e)
