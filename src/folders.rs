@@ -182,28 +182,9 @@ pub fn chain(archive: &Archive, e: &EntryRecord) -> Result<Vec<EntryRecord>> {
 /// reconstructed through its chain with every check of the spec; an error names the archive
 /// and the byte offset of the member of the version that failed.
 pub fn index_bytes(archive: &Archive, e: &EntryRecord) -> Result<IndexVersion> {
-    chain_bytes(archive, &chain(archive, e)?)
-}
-
-/// The exact bytes of the index version the last of `chain` stands for, `chain` being its full
-/// copy and the deltas after it, oldest first (as `chain` finds them), with every check of
-/// `index_bytes`.
-pub fn chain_bytes(archive: &Archive, chain: &[EntryRecord]) -> Result<IndexVersion> {
-    let Some(last) = chain.last() else {
-        return Err(Error::usage("no version of a cyrus.index to read"));
-    };
-    if chain.len() > MAX_DELTA_CHAIN + 1 {
-        return Err(Error::corrupt(
-            &archive.paths().archive,
-            last.placement.member,
-            format!(
-                "{}: more than {MAX_DELTA_CHAIN} index deltas follow its full copy",
-                last.name
-            ),
-        ));
-    }
+    let chain = chain(archive, e)?;
     let mut current: Option<(Vec<u8>, Guid)> = None;
-    for x in chain {
+    for x in &chain {
         current = Some(next_version(archive, current.take(), x)?);
     }
     let (bytes, sha1) = current.expect("a chain holds at least the version asked for");
@@ -214,18 +195,23 @@ pub fn chain_bytes(archive: &Archive, chain: &[EntryRecord]) -> Result<IndexVers
     })
 }
 
-/// Hands `sink` the bytes of the index version `chain` makes (a full copy, then the deltas
-/// after it up to the version wanted, oldest first), in order and in pieces, as the version
-/// streams out of the archive: the version is never held, only its deltas' payloads (issue 19,
-/// flat memory). Every check of `index_bytes` is made on the way (the full copy's and each
-/// payload's length and SHA-1, the result's); on an error, what `sink` was given is not to be
-/// trusted. Returns the version's length and SHA-1. An error from `sink` stops the stream and
-/// is returned as it is.
-pub fn stream_version(
-    archive: &Archive,
-    chain: &[&EntryRecord],
-    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
-) -> Result<(u64, Guid)> {
+/// An index version ready to stream (`open_version`): its full copy, the payloads of the deltas
+/// after it (read and SHA-1 checked), and the length and SHA-1 the version must come to.
+pub struct VersionStream<'a> {
+    archive: &'a Archive,
+    full: &'a EntryRecord,
+    last: &'a EntryRecord,
+    payloads: Vec<Vec<u8>>,
+    pub len: u64,
+    pub sha1: Guid,
+}
+
+/// The index version `chain` makes (a full copy, then the deltas after it up to the version
+/// wanted, oldest first), ready to stream: only its deltas' payloads are read here.
+pub fn open_version<'a>(
+    archive: &'a Archive,
+    chain: &[&'a EntryRecord],
+) -> Result<VersionStream<'a>> {
     let path = &archive.paths().archive;
     let (full, deltas) = match chain.split_first() {
         Some((full, deltas))
@@ -242,7 +228,7 @@ pub fn stream_version(
             ));
         }
     };
-    let last = chain.last().expect("not empty");
+    let last = *chain.last().expect("not empty");
     let corrupt = |detail: String| Error::corrupt(path, last.placement.member, detail);
     if full.placement.member >= archive.committed_len() {
         return Err(corrupt(format!(
@@ -259,33 +245,55 @@ pub fn stream_version(
         let head = index_delta::read_head(p).map_err(|d| corrupt(format!("{}: {d}", last.name)))?;
         (len, sha1) = (head.result_size, head.result_sha1);
     }
-    let mut failure: Option<Error> = None;
-    let mut reader = archive.read_entry(full)?.take(full.size);
-    let streamed = index_delta::stream_chain(
-        &mut reader,
-        full.size,
-        &full.sha1,
-        &payloads,
-        &mut |piece| {
-            sink(piece).map_err(|e| {
-                let text = e.to_string();
-                failure = Some(e);
-                text
-            })
-        },
-    );
-    if let Some(e) = failure {
-        return Err(e);
+    Ok(VersionStream {
+        archive,
+        full,
+        last,
+        payloads,
+        len,
+        sha1,
+    })
+}
+
+impl VersionStream<'_> {
+    /// Hands `sink` the version's bytes, in order and in pieces, as they stream out of the
+    /// archive: the version is never held, only its deltas' payloads (issue 19, flat memory).
+    /// Every check of `index_bytes` is made on the way (the full copy's and each payload's
+    /// length and SHA-1, the result's); on an error, what `sink` was given is not to be
+    /// trusted. An error from `sink` stops the stream and is returned as it is.
+    pub fn stream(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let full = self.full;
+        let mut failure: Option<Error> = None;
+        let mut reader = self.archive.read_entry(full)?.take(full.size);
+        let streamed = index_delta::stream_chain(
+            &mut reader,
+            full.size,
+            &full.sha1,
+            &self.payloads,
+            &mut |piece| {
+                sink(piece).map_err(|e| {
+                    let text = e.to_string();
+                    failure = Some(e);
+                    text
+                })
+            },
+        );
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        streamed.map_err(|d| {
+            Error::corrupt(
+                &self.archive.paths().archive,
+                self.last.placement.member,
+                format!(
+                    "{} (through {} deltas from the full copy at byte {}): {d}",
+                    self.last.name,
+                    self.payloads.len(),
+                    full.placement.member
+                ),
+            )
+        })
     }
-    streamed.map_err(|d| {
-        corrupt(format!(
-            "{} (through {} deltas from the full copy at byte {}): {d}",
-            last.name,
-            payloads.len(),
-            full.placement.member
-        ))
-    })?;
-    Ok((len, sha1))
 }
 
 /// Hands `visit` every record of the index version `chain` makes (as `stream_version` streams
@@ -298,12 +306,13 @@ pub fn for_each_record(
     for_each_record_with_header(archive, chain, &mut |_, _| {}, visit)
 }
 
-/// The index version `chain` makes, parsed, without its bytes ever held whole: what a restore
-/// reads a mailbox's index as (issue 19, flat memory).
-pub fn index_file(
-    archive: &Archive,
-    chain: &[&EntryRecord],
-) -> Result<crate::spool::index::IndexFile> {
+/// The index version `e` stands for (as `index_bytes` reads it), parsed as it streams out of
+/// the archive, its bytes never held whole: what a restore and `find` read a mailbox's index
+/// as (issue 19, flat memory).
+pub fn index_file(archive: &Archive, e: &EntryRecord) -> Result<crate::spool::index::IndexFile> {
+    let chain = chain(archive, e)?;
+    let chain: Vec<&EntryRecord> = chain.iter().collect();
+    let chain = &chain[..];
     let mut header = None;
     let records = std::cell::RefCell::new(Vec::new());
     for_each_record_with_header(
@@ -350,16 +359,9 @@ fn for_each_record_with_header(
     };
     let path = &archive.paths().archive;
     let corrupt = |detail: String| Error::corrupt(path, last.placement.member, detail);
+    let version = open_version(archive, chain)?;
     // The version's length, which the header's checks need before the bytes are all there.
-    let len = match chain {
-        [only] => only.size,
-        _ => {
-            let payload = read_checked(archive, last)?;
-            index_delta::read_head(&payload)
-                .map_err(|d| corrupt(format!("{}: {d}", last.name)))?
-                .result_size
-        }
-    };
+    let len = version.len;
     // The header is gathered (at most MAX_STREAMED_START bytes), then one record slot at a
     // time; both are capped, as the numbers that size them come from the file.
     let head_want = len.min(MAX_STREAMED_START) as usize;
@@ -411,8 +413,10 @@ fn for_each_record_with_header(
             }
         }
     };
-    let (made, _) = stream_version(archive, chain, &mut take)?;
-    if made != len || shape.as_ref().is_none_or(|s| next_record != s.count) {
+    // The stream makes exactly `len` bytes or fails; what is left to check is that they held
+    // every record the header counts.
+    version.stream(&mut take)?;
+    if shape.as_ref().is_none_or(|s| next_record != s.count) {
         return Err(corrupt(format!(
             "{}: the index version does not read back as {len} bytes of whole records",
             last.name

@@ -534,23 +534,12 @@ impl Pass2<'_> {
                     });
                 }
             }
-            // One fetch per message, the first record naming it in index order: sorted by
-            // SHA-1 to drop the others, then back into index order (a set of every SHA-1 seen
+            // One fetch per message, the record with its lowest uid: sorted by SHA-1 to drop
+            // the others, then back into uid order, the index's (a set of every SHA-1 seen
             // would cost more than the list).
-            let mut order: Vec<u32> = (0..wanted.len() as u32).collect();
-            order.sort_unstable_by_key(|&k| (wanted[k as usize].guid, k));
-            order.dedup_by_key(|k| wanted[*k as usize].guid);
-            order.sort_unstable();
-            let mut keep = order.into_iter().peekable();
-            let mut k = 0u32;
-            wanted.retain(|_| {
-                let kept = keep.peek() == Some(&k);
-                if kept {
-                    keep.next();
-                }
-                k += 1;
-                kept
-            });
+            wanted.sort_unstable_by_key(|w| (w.guid, w.uid));
+            wanted.dedup_by_key(|w| w.guid);
+            wanted.sort_unstable_by_key(|w| w.uid);
             Ok(wanted)
         });
         let wanted = match walked {
@@ -689,13 +678,16 @@ impl Pass2<'_> {
         // (issue 19, flat memory); a delta ruled out half way stops the read.
         let mut encoder = index_delta::Encoder::new(bytes)?;
         let mut ruled_out = false;
-        let streamed = crate::folders::stream_version(self.archive, &chain, &mut |piece| {
-            if encoder.base_piece(piece) {
-                Ok(())
-            } else {
-                ruled_out = true;
-                Err(Error::refused("no delta"))
-            }
+        let streamed = crate::folders::open_version(self.archive, &chain).and_then(|version| {
+            version.stream(&mut |piece| {
+                if encoder.base_piece(piece) {
+                    Ok(())
+                } else {
+                    ruled_out = true;
+                    Err(Error::refused("no delta"))
+                }
+            })?;
+            Ok((version.len, version.sha1))
         });
         match streamed {
             Ok((len, sha1)) => encoder.finish(len, &sha1),

@@ -126,7 +126,13 @@ pub fn open_for_reading(
     paths: &ArchivePaths,
     notices: &mut Vec<String>,
 ) -> Result<(Archive, Vec<String>)> {
-    match Archive::open(paths, notices) {
+    or_degraded(paths, Archive::open(paths, notices))
+}
+
+/// The archive `opened`, or, when that found committed data damaged, its degraded view with
+/// its problems.
+fn or_degraded(paths: &ArchivePaths, opened: Result<Archive>) -> Result<(Archive, Vec<String>)> {
+    match opened {
         Ok(archive) => Ok((archive, Vec::new())),
         Err(e @ Error::Corrupt { .. }) => {
             let (archive, mut damage) = Archive::open_degraded(paths)?;
@@ -145,12 +151,7 @@ pub fn open_for_restore(
     paths: &ArchivePaths,
     notices: &mut Vec<String>,
 ) -> Result<(Archive, Vec<String>)> {
-    let opened = match Archive::open_streamed(paths, notices) {
-        Ok(archive) => Ok((archive, Vec::new())),
-        Err(Error::Corrupt { .. }) => open_for_reading(paths, notices),
-        Err(e) => Err(e),
-    };
-    let (archive, damage) = opened?;
+    let (archive, damage) = or_degraded(paths, Archive::open_streamed(paths, notices))?;
     Ok((archive.split_messages()?, damage))
 }
 

@@ -404,45 +404,36 @@ pub fn plan(archive: &Archive, options: &PlanOptions) -> Result<CompactPlan> {
                         ))
                     }
                 },
-                Some(hex) => match hex.parse::<Guid>() {
-                    Ok(g) => match (
-                        referenced.first_sight(&g),
-                        referenced_by_deleted.first_sight(&g),
-                    ) {
-                        (Some(first), _) => {
-                            if first {
-                                true
-                            } else {
-                                add(&mut dropped.duplicate_copies, e);
-                                false
-                            }
-                        }
-                        (None, Some(first)) => {
-                            if first {
-                                add(&mut dropped.deleted_mailboxes, e);
-                            } else {
-                                add(&mut dropped.duplicate_copies, e);
-                            }
+                Some(hex) => {
+                    // Whether this is the first copy of the name, and what references it.
+                    let (first, slot) = match hex.parse::<Guid>() {
+                        Ok(g) => match referenced.first_sight(&g) {
+                            Some(first) => (first, None),
+                            None => match referenced_by_deleted.first_sight(&g) {
+                                Some(first) => (first, Some(&mut dropped.deleted_mailboxes)),
+                                None => (
+                                    other_seen.insert(g),
+                                    Some(&mut dropped.expunged_beyond_retention),
+                                ),
+                            },
+                        },
+                        Err(_) => (
+                            odd_names_seen.insert(e.name.clone()),
+                            Some(&mut dropped.expunged_beyond_retention),
+                        ),
+                    };
+                    match (first, slot) {
+                        (true, None) => true,
+                        (true, Some(slot)) => {
+                            add(slot, e);
                             false
                         }
-                        (None, None) => {
-                            if other_seen.insert(g) {
-                                add(&mut dropped.expunged_beyond_retention, e);
-                            } else {
-                                add(&mut dropped.duplicate_copies, e);
-                            }
-                            false
-                        }
-                    },
-                    Err(_) => {
-                        if odd_names_seen.insert(e.name.clone()) {
-                            add(&mut dropped.expunged_beyond_retention, e);
-                        } else {
+                        (false, _) => {
                             add(&mut dropped.duplicate_copies, e);
+                            false
                         }
-                        false
                     }
-                },
+                }
             };
             if kept {
                 live_raw += raw_size(e);

@@ -297,10 +297,8 @@ impl<'a> Walker<'a> {
             }
             None => Vec::new(),
         };
-        let bytes = crate::folders::index_bytes(self.archive, index_entry)
-            .map_err(|err| format!("find: {}: {}: {err}", path.display(), index_entry.name))?
-            .bytes;
-        let index = crate::spool::index::parse(&bytes)
+        // Parsed as it streams out of the archive, as a restore reads it.
+        let index = crate::folders::index_file(self.archive, index_entry)
             .map_err(|err| format!("find: {}: {}: {err}", path.display(), index_entry.name))?;
         Ok(index
             .records

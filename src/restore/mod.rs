@@ -373,11 +373,7 @@ pub fn read_mailbox(
     let index_entry = m.index_entry().ok_or_else(|| {
         LostEntry::missing(path, format!("{FOLDERS_DIR}{}/{INDEX_FILE}", m.uniqueid))
     })?;
-    let index = crate::folders::chain(archive, index_entry)
-        .and_then(|chain| {
-            let chain: Vec<&EntryRecord> = chain.iter().collect();
-            crate::folders::index_file(archive, &chain)
-        })
+    let index = crate::folders::index_file(archive, index_entry)
         .map_err(|err| LostEntry::of(path, index_entry, &err))?;
     Ok(MailboxData { header, index })
 }

@@ -219,23 +219,16 @@ impl Archive {
             return Ok(self);
         }
         let mut kept: Vec<EntryRecord> = Vec::new();
-        let mut messages: Vec<(StoredMessage, usize)> = Vec::new();
+        let mut messages: Vec<StoredMessage> = Vec::new();
         let mut ranges = Vec::with_capacity(self.runs.len());
-        let mut order = 0usize;
         let mut route =
             |run: u64, e: EntryRecord, kept: &mut Vec<EntryRecord>| match message_guid(&e) {
-                Some(guid) => {
-                    messages.push((
-                        StoredMessage {
-                            guid,
-                            run,
-                            placement: e.placement,
-                            size: e.size,
-                        },
-                        order,
-                    ));
-                    order += 1;
-                }
+                Some(guid) => messages.push(StoredMessage {
+                    guid,
+                    run,
+                    placement: e.placement,
+                    size: e.size,
+                }),
                 None => kept.push(e),
             };
         if self.streamed.is_some() {
@@ -257,11 +250,10 @@ impl Archive {
                 ranges.push(first..kept.len());
             }
         }
-        // The first copy of each: sorted by SHA-1, then archive order.
-        messages.sort_unstable_by_key(|(m, order)| (m.guid, *order));
-        messages.dedup_by(|b, a| a.0.guid == b.0.guid);
-        let mut table: Vec<StoredMessage> = Vec::with_capacity(messages.len());
-        table.extend(messages.into_iter().map(|(m, _)| m));
+        // The first copy of each: a stable sort by SHA-1 keeps archive order among copies.
+        messages.sort_by_key(|m| m.guid);
+        messages.dedup_by_key(|m| m.guid);
+        messages.shrink_to_fit();
         kept.shrink_to_fit();
         for (run, range) in self.runs.iter_mut().zip(ranges) {
             run.entries = range;
@@ -269,18 +261,17 @@ impl Archive {
         self.entries = kept;
         self.streamed = None;
         self.files = std::cell::OnceCell::new();
-        self.messages = Some(table);
+        self.messages = Some(messages);
         Ok(self)
     }
 
-    /// The stored message file with this SHA-1 (its first copy), when the messages were split
-    /// out (`split_messages`) or, otherwise, found among the entries.
+    /// The stored message file with this SHA-1 (its first copy): from the table when the
+    /// messages were split out (`split_messages`), else found among the entries (an archive
+    /// a restore was handed already open, as an off-site copy is).
     pub fn stored_message(&self, guid: &Guid) -> Option<StoredMessage> {
         if let Some(table) = &self.messages {
-            return table
-                .binary_search_by(|m| m.guid.cmp(guid))
-                .ok()
-                .map(|k| table[k]);
+            let k = table.binary_search_by(|m| m.guid.cmp(guid)).ok()?;
+            return Some(table[k]);
         }
         let name = crate::archive::file_entry_name(guid);
         self.runs.iter().find_map(|run| {
@@ -348,30 +339,15 @@ impl Archive {
             .collect()
     }
 
-    /// Whether a message file with this SHA-1 is stored. A streamed archive reads its index
-    /// once for the answer; should that read fail, the file counts as not stored, so a writer
-    /// stores it again: a second copy is harmless (compaction drops it), a missing one is not.
+    /// Whether a message file with this SHA-1 is stored. Not for a streamed archive, whose
+    /// entries are not held (a backup asks `backup::Recorded`).
     pub fn has_file(&self, guid: &Guid) -> bool {
+        debug_assert!(self.streamed.is_none(), "has_file on a streamed archive");
         if self.messages.is_some() {
             return self.stored_message(guid).is_some();
         }
         self.files
-            .get_or_init(|| {
-                if self.streamed.is_none() {
-                    return self.entries.iter().filter_map(message_guid).collect();
-                }
-                let mut files = std::collections::HashSet::new();
-                let read = self.runs.iter().try_for_each(|run| {
-                    self.for_each_entry(run, &mut |e| {
-                        files.extend(message_guid(e));
-                        Ok(())
-                    })
-                });
-                if read.is_err() {
-                    files.clear();
-                }
-                files
-            })
+            .get_or_init(|| self.entries.iter().filter_map(message_guid).collect())
             .contains(guid)
     }
 

@@ -174,7 +174,7 @@ impl Rewriter {
         index_file
             .borrow_mut()
             .write_all_at_end(&sidecar::encode_header(&self.archive_id))?;
-        let mut sink = |piece: &[u8]| index_file.borrow_mut().write_all_at_end(piece);
+        let write = |piece: &[u8]| index_file.borrow_mut().write_all_at_end(piece);
         let written = &self.written;
         let differs = |run: u64, at: u64| {
             Error::corrupt(
@@ -183,30 +183,30 @@ impl Rewriter {
                 format!("run {run} of the rewritten copy differs from what was written"),
             )
         };
-        // The run being read back: its position in `written`, digest and index block.
+        // The run being read back: its position in `written`, digest and index block (started
+        // at the run's first entry, or at its marker when it has none).
         let k = std::cell::Cell::new(0usize);
         let current: std::cell::RefCell<Option<(sidecar::BlockDigest, sidecar::BlockStream)>> =
             Default::default();
+        let begin = |run: u64, at: u64| -> Result<(sidecar::BlockDigest, sidecar::BlockStream)> {
+            let w = written.get(k.get()).ok_or_else(|| differs(run, at))?;
+            Ok((
+                sidecar::BlockDigest::default(),
+                sidecar::BlockStream::begin(&w.frame, w.count, w.body_len)?,
+            ))
+        };
         let copy = ArchiveHandle::open(tmp)?;
         let mut on_entry = |e: &crate::archive::EntryRecord| {
             let mut current = current.borrow_mut();
             if current.is_none() {
-                let Some(w) = written.get(k.get()) else {
-                    return Err(differs(k.get() as u64 + 1, e.placement.member));
-                };
-                *current = Some((
-                    sidecar::BlockDigest::default(),
-                    sidecar::BlockStream::begin(&w.frame, w.count, w.body_len)?,
-                ));
+                *current = Some(begin(k.get() as u64 + 1, e.placement.member)?);
             }
             let (digest, block) = current.as_mut().expect("just set");
             if digest.count() >= written[k.get()].count {
                 return Err(differs(written[k.get()].frame.run, e.placement.member));
             }
             digest.add(e);
-            block.entry(e, &mut |piece| {
-                index_file.borrow_mut().write_all_at_end(piece)
-            })
+            block.entry(e, &mut |piece| write(piece))
         };
         let outcome = scan_runs_with(
             &copy,
@@ -215,21 +215,17 @@ impl Rewriter {
             Some(self.archive_id),
             Some(&mut on_entry),
             &mut |found| {
-                let w = written
-                    .get(k.get())
-                    .ok_or_else(|| differs(found.run, found.start))?;
-                let (digest, block) = match current.borrow_mut().take() {
+                let taken = current.borrow_mut().take();
+                let (digest, block) = match taken {
                     Some(both) => both,
-                    None => (
-                        sidecar::BlockDigest::default(),
-                        sidecar::BlockStream::begin(&w.frame, w.count, w.body_len)?,
-                    ),
+                    None => begin(found.run, found.start)?,
                 };
+                let w = &written[k.get()];
                 if found.run != w.frame.run || digest.finish(&found) != w.digest {
                     return Err(differs(found.run, found.start));
                 }
                 k.set(k.get() + 1);
-                block.finish(&mut sink)
+                block.finish(&mut |piece| write(piece))
             },
         )?;
         let k = k.get();

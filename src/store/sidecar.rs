@@ -63,37 +63,6 @@ pub fn encode_block(run: &CommittedRun) -> Vec<u8> {
     out
 }
 
-/// The block `encode_block` makes, handed to `sink` in pieces of about 64 KiB, so a run of a
-/// million entries is written without its whole block in memory.
-pub fn encode_block_in_pieces(
-    run: &CommittedRun,
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<()> {
-    const PIECE: usize = 64 << 10;
-    let mut piece = Vec::with_capacity(PIECE + 512);
-    encode_frame(run, run.entries.len() as u64, &mut piece);
-    let mut body_len = piece.len();
-    let mut scratch = Vec::with_capacity(256);
-    for e in &run.entries {
-        scratch.clear();
-        encode_entry(e, &mut scratch);
-        body_len += scratch.len();
-    }
-    let mut crc = crc32fast::Hasher::new();
-    sink(&(body_len as u32).to_le_bytes())?;
-    for e in &run.entries {
-        encode_entry(e, &mut piece);
-        if piece.len() >= PIECE {
-            crc.update(&piece);
-            sink(&piece)?;
-            piece.clear();
-        }
-    }
-    crc.update(&piece);
-    piece.extend_from_slice(&crc.finalize().to_le_bytes());
-    sink(&piece)
-}
-
 /// Writes one block entry by entry, in pieces of about 64 KiB, when its frame, entry count and
 /// body length are known before its entries (a rewrite's copy, whose writer reported them):
 /// memory holds one piece, whatever the run's size. What it writes is `encode_block`'s block
@@ -148,11 +117,16 @@ impl BlockStream {
         Ok(())
     }
 
-    /// Entry records already encoded (by `RunSpill`), appended as they are; the caller sets
-    /// how many entries they were before `finish`.
-    fn encoded(&mut self, bytes: &[u8], sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    /// `entries` entry records already encoded (by `RunSpill`), appended as they are.
+    fn encoded(
+        &mut self,
+        bytes: &[u8],
+        entries: u64,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         self.piece.extend_from_slice(bytes);
         self.written += bytes.len() as u64;
+        self.entries += entries;
         if self.piece.len() >= PIECE {
             self.flush(sink)?;
         }
@@ -248,6 +222,7 @@ impl BlockDigest {
     }
 
     /// The digest of a run held whole.
+    #[cfg(test)]
     pub fn of(run: &CommittedRun) -> [u8; 20] {
         let mut digest = BlockDigest::default();
         for e in &run.entries {
@@ -918,25 +893,21 @@ impl RunSpill {
                 whole.extend_from_slice(p);
                 Ok(())
             };
-            block.encoded(&self.mem, &mut gather)?;
-            block.entries = self.count;
+            block.encoded(&self.mem, self.count, &mut gather)?;
             block.finish(&mut gather)?;
             return sink(&whole);
         };
-        {
-            let read = |e: io::Error| Error::io("read", &self.path, e);
-            file.seek(SeekFrom::Start(0)).map_err(read)?;
-            let mut left = self.spilled;
-            let mut piece = vec![0u8; PIECE];
-            while left > 0 {
-                let n = (left as usize).min(PIECE);
-                file.read_exact(&mut piece[..n]).map_err(read)?;
-                block.encoded(&piece[..n], sink)?;
-                left -= n as u64;
-            }
+        let read = |e: io::Error| Error::io("read", &self.path, e);
+        file.seek(SeekFrom::Start(0)).map_err(read)?;
+        let mut left = self.spilled;
+        let mut piece = vec![0u8; PIECE];
+        while left > 0 {
+            let n = (left as usize).min(PIECE);
+            file.read_exact(&mut piece[..n]).map_err(read)?;
+            block.encoded(&piece[..n], 0, sink)?;
+            left -= n as u64;
         }
-        block.encoded(&self.mem, sink)?;
-        block.entries = self.count;
+        block.encoded(&self.mem, self.count, sink)?;
         block.finish(sink)
     }
 }
@@ -1115,12 +1086,18 @@ mod tests {
         let mut run = sample_run(3, 100);
         let one = run.entries[0].clone();
         run.entries = (0..3000).map(|_| one.clone()).collect();
+        let mut digest = BlockDigest::default();
+        run.entries.iter().for_each(|e| digest.add(e));
+        let mut block = BlockStream::begin(&run, digest.count(), digest.body_len()).unwrap();
         let mut pieces = Vec::new();
-        encode_block_in_pieces(&run, |p| {
+        let mut sink = |p: &[u8]| {
             pieces.extend_from_slice(p);
             Ok(())
-        })
-        .unwrap();
+        };
+        for e in &run.entries {
+            block.entry(e, &mut sink).unwrap();
+        }
+        block.finish(&mut sink).unwrap();
         assert_eq!(pieces, encode_block(&run));
         let digest = BlockDigest::of(&run);
         run.entries[2999].placement.member += 1;

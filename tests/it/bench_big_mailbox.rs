@@ -574,51 +574,7 @@ fn change_big_mailbox_flags() {
     let spool = PathBuf::from(std::env::var("MAILPACK_BENCH_SPOOL").expect("MAILPACK_BENCH_SPOOL"));
     let percent = env_usize("MAILPACK_BENCH_PERCENT", 1).clamp(1, 100);
     let started = Instant::now();
-    for dir in [
-        "conf/socket",
-        "conf/log",
-        "conf/proc",
-        "conf/db",
-        "run/lock",
-    ] {
-        std::fs::create_dir_all(spool.join(dir)).unwrap();
-    }
-    if cyrus_ids().is_some() {
-        let status = std::process::Command::new("find")
-            .arg(&spool)
-            .args([
-                "-regextype",
-                "posix-extended",
-                "!",
-                "-regex",
-                ".*/[0-9]+\\.",
-                "(",
-                "!",
-                "-user",
-                "cyrus",
-                "-o",
-                "!",
-                "-group",
-                "mail",
-                ")",
-                "-exec",
-                "chown",
-                "cyrus:mail",
-                "{}",
-                "+",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    let path = |p: &str| spool.join(p).to_str().unwrap().to_string();
-    let mut server = CyrusServer::start(
-        CyrusOptions::default()
-            .with("configdirectory", &path("conf"))
-            .with("partition-default", &path("spool"))
-            .with("sievedir", &path("sieve"))
-            .with("mboxname_lockpath", &path("run/lock")),
-    );
+    let mut server = crate::bench_spool::serve_kept_spool(&spool, true);
     let mut imap = server.imap(USER);
     let info = imap.select("INBOX");
     let step = 100 / percent as u32;

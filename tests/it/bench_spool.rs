@@ -110,6 +110,64 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
+/// Starts a real Cyrus over a spool a benchmark generator made and kept (its runtime folders
+/// made again, its files Cyrus's). Only what is not Cyrus's already is chowned: chown changes
+/// ctime, and every mailbox whose metadata ctime changed would count as changed for the backup
+/// being measured; with `skip_messages`, message files (`<uid>.`) are not even looked at,
+/// which a million of them makes worth it.
+pub fn serve_kept_spool(spool: &std::path::Path, skip_messages: bool) -> CyrusServer {
+    for dir in [
+        "conf/socket",
+        "conf/log",
+        "conf/proc",
+        "conf/db",
+        "run/lock",
+    ] {
+        std::fs::create_dir_all(spool.join(dir)).unwrap();
+    }
+    if crate::cyrus::cyrus_ids().is_some() {
+        let mut find = std::process::Command::new("find");
+        find.arg(spool);
+        if skip_messages {
+            find.args([
+                "-regextype",
+                "posix-extended",
+                "!",
+                "-regex",
+                ".*/[0-9]+\\.",
+            ]);
+        }
+        let status = find
+            .args([
+                "(",
+                "!",
+                "-user",
+                "cyrus",
+                "-o",
+                "!",
+                "-group",
+                "mail",
+                ")",
+                "-exec",
+                "chown",
+                "cyrus:mail",
+                "{}",
+                "+",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let path = |p: &str| spool.join(p).to_str().unwrap().to_string();
+    CyrusServer::start(
+        CyrusOptions::default()
+            .with("configdirectory", &path("conf"))
+            .with("partition-default", &path("spool"))
+            .with("sievedir", &path("sieve"))
+            .with("mboxname_lockpath", &path("run/lock")),
+    )
+}
+
 /// Changes the benchmark spool as a day of mail would: `MAILPACK_BENCH_NEW` new messages
 /// delivered and as many messages' flags changed, by a real Cyrus running on that spool.
 #[test]
@@ -120,46 +178,7 @@ fn change_bench_spool() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    for dir in [
-        "conf/socket",
-        "conf/log",
-        "conf/proc",
-        "conf/db",
-        "run/lock",
-    ] {
-        std::fs::create_dir_all(spool.join(dir)).unwrap();
-    }
-    // Only what is not Cyrus's already: chown changes ctime, and every mailbox whose metadata
-    // ctime changed would count as changed for the backup being measured.
-    let status = std::process::Command::new("find")
-        .arg(&spool)
-        .args([
-            "(",
-            "!",
-            "-user",
-            "cyrus",
-            "-o",
-            "!",
-            "-group",
-            "mail",
-            ")",
-            "-exec",
-            "chown",
-            "cyrus:mail",
-            "{}",
-            "+",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let path = |p: &str| spool.join(p).to_str().unwrap().to_string();
-    let mut server = CyrusServer::start(
-        CyrusOptions::default()
-            .with("configdirectory", &path("conf"))
-            .with("partition-default", &path("spool"))
-            .with("sievedir", &path("sieve"))
-            .with("mboxname_lockpath", &path("run/lock")),
-    );
+    let mut server = serve_kept_spool(&spool, false);
     let users: Vec<String> = (0..100).map(|u| format!("user{u:03}")).collect();
     let mut lmtp = Lmtp::connect(server.lmtp_addr());
     for i in 0..n {
