@@ -102,10 +102,20 @@ impl DurableFile {
             .map_err(|e| Error::io("write", &self.path, e))
     }
 
+    /// Cuts the file to `len` bytes and positions it there. A file already that long is left
+    /// alone: truncating to the same length still dirties the inode (its times), which every
+    /// no-change run of every owner would then commit to the journal.
     pub fn truncate(&mut self, len: u64) -> Result<()> {
-        self.file
-            .set_len(len)
-            .map_err(|e| Error::io("truncate", &self.path, e))?;
+        let now = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("stat", &self.path, e))?
+            .len();
+        if now != len {
+            self.file
+                .set_len(len)
+                .map_err(|e| Error::io("truncate", &self.path, e))?;
+        }
         self.file
             .seek(SeekFrom::Start(len))
             .map_err(|e| Error::io("seek", &self.path, e))?;
@@ -149,23 +159,32 @@ impl Seek for DurableFile {
 /// Opens `path` for reading and appending, creating it with mode 0600 if absent. Returns whether
 /// it was created, so the caller can fsync the directory.
 pub fn open_private(path: &Path) -> Result<(File, bool)> {
-    let (file, created) = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(NO_FOLLOW)
-        .open(path)
-    {
-        Ok(f) => (f, true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
+    // The file exists on every run but an owner's first: opening it first costs one call then.
+    let existing = || {
+        OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(NO_FOLLOW)
             .open(path)
-            .map(|f| (f, false))
-            .map_err(|e| open_error(path, e))?,
-        Err(e) => return Err(Error::io("create", path, e)),
+    };
+    let (file, created) = match existing() {
+        Ok(f) => (f, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(NO_FOLLOW)
+            .open(path)
+        {
+            Ok(f) => (f, true),
+            // Created by another process in between.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => existing()
+                .map(|f| (f, false))
+                .map_err(|e| open_error(path, e))?,
+            Err(e) => return Err(Error::io("create", path, e)),
+        },
+        Err(e) => return Err(open_error(path, e)),
     };
     ensure_regular(&file, path)?;
     Ok((file, created))
@@ -181,6 +200,22 @@ const NO_FOLLOW: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
 pub fn open_own(path: &Path) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
+        .custom_flags(NO_FOLLOW)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
+    ensure_regular(&file, path)?;
+    Ok(file)
+}
+
+/// As `open_own`, read-write, creating the file (mode 0600) when it is absent: for mailpack's
+/// own records that are rewritten in place.
+pub fn open_own_or_create(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
         .custom_flags(NO_FOLLOW)
         .open(path)
         .map_err(|e| open_error(path, e))?;
@@ -354,7 +389,9 @@ pub fn read_own_small(path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
         Err(Error::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut bytes = Vec::new();
+    // Sized from the file's length, so a small file is read in one call, not grown into.
+    let hint = file.metadata().map_or(0, |m| m.len()).min(cap) as usize;
+    let mut bytes = Vec::with_capacity(hint + 1);
     file.take(cap + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io("read", path, e))?;

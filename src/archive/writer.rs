@@ -122,7 +122,7 @@ impl ArchiveWriter {
             run,
             run_start: end,
             written: end,
-            member: Vec::with_capacity(MEMBER_TARGET + 4096),
+            member: Vec::new(),
             seq: 0,
             first_seq: 0,
             member_offsets: Vec::new(),
@@ -544,7 +544,10 @@ impl ArchiveWriter {
     }
 
     fn close_member(&mut self) -> Result<()> {
-        let raw = std::mem::replace(&mut self.member, Vec::with_capacity(MEMBER_TARGET + 4096));
+        // The next member's buffer grows as it fills (copying it as it doubles costs little
+        // beside deflating it): a run of only its marker, of which a backup of many owners
+        // holds hundreds until their group is synced, then holds no empty megabyte.
+        let raw = std::mem::take(&mut self.member);
         let seq = self.seq;
         self.seq += 1;
         self.deflate_pool.submit(seq, raw);
@@ -610,11 +613,24 @@ impl ArchiveWriter {
     /// run survives a crash.
     pub fn commit(&mut self, summary: &RunSummary) -> Result<CommittedRun> {
         self.check()?;
-        let r = self.commit_inner(summary);
+        let r = self.commit_inner(summary, self.sync_on_commit);
         self.poison_on_err(r)
     }
 
-    fn commit_inner(&mut self, summary: &RunSummary) -> Result<CommittedRun> {
+    /// Writes the commit marker without the fsync: the run is committed once the caller has
+    /// made the file durable (the store's group commit, formats/archive.md section 7).
+    pub fn commit_unsynced(&mut self, summary: &RunSummary) -> Result<CommittedRun> {
+        self.check()?;
+        let r = self.commit_inner(summary, false);
+        self.poison_on_err(r)
+    }
+
+    /// The archive file being written.
+    pub fn file(&self) -> &std::fs::File {
+        self.file.file()
+    }
+
+    fn commit_inner(&mut self, summary: &RunSummary, sync: bool) -> Result<CommittedRun> {
         if self.run == u64::MAX {
             // The last number is never used, so no run number can ever wrap.
             return Err(Error::refused(format!(
@@ -636,7 +652,7 @@ impl ArchiveWriter {
         self.close_member()?;
         self.drain()?;
         // The run is committed only once its marker is on stable storage.
-        if self.sync_on_commit {
+        if sync {
             self.file.sync()?;
         }
 

@@ -23,6 +23,9 @@ pub struct UserOptions {
     /// Write the tombstones even when a run would tombstone a large share of the archive's
     /// mailboxes at once (`MASS_DELETE_*`); `--allow-mass-delete`.
     pub allow_mass_delete: bool,
+    /// Commit a run that stores nothing with `StoreWriter::commit_grouped`: the caller then
+    /// makes it durable with `sync_group`, together with other owners' such runs.
+    pub group_commit: bool,
 }
 
 /// A run that would tombstone more than half of the archive's live mailboxes, and at least
@@ -342,14 +345,19 @@ fn commit(
         counts.push(("user-gone".to_string(), 1));
     }
     report.entries_stored = store.writer().pending_entries() as u64;
-    let run = store.commit(&RunSummary {
+    let summary = RunSummary {
         time: options.time,
         host: options.host.clone(),
         counts,
         ..Default::default()
-    })?;
-    report.run = Some(run.run);
-    report.bytes_written = run.end - start_len;
+    };
+    let run = if options.group_commit {
+        store.commit_grouped(&summary)?
+    } else {
+        store.commit(&summary)?.run
+    };
+    report.run = Some(run);
+    report.bytes_written = store.writer().written() - start_len;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(())
 }

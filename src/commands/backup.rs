@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::agent::{LocalSource, RemoteSource, Source};
 use crate::backup::{backup_user, record_user_gone, UserOptions, UserReport};
@@ -12,7 +13,7 @@ use crate::compact::{compact, CompactOptions, CompactOutcome, PlanOptions};
 use crate::error::{Error, Result};
 use crate::progress::{OwnerProgress, Phase, Progress, Tally};
 use crate::spool::{LockOptions, Owner, Spool};
-use crate::store::{list_owner_archives, ArchivePaths, StoreWriter, WriterOptions};
+use crate::store::{list_owner_archives_checking, ArchivePaths, StoreWriter, WriterOptions};
 
 /// How many users a worker claims at once after a quick run (one that read no message file):
 /// their listings then cross in one round trip, which on a run that finds nothing changed is
@@ -157,6 +158,7 @@ pub fn backup(
         .map(Owner::User)
         .chain(sessions[0].shared_trees()?.into_iter().map(Owner::Shared))
         .collect();
+    let listed: std::collections::HashSet<&Owner> = on_server.iter().collect();
     let everyone = options.users.is_empty() && options.shared.is_empty();
     let spare = std::sync::Mutex::new(sessions);
     let mut work: Vec<(Owner, bool)> = if everyone {
@@ -174,13 +176,14 @@ pub fn backup(
             .map(|u| Owner::User(u.clone()))
             .chain(options.shared.iter().map(|t| Owner::Shared(t.clone())))
             .map(|o| {
-                let gone = !on_server.contains(&o);
+                let gone = !listed.contains(&o);
                 (o, gone)
             })
             .collect()
     };
     // A foreign file at an archive's name is neither an owner to mark gone nor one to count.
-    let (own, foreign) = list_owner_archives(&options.archive_dir)?;
+    let (own, foreign) =
+        list_owner_archives_checking(&options.archive_dir, &|o| !listed.contains(o))?;
     // The server's own archive is written with everything, never marked gone.
     let archived: Vec<Owner> = own
         .into_iter()
@@ -190,7 +193,7 @@ pub fn backup(
     let refused = mass_gone(&archived, &on_server, options.allow_mass_delete);
     if everyone {
         for owner in &archived {
-            if !on_server.contains(owner) {
+            if !listed.contains(owner) {
                 work.push((owner.clone(), true));
             }
         }
@@ -198,6 +201,10 @@ pub fn backup(
     if refused.is_some() {
         work.retain(|(_, gone)| !gone);
     }
+    // An owner named twice is backed up once: its first run may still hold the archive's lock
+    // waiting for its group's sync when the second would start.
+    let mut seen = std::collections::HashSet::new();
+    work.retain(|(owner, _)| seen.insert(owner.clone()));
     let total = work.len();
     if let Some(progress) = &options.progress {
         progress.set_owners_total(total as u64);
@@ -214,6 +221,8 @@ pub fn backup(
         host: super::hostname(),
         time: super::now(),
         allow_mass_delete: options.allow_mass_delete,
+        // What `--compact` and `--push` do after a run needs it durable first.
+        group_commit: options.compact.is_none() && options.push.is_none(),
     };
 
     let claims = Claims::new(work.len(), jobs);
@@ -222,7 +231,10 @@ pub fn backup(
         SpoolAccess::Local { .. } => 1,
         SpoolAccess::Remote { .. } => QUICK_BATCH,
     };
-    let (tx, rx) = mpsc::channel::<UserOutcome>();
+    // Bounded: a run waiting for the group's sync holds its archive's files open, and workers
+    // wait here while the collector syncs rather than open more.
+    let group_max = group_commit_max(jobs);
+    let (tx, rx) = mpsc::sync_channel::<Finished>(group_max);
     let mut summary = BackupSummary {
         users: total,
         failed: 0,
@@ -279,7 +291,20 @@ pub fn backup(
                         )
                     })();
                     let outcome = match result {
-                        Ok(Some(mut report)) => {
+                        Ok(Some((report, store))) if store.is_unsynced() => {
+                            let unsynced = Unsynced {
+                                owner: owner.clone(),
+                                report,
+                                store,
+                                tally,
+                            };
+                            if tx.send(Finished::Unsynced(Box::new(unsynced))).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Ok(Some((mut report, store))) => {
+                            drop(store);
                             tally.set_phase(Phase::Compact);
                             let compaction = options.compact.as_ref().map(|plan| {
                                 compact_after_run(&options.archive_dir, owner, plan, writer)
@@ -319,7 +344,7 @@ pub fn backup(
                     record_status(&options.archive_dir, owner, &outcome);
                     // Counted done before its result is reported.
                     drop(tally);
-                    if tx.send(outcome).is_err() {
+                    if tx.send(Finished::Outcome(outcome)).is_err() {
                         return;
                     }
                 }
@@ -327,7 +352,7 @@ pub fn backup(
         }
         drop(tx);
         let mut done = 0;
-        for outcome in rx {
+        let mut report = |outcome: UserOutcome| {
             done += 1;
             match &outcome {
                 UserOutcome::Done(r, c, pushed)
@@ -341,9 +366,128 @@ pub fn backup(
                 _ => {}
             }
             on_user(&outcome, done, total);
+        };
+        // Runs that stored nothing wait here until a group of them is synced at once
+        // (formats/archive.md section 7, "Group commit"): when the group is full, when its
+        // oldest run has waited GROUP_WAIT, and when the workers are done.
+        let mut group: Vec<Unsynced> = Vec::new();
+        let mut oldest: Option<Instant> = None;
+        loop {
+            let message = match oldest {
+                Some(since) => rx.recv_timeout(GROUP_WAIT.saturating_sub(since.elapsed())),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            let last = match message {
+                Ok(Finished::Outcome(outcome)) => {
+                    report(outcome);
+                    continue;
+                }
+                Ok(Finished::Unsynced(run)) => {
+                    group.push(*run);
+                    oldest.get_or_insert_with(Instant::now);
+                    if group.len() < group_max {
+                        continue;
+                    }
+                    false
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => true,
+            };
+            for outcome in commit_group(&options.archive_dir, std::mem::take(&mut group)) {
+                report(outcome);
+            }
+            oldest = None;
+            if last {
+                break;
+            }
         }
     });
     Ok(summary)
+}
+
+/// What a worker hands the collector for one owner.
+enum Finished {
+    Outcome(UserOutcome),
+    /// A run of only its marker, committed once the collector's group is synced.
+    Unsynced(Box<Unsynced>),
+}
+
+struct Unsynced {
+    owner: Owner,
+    report: UserReport,
+    store: StoreWriter,
+    tally: OwnerProgress,
+}
+
+/// How long a run that stored nothing may wait for others to share its sync: short beside what
+/// a backup of many owners takes, long against one owner's quick run (well under a
+/// millisecond), so groups fill before they time out.
+const GROUP_WAIT: Duration = Duration::from_millis(50);
+
+/// The largest group of runs synced at once: each holds its archive, index and lock files
+/// open (four descriptors) until then, so the group stays within the open-files limit,
+/// counting the runs the workers are in.
+/// The soft limit is first raised to the hard one (as far as 65,536): the default soft limit
+/// of 1,024 is there for programs that use `select`, which mailpack does not.
+fn group_commit_max(jobs: usize) -> usize {
+    const MOST: usize = 512;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct they are given.
+    let open_files = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            1024
+        } else {
+            let wanted = limit.rlim_max.min(1 << 16);
+            if wanted > limit.rlim_cur {
+                let raised = libc::rlimit {
+                    rlim_cur: wanted,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit.rlim_cur = wanted;
+                }
+            }
+            limit.rlim_cur.min(1 << 16) as usize
+        }
+    };
+    (open_files.saturating_sub(128 + 8 * jobs) / 8).clamp(1, MOST)
+}
+
+/// Makes a group's runs durable (`sync_group`), writes their index blocks and reports them.
+fn commit_group(archive_dir: &Path, mut group: Vec<Unsynced>) -> Vec<UserOutcome> {
+    let synced = {
+        let mut stores: Vec<&mut StoreWriter> = group.iter_mut().map(|u| &mut u.store).collect();
+        crate::store::sync_group(&mut stores)
+    };
+    group
+        .into_iter()
+        .zip(synced)
+        .map(|(mut run, synced)| {
+            let outcome = match synced {
+                Ok(()) => {
+                    run.store.finish_grouped();
+                    if let Some(failure) = run.store.index_failure() {
+                        run.report.problems.push(failure.to_string());
+                    }
+                    drop(run.store);
+                    UserOutcome::Done(run.report, None, None)
+                }
+                Err(e) => UserOutcome::Failed {
+                    user: run.owner.to_string(),
+                    error: format!(
+                        "{e}; run {} may not have reached the disk and is not counted as done",
+                        run.report.run.unwrap_or(0)
+                    ),
+                },
+            };
+            record_status(archive_dir, &run.owner, &outcome);
+            drop(run.tally);
+            outcome
+        })
+        .collect()
 }
 
 /// Whether marking the users with archives here that the server does not list as gone would be
@@ -453,7 +597,7 @@ fn one_user(
     gone: bool,
     next_users: &mut dyn FnMut(&UserReport) -> Vec<Owner>,
     progress: &Tally,
-) -> Result<Option<UserReport>> {
+) -> Result<Option<(UserReport, StoreWriter)>> {
     let paths = ArchivePaths::for_owner(&options.archive_dir, owner)?;
     if gone && !paths.archive.exists() {
         return Err(Error::NotFound(match owner {
@@ -484,7 +628,10 @@ fn one_user(
     };
     // Repairs made while opening are worth an operator's attention.
     report.problems.extend(notices);
-    Ok(Some(report))
+    if let Some(failure) = store.index_failure() {
+        report.problems.push(failure.to_string());
+    }
+    Ok(Some((report, store)))
 }
 
 /// The policy, run once the user's run is committed and its writer gone. It takes the lock

@@ -19,14 +19,14 @@ mod writer;
 
 pub use lock::{WriterLock, WriterWait};
 pub use naming::{
-    decode_user, encode_user, list_archives, list_own_archives, list_owner_archives, ArchivePaths,
-    SHARED_DIR,
+    decode_user, encode_user, list_archives, list_own_archives, list_owner_archives,
+    list_owner_archives_checking, ArchivePaths, SHARED_DIR,
 };
 pub use read::{find_latest, ArchiveHandle};
 pub use repair::{repair, RepairOptions, RepairReport, REPAIRS_DIR};
 pub use rewrite::{Rewriter, REWRITE_SUFFIX};
 pub use verify::{verify, verify_elsewhere, Problem, VerifyReport};
-pub use writer::{StoreWriter, WriterOptions};
+pub use writer::{sync_group, StoreWriter, WriterOptions};
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -100,7 +100,7 @@ impl StoredMessage {
 struct IndexStream {
     path: std::path::PathBuf,
     /// `None` for an archive with no runs when it was opened.
-    file: Option<std::fs::File>,
+    file: Option<sidecar::IndexFile>,
     blocks: Vec<sidecar::BlockAt>,
 }
 
@@ -189,8 +189,8 @@ impl Archive {
         };
         let block = self
             .runs
-            .iter()
-            .position(|r| r.run == run.run)
+            .binary_search_by_key(&run.run, |r| r.run)
+            .ok()
             .and_then(|k| stream.blocks.get(k))
             .zip(stream.file.as_ref())
             .ok_or_else(|| {
@@ -201,7 +201,7 @@ impl Archive {
                 ))
             })?;
         let (block, file) = block;
-        sidecar::stream_entries(&stream.path, file, block, &mut |e| visit(&e))
+        file.stream_entries(&stream.path, block, &mut |e| visit(&e))
     }
 
     /// Whether the entries were left in the index file.

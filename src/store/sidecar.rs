@@ -506,7 +506,7 @@ pub struct BlockAt {
 
 /// An index read without its entries: every block's frame and where it lies. Each block was
 /// read through in full (every record checked to decode, the CRC checked), so entries can be
-/// streamed from it again later (`stream_entries`) instead of being held in memory.
+/// streamed from it again later (`IndexFile::stream_entries`) instead of being held in memory.
 pub struct Frames {
     pub archive_id: ArchiveId,
     /// The runs, with no entries.
@@ -515,8 +515,20 @@ pub struct Frames {
     /// Length of the file: every byte of it is a good block.
     pub len: u64,
     /// The file read, to stream entries from: the same generation as the frames.
-    pub file: File,
+    pub file: IndexFile,
 }
+
+/// The index file `read_frames` read, to read its blocks again: a small one (at most
+/// `HELD_MAX` bytes, what most owners' indexes are) from the bytes read and checked then, a
+/// larger one from the open file, a window at a time.
+pub struct IndexFile {
+    file: File,
+    held: Option<Vec<u8>>,
+}
+
+/// The largest index kept in memory as read: a no-change run of a small owner then reads its
+/// index with one call, not one per block per pass.
+const HELD_MAX: u64 = 64 << 10;
 
 /// Reads the whole index, keeping only frames. `None` unless every byte of the file is a good
 /// block of consecutive runs (missing, torn, damaged or trailing bytes: the caller opens the
@@ -543,8 +555,52 @@ fn stream_blocks(
         Err(Error::NotFound(_) | Error::Foreign { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
+    let len = file.metadata().map_or(u64::MAX, |m| m.len());
+    let read = |e| Error::io("read", path, e);
+    let (found, held) = if len <= HELD_MAX {
+        let mut bytes = Vec::with_capacity(len as usize + 1);
+        (&mut file)
+            .take(HELD_MAX + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        if bytes.len() as u64 > HELD_MAX {
+            // Grew since the stat: read it as a large one.
+            file.seek(SeekFrom::Start(0)).map_err(read)?;
+            (
+                parse_blocks(io::BufReader::new(&file), LOOKUP_CHUNK, visit),
+                None,
+            )
+        } else {
+            (parse_blocks(&bytes[..], bytes.len(), visit), Some(bytes))
+        }
+    } else {
+        // The reads of lengths and CRCs between blocks come out of the buffer too.
+        let window = window_for(len);
+        (
+            parse_blocks(io::BufReader::with_capacity(window, &file), window, visit),
+            None,
+        )
+    };
+    Ok(found
+        .map_err(read)?
+        .map(|(archive_id, runs, blocks, len)| Frames {
+            archive_id,
+            runs,
+            blocks,
+            len,
+            file: IndexFile { file, held },
+        }))
+}
+
+type ParsedIndex = (ArchiveId, Vec<CommittedRun>, Vec<BlockAt>, u64);
+
+fn parse_blocks<R: Read>(
+    mut reader: R,
+    window: usize,
+    visit: &mut dyn FnMut(Option<&CommittedRun>, &[u8]) -> bool,
+) -> io::Result<Option<ParsedIndex>> {
     let mut header = [0u8; HEADER_LEN];
-    if file.read_exact(&mut header).is_err()
+    if reader.read_exact(&mut header).is_err()
         || &header[..8] != MAGIC
         || LE::read_u32(&header[8..12]) != VERSION
     {
@@ -554,71 +610,83 @@ fn stream_blocks(
     let mut runs: Vec<CommittedRun> = Vec::new();
     let mut blocks = Vec::new();
     let mut file_len = HEADER_LEN as u64;
-    // A small index gets a small window: a backup of many small owners opens one each.
-    let window = window_for(file.metadata().map_or(u64::MAX, |m| m.len()));
     let mut chunks = Chunks {
-        file,
-        buf: vec![0; window],
+        file: reader,
+        buf: vec![0; window_for(window as u64)],
         start: 0,
         end: 0,
         block_left: 0,
         crc: crc32fast::Hasher::new(),
     };
-    while let Some(len) = chunks.raw(4).map_err(|e| Error::io("read", path, e))? {
+    while let Some(len) = chunks.raw(4)? {
         let body_len = LE::read_u32(&len);
         if body_len > MAX_BLOCK {
             return Ok(None);
         }
         let mut on_record = |rec: &[u8]| visit(None, rec);
-        match scan_block(&mut chunks, body_len, &mut on_record) {
-            Ok(Some((frame, count))) => {
-                if let Some(prev) = runs.last() {
-                    if Some(frame.run) != prev.run.checked_add(1) || frame.start != prev.end {
-                        return Ok(None);
-                    }
-                }
-                if !visit(Some(&frame), &[]) {
-                    return Ok(None);
-                }
-                blocks.push(BlockAt {
-                    offset: file_len,
-                    body_len,
-                    count,
-                });
-                file_len += 8 + body_len as u64;
-                runs.push(frame);
-            }
+        let Some((frame, count)) = scan_block(&mut chunks, body_len, &mut on_record)? else {
             // Torn, damaged or trailing bytes: let the full open sort it out.
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(Error::io("read", path, e)),
+            return Ok(None);
+        };
+        if let Some(prev) = runs.last() {
+            if Some(frame.run) != prev.run.checked_add(1) || frame.start != prev.end {
+                return Ok(None);
+            }
         }
+        if !visit(Some(&frame), &[]) {
+            return Ok(None);
+        }
+        blocks.push(BlockAt {
+            offset: file_len,
+            body_len,
+            count,
+        });
+        file_len += 8 + body_len as u64;
+        runs.push(frame);
     }
-    Ok(Some(Frames {
-        archive_id,
-        runs,
-        blocks,
-        len: file_len,
-        file: chunks.file,
-    }))
+    Ok(Some((archive_id, runs, blocks, file_len)))
 }
 
-/// Streams the entries of one block `read_frames` found, in order, into `visit`, checking
-/// every record and the block's CRC again (the file may have rotted since): memory holds one
-/// entry and a window of the file, whatever the run's size. An entry handed over before a
-/// failed check is already out, so a caller acts on what it collected only after `Ok`.
-pub fn stream_entries(
+impl IndexFile {
+    /// Streams the entries of one block `read_frames` found, in order, into `visit`, checking
+    /// every record and the block's CRC again (a file read again may have rotted since):
+    /// memory holds one entry and a window of the file, whatever the run's size. An entry
+    /// handed over before a failed check is already out, so a caller acts on what it
+    /// collected only after `Ok`.
+    pub fn stream_entries(
+        &self,
+        path: &Path,
+        block: &BlockAt,
+        visit: &mut dyn FnMut(EntryRecord) -> Result<()>,
+    ) -> Result<()> {
+        let window = window_for(block.body_len as u64 + 8);
+        match &self.held {
+            Some(bytes) => {
+                let from = bytes.get(block.offset as usize..).unwrap_or_default();
+                stream_block(path, from, window, block, visit)
+            }
+            None => {
+                let mut reader = &self.file;
+                reader
+                    .seek(SeekFrom::Start(block.offset))
+                    .map_err(|e| Error::io("seek", path, e))?;
+                let reader = io::BufReader::with_capacity(window, reader);
+                stream_block(path, reader, window, block, visit)
+            }
+        }
+    }
+}
+
+fn stream_block<R: Read>(
     path: &Path,
-    file: &File,
+    reader: R,
+    window: usize,
     block: &BlockAt,
     visit: &mut dyn FnMut(EntryRecord) -> Result<()>,
 ) -> Result<()> {
-    let mut reader = file;
-    reader
-        .seek(SeekFrom::Start(block.offset))
-        .map_err(|e| Error::io("seek", path, e))?;
     let mut chunks = Chunks {
         file: reader,
-        buf: vec![0; window_for(block.body_len as u64)],
+        buf: vec![0; window],
         start: 0,
         end: 0,
         block_left: 0,
@@ -1156,11 +1224,13 @@ mod tests {
         assert!(frames.runs.iter().all(|r| r.entries.is_empty()));
         assert_eq!(frames.blocks[1].count, 5000);
         let mut got = Vec::new();
-        stream_entries(&path, &frames.file, &frames.blocks[1], &mut |e| {
-            got.push(e);
-            Ok(())
-        })
-        .unwrap();
+        frames
+            .file
+            .stream_entries(&path, &frames.blocks[1], &mut |e| {
+                got.push(e);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(got, big.entries);
 
         let mut bytes = std::fs::read(&path).unwrap();
@@ -1172,7 +1242,9 @@ mod tests {
             .open(&path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
             .unwrap();
-        let err = stream_entries(&path, &frames.file, &frames.blocks[1], &mut |_| Ok(()))
+        let err = frames
+            .file
+            .stream_entries(&path, &frames.blocks[1], &mut |_| Ok(()))
             .unwrap_err()
             .to_string();
         assert!(

@@ -128,25 +128,52 @@ pub fn read(archive: &Path) -> Result<Option<OwnerStatus>> {
     let Some(bytes) = crate::io::read_own_small(&path, MAX_STATUS)? else {
         return Ok(None);
     };
-    let status: OwnerStatus = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::corrupt(&path, e.column() as u64, format!("not a status file: {e}")))?;
+    decode(&path, &bytes).map(Some)
+}
+
+/// The first JSON value of the file: an update rewrites the file in place and only then cuts
+/// it to its new length, so a reader in between (or a crash) may find the rest of a longer
+/// old record after it.
+fn decode(path: &Path, bytes: &[u8]) -> Result<OwnerStatus> {
+    let status: OwnerStatus = serde_json::Deserializer::from_slice(bytes)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| serde_json::from_slice(b""))
+        .map_err(|e| Error::corrupt(path, e.column() as u64, format!("not a status file: {e}")))?;
     if status.version != VERSION {
         return Err(Error::Unsupported {
-            path,
+            path: path.to_path_buf(),
             detail: format!("status file version {}", status.version),
         });
     }
-    Ok(Some(status))
+    Ok(status)
 }
 
-/// Reads, changes and writes back an archive's status (atomically). An unreadable old file is
-/// replaced: the record is for operators, the archive is the truth.
+/// Reads, changes and writes back an archive's status, under an exclusive `flock` of the
+/// status file so a backup and a drill of the same owner do not interleave. An unreadable old
+/// file is replaced: the record is for operators, the archive is the truth.
+///
+/// Written in place, without fsync: it is written after every owner's run, and replacing it
+/// through a rename made ext4 write it out at once (`auto_da_alloc`), which on a server of many
+/// owners cost more than the rest of a no-change run. A crash may leave it torn; `status` then
+/// falls back on the archive (formats/status.md).
 pub fn update(
     archive: &Path,
     owner: OwnerRecord,
     change: impl FnOnce(&mut OwnerStatus),
 ) -> Result<()> {
-    let mut status = read(archive).ok().flatten().unwrap_or_default();
+    use fs2::FileExt;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let path = status_path(archive);
+    let mut file = crate::io::open_own_or_create(&path)?;
+    file.lock_exclusive()
+        .map_err(|e| Error::io("lock", &path, e))?;
+    let mut old = Vec::new();
+    (&file)
+        .take(MAX_STATUS + 1)
+        .read_to_end(&mut old)
+        .map_err(|e| Error::io("read", &path, e))?;
+    let mut status = decode(&path, &old).unwrap_or_default();
     status.version = VERSION;
     status.owner = owner;
     change(&mut status);
@@ -159,12 +186,15 @@ pub fn update(
             f.reason.truncate(cut);
         }
     }
-    // A record for operators, written after every run: no fsyncs on the backup's path (a crash
-    // may lose it; `status` then falls back on the archive).
-    crate::io::write_replace(
-        &status_path(archive),
-        &serde_json::to_vec_pretty(&status).expect("a status serializes"),
-    )
+    let bytes = serde_json::to_vec_pretty(&status).expect("a status serializes");
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.write_all(&bytes))
+        .map_err(|e| Error::io("write", &path, e))?;
+    if (bytes.len() as u64) < old.len() as u64 {
+        file.set_len(bytes.len() as u64)
+            .map_err(|e| Error::io("truncate", &path, e))?;
+    }
+    Ok(())
 }
 
 /// The hold on an archive: `Some(text)` while held (the file's first line, possibly empty).

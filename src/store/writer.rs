@@ -7,9 +7,9 @@ use std::path::Path;
 
 use super::sidecar;
 use super::{Archive, ArchiveHandle, ArchivePaths, RunInfo, WriterLock, WriterWait};
-use crate::archive::{ArchiveId, ArchiveWriter, RunSummary};
+use crate::archive::{ArchiveId, ArchiveWriter, CommittedRun, RunSummary};
 use crate::error::{Error, Result};
-use crate::io::{fsync_dir, open_private, DurableFile, Faults};
+use crate::io::{fsync_dir, open_private, DurableFile, FaultOn, Faults};
 
 /// Options for a writer.
 #[derive(Clone)]
@@ -45,6 +45,8 @@ pub struct StoreWriter {
     created: bool,
     /// Where a streamed writer's run keeps its entries until its index block is written.
     spill: Option<std::sync::Arc<std::sync::Mutex<sidecar::RunSpill>>>,
+    /// A run of only its marker, written by `commit_grouped` and waiting for `sync_group`.
+    unsynced: Option<CommittedRun>,
     lock: WriterLock,
 }
 
@@ -161,6 +163,7 @@ impl StoreWriter {
             archive,
             writer,
             spill,
+            unsynced: None,
             archive_id,
             faults: options.faults.clone(),
             poisoned: false,
@@ -196,6 +199,54 @@ impl StoreWriter {
             return Err(Error::Poisoned(self.archive.paths.archive.clone()));
         }
         let run = self.writer.commit(summary)?;
+        Ok(self.index_committed(run))
+    }
+
+    /// As `commit`, except that a run of only its marker is left unsynced: it is committed only
+    /// once `sync_group` has synced it with other owners' such runs, and `finish_grouped` then
+    /// writes its index block (formats/archive.md section 7, "Group commit"). A run with
+    /// entries is committed at once, as `commit` does. Returns the run's number.
+    pub fn commit_grouped(&mut self, summary: &RunSummary) -> Result<u64> {
+        if self.poisoned {
+            return Err(Error::Poisoned(self.archive.paths.archive.clone()));
+        }
+        // A new archive's first run, and any run with entries, is synced at once: only a marker
+        // appended to durable bytes can wait for other owners' (section 7).
+        if self.writer.pending_entries() > 0 || self.unsynced.is_some() || self.created {
+            return self.commit(summary).map(|r| r.run);
+        }
+        let run = self.writer.commit_unsynced(summary)?;
+        let number = run.run;
+        self.unsynced = Some(run);
+        Ok(number)
+    }
+
+    /// Whether a `commit_grouped` run waits for `sync_group`.
+    pub fn is_unsynced(&self) -> bool {
+        self.unsynced.is_some()
+    }
+
+    /// After `sync_group` synced this writer's run: writes its index block. The run was
+    /// committed by the sync; `None` when there was no such run.
+    pub fn finish_grouped(&mut self) -> Option<&RunInfo> {
+        let run = self.unsynced.take()?;
+        Some(self.index_committed(run))
+    }
+
+    /// fsyncs this writer's archive alone: how `sync_group` learns which archive a failed
+    /// file-system sync failed.
+    fn sync_alone(&mut self) -> Result<()> {
+        let synced = self.writer.sync();
+        if synced.is_err() {
+            self.unsynced = None;
+            self.poisoned = true;
+        }
+        synced
+    }
+
+    /// The second half of a commit, once the run is durable: its index block, then the run in
+    /// the committed state.
+    fn index_committed(&mut self, run: CommittedRun) -> &RunInfo {
         // The run is durable in the archive now; if the index append fails, the next open
         // re-indexes it from the archive's tail.
         let appended = match &self.spill {
@@ -230,6 +281,49 @@ impl StoreWriter {
         }
         self.archive.archive_id = Some(self.archive_id);
         self.archive.push_run(run);
-        Ok(self.archive.runs.last().expect("just pushed"))
+        self.archive.runs.last().expect("just pushed")
     }
+}
+
+/// Makes the runs that `commit_grouped` left unsynced durable, all of them with one `syncfs`
+/// per file system instead of one `fsync` each (formats/archive.md section 7, "Group commit").
+/// When a file system's sync fails (or a fault is injected), each of its archives is fsynced
+/// alone, so the error lands on the archives it concerns. Returns each writer's outcome, in
+/// order; a writer whose sync failed is poisoned and its run is not to be reported committed.
+pub fn sync_group(writers: &mut [&mut StoreWriter]) -> Vec<Result<()>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let mut outcomes: Vec<Option<Result<()>>> = writers
+        .iter()
+        .map(|w| (!w.is_unsynced()).then_some(Ok(())))
+        .collect();
+    loop {
+        let Some(first) = outcomes.iter().position(Option::is_none) else {
+            break;
+        };
+        let file = writers[first].writer.file();
+        let device = file.metadata().map(|m| m.dev()).ok();
+        let same_device: Vec<usize> = (first..writers.len())
+            .filter(|&i| {
+                outcomes[i].is_none()
+                    && writers[i].writer.file().metadata().map(|m| m.dev()).ok() == device
+            })
+            .collect();
+        let synced = device.is_some()
+            && !writers[first].faults.fires(FaultOn::Sync)
+            // SAFETY: syncfs takes any open descriptor of the file system; this one stays open
+            // for the call.
+            && unsafe { libc::syncfs(file.as_raw_fd()) } == 0;
+        for i in same_device {
+            outcomes[i] = Some(if synced {
+                Ok(())
+            } else {
+                writers[i].sync_alone()
+            });
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.expect("every writer was synced"))
+        .collect()
 }

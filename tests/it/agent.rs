@@ -61,6 +61,7 @@ fn user_options() -> UserOptions {
         host: "test".into(),
         time: mailpack::commands::now(),
         allow_mass_delete: false,
+        group_commit: false,
     }
 }
 

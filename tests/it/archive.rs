@@ -610,6 +610,115 @@ fn a_failed_write_or_fsync_at_any_point_leaves_the_last_commit() {
     }
 }
 
+/// Group commit (formats/archive.md 7.1): runs of only their marker wait for one sync of
+/// their group; their index blocks are written only after it, a run with entries is synced at
+/// once, and a failed file-system sync falls back to each archive's own fsync, so the error
+/// lands on the archive whose sync failed and the others commit.
+#[test]
+fn grouped_marker_runs_commit_after_one_sync_and_a_failed_sync_names_its_archive() {
+    let dir = TempDir::new("group");
+    let users = ["ann", "ben", "cat", "dan"];
+    let paths: Vec<ArchivePaths> = users
+        .iter()
+        .map(|u| ArchivePaths::for_user(dir.path(), u).unwrap())
+        .collect();
+    let mut models: Vec<Model> = Vec::new();
+    for p in &paths {
+        let mut model = Model::new();
+        write_run(
+            p,
+            &[Op::Message(p.archive.display().to_string().into_bytes())],
+            &options(1, Faults::none()),
+            &mut model,
+        )
+        .unwrap();
+        models.push(model);
+    }
+    let index_len = |p: &ArchivePaths| std::fs::metadata(&p.index).unwrap().len();
+    let before: Vec<u64> = paths.iter().map(index_len).collect();
+
+    // ann's plan fails the group's syncfs (her first sync), ben's fails his own fsync after it.
+    let plans = [
+        Faults::fail_nth(1, FaultOn::Sync),
+        Faults::fail_nth(1, FaultOn::Sync),
+        Faults::none(),
+        Faults::none(),
+    ];
+    let mut stores: Vec<StoreWriter> = paths
+        .iter()
+        .zip(&plans)
+        .map(|(p, f)| {
+            StoreWriter::open_streamed(p, &options(1, f.clone()), &mut Vec::new()).unwrap()
+        })
+        .collect();
+    // dan's run stores an entry: committed (and synced) at once.
+    stores[3]
+        .writer()
+        .append_symlink("imap/INBOX", "folders/x", 1_700_000_000)
+        .unwrap();
+    for store in &mut stores {
+        assert_eq!(store.commit_grouped(&summary(1_700_000_100)).unwrap(), 2);
+    }
+    let waiting: Vec<bool> = stores.iter().map(StoreWriter::is_unsynced).collect();
+    assert_eq!(waiting, [true, true, true, false]);
+    for k in 0..3 {
+        assert_eq!(
+            index_len(&paths[k]),
+            before[k],
+            "{}: index block before the sync",
+            users[k]
+        );
+    }
+    assert!(
+        index_len(&paths[3]) > before[3],
+        "dan's run indexed at once"
+    );
+
+    let outcomes = {
+        let mut refs: Vec<&mut StoreWriter> = stores.iter_mut().collect();
+        mailpack::store::sync_group(&mut refs)
+    };
+    let ok: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, false, true, true], "{outcomes:?}");
+    let failed = outcomes[1].as_ref().unwrap_err().to_string();
+    assert!(
+        failed.contains(&paths[1].archive.display().to_string()),
+        "{failed}"
+    );
+    for (k, store) in stores.iter_mut().enumerate() {
+        let finished = store.finish_grouped().map(|r| r.run);
+        assert_eq!(finished, [Some(2), None, Some(2), None][k], "{}", users[k]);
+    }
+    drop(stores);
+    for k in [0, 2, 3] {
+        let frames = mailpack::store::sidecar::read_frames(&paths[k].index)
+            .unwrap()
+            .expect("a current index");
+        assert_eq!(
+            frames.runs.len(),
+            2,
+            "{}: the grouped run's index block",
+            users[k]
+        );
+        let (archive, notices) = open(&paths[k]);
+        assert!(notices.is_empty(), "{}: {notices:?}", users[k]);
+        assert_eq!(archive.runs().len(), 2);
+    }
+    // ben's marker was written but its sync failed: whatever reached the file, the next writer
+    // opens a consistent archive and verify finds nothing wrong.
+    drop(StoreWriter::open(&paths[1], &options(1, Faults::none()), &mut Vec::new()).unwrap());
+    for p in &paths {
+        let report = verify(p).unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "{}: {:?}",
+            p.archive.display(),
+            report.problems
+        );
+    }
+    assert_matches(&open(&paths[1]).0, &models[1]);
+}
+
 #[test]
 fn a_poisoned_writer_refuses_further_writes() {
     let dir = TempDir::new("poison");

@@ -187,6 +187,14 @@ fn a_backup_captures_the_spool_and_a_second_run_reads_nothing() {
             0,
             "{user}: the no-change run wrote more than its commit marker"
         );
+        // Committed through the group commit (formats/archive.md 7.1): reported only once
+        // synced, with its index block written after, so the index is current.
+        assert_eq!(Some(last.run), r.run, "{user}");
+        let paths = ArchivePaths::for_user(dir.path(), user).unwrap();
+        let frames = mailpack::store::sidecar::read_frames(&paths.index)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{user}: the index is not current"));
+        assert_eq!(frames.runs.last().map(|f| f.run), r.run, "{user}");
     }
 }
 

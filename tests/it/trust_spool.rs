@@ -422,6 +422,7 @@ fn a_fifo_message_file_leaves_no_cyrus_lock_held() {
             host: "test".into(),
             time: mailpack::commands::now(),
             allow_mass_delete: false,
+            group_commit: false,
         };
         let report = backup_user(
             &mut source,
