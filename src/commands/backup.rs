@@ -344,7 +344,7 @@ pub fn backup(
                     record_status(&options.archive_dir, owner, &outcome);
                     // Counted done before its result is reported.
                     drop(tally);
-                    if tx.send(Finished::Outcome(outcome)).is_err() {
+                    if tx.send(Finished::Outcome(Box::new(outcome))).is_err() {
                         return;
                     }
                 }
@@ -379,7 +379,7 @@ pub fn backup(
             };
             let last = match message {
                 Ok(Finished::Outcome(outcome)) => {
-                    report(outcome);
+                    report(*outcome);
                     continue;
                 }
                 Ok(Finished::Unsynced(run)) => {
@@ -407,7 +407,7 @@ pub fn backup(
 
 /// What a worker hands the collector for one owner.
 enum Finished {
-    Outcome(UserOutcome),
+    Outcome(Box<UserOutcome>),
     /// A run of only its marker, committed once the collector's group is synced.
     Unsynced(Box<Unsynced>),
 }

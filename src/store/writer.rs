@@ -297,10 +297,7 @@ pub fn sync_group(writers: &mut [&mut StoreWriter]) -> Vec<Result<()>> {
         .iter()
         .map(|w| (!w.is_unsynced()).then_some(Ok(())))
         .collect();
-    loop {
-        let Some(first) = outcomes.iter().position(Option::is_none) else {
-            break;
-        };
+    while let Some(first) = outcomes.iter().position(Option::is_none) {
         let file = writers[first].writer.file();
         let device = file.metadata().map(|m| m.dev()).ok();
         let same_device: Vec<usize> = (first..writers.len())
