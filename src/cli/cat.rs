@@ -17,6 +17,10 @@ pub(super) struct CatArgs {
     /// [ARCHIVE] ENTRY: an archive file is optional; ENTRY is a name or a 40-digit SHA-1.
     #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
     args: Vec<String>,
+    /// Print the entry exactly as stored. Without it, `folders/<uniqueid>/cyrus.index` is the
+    /// mailbox's newest index, rebuilt through the index deltas stored after its newest full copy.
+    #[arg(long)]
+    as_stored: bool,
 }
 
 pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
@@ -39,8 +43,10 @@ pub(super) fn run(args: CatArgs, p: &mut Printer) -> Result<u8, Error> {
         let stdout = io::stdout();
         let mut out = Out::new(stdout.lock());
         let r = match (offsite, &paths) {
-            (Some(archive), _) => commands::cat_archive(archive, &spec, &mut out),
-            (None, Some(paths)) => commands::cat(paths, &spec, &mut out, &mut notices),
+            (Some(archive), _) => commands::cat_archive(archive, &spec, args.as_stored, &mut out),
+            (None, Some(paths)) => {
+                commands::cat(paths, &spec, args.as_stored, &mut out, &mut notices)
+            }
             (None, None) => unreachable!("one of the two is set above"),
         };
         if out.closed() {

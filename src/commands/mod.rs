@@ -206,10 +206,14 @@ pub struct Served {
     pub degraded: bool,
 }
 
-/// Writes the latest committed version of an entry (a name, or a message SHA-1) to `out`.
+/// Writes the latest committed version of an entry (a name, or a message SHA-1) to `out`. A
+/// mailbox's `cyrus.index` is its newest version, rebuilt through the index deltas after its
+/// newest full copy (formats/backup-entries.md, "Readers"), unless `as_stored` asks for the
+/// entry as stored.
 pub fn cat(
     paths: &ArchivePaths,
     spec: &str,
+    as_stored: bool,
     out: &mut dyn Write,
     notices: &mut Vec<String>,
 ) -> Result<Served> {
@@ -217,6 +221,19 @@ pub fn cat(
         Ok(guid) => file_entry_name(&guid),
         Err(()) => spec.to_string(),
     };
+    if !as_stored && is_full_index_name(&name) {
+        // Its notices (a stale index rebuilt in memory) are the path below's to give, once.
+        match Archive::open(paths, &mut Vec::new()) {
+            Ok(archive) => {
+                if let Some(served) = cat_newest_index(&archive, &name, out)? {
+                    return Ok(served);
+                }
+            }
+            // A damaged archive: the entry as stored, by the degraded path below.
+            Err(Error::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let (found, damage) = match store::find_latest(paths, &name, notices) {
         Ok(found) => (found, None),
         Err(e @ Error::Corrupt { .. }) => {
@@ -259,13 +276,62 @@ pub fn cat(
     Ok(Served { bytes, degraded })
 }
 
+/// Whether `name` is the full-copy name of a mailbox's `cyrus.index`.
+fn is_full_index_name(name: &str) -> bool {
+    crate::entries::index_version_of(name).is_some_and(|(_, delta)| !delta)
+}
+
+/// `cat` of a mailbox's `cyrus.index` when a delta is its newest version: the version's exact
+/// bytes, streamed out of the full copy and the deltas, every length and SHA-1 checked on the
+/// way. `None` when the full copy is the newest version (or there is none): then the entry is
+/// served as stored.
+fn cat_newest_index(archive: &Archive, name: &str, out: &mut dyn Write) -> Result<Option<Served>> {
+    let Some((uid, _)) = crate::entries::index_version_of(name) else {
+        return Ok(None);
+    };
+    let (full, delta) = crate::entries::index_names(uid);
+    let live = |n: &str| {
+        archive
+            .latest(n)
+            .map(|(_, e)| e)
+            .filter(|e| !e.is_tombstone() && e.kind == EntryKind::File)
+    };
+    let Some(newest) = crate::folders::newer(live(&full), live(&delta)) else {
+        return Ok(None);
+    };
+    if !crate::entries::index_version_of(&newest.name).is_some_and(|(_, d)| d) {
+        return Ok(None);
+    }
+    let chain = crate::folders::chain(archive, newest)?;
+    let chain: Vec<&crate::archive::EntryRecord> = chain.iter().collect();
+    let version = crate::folders::open_version(archive, &chain)?;
+    version.stream(&mut |piece| {
+        out.write_all(piece)
+            .map_err(|e| Error::io("write", "standard output", e))
+    })?;
+    Ok(Some(Served {
+        bytes: version.len,
+        degraded: false,
+    }))
+}
+
 /// `cat` from an archive already open (an off-site copy): the latest committed version of
-/// the entry, read by seeking to its member.
-pub fn cat_archive(archive: &Archive, spec: &str, out: &mut dyn Write) -> Result<Served> {
+/// the entry, read by seeking to its member; a mailbox's `cyrus.index` as `cat` gives it.
+pub fn cat_archive(
+    archive: &Archive,
+    spec: &str,
+    as_stored: bool,
+    out: &mut dyn Write,
+) -> Result<Served> {
     let name = match spec.parse::<Guid>() {
         Ok(guid) => file_entry_name(&guid),
         Err(()) => spec.to_string(),
     };
+    if !as_stored && is_full_index_name(&name) {
+        if let Some(served) = cat_newest_index(archive, &name, out)? {
+            return Ok(served);
+        }
+    }
     let path = &archive.paths().archive;
     let (_, entry) = archive
         .latest(&name)

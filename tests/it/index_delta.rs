@@ -461,6 +461,28 @@ fn one_percent_of_flags_changed_in_a_large_inbox_adds_a_few_kilobytes_and_restor
             .unwrap();
         assert_eq!(inbox.messages.len(), N);
     }
+    // `cat` of the index name gives the mailbox's newest index (the last run, a delta), as the
+    // spool had it; `--as-stored` the newest full copy, an older file.
+    let (newest_run, newest) = spool_versions.iter().next_back().unwrap();
+    assert_eq!(kind_of_run(&archive, *newest_run), "delta");
+    let index_name = archive
+        .state_at(None)
+        .iter()
+        .map(|(_, e)| e.name.clone())
+        .find(|n| n.ends_with("/cyrus.index") && n.starts_with("folders/"))
+        .unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    let cat = |extra: &[&str]| {
+        let mut args = vec!["cat", "--archive-dir", dir_arg, "--user", "alice"];
+        args.extend_from_slice(extra);
+        args.push(&index_name);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        o.stdout
+    };
+    assert!(cat(&[]) == *newest, "cat gives the newest index");
+    let stored = cat(&["--as-stored"]);
+    assert!(stored != *newest && spool_versions.values().any(|v| *v == stored));
     let runs: Vec<u64> = facts.keys().copied().collect();
     drop(archive);
 
