@@ -16,9 +16,6 @@ use crate::spool::index::IndexRecord;
 use crate::spool::name::MboxName;
 use crate::store::Archive;
 
-/// A record with its IMAP flag names.
-pub type Flagged = (IndexRecord, Vec<String>);
-
 /// One mailbox's messages selected for a copy, with their flags.
 #[derive(Debug)]
 pub struct Selected {
@@ -31,7 +28,11 @@ pub struct Selected {
     /// The UID the mailbox gives its next message (`last_uid` + 1 of its `cyrus.index`): what
     /// IMAP shows as UIDNEXT, and above every UID it ever gave, expunged ones included.
     pub uidnext: u32,
-    pub records: Vec<Flagged>,
+    /// The records copied, moved out of the parsed index: their flag names are made as each
+    /// message is written (`messages`), so a million-message mailbox is not held twice.
+    pub records: Vec<IndexRecord>,
+    /// The mailbox's user flag names, by bit (its `cyrus.header`'s).
+    pub user_flag_names: Vec<Option<String>>,
 }
 
 impl Selected {
@@ -40,16 +41,13 @@ impl Selected {
         export_levels(&self.levels, self.inbox)
     }
 
-    /// The messages with what a copy of them carries.
-    pub fn messages(&self) -> Vec<ExportMessage<'_>> {
-        self.records
-            .iter()
-            .map(|(r, f)| ExportMessage {
-                record: r,
-                flags: f.clone(),
-                uidvalidity: self.uidvalidity,
-            })
-            .collect()
+    /// The messages with what a copy of them carries, one at a time.
+    pub fn messages(&self) -> impl Iterator<Item = ExportMessage<'_>> + '_ {
+        self.records.iter().map(|r| ExportMessage {
+            record: r,
+            flags: r.flag_names(&self.user_flag_names),
+            uidvalidity: self.uidvalidity,
+        })
     }
 }
 
@@ -138,22 +136,22 @@ fn select<S>(
             }
         };
         // A mailbox whose metadata fails its checks is reported and left out; the others go on.
-        let data = match read_mailbox(archive, m) {
+        let mut data = match read_mailbox(archive, m) {
             Ok(d) => d,
             Err(lost) => {
                 not_restored(plan, m, lost);
                 continue;
             }
         };
-        let mut records: Vec<Flagged> = data
-            .index
-            .records
-            .iter()
-            .filter(|r| restorable(r, false))
-            .filter(|r| filter.uid.is_none_or(|u| r.uid == u))
-            .filter(|r| filter.sha1.is_none_or(|g| r.guid == g))
-            .map(|r| (r.clone(), r.flag_names(&data.header.user_flags)))
-            .collect();
+        let mut records = std::mem::take(&mut data.index.records);
+        records.retain(|r| {
+            restorable(r, false)
+                && filter.uid.is_none_or(|u| r.uid == u)
+                && filter.sha1.is_none_or(|g| r.guid == g)
+        });
+        if records.len() < records.capacity() / 2 {
+            records.shrink_to_fit();
+        }
         if let Some((t1, t2)) = filter.expunged_between {
             records = match expunged_between(archive, m, records, t1, t2)? {
                 Ok(r) => r,
@@ -170,6 +168,7 @@ fn select<S>(
             uidvalidity: data.index.header.uidvalidity,
             uidnext: data.index.header.last_uid.saturating_add(1),
             records,
+            user_flag_names: data.header.user_flags,
         });
     }
     let selected = apart(selected, &mut plan.refused, destination);
@@ -221,10 +220,10 @@ fn apart(
 fn expunged_between(
     archive: &Archive,
     m: &MailboxAt,
-    records: Vec<Flagged>,
+    records: Vec<IndexRecord>,
     t1: i64,
     t2: i64,
-) -> Result<std::result::Result<Vec<Flagged>, LostEntry>> {
+) -> Result<std::result::Result<Vec<IndexRecord>, LostEntry>> {
     if t2 < t1 {
         return Err(Error::usage(
             "--expunged-between wants the earlier time first",
@@ -247,6 +246,6 @@ fn expunged_between(
     };
     Ok(Ok(records
         .into_iter()
-        .filter(|(r, _)| !still.contains(&r.uid))
+        .filter(|r| !still.contains(&r.uid))
         .collect()))
 }

@@ -31,7 +31,7 @@ impl<'a> Target<'a> for EmlExport {
         if let CopySteps::Mailboxes { selected, .. } = &plan.steps {
             for s in selected {
                 let dir = self.dir_of(s);
-                for (r, _) in &s.records {
+                for r in &s.records {
                     plan.writes.push(eml_path(&dir, r).display().to_string());
                 }
             }
@@ -46,7 +46,7 @@ impl<'a> Target<'a> for EmlExport {
                 let mut pending = None;
                 for s in &selected {
                     let dir = ensure_dir(&self.root, &s.export_levels())?;
-                    for (record, _) in &s.records {
+                    for record in &s.records {
                         let Some(bytes) = read_message(&messages, s, record, &mut out) else {
                             continue;
                         };

@@ -87,7 +87,9 @@ fn maildir_info(flags: &[String], keywords: &[String]) -> String {
 /// The keywords a folder carries and those it cannot: ranked by how many of its messages have
 /// them (ties by first appearance), the first `MAX_KEYWORDS` carried, so the fewest flags are
 /// lost. Keywords are compared without case, as IMAP and Dovecot do.
-fn rank_keywords(messages: &[ExportMessage]) -> (Vec<String>, Vec<(String, usize)>) {
+fn rank_keywords<'m>(
+    messages: impl Iterator<Item = ExportMessage<'m>>,
+) -> (Vec<String>, Vec<(String, usize)>) {
     let mut counted: Vec<(String, usize)> = Vec::new();
     for m in messages {
         for f in m.flags.iter().filter(|f| !f.starts_with('\\')) {
@@ -156,13 +158,13 @@ pub struct MaildirFolder {
 }
 
 impl MaildirFolder {
-    pub fn open(
+    pub fn open<'m>(
         root: &Path,
         levels: &[String],
         inbox: bool,
         uidvalidity: u32,
         uidnext: u32,
-        messages: &[ExportMessage],
+        messages: impl Iterator<Item = ExportMessage<'m>>,
     ) -> Result<Self> {
         let mut dir = ensure_dir(root, &[])?;
         if let Some(folder) = maildir_folder(levels, inbox) {
@@ -278,7 +280,7 @@ impl<'a> Target<'a> for MaildirExport {
         // A file's name holds its flags, which are settled only when its folder is opened.
         if let CopySteps::Mailboxes { selected, .. } = &plan.steps {
             for s in selected {
-                for (r, _) in &s.records {
+                for r in &s.records {
                     plan.writes.push(format!("{root:?} {}", r.uid));
                 }
             }
@@ -315,22 +317,21 @@ impl<'a> Target<'a> for MaildirExport {
             CopySteps::Mailboxes { messages, selected } => {
                 let mut pending = None;
                 for s in &selected {
-                    let exports = s.messages();
                     let mut folder = MaildirFolder::open(
                         &self.root,
                         &s.levels,
                         s.inbox,
                         s.uidvalidity,
                         s.uidnext,
-                        &exports,
+                        s.messages(),
                     )?;
-                    for m in &exports {
+                    for m in s.messages() {
                         let Some(bytes) = read_message(&messages, s, m.record, &mut out) else {
                             continue;
                         };
                         out.writes
-                            .push(folder.path_of(m, bytes.len()).display().to_string());
-                        folder.write(writer_pool(&mut pending, &out), m, bytes)?;
+                            .push(folder.path_of(&m, bytes.len()).display().to_string());
+                        folder.write(writer_pool(&mut pending, &out), &m, bytes)?;
                     }
                     for (keyword, count) in folder.finish()? {
                         out.not_carried.push(format!(
@@ -483,7 +484,7 @@ mod tests {
             message(&r, &all[..26]),
             message(&r, &["K00"]),
         ];
-        let (carried, rest) = rank_keywords(&msgs);
+        let (carried, rest) = rank_keywords(msgs.into_iter());
         assert_eq!(carried.len(), MAX_KEYWORDS);
         assert_eq!(carried[0], "k00", "used most, counted without case");
         assert!(carried.iter().all(|k| k.as_str() < "k26"), "{carried:?}");

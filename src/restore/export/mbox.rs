@@ -177,11 +177,11 @@ impl<'a> Target<'a> for MboxExport {
                         ensure_dir(&self.path, &dirs)?;
                     }
                     let mut mbox = MboxFile::create(&file)?;
-                    for m in &s.messages() {
+                    for m in s.messages() {
                         let Some(bytes) = read_message(&messages, s, m.record, &mut out) else {
                             continue;
                         };
-                        mbox.append(m, &bytes)?;
+                        mbox.append(&m, &bytes)?;
                         out.count(true, bytes.len());
                     }
                     mbox.finish()?;

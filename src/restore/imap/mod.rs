@@ -88,7 +88,7 @@ impl<'a> Target<'a> for ImapTarget {
                     let folder = self.folder_for(&s.export_levels(), several);
                     out.writes.push(format!("imap {folder}"));
                     let mut present = session.prepare_folder(&folder)?;
-                    for m in &s.messages() {
+                    for m in s.messages() {
                         let Some(bytes) = read_message(&messages, s, m.record, &mut out) else {
                             continue;
                         };
@@ -101,7 +101,7 @@ impl<'a> Target<'a> for ImapTarget {
                                 .push(format!("{folder}: uid {}: {why}", m.record.uid));
                             continue;
                         }
-                        session.append(&folder, m, &bytes)?;
+                        session.append(&folder, &m, &bytes)?;
                         out.count(true, bytes.len());
                     }
                 }
