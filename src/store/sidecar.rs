@@ -648,6 +648,48 @@ fn parse_blocks<R: Read>(
 }
 
 impl IndexFile {
+    /// A cursor over the entries of one block `read_frames` found, checked again as
+    /// `stream_entries` checks them.
+    pub fn cursor<'a>(&'a self, path: &'a Path, block: &BlockAt) -> Result<BlockCursor<'a>> {
+        let window = window_for(block.body_len as u64 + 8);
+        let reader: Box<dyn Read + 'a> = match &self.held {
+            Some(bytes) => Box::new(bytes.get(block.offset as usize..).unwrap_or_default()),
+            None => {
+                let mut reader = &self.file;
+                reader
+                    .seek(SeekFrom::Start(block.offset))
+                    .map_err(|e| Error::io("seek", path, e))?;
+                Box::new(io::BufReader::with_capacity(window, reader))
+            }
+        };
+        let mut cursor = BlockCursor {
+            path,
+            block: *block,
+            chunks: Chunks {
+                file: reader,
+                buf: vec![0; window],
+                start: 0,
+                end: 0,
+                block_left: 0,
+                crc: crc32fast::Hasher::new(),
+            },
+            left: 0,
+            done: false,
+        };
+        let read = |e| Error::io("read", path, e);
+        let started = match cursor.chunks.raw(4).map_err(read)? {
+            Some(len) if LE::read_u32(&len) == block.body_len => {
+                start_block(&mut cursor.chunks, block.body_len).map_err(read)?
+            }
+            _ => None,
+        };
+        match started {
+            Some((_, count)) if count == block.count => cursor.left = count,
+            _ => return Err(cursor.damaged("changed since it was read")),
+        }
+        Ok(cursor)
+    }
+
     /// Streams the entries of one block `read_frames` found, in order, into `visit`, checking
     /// every record and the block's CRC again (a file read again may have rotted since):
     /// memory holds one entry and a window of the file, whatever the run's size. An entry
@@ -795,6 +837,39 @@ fn scan_block<R: Read>(
     body_len: u32,
     visit: &mut dyn FnMut(&[u8]) -> bool,
 ) -> io::Result<Option<(CommittedRun, u32)>> {
+    let Some((frame, count)) = start_block(c, body_len)? else {
+        return Ok(None);
+    };
+    for _ in 0..count {
+        let window = MAX_RECORD.min((c.end - c.start) + c.block_left as usize);
+        if !c.fill(window)? {
+            return Ok(None);
+        }
+        let rec = &c.buf[c.start..c.end];
+        let Some(len) = record_len(rec) else {
+            return Ok(None);
+        };
+        if !visit(&rec[..len]) {
+            return Ok(None);
+        }
+        c.start += len;
+    }
+    if c.start != c.end || c.block_left != 0 {
+        return Ok(None);
+    }
+    let crc = std::mem::replace(&mut c.crc, crc32fast::Hasher::new()).finalize();
+    match c.raw(4)? {
+        Some(stored) if LE::read_u32(&stored) == crc => Ok(Some((frame, count))),
+        _ => Ok(None),
+    }
+}
+
+/// Starts reading a block body of `body_len` bytes: its frame (without entries) and entry
+/// count, or `None` when the body is too short to hold them.
+fn start_block<R: Read>(
+    c: &mut Chunks<R>,
+    body_len: u32,
+) -> io::Result<Option<(CommittedRun, u32)>> {
     c.start = 0;
     c.end = 0;
     c.block_left = body_len as u64;
@@ -817,27 +892,68 @@ fn scan_block<R: Read>(
     };
     let count = f.read_u32::<LE>()?;
     c.start += FRAME_LEN;
-    for _ in 0..count {
+    Ok(Some((frame, count)))
+}
+
+/// The entries of one block, pulled one at a time (`IndexFile::cursor`): what `verify`
+/// compares with the entries its scan of the archive hands over, each as it comes.
+pub struct BlockCursor<'a> {
+    path: &'a Path,
+    block: BlockAt,
+    chunks: Chunks<Box<dyn Read + 'a>>,
+    /// Entries not yet handed out.
+    left: u32,
+    done: bool,
+}
+
+impl BlockCursor<'_> {
+    fn damaged(&self, detail: &str) -> Error {
+        Error::corrupt(
+            self.path,
+            self.block.offset,
+            format!("index block {detail}; `mailpack reindex` rebuilds it from the archive"),
+        )
+    }
+
+    /// The next entry, `None` after the last, once the block's CRC has checked out. An error
+    /// when the block no longer reads as it did when its frames were read.
+    pub fn next_entry(&mut self) -> Result<Option<EntryRecord>> {
+        if self.done {
+            return Ok(None);
+        }
+        let read = |e| Error::io("read", self.path, e);
+        let c = &mut self.chunks;
+        if self.left == 0 {
+            self.done = true;
+            let crc = std::mem::replace(&mut c.crc, crc32fast::Hasher::new()).finalize();
+            let whole = c.start == c.end && c.block_left == 0;
+            return match c.raw(4).map_err(read)? {
+                Some(stored) if whole && LE::read_u32(&stored) == crc => Ok(None),
+                _ => Err(self.damaged("fails its check (CRC, length or entry count)")),
+            };
+        }
         let window = MAX_RECORD.min((c.end - c.start) + c.block_left as usize);
-        if !c.fill(window)? {
-            return Ok(None);
-        }
-        let rec = &c.buf[c.start..c.end];
-        let Some(len) = record_len(rec) else {
-            return Ok(None);
+        let rec = if c.fill(window).map_err(read)? {
+            let rec = &c.buf[c.start..c.end];
+            record_len(rec).map(|len| (len, decode_entry(&mut &rec[..len])))
+        } else {
+            None
         };
-        if !visit(&rec[..len]) {
-            return Ok(None);
+        match rec {
+            Some((len, Ok(entry))) => {
+                self.chunks.start += len;
+                self.left -= 1;
+                Ok(Some(entry))
+            }
+            Some((_, Err(e))) => {
+                self.done = true;
+                Err(self.damaged(&format!("holds a bad entry ({e})")))
+            }
+            None => {
+                self.done = true;
+                Err(self.damaged("changed since it was read"))
+            }
         }
-        c.start += len;
-    }
-    if c.start != c.end || c.block_left != 0 {
-        return Ok(None);
-    }
-    let crc = std::mem::replace(&mut c.crc, crc32fast::Hasher::new()).finalize();
-    match c.raw(4)? {
-        Some(stored) if LE::read_u32(&stored) == crc => Ok(Some((frame, count))),
-        _ => Ok(None),
     }
 }
 

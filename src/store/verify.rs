@@ -2,13 +2,14 @@
 //! offset: member integrity fields and gzip CRCs, tar header checksums, entry names, message
 //! SHA-1s, commit markers, and agreement between the sidecar index and the archive.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::open::{
     check_signature, check_tail, marker_matches, open_consistent, refuse_empty, scan_runs_with,
 };
-use super::sidecar::IndexRead;
+use super::sidecar::{BlockCursor, Frames, IndexRead};
 use super::{Archive, ArchiveHandle, ArchivePaths};
+use crate::archive::EntryRecord;
 use crate::error::Result;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -36,10 +37,119 @@ pub struct VerifyReport {
 }
 
 pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
-    // One generation, one handle: the open and the scan read the same bytes even if a
-    // compaction renames a new archive over the name meanwhile.
+    // A current index is compared entry by entry as it streams out of its file, never held
+    // (issue 19); any other goes the full way, which says what is wrong with it. One
+    // generation, one handle: the open and the scan read the same bytes even if a compaction
+    // renames a new archive over the name meanwhile.
+    if let Some((source, frames)) = open_consistent_frames(paths)? {
+        let current = frames.runs.last().is_some_and(|last| {
+            is_current(&source, last, &frames.archive_id, frames.len, frames.len)
+        });
+        if current {
+            return verify_scanned(
+                paths,
+                source,
+                IndexSide::Streamed(&paths.index, &frames),
+                Vec::new(),
+            );
+        }
+    }
     let (source, index) = open_consistent(paths)?;
     verify_opened(paths, source, index)
+}
+
+/// As `open_consistent`, reading the index as frames: `None` when it does not read as a
+/// good index from its first byte to its last (missing, torn, damaged).
+fn open_consistent_frames(paths: &ArchivePaths) -> Result<Option<(ArchiveHandle, Frames)>> {
+    for _ in 0..3 {
+        let source = ArchiveHandle::open(&paths.archive)?;
+        let Some(frames) = super::sidecar::read_frames(&paths.index)? else {
+            return Ok(None);
+        };
+        if source.is_current() {
+            return Ok(Some((source, frames)));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the index ends where the archive does, at the run it names: then an open would
+/// repair nothing and report nothing. Anything amiss (an empty or foreign file, a damaged
+/// first member) is not current, and goes the full way, which says what it is.
+fn is_current(
+    source: &ArchiveHandle,
+    last: &crate::archive::CommittedRun,
+    archive_id: &crate::archive::ArchiveId,
+    good_len: u64,
+    file_len: u64,
+) -> bool {
+    let Ok(len) = source.len() else {
+        return false;
+    };
+    refuse_empty(source).is_ok()
+        && check_signature(source, len).is_ok()
+        && good_len == file_len
+        && len == last.end
+        && marker_matches(source, last, archive_id)
+}
+
+/// The index `verify` compares the archive with.
+enum IndexSide<'a> {
+    /// Read whole (`sidecar::read`): how a missing, torn, damaged or stale index is read.
+    Read(&'a IndexRead),
+    /// Current, read as frames: its entries are pulled from the file as the scan needs them.
+    Streamed(&'a Path, &'a Frames),
+}
+
+/// The index's entries in the order the scan reaches them: entry `position` of the index's
+/// run `good`, for the entry the scan just read.
+struct IndexEntries<'a> {
+    side: &'a IndexSide<'a>,
+    cursor: Option<(usize, BlockCursor<'a>)>,
+    /// Blocks that no longer read as they did when the frames were read.
+    failed: Vec<(usize, crate::Error)>,
+}
+
+impl<'a> IndexEntries<'a> {
+    /// Whether the index's entry at `good`, `position` differs from `e` (`false` when the
+    /// index has no entry there: the counts are compared once the run is known good).
+    fn differs(&mut self, good: usize, position: usize, e: &EntryRecord) -> bool {
+        match self.side {
+            IndexSide::Read(IndexRead::Valid { runs, .. }) => runs
+                .get(good)
+                .and_then(|r| r.entries.get(position))
+                .is_some_and(|a| a != e),
+            IndexSide::Read(_) => false,
+            IndexSide::Streamed(path, frames) => {
+                if self.failed.iter().any(|(b, _)| *b == good) {
+                    return false;
+                }
+                if self.cursor.as_ref().is_none_or(|(b, _)| *b != good) {
+                    self.cursor = None;
+                    let Some(block) = frames.blocks.get(good) else {
+                        return false;
+                    };
+                    match frames.file.cursor(path, block) {
+                        Ok(c) => self.cursor = Some((good, c)),
+                        Err(err) => {
+                            self.failed.push((good, err));
+                            return false;
+                        }
+                    }
+                }
+                let (_, cursor) = self.cursor.as_mut().expect("opened above");
+                match cursor.next_entry() {
+                    Ok(Some(a)) => a != *e,
+                    Ok(None) => false,
+                    Err(err) => {
+                        self.cursor = None;
+                        self.failed.push((good, err));
+                        false
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `verify` of an archive held elsewhere (an off-site copy), read through `source`, with its
@@ -65,18 +175,9 @@ fn verify_opened(
             archive_id,
             good_len,
             file_len,
-        } => {
-            let len = source.len()?;
-            // Anything amiss (an empty or foreign file, a damaged first member) goes the full
-            // way below, which says what it is.
-            refuse_empty(&source).is_ok()
-                && check_signature(&source, len).is_ok()
-                && runs.last().is_some_and(|last| {
-                    good_len == file_len
-                        && len == last.end
-                        && marker_matches(&source, last, archive_id)
-                })
-        }
+        } => runs
+            .last()
+            .is_some_and(|last| is_current(&source, last, archive_id, *good_len, *file_len)),
         _ => false,
     };
     if !current {
@@ -88,23 +189,60 @@ fn verify_opened(
             _ => {}
         }
     }
-    let index_runs: &[crate::archive::CommittedRun] = match &index {
-        IndexRead::Valid { runs, .. } => runs,
-        _ => &[],
+    verify_scanned(paths, source, IndexSide::Read(&index), repaired)
+}
+
+/// Scans the archive, comparing it with `index` as it goes, and reports every problem.
+fn verify_scanned(
+    paths: &ArchivePaths,
+    source: ArchiveHandle,
+    index: IndexSide,
+    repaired: Vec<String>,
+) -> Result<VerifyReport> {
+    // The index's runs (frames at least) and each one's entry count.
+    let (index_runs, index_counts): (&[crate::archive::CommittedRun], Vec<usize>) = match &index {
+        IndexSide::Read(IndexRead::Valid { runs, .. }) => {
+            (runs, runs.iter().map(|r| r.entries.len()).collect())
+        }
+        IndexSide::Read(_) => (&[], Vec::new()),
+        IndexSide::Streamed(_, frames) => (
+            &frames.runs,
+            frames.blocks.iter().map(|b| b.count as usize).collect(),
+        ),
     };
 
-    // Entries by member, to name what a damaged member holds.
+    // Entries by member, to name what a damaged member holds: one name a member.
     let mut members: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
-    for run in index_runs {
-        for e in &run.entries {
+    let mut index_damage: Vec<Problem> = Vec::new();
+    for (k, run) in index_runs.iter().enumerate() {
+        let mut note = |e: &EntryRecord| {
             members
                 .entry(e.placement.member)
                 .or_insert_with(|| e.name.clone());
+        };
+        match &index {
+            IndexSide::Streamed(path, frames) => {
+                let streamed = frames
+                    .file
+                    .stream_entries(path, &frames.blocks[k], &mut |e| {
+                        note(&e);
+                        Ok(())
+                    });
+                if let Err(e) = streamed {
+                    index_damage.push(index_problem(run.marker_offset, e.to_string()));
+                }
+            }
+            _ => run.entries.iter().for_each(&mut note),
         }
         members
             .entry(run.marker_offset)
             .or_insert_with(|| format!("runs/{}", run.run));
     }
+    let mut entries = IndexEntries {
+        side: &index,
+        cursor: None,
+        failed: Vec::new(),
+    };
 
     // The scan hands each entry over as it reads it, and each is compared at once with the
     // index's entry in the same place, so no scanned run is held (issue 19): the entries being
@@ -126,10 +264,7 @@ fn verify_opened(
             .entry(e.placement.member)
             .or_insert_with(|| e.name.clone());
         let mut st = state.borrow_mut();
-        let indexed = index_runs
-            .get(st.good)
-            .and_then(|r| r.entries.get(st.position));
-        if indexed.is_some_and(|a| a != e) {
+        if entries.differs(st.good, st.position, e) {
             let run = index_runs[st.good].run;
             st.pending.push(Problem {
                 offset: e.placement.member,
@@ -205,18 +340,26 @@ fn verify_opened(
         });
     }
 
+    problems.append(&mut index_damage);
+    problems.extend(entries.failed.into_iter().map(|(good, e)| {
+        index_problem(
+            index_runs.get(good).map_or(0, |r| r.marker_offset),
+            e.to_string(),
+        )
+    }));
     match &index {
-        IndexRead::Missing => {
+        IndexSide::Read(IndexRead::Missing) => {
             if !scanned.is_empty() {
                 problems.push(index_problem(0, "the index is missing".into()))
             }
         }
-        IndexRead::Invalid(reason) => {
+        IndexSide::Read(IndexRead::Invalid(reason)) => {
             problems.push(index_problem(0, format!("the index is unusable: {reason}")))
         }
         // Only `reindex` makes one; a file's index never reads as this.
-        IndexRead::Floor { .. } => {}
-        IndexRead::Valid { runs, .. } => {
+        IndexSide::Read(IndexRead::Floor { .. }) => {}
+        IndexSide::Read(IndexRead::Valid { .. }) | IndexSide::Streamed(..) => {
+            let runs = index_runs;
             for (i, (scanned, count)) in scanned.iter().enumerate() {
                 let Some(indexed) = runs.get(i) else {
                     problems.push(index_problem(
@@ -238,7 +381,7 @@ fn verify_opened(
                     scanned.end,
                     scanned.time,
                 );
-                if !same_frame || indexed.entries.len() != *count {
+                if !same_frame || index_counts[i] != *count {
                     problems.push(index_problem(
                         scanned.marker_offset,
                         format!(

@@ -719,6 +719,67 @@ fn grouped_marker_runs_commit_after_one_sync_and_a_failed_sync_names_its_archive
     assert_matches(&open(&paths[1]).0, &models[1]);
 }
 
+/// `verify` of an archive whose index is current compares each scanned entry with the index's
+/// as it streams out of the index file (issue 19): an index that is well-formed (every CRC
+/// good) but says something else about an entry, or holds an entry fewer in a run, is named
+/// with the run and the entry, small (held) or large (read again from the file) alike.
+#[test]
+fn verify_names_an_index_that_disagrees_with_the_archive_small_or_large() {
+    use mailpack::store::sidecar::{self, IndexRead};
+    for messages in [3usize, 3000] {
+        let dir = TempDir::new("verify-index");
+        let paths = ArchivePaths::for_user(dir.path(), "u").unwrap();
+        let mut rng = Rng::new(11);
+        let mut model = Model::new();
+        let opts = options(1, Faults::none());
+        let first: Vec<Op> = (0..messages)
+            .map(|i| Op::Message(format!("message {i}\r\n").into_bytes()))
+            .collect();
+        write_run(&paths, &first, &opts, &mut model).unwrap();
+        let second = [
+            Op::File("folders/u-1/cyrus.index".into(), rng.noise(900)),
+            Op::Link("imap/INBOX".into(), "folders/u-1".into()),
+        ];
+        write_run(&paths, &second, &opts, &mut model).unwrap();
+        assert!(verify(&paths).unwrap().problems.is_empty());
+        let IndexRead::Valid {
+            runs, archive_id, ..
+        } = sidecar::read(&paths.index).unwrap()
+        else {
+            panic!("a good index");
+        };
+
+        // Run 2's first entry says another size.
+        let mut forged = runs.clone();
+        forged[1].entries[0].size += 1;
+        sidecar::write_full(&paths.index, &archive_id, &forged, &Faults::none()).unwrap();
+        let problems = verify(&paths).unwrap().problems;
+        assert_eq!(problems.len(), 1, "{messages}: {problems:?}");
+        assert_eq!(
+            problems[0].entry.as_deref(),
+            Some("folders/u-1/cyrus.index"),
+            "{problems:?}"
+        );
+        assert!(problems[0].detail.contains("disagrees") && problems[0].detail.contains("run 2"));
+
+        // Run 1 lacks its last message in the index.
+        let mut forged = runs.clone();
+        forged[0].entries.pop();
+        sidecar::write_full(&paths.index, &archive_id, &forged, &Faults::none()).unwrap();
+        let problems = verify(&paths).unwrap().problems;
+        assert!(
+            problems.iter().any(|p| p
+                .detail
+                .contains("the index's run 1 disagrees with the archive's run 1")),
+            "{messages}: {problems:?}"
+        );
+
+        // The index as it was: nothing to say.
+        sidecar::write_full(&paths.index, &archive_id, &runs, &Faults::none()).unwrap();
+        assert!(verify(&paths).unwrap().problems.is_empty());
+    }
+}
+
 #[test]
 fn a_poisoned_writer_refuses_further_writes() {
     let dir = TempDir::new("poison");
