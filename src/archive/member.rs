@@ -69,6 +69,50 @@ pub fn compress_member(raw: &[u8], level: u32) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// libdeflate's decompressor, called through `libdeflate_deflate_decompress_ex`, which also
+/// says where the deflate data ended: `libdeflater` calls the plain function, which does not.
+struct Inflater(std::ptr::NonNull<libdeflate_sys::libdeflate_decompressor>);
+
+// SAFETY: a libdeflate decompressor holds no thread-bound state; it is used by one thread at a
+// time through `&mut self`.
+unsafe impl Send for Inflater {}
+
+impl Inflater {
+    /// `None` when libdeflate cannot allocate one.
+    fn new() -> Option<Inflater> {
+        // SAFETY: no arguments; a null result is handled.
+        std::ptr::NonNull::new(unsafe { libdeflate_sys::libdeflate_alloc_decompressor() })
+            .map(Inflater)
+    }
+
+    /// Inflates raw deflate data `input` into `out`: the input bytes the data took and the
+    /// bytes it made, or `None` when it is not valid deflate data that fits `out`.
+    fn inflate(&mut self, input: &[u8], out: &mut [u8]) -> Option<(usize, usize)> {
+        let (mut taken, mut made) = (0usize, 0usize);
+        // SAFETY: the pointers and lengths describe live slices, and libdeflate writes only
+        // within `out` and to the two counts.
+        let result = unsafe {
+            libdeflate_sys::libdeflate_deflate_decompress_ex(
+                self.0.as_ptr(),
+                input.as_ptr().cast(),
+                input.len(),
+                out.as_mut_ptr().cast(),
+                out.len(),
+                &mut taken,
+                &mut made,
+            )
+        };
+        (result == libdeflate_sys::libdeflate_result_LIBDEFLATE_SUCCESS).then_some((taken, made))
+    }
+}
+
+impl Drop for Inflater {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `libdeflate_alloc_decompressor`, freed once.
+        unsafe { libdeflate_sys::libdeflate_free_decompressor(self.0.as_ptr()) }
+    }
+}
+
 /// How one member's deflate data is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Coding {
@@ -321,7 +365,7 @@ pub struct MemberReader<R> {
     input: Option<Counted<R>>,
     start: u64,
     /// libdeflate's decoder for whole members, made on first use.
-    inflater: Option<libdeflater::Decompressor>,
+    inflater: Option<Inflater>,
     /// One member's compressed payload (at most `MAX_MEMBER_PAYLOAD` bytes).
     packed: Vec<u8>,
     /// Whether `decode_whole` is tried first (tests compare it with the streaming path alone).
@@ -433,10 +477,10 @@ impl<R: Read + Seek> MemberReader<R> {
     /// where it ends. Allocation is bounded by `MAX_MEMBER_PAYLOAD` and `limit` before any
     /// number from the file is used.
     ///
-    /// XXX: libdeflater does not report where the deflate data ended, so a member whose deflate
-    /// data ends before its last 8 bytes and whose trailer is repeated at both places would be
-    /// read here as ending where its header says, where gzip would end it earlier. Only a
-    /// member forged with a matching `MP` field can be so; mailpack never writes one.
+    ///
+    /// The deflate data must end exactly before the trailer (`Inflater` says where it ended):
+    /// a forged member whose deflate data ends earlier, with a trailer repeated at both places,
+    /// would otherwise be read here as ending where its header says and by gzip earlier.
     fn decode_whole(
         &mut self,
         counted: &mut Counted<R>,
@@ -480,11 +524,16 @@ impl<R: Read + Seek> MemberReader<R> {
             return Ok(false);
         }
         raw.resize(isize, 0);
-        let inflater = self
-            .inflater
-            .get_or_insert_with(libdeflater::Decompressor::new);
+        if self.inflater.is_none() {
+            self.inflater = Inflater::new();
+        }
+        let Some(inflater) = self.inflater.as_mut() else {
+            return Ok(false);
+        };
+        // The deflate data must end exactly where the trailer begins, as gzip would read it,
+        // and fill exactly ISIZE bytes.
         Ok(
-            matches!(inflater.deflate_decompress(deflated, raw), Ok(n) if n == isize)
+            inflater.inflate(deflated, raw) == Some((deflated.len(), isize))
                 && crc32fast::hash(raw) == crc,
         )
     }
@@ -671,6 +720,34 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A forged member whose deflate data ends before its last 8 bytes, with its trailer
+    /// repeated there and an `MP` field vouching for the whole: the whole-member path reads it
+    /// as the streaming decoder (and gzip) does, ending after the first trailer.
+    #[test]
+    fn a_member_whose_deflate_data_ends_early_is_read_as_gzip_reads_it() {
+        let raw = b"a message body, forged around".repeat(40);
+        let mut deflated = vec![0u8; 4096];
+        let n = libdeflater::Compressor::new(libdeflater::CompressionLvl::new(6).unwrap())
+            .deflate_compress(&raw, &mut deflated)
+            .unwrap();
+        deflated.truncate(n);
+        let mut trailer = crc32fast::hash(&raw).to_le_bytes().to_vec();
+        trailer.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        let payload = [&deflated[..], &trailer, &trailer].concat();
+        let forged = [
+            &member_header(payload.len() as u32, crc32fast::hash(&payload))[..],
+            &payload,
+        ]
+        .concat();
+        let file = [forged, gz(b"next")].concat();
+        let whole = read_all(&file, true, MAX_MEMBER_RAW);
+        assert_eq!(whole, read_all(&file, false, MAX_MEMBER_RAW));
+        assert!(
+            whole[0].contains(&format!("end: {}", HEADER_LEN + n + 8)),
+            "{whole:?}"
+        );
     }
 
     #[test]
