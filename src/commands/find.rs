@@ -53,7 +53,38 @@ pub struct FindOutcome {
 
 /// Searches one local archive, keeping its find index beside it current.
 pub fn find(paths: &ArchivePaths, query: &Query, notices: &mut Vec<String>) -> Result<FindOutcome> {
-    let (archive, damage) = super::open_for_reading(paths, notices)?;
+    // With both indexes current, the archive opens streamed (its runs, not its entries) and the
+    // find index is searched as it streams: a search holds what it found (issue 19).
+    // Otherwise the archive is opened whole (an open that found its index stale already did).
+    let mut opening = Vec::new();
+    let whole = match Archive::open_streamed(paths, &mut opening) {
+        Ok(archive) if archive.is_streamed() => {
+            if let Some((index, total)) = crate::find::search_current(&archive, query)? {
+                let found = index
+                    .messages
+                    .iter()
+                    .map(|m| found_message(&index, m))
+                    .collect();
+                return Ok(FindOutcome {
+                    index: IndexUse::Current,
+                    runs: index.head.runs.len(),
+                    messages_indexed: total,
+                    found,
+                    damage: Vec::new(),
+                });
+            }
+            None
+        }
+        Ok(archive) => {
+            notices.append(&mut opening);
+            Some(archive)
+        }
+        Err(_) => None,
+    };
+    let (archive, damage) = match whole {
+        Some(archive) => (archive, Vec::new()),
+        None => super::open_for_reading(paths, notices)?,
+    };
     // A degraded view is a part of the archive: not worth keeping as its index.
     let save = damage.is_empty();
     let mut outcome = find_archive(&archive, query, save, notices)?;

@@ -167,7 +167,24 @@ pub fn read(path: &Path) -> Result<Option<FindIndex>> {
     decode(BufReader::new(file), path).map(Some)
 }
 
-pub fn decode(mut input: impl Read, path: &Path) -> Result<FindIndex> {
+pub fn decode(input: impl Read, path: &Path) -> Result<FindIndex> {
+    let mut all = |_: &Head, _: &[Folder], _: &Message| Some(true);
+    let (index, _) = decode_filtered(input, path, &mut all)?.expect("never stopped");
+    Ok(index)
+}
+
+/// What `decode_filtered` asks of each message line: `None` stops the reading (the caller has
+/// no use for the rest), `Some(false)` leaves the message out.
+pub type Keep<'a> = dyn FnMut(&Head, &[Folder], &Message) -> Option<bool> + 'a;
+
+/// As `decode`, keeping only the messages `keep` wants, with every check `decode` makes: a
+/// search of a large index then holds its folders and what it found, not every message. Also
+/// returns how many message lines the file holds; `None` when `keep` stopped the reading.
+pub fn decode_filtered(
+    mut input: impl Read,
+    path: &Path,
+    keep: &mut Keep,
+) -> Result<Option<(FindIndex, usize)>> {
     let bad = |at: u64, what: String| Error::corrupt(path, at, what);
     let mut lead = [0u8; 12];
     input
@@ -186,6 +203,7 @@ pub fn decode(mut input: impl Read, path: &Path) -> Result<FindIndex> {
     let mut head = None;
     let mut folders = Vec::new();
     let mut messages = Vec::new();
+    let mut message_lines = 0usize;
     let mut number = 0u64;
     loop {
         line.clear();
@@ -214,13 +232,13 @@ pub fn decode(mut input: impl Read, path: &Path) -> Result<FindIndex> {
                 }
                 head = Some(h);
             }
-            (Line::Folder(f), Some(_)) if messages.is_empty() => {
+            (Line::Folder(f), Some(_)) if message_lines == 0 => {
                 if folders.len() >= MAX_FOLDERS || f.names.len() > MAX_NAMES {
                     return Err(bad(12, format!("{where_}: too many folders or names")));
                 }
                 folders.push(f);
             }
-            (Line::Message(m), Some(_)) => {
+            (Line::Message(m), Some(h)) => {
                 let known = m.sha1.len() == 40
                     && m.sha1.bytes().all(|b| b.is_ascii_hexdigit())
                     && m.seen.iter().all(|c| (c.folder as usize) < folders.len());
@@ -230,17 +248,25 @@ pub fn decode(mut input: impl Read, path: &Path) -> Result<FindIndex> {
                         format!("{where_}: bad SHA-1 or a folder number out of range"),
                     ));
                 }
-                messages.push(m);
+                message_lines += 1;
+                match keep(h, &folders, &m) {
+                    None => return Ok(None),
+                    Some(true) => messages.push(m),
+                    Some(false) => {}
+                }
             }
             _ => return Err(bad(12, format!("{where_}: out of order"))),
         }
     }
     let head = head.ok_or_else(|| bad(12, "no head line".into()))?;
-    Ok(FindIndex {
-        head,
-        folders,
-        messages,
-    })
+    Ok(Some((
+        FindIndex {
+            head,
+            folders,
+            messages,
+        },
+        message_lines,
+    )))
 }
 
 #[cfg(test)]

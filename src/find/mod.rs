@@ -119,51 +119,139 @@ fn name_matches(internal: &str, wanted: &str) -> bool {
 
 /// The messages of `index` that match, in order of first appearance.
 pub fn search<'a>(index: &'a FindIndex, query: &Query) -> Result<Vec<&'a Message>> {
-    if let Some(t) = &query.message_id {
-        if t.trim_matches(|c| c == '<' || c == '>').is_empty() {
-            return Err(Error::usage("--message-id needs an ID"));
-        }
-    }
-    let from = query.from.as_deref().map(folded);
-    let to = query.to.as_deref().map(folded);
-    let subject = query.subject.as_deref().map(folded);
-    let message_id = query
-        .message_id
-        .as_deref()
-        .map(|id| id.trim().trim_matches(|c| c == '<' || c == '>').to_string());
-    let folders: Option<Vec<bool>> = query.mailbox.as_deref().map(|wanted| {
-        index
-            .folders
-            .iter()
-            .map(|f| f.names.iter().any(|n| name_matches(&n.name, wanted)))
-            .collect()
-    });
-    let contains = |field: &Option<String>, wanted: &Option<String>| match wanted {
-        None => true,
-        Some(w) => field
-            .as_deref()
-            .is_some_and(|f| folded(f).contains(w.as_str())),
-    };
+    let matcher = Matcher::new(query, &index.folders)?;
     Ok(index
         .messages
         .iter()
-        .filter(|m| {
-            let none = Fields::default();
-            let f = m.fields.as_ref().unwrap_or(&none);
-            contains(&f.from, &from)
-                && contains(&f.to, &to)
-                && contains(&f.subject, &subject)
-                && message_id
-                    .as_ref()
-                    .is_none_or(|id| f.message_id.as_deref() == Some(id.as_str()))
-                && (!query.deleted_only || !m.seen.iter().any(Copy::is_live))
-                && m.seen.iter().any(|c| {
-                    query.since.is_none_or(|t| c.internaldate >= t)
-                        && query.before.is_none_or(|t| c.internaldate < t)
-                        && folders
-                            .as_ref()
-                            .is_none_or(|fs| fs.get(c.folder as usize).copied().unwrap_or(false))
-                })
-        })
+        .filter(|m| matcher.matches(m))
         .collect())
+}
+
+/// The archive's find index with only the messages that match, and how many it holds, when it
+/// is current (the archive's identity and runs, as `up_to_date` takes them): read as it
+/// streams out of its file, so a search of a large owner holds what it found, not every message
+/// (issue 19). `None` when it is missing, unreadable or behind the archive: the caller then
+/// goes the full way (`current_index`), which brings it up to date. Needs only the archive's
+/// runs, so the archive may be open streamed.
+pub fn search_current(archive: &Archive, query: &Query) -> Result<Option<(FindIndex, usize)>> {
+    let path = find_index_path(&archive.paths().archive);
+    let Ok(reader) = crate::io::open_own(&path) else {
+        return Ok(None);
+    };
+    let archive_id = archive
+        .archive_id()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    let marks: Vec<file::RunMark> = archive
+        .runs()
+        .iter()
+        .map(|r| file::RunMark {
+            run: r.run,
+            time: r.time,
+            end: r.end,
+        })
+        .collect();
+    let current = |head: &file::Head| {
+        head.archive_id == archive_id
+            && head.deleted_prefix == history::DELETED_PREFIX
+            && head.runs == marks
+    };
+    let mut matcher: Option<Matcher> = None;
+    let mut failure = None;
+    let mut keep = |head: &file::Head, folders: &[Folder], m: &Message| {
+        if !current(head) {
+            return None;
+        }
+        if matcher.is_none() {
+            match Matcher::new(query, folders) {
+                Ok(made) => matcher = Some(made),
+                Err(e) => {
+                    failure = Some(e);
+                    return None;
+                }
+            }
+        }
+        Some(matcher.as_ref().is_some_and(|x| x.matches(m)))
+    };
+    let decoded = file::decode_filtered(std::io::BufReader::new(reader), &path, &mut keep);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    // An index that does not read is rebuilt by the full way, which says so.
+    let Ok(Some((index, total))) = decoded else {
+        return Ok(None);
+    };
+    if !current(&index.head) {
+        return Ok(None);
+    }
+    // An index with no message lines never asked `keep`: the query is checked here.
+    Matcher::new(query, &index.folders)?;
+    Ok(Some((index, total)))
+}
+
+/// A query made ready to test messages of an index with these folders.
+struct Matcher {
+    from: Option<String>,
+    to: Option<String>,
+    subject: Option<String>,
+    message_id: Option<String>,
+    folders: Option<Vec<bool>>,
+    since: Option<i64>,
+    before: Option<i64>,
+    deleted_only: bool,
+}
+
+impl Matcher {
+    fn new(query: &Query, folders: &[Folder]) -> Result<Matcher> {
+        if let Some(t) = &query.message_id {
+            if t.trim_matches(|c| c == '<' || c == '>').is_empty() {
+                return Err(Error::usage("--message-id needs an ID"));
+            }
+        }
+        Ok(Matcher {
+            from: query.from.as_deref().map(folded),
+            to: query.to.as_deref().map(folded),
+            subject: query.subject.as_deref().map(folded),
+            message_id: query
+                .message_id
+                .as_deref()
+                .map(|id| id.trim().trim_matches(|c| c == '<' || c == '>').to_string()),
+            folders: query.mailbox.as_deref().map(|wanted| {
+                folders
+                    .iter()
+                    .map(|f| f.names.iter().any(|n| name_matches(&n.name, wanted)))
+                    .collect()
+            }),
+            since: query.since,
+            before: query.before,
+            deleted_only: query.deleted_only,
+        })
+    }
+
+    fn matches(&self, m: &Message) -> bool {
+        let contains = |field: &Option<String>, wanted: &Option<String>| match wanted {
+            None => true,
+            Some(w) => field
+                .as_deref()
+                .is_some_and(|f| folded(f).contains(w.as_str())),
+        };
+        let none = Fields::default();
+        let f = m.fields.as_ref().unwrap_or(&none);
+        contains(&f.from, &self.from)
+            && contains(&f.to, &self.to)
+            && contains(&f.subject, &self.subject)
+            && self
+                .message_id
+                .as_ref()
+                .is_none_or(|id| f.message_id.as_deref() == Some(id.as_str()))
+            && (!self.deleted_only || !m.seen.iter().any(Copy::is_live))
+            && m.seen.iter().any(|c| {
+                self.since.is_none_or(|t| c.internaldate >= t)
+                    && self.before.is_none_or(|t| c.internaldate < t)
+                    && self
+                        .folders
+                        .as_ref()
+                        .is_none_or(|fs| fs.get(c.folder as usize).copied().unwrap_or(false))
+            })
+    }
 }

@@ -269,9 +269,19 @@ Cc: Dave Dent <dave@example.net>\r\nSubject: Lunch\r\nMessage-ID: <lunch@example
     assert_eq!(summary["index"], "current", "{summary}");
     assert_eq!(summary["runs"], 3);
     assert!(subjects(&all_kept).contains(&"Invoice May".to_string()));
+    // Read as it streams (a current index keeps only what matches): the count of messages
+    // indexed is the whole index's all the same.
+    let (_, narrow, _) = find(&dir, &["--subject", "may"]);
+    assert_eq!(narrow["index"], "current");
+    assert!(
+        summary["messages_indexed"].as_u64().is_some_and(|n| n >= 3),
+        "{summary}"
+    );
+    assert_eq!(narrow["messages_indexed"], summary["messages_indexed"]);
     std::fs::remove_file(&index_file).unwrap();
-    let (all_fresh, summary, _) = find(&dir, &[]);
-    assert_eq!(summary["index"], "built");
+    let (all_fresh, fresh, _) = find(&dir, &[]);
+    assert_eq!(fresh["index"], "built");
+    assert_eq!(fresh["messages_indexed"], summary["messages_indexed"]);
     assert_eq!(
         all_kept, all_fresh,
         "an index kept up to date equals a fresh build"
