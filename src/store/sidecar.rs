@@ -610,14 +610,7 @@ fn parse_blocks<R: Read>(
     let mut runs: Vec<CommittedRun> = Vec::new();
     let mut blocks = Vec::new();
     let mut file_len = HEADER_LEN as u64;
-    let mut chunks = Chunks {
-        file: reader,
-        buf: vec![0; window_for(window as u64)],
-        start: 0,
-        end: 0,
-        block_left: 0,
-        crc: crc32fast::Hasher::new(),
-    };
+    let mut chunks = Chunks::new(reader, window_for(window as u64));
     while let Some(len) = chunks.raw(4)? {
         let body_len = LE::read_u32(&len);
         if body_len > MAX_BLOCK {
@@ -665,14 +658,7 @@ impl IndexFile {
         let mut cursor = BlockCursor {
             path,
             block: *block,
-            chunks: Chunks {
-                file: reader,
-                buf: vec![0; window],
-                start: 0,
-                end: 0,
-                block_left: 0,
-                crc: crc32fast::Hasher::new(),
-            },
+            chunks: Chunks::new(reader, window),
             left: 0,
             done: false,
         };
@@ -701,71 +687,11 @@ impl IndexFile {
         block: &BlockAt,
         visit: &mut dyn FnMut(EntryRecord) -> Result<()>,
     ) -> Result<()> {
-        let window = window_for(block.body_len as u64 + 8);
-        match &self.held {
-            Some(bytes) => {
-                let from = bytes.get(block.offset as usize..).unwrap_or_default();
-                stream_block(path, from, window, block, visit)
-            }
-            None => {
-                let mut reader = &self.file;
-                reader
-                    .seek(SeekFrom::Start(block.offset))
-                    .map_err(|e| Error::io("seek", path, e))?;
-                let reader = io::BufReader::with_capacity(window, reader);
-                stream_block(path, reader, window, block, visit)
-            }
+        let mut cursor = self.cursor(path, block)?;
+        while let Some(entry) = cursor.next_entry()? {
+            visit(entry)?;
         }
-    }
-}
-
-fn stream_block<R: Read>(
-    path: &Path,
-    reader: R,
-    window: usize,
-    block: &BlockAt,
-    visit: &mut dyn FnMut(EntryRecord) -> Result<()>,
-) -> Result<()> {
-    let mut chunks = Chunks {
-        file: reader,
-        buf: vec![0; window],
-        start: 0,
-        end: 0,
-        block_left: 0,
-        crc: crc32fast::Hasher::new(),
-    };
-    let damaged = |detail: &str| {
-        Error::corrupt(
-            path,
-            block.offset,
-            format!("index block {detail}; `mailpack reindex` rebuilds it from the archive"),
-        )
-    };
-    match chunks.raw(4).map_err(|e| Error::io("read", path, e))? {
-        Some(len) if LE::read_u32(&len) == block.body_len => {}
-        _ => return Err(damaged("changed since it was read")),
-    }
-    let mut failure: Option<Error> = None;
-    let mut on_record = |rec: &[u8]| {
-        let outcome = decode_entry(&mut &rec[..])
-            .map_err(|e| damaged(&format!("holds a bad entry ({e})")))
-            .and_then(&mut *visit);
-        match outcome {
-            Ok(()) => true,
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        }
-    };
-    let scanned = scan_block(&mut chunks, block.body_len, &mut on_record)
-        .map_err(|e| Error::io("read", path, e))?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    match scanned {
-        Some((_, count)) if count == block.count => Ok(()),
-        _ => Err(damaged("fails its check (CRC, length or entry count)")),
+        Ok(())
     }
 }
 
@@ -792,6 +718,17 @@ struct Chunks<R: Read> {
 }
 
 impl<R: Read> Chunks<R> {
+    fn new(file: R, window: usize) -> Chunks<R> {
+        Chunks {
+            file,
+            buf: vec![0; window],
+            start: 0,
+            end: 0,
+            block_left: 0,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
     /// Makes at least `want` bytes of the current block available, if the block has them.
     fn fill(&mut self, want: usize) -> io::Result<bool> {
         if self.end - self.start >= want {
