@@ -477,7 +477,6 @@ impl<R: Read + Seek> MemberReader<R> {
     /// where it ends. Allocation is bounded by `MAX_MEMBER_PAYLOAD` and `limit` before any
     /// number from the file is used.
     ///
-    ///
     /// The deflate data must end exactly before the trailer (`Inflater` says where it ended):
     /// a forged member whose deflate data ends earlier, with a trailer repeated at both places,
     /// would otherwise be read here as ending where its header says and by gzip earlier.

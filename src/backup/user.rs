@@ -276,9 +276,9 @@ pub fn backup_user(
     }
     report.healed = healing.healed.len() as u64;
     drop(recorded);
-    // Over ssh the next listings' round trip then overlaps this commit's syncs, which is most
-    // of what a run that finds nothing changed waits for. A request that cannot be sent is not
-    // this run's failure: the session is broken, and the next user's own request reports it.
+    // Over ssh the next listings' round trip then overlaps this commit (and, for a run with
+    // entries, its sync). A request that cannot be sent is not this run's failure: the session
+    // is broken, and the next user's own request reports it.
     let next = next_users(&report);
     if !next.is_empty() {
         let _ = source.list_ahead(&next);

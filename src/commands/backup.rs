@@ -126,6 +126,10 @@ pub fn backup(
         SpoolAccess::Remote { .. } => None,
     };
     create_archive_dir(&options.archive_dir)?;
+    // Opened before any archive is written: the group commit's `syncfs` goes through it, and
+    // reports the write errors of the file system since (formats/archive.md 7.1).
+    let dir = std::fs::File::open(&options.archive_dir)
+        .map_err(|e| Error::io("open", &options.archive_dir, e))?;
     let open_source = || -> Result<Box<dyn Source + Send + '_>> {
         Ok(match (&options.spool, &local) {
             (SpoolAccess::Local { .. }, Some((spool, annotations))) => {
@@ -182,8 +186,9 @@ pub fn backup(
             .collect()
     };
     // A foreign file at an archive's name is neither an owner to mark gone nor one to count.
+    let working: std::collections::HashSet<&Owner> = work.iter().map(|(o, _)| o).collect();
     let (own, foreign) =
-        list_owner_archives_checking(&options.archive_dir, &|o| !listed.contains(o))?;
+        list_owner_archives_checking(&options.archive_dir, &|o| !working.contains(o))?;
     // The server's own archive is written with everything, never marked gone.
     let archived: Vec<Owner> = own
         .into_iter()
@@ -233,7 +238,12 @@ pub fn backup(
     };
     // Bounded: a run waiting for the group's sync holds its archive's files open, and workers
     // wait here while the collector syncs rather than open more.
-    let group_max = group_commit_max(jobs);
+    // Without the group commit a run is reported as soon as it is done.
+    let group_max = if user_options.group_commit {
+        group_commit_max(jobs)
+    } else {
+        jobs.max(1)
+    };
     let (tx, rx) = mpsc::sync_channel::<Finished>(group_max);
     let mut summary = BackupSummary {
         users: total,
@@ -393,7 +403,7 @@ pub fn backup(
                 Err(mpsc::RecvTimeoutError::Timeout) => false,
                 Err(mpsc::RecvTimeoutError::Disconnected) => true,
             };
-            for outcome in commit_group(&options.archive_dir, std::mem::take(&mut group)) {
+            for outcome in commit_group(&options.archive_dir, &dir, std::mem::take(&mut group)) {
                 report(outcome);
             }
             oldest = None;
@@ -426,41 +436,32 @@ const GROUP_WAIT: Duration = Duration::from_millis(50);
 
 /// The largest group of runs synced at once: each holds its archive, index and lock files
 /// open (four descriptors) until then, so the group stays within the open-files limit,
-/// counting the runs the workers are in.
-/// The soft limit is first raised to the hard one (as far as 65,536): the default soft limit
-/// of 1,024 is there for programs that use `select`, which mailpack does not.
+/// counting the runs the workers are in. (The CLI raises the soft limit first.)
 fn group_commit_max(jobs: usize) -> usize {
     const MOST: usize = 512;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit read and write only the struct they are given.
-    let open_files = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            1024
-        } else {
-            let wanted = limit.rlim_max.min(1 << 16);
-            if wanted > limit.rlim_cur {
-                let raised = libc::rlimit {
-                    rlim_cur: wanted,
-                    rlim_max: limit.rlim_max,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                    limit.rlim_cur = wanted;
-                }
-            }
-            limit.rlim_cur.min(1 << 16) as usize
-        }
+    // SAFETY: getrlimit writes only the struct it is given.
+    let open_files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1 << 16) as usize
+    } else {
+        1024
     };
     (open_files.saturating_sub(128 + 8 * jobs) / 8).clamp(1, MOST)
 }
 
-/// Makes a group's runs durable (`sync_group`), writes their index blocks and reports them.
-fn commit_group(archive_dir: &Path, mut group: Vec<Unsynced>) -> Vec<UserOutcome> {
+/// Makes a group's runs durable (`sync_group` through `dir`, the archive directory opened
+/// before any run), writes their index blocks and reports them.
+fn commit_group(
+    archive_dir: &Path,
+    dir: &std::fs::File,
+    mut group: Vec<Unsynced>,
+) -> Vec<UserOutcome> {
     let synced = {
         let mut stores: Vec<&mut StoreWriter> = group.iter_mut().map(|u| &mut u.store).collect();
-        crate::store::sync_group(&mut stores)
+        crate::store::sync_group(dir, &mut stores)
     };
     group
         .into_iter()
@@ -634,8 +635,6 @@ fn one_user(
     Ok(Some((report, store)))
 }
 
-/// The policy, run once the user's run is committed and its writer gone. It takes the lock
-/// afresh, so a writer that slips in between is simply waited for or reported busy.
 /// Notes an owner's run in its status file (formats/status.md) for `mailpack status`. A status
 /// file that cannot be written costs the record, never the run.
 fn record_status(archive_dir: &Path, owner: &Owner, outcome: &UserOutcome) {
@@ -677,6 +676,8 @@ fn record_status(archive_dir: &Path, owner: &Owner, outcome: &UserOutcome) {
     });
 }
 
+/// The policy, run once the user's run is committed and its writer gone. It takes the lock
+/// afresh, so a writer that slips in between is simply waited for or reported busy.
 fn compact_after_run(
     dir: &std::path::Path,
     owner: &Owner,

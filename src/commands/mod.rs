@@ -222,10 +222,13 @@ pub fn cat(
         Err(()) => spec.to_string(),
     };
     if !as_stored && is_full_index_name(&name) {
-        // Its notices (a stale index rebuilt in memory) are the path below's to give, once.
-        match Archive::open(paths, &mut Vec::new()) {
+        // Its notices (a stale index rebuilt in memory) are given once: here when this serves
+        // the entry, else by the path below, which opens the archive again.
+        let mut opening = Vec::new();
+        match Archive::open(paths, &mut opening) {
             Ok(archive) => {
                 if let Some(served) = cat_newest_index(&archive, &name, out)? {
+                    notices.append(&mut opening);
                     return Ok(served);
                 }
             }

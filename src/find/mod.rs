@@ -156,13 +156,15 @@ pub fn search_current(archive: &Archive, query: &Query) -> Result<Option<(FindIn
             && head.deleted_prefix == history::DELETED_PREFIX
             && head.runs == marks
     };
+    // Made at the first message line, once the head (checked then, once) and the folders are
+    // known.
     let mut matcher: Option<Matcher> = None;
     let mut failure = None;
     let mut keep = |head: &file::Head, folders: &[Folder], m: &Message| {
-        if !current(head) {
-            return None;
-        }
         if matcher.is_none() {
+            if !current(head) {
+                return None;
+            }
             match Matcher::new(query, folders) {
                 Ok(made) => matcher = Some(made),
                 Err(e) => {

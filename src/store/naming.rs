@@ -174,9 +174,9 @@ pub fn list_owner_archives(dir: &Path) -> Result<(Vec<OwnedArchive>, Vec<String>
 }
 
 /// As `list_owner_archives`, opening to check only the archives of the owners `check` picks
-/// (and those named by hand): a backup of every owner opens each listed owner's archive anyway,
-/// and reports a foreign file there as that owner's failure, so it checks only the others
-/// instead of opening 20,000 files twice.
+/// (and those named by hand): a backup opens the archive of each owner it backs up anyway, and
+/// reports a foreign file there as that owner's failure, so it checks only the others instead
+/// of opening 20,000 files twice.
 pub fn list_owner_archives_checking(
     dir: &Path,
     check: &dyn Fn(&crate::spool::Owner) -> bool,

@@ -581,8 +581,18 @@ fn stream_blocks(
             None,
         )
     };
+    // Blocks end where the file does, or it is not a good index: a short read of the next
+    // length field (1 to 3 stray bytes) ends the walk as the end of the file does.
+    let file_len = match &held {
+        Some(bytes) => bytes.len() as u64,
+        None => file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len(),
+    };
     Ok(found
         .map_err(read)?
+        .filter(|(_, _, _, parsed)| *parsed == file_len)
         .map(|(archive_id, runs, blocks, len)| Frames {
             archive_id,
             runs,
@@ -647,13 +657,14 @@ impl IndexFile {
         let window = window_for(block.body_len as u64 + 8);
         let reader: Box<dyn Read + 'a> = match &self.held {
             Some(bytes) => Box::new(bytes.get(block.offset as usize..).unwrap_or_default()),
-            None => {
-                let mut reader = &self.file;
-                reader
-                    .seek(SeekFrom::Start(block.offset))
-                    .map_err(|e| Error::io("seek", path, e))?;
-                Box::new(io::BufReader::with_capacity(window, reader))
-            }
+            // At explicit offsets: cursors and passes share the file, never its position.
+            None => Box::new(io::BufReader::with_capacity(
+                window,
+                ReadAt {
+                    file: &self.file,
+                    at: block.offset,
+                },
+            )),
         };
         let mut cursor = BlockCursor {
             path,
@@ -692,6 +703,21 @@ impl IndexFile {
             visit(entry)?;
         }
         Ok(())
+    }
+}
+
+/// A reader of a file from an offset on, by `pread`.
+struct ReadAt<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

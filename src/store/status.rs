@@ -124,10 +124,28 @@ pub fn beside(archive: &Path, suffix: &str) -> PathBuf {
 /// The status recorded for an archive; `Ok(None)` when there is none yet, an error naming the
 /// file when it is unreadable.
 pub fn read(archive: &Path) -> Result<Option<OwnerStatus>> {
+    use fs2::FileExt;
+    use std::io::Read;
     let path = status_path(archive);
-    let Some(bytes) = crate::io::read_own_small(&path, MAX_STATUS)? else {
-        return Ok(None);
+    let file = match crate::io::open_own(&path) {
+        Ok(f) => f,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
     };
+    // Shared with other readers, not with `update`, which rewrites the file in place.
+    FileExt::lock_shared(&file).map_err(|e| Error::io("lock", &path, e))?;
+    let mut bytes = Vec::new();
+    (&file)
+        .take(MAX_STATUS + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", &path, e))?;
+    if bytes.len() as u64 > MAX_STATUS {
+        return Err(Error::corrupt(
+            &path,
+            MAX_STATUS,
+            format!("larger than the {MAX_STATUS} bytes a status file may hold"),
+        ));
+    }
     decode(&path, &bytes).map(Some)
 }
 

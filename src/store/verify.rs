@@ -199,7 +199,8 @@ fn verify_scanned(
     index: IndexSide,
     repaired: Vec<String>,
 ) -> Result<VerifyReport> {
-    // The index's runs (frames at least) and each one's entry count.
+    // The index's runs, and each one's entry count: what a run the scan finds good is compared
+    // with, frame and count, before its entries' disagreements are reported.
     let (index_runs, index_counts): (&[crate::archive::CommittedRun], Vec<usize>) = match &index {
         IndexSide::Read(IndexRead::Valid { runs, .. }) => {
             (runs, runs.iter().map(|r| r.entries.len()).collect())
@@ -213,7 +214,11 @@ fn verify_scanned(
 
     // Entries by member, to name what a damaged member holds: one name a member.
     let mut members: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
-    let mut index_damage: Vec<Problem> = Vec::new();
+    let mut entries = IndexEntries {
+        side: &index,
+        cursor: None,
+        failed: Vec::new(),
+    };
     for (k, run) in index_runs.iter().enumerate() {
         let mut note = |e: &EntryRecord| {
             members
@@ -228,8 +233,9 @@ fn verify_scanned(
                         note(&e);
                         Ok(())
                     });
+                // Reported once, below; the comparison leaves the block alone.
                 if let Err(e) = streamed {
-                    index_damage.push(index_problem(run.marker_offset, e.to_string()));
+                    entries.failed.push((k, e));
                 }
             }
             _ => run.entries.iter().for_each(&mut note),
@@ -238,11 +244,6 @@ fn verify_scanned(
             .entry(run.marker_offset)
             .or_insert_with(|| format!("runs/{}", run.run));
     }
-    let mut entries = IndexEntries {
-        side: &index,
-        cursor: None,
-        failed: Vec::new(),
-    };
 
     // The scan hands each entry over as it reads it, and each is compared at once with the
     // index's entry in the same place, so no scanned run is held (issue 19): the entries being
@@ -340,7 +341,6 @@ fn verify_scanned(
         });
     }
 
-    problems.append(&mut index_damage);
     problems.extend(entries.failed.into_iter().map(|(good, e)| {
         index_problem(
             index_runs.get(good).map_or(0, |r| r.marker_offset),

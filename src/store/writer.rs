@@ -218,6 +218,9 @@ impl StoreWriter {
         let run = self.writer.commit_unsynced(summary)?;
         let number = run.run;
         self.unsynced = Some(run);
+        // Hundreds of runs wait for their group: none keeps its committed entries' reader (a
+        // small index is held whole), which nothing reads again before the writer is dropped.
+        self.archive.streamed = None;
         Ok(number)
     }
 
@@ -286,41 +289,30 @@ impl StoreWriter {
 }
 
 /// Makes the runs that `commit_grouped` left unsynced durable, all of them with one `syncfs`
-/// per file system instead of one `fsync` each (formats/archive.md section 7, "Group commit").
-/// When a file system's sync fails (or a fault is injected), each of its archives is fsynced
-/// alone, so the error lands on the archives it concerns. Returns each writer's outcome, in
-/// order; a writer whose sync failed is poisoned and its run is not to be reported committed.
-pub fn sync_group(writers: &mut [&mut StoreWriter]) -> Vec<Result<()>> {
+/// instead of one `fsync` each (formats/archive.md section 7.1). `through` is a descriptor of
+/// the archive directory opened before any of the writers wrote: `syncfs` reports the write
+/// errors of the file system since its descriptor was opened (Linux 5.8 and later), so an
+/// error on any of the group's archives is seen. An archive on another file system, and every
+/// archive of a group whose `syncfs` failed (or where a fault is injected), is `fsync`ed alone,
+/// so an error lands on the archive it concerns. Returns each writer's outcome, in order; a
+/// writer whose sync failed is poisoned and its run is not to be reported committed.
+pub fn sync_group(through: &File, writers: &mut [&mut StoreWriter]) -> Vec<Result<()>> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
-    let mut outcomes: Vec<Option<Result<()>>> = writers
-        .iter()
-        .map(|w| (!w.is_unsynced()).then_some(Ok(())))
-        .collect();
-    while let Some(first) = outcomes.iter().position(Option::is_none) {
-        let file = writers[first].writer.file();
-        let device = file.metadata().map(|m| m.dev()).ok();
-        let same_device: Vec<usize> = (first..writers.len())
-            .filter(|&i| {
-                outcomes[i].is_none()
-                    && writers[i].writer.file().metadata().map(|m| m.dev()).ok() == device
-            })
-            .collect();
-        let synced = device.is_some()
-            && !writers[first].faults.fires(FaultOn::Sync)
-            // SAFETY: syncfs takes any open descriptor of the file system; this one stays open
-            // for the call.
-            && unsafe { libc::syncfs(file.as_raw_fd()) } == 0;
-        for i in same_device {
-            outcomes[i] = Some(if synced {
-                Ok(())
-            } else {
-                writers[i].sync_alone()
-            });
-        }
+    let device = through.metadata().map(|m| m.dev()).ok();
+    let (grouped, alone): (Vec<usize>, Vec<usize>) = (0..writers.len())
+        .filter(|&i| writers[i].is_unsynced())
+        .partition(|&i| {
+            device.is_some() && writers[i].writer.file().metadata().map(|m| m.dev()).ok() == device
+        });
+    let synced = grouped.first().is_some_and(|&first| {
+        !writers[first].faults.fires(FaultOn::Sync)
+            // SAFETY: syncfs takes an open descriptor, which `through` is for the call.
+            && unsafe { libc::syncfs(through.as_raw_fd()) } == 0
+    });
+    let mut outcomes: Vec<Result<()>> = (0..writers.len()).map(|_| Ok(())).collect();
+    for i in grouped.into_iter().filter(|_| !synced).chain(alone) {
+        outcomes[i] = writers[i].sync_alone();
     }
     outcomes
-        .into_iter()
-        .map(|o| o.expect("every writer was synced"))
-        .collect()
 }
