@@ -78,6 +78,13 @@ pub fn up_to_date(
     (index, used)
 }
 
+/// A folder's index records as of a run, and its user flag names by bit.
+#[derive(Default)]
+struct FolderRecords {
+    records: Vec<IndexRecord>,
+    keywords: Vec<Option<String>>,
+}
+
 struct Walker<'a> {
     archive: &'a Archive,
     files: Messages<'a>,
@@ -279,11 +286,13 @@ impl<'a> Walker<'a> {
         self.previous_run = Some(run.run);
     }
 
-    /// The folder's latest index records with their flag names, or what stopped them being read.
-    fn records(&self, uid: &str) -> std::result::Result<Vec<(IndexRecord, Vec<String>)>, String> {
+    /// The folder's latest index records with its user flag names (each record's flag names
+    /// are made as it is applied: a million records are not held twice), or what stopped them
+    /// being read.
+    fn records(&self, uid: &str) -> std::result::Result<FolderRecords, String> {
         let path = &self.archive.paths().archive;
         let Some(index_entry) = self.index_entry.get(uid) else {
-            return Ok(Vec::new());
+            return Ok(FolderRecords::default());
         };
         let read = |e: &EntryRecord| {
             read_all(self.archive, e)
@@ -300,26 +309,17 @@ impl<'a> Walker<'a> {
         // Parsed as it streams out of the archive, as a restore reads it.
         let index = crate::folders::index_file(self.archive, index_entry)
             .map_err(|err| format!("find: {}: {}: {err}", path.display(), index_entry.name))?;
-        Ok(index
-            .records
-            .into_iter()
-            .map(|r| {
-                let flags = r.flag_names(&keywords);
-                (r, flags)
-            })
-            .collect())
+        Ok(FolderRecords {
+            records: index.records,
+            keywords,
+        })
     }
 
-    fn apply(
-        &mut self,
-        f: u32,
-        records: &[(IndexRecord, Vec<String>)],
-        at: RunTime,
-        notices: &mut Vec<String>,
-    ) {
+    fn apply(&mut self, f: u32, records: &FolderRecords, at: RunTime, notices: &mut Vec<String>) {
         let mut still_open: HashMap<u32, (usize, usize)> = HashMap::new();
         let mut was_open = self.open.remove(&f).unwrap_or_default();
-        for (r, flags) in records {
+        for r in &records.records {
+            let flags = r.flag_names(&records.keywords);
             if r.guid == Guid::default() {
                 // Before index version 10 a record has no SHA-1 to name its message by.
                 continue;
@@ -329,7 +329,7 @@ impl<'a> Walker<'a> {
             if let Some((m, c)) = was_open.remove(&r.uid) {
                 if self.index.messages[m].sha1 == sha1 {
                     let copy = &mut self.index.messages[m].seen[c];
-                    copy.flags = flags.clone();
+                    copy.flags = flags;
                     if ended {
                         let secs = r.last_updated_ns.div_euclid(1_000_000_000);
                         let time = if secs > 0 { secs } else { at.time };
@@ -349,7 +349,7 @@ impl<'a> Walker<'a> {
                     m,
                     f,
                     r,
-                    flags,
+                    &flags,
                     Ended {
                         how: EndHow::Expunged,
                         run: at.run,
@@ -365,7 +365,7 @@ impl<'a> Walker<'a> {
                 internaldate: r.internaldate_ns.div_euclid(1_000_000_000),
                 first: Some(at.run),
                 last: None,
-                flags: flags.clone(),
+                flags,
                 ended: None,
             });
             still_open.insert(r.uid, (m, copies.len() - 1));
@@ -383,14 +383,15 @@ impl<'a> Walker<'a> {
     fn add_never_live(
         &mut self,
         f: u32,
-        records: &[(IndexRecord, Vec<String>)],
+        records: &FolderRecords,
         gone: RunTime,
         notices: &mut Vec<String>,
     ) {
-        for (r, flags) in records {
+        for r in &records.records {
             if r.guid == Guid::default() || r.is_unlinked() {
                 continue;
             }
+            let flags = r.flag_names(&records.keywords);
             let m = self.message(&r.guid, &r.guid.to_hex(), r.size, notices);
             let how = if r.is_expunged() {
                 EndHow::Expunged
@@ -401,7 +402,7 @@ impl<'a> Walker<'a> {
                 m,
                 f,
                 r,
-                flags,
+                &flags,
                 Ended {
                     how,
                     run: gone.run,
