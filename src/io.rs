@@ -389,6 +389,12 @@ pub fn read_own_small(path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
         Err(Error::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
+    read_capped(&file, path, cap).map(Some)
+}
+
+/// The rest of one of mailpack's own small files, already open as `file` (at `path`): at most
+/// `cap` bytes, or an error naming the file when it holds more.
+pub fn read_capped(file: &File, path: &Path, cap: u64) -> Result<Vec<u8>> {
     // Sized from the file's length, so a small file is read in one call, not grown into.
     let hint = file.metadata().map_or(0, |m| m.len()).min(cap) as usize;
     let mut bytes = Vec::with_capacity(hint + 1);
@@ -402,7 +408,7 @@ pub fn read_own_small(path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
             format!("larger than the {cap} bytes such a file may hold"),
         ));
     }
-    Ok(Some(bytes))
+    Ok(bytes)
 }
 
 /// A private (0700) directory under the system's temporary directory, removed with everything

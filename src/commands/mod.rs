@@ -221,7 +221,17 @@ pub fn cat(
         Ok(guid) => file_entry_name(&guid),
         Err(()) => spec.to_string(),
     };
-    if !as_stored && is_full_index_name(&name) {
+    // Only a mailbox with a delta is opened whole for its index: the lookup of the delta's name
+    // seeks through the index file as the path below does.
+    let has_delta = || {
+        let (_, delta) = crate::entries::index_names(
+            crate::entries::index_version_of(&name).map_or("", |(uid, _)| uid),
+        );
+        store::find_latest(paths, &delta, &mut Vec::new()).map_or(true, |found| {
+            found.is_some_and(|(_, e, _)| !e.is_tombstone())
+        })
+    };
+    if !as_stored && is_full_index_name(&name) && has_delta() {
         // Its notices (a stale index rebuilt in memory) are given once: here when this serves
         // the entry, else by the path below, which opens the archive again.
         let mut opening = Vec::new();

@@ -32,26 +32,10 @@ pub fn up_to_date(
     previous: Option<FindIndex>,
     notices: &mut Vec<String>,
 ) -> (FindIndex, IndexUse) {
-    let archive_id = archive
-        .archive_id()
-        .map(|id| id.to_string())
-        .unwrap_or_default();
-    let marks: Vec<RunMark> = archive
-        .runs()
-        .iter()
-        .map(|r| RunMark {
-            run: r.run,
-            time: r.time,
-            end: r.end,
-        })
-        .collect();
+    let (archive_id, marks) = identity(archive);
     let mut used = IndexUse::Built;
     let walker = match previous {
-        Some(p)
-            if p.head.archive_id == archive_id
-                && p.head.deleted_prefix == DELETED_PREFIX
-                && marks.starts_with(&p.head.runs) =>
-        {
+        Some(p) if follows(&p.head, &archive_id, &marks) => {
             if p.head.runs.len() == marks.len() {
                 return (p, IndexUse::Current);
             }
@@ -76,6 +60,32 @@ pub fn up_to_date(
     let mut index = walker.index;
     index.head.runs = marks;
     (index, used)
+}
+
+/// What a find index's head must say of `archive` to be its index: its archive-id and its runs.
+pub(super) fn identity(archive: &Archive) -> (String, Vec<RunMark>) {
+    let archive_id = archive
+        .archive_id()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    let marks = archive
+        .runs()
+        .iter()
+        .map(|r| RunMark {
+            run: r.run,
+            time: r.time,
+            end: r.end,
+        })
+        .collect();
+    (archive_id, marks)
+}
+
+/// Whether a find index with `head` covers a prefix of the archive with this identity
+/// (formats/find-index.md section 4): current when its runs are all of `marks`.
+pub(super) fn follows(head: &Head, archive_id: &str, marks: &[RunMark]) -> bool {
+    head.archive_id == archive_id
+        && head.deleted_prefix == DELETED_PREFIX
+        && marks.starts_with(&head.runs)
 }
 
 /// A folder's index records as of a run, and its user flag names by bit.

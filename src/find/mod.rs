@@ -138,23 +138,9 @@ pub fn search_current(archive: &Archive, query: &Query) -> Result<Option<(FindIn
     let Ok(reader) = crate::io::open_own(&path) else {
         return Ok(None);
     };
-    let archive_id = archive
-        .archive_id()
-        .map(|id| id.to_string())
-        .unwrap_or_default();
-    let marks: Vec<file::RunMark> = archive
-        .runs()
-        .iter()
-        .map(|r| file::RunMark {
-            run: r.run,
-            time: r.time,
-            end: r.end,
-        })
-        .collect();
+    let (archive_id, marks) = history::identity(archive);
     let current = |head: &file::Head| {
-        head.archive_id == archive_id
-            && head.deleted_prefix == history::DELETED_PREFIX
-            && head.runs == marks
+        head.runs.len() == marks.len() && history::follows(head, &archive_id, &marks)
     };
     // Made at the first message line, once the head (checked then, once) and the folders are
     // known.

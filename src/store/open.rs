@@ -237,17 +237,11 @@ impl Archive {
     /// index again, so memory does not grow with the archive (formats/compaction.md section 4).
     /// Anything else opens the full way, which knows what to do about it.
     pub fn open_streamed(paths: &ArchivePaths, notices: &mut Vec<String>) -> Result<Archive> {
-        for _ in 0..3 {
-            let source = ArchiveHandle::open(&paths.archive)?;
-            let frames = sidecar::read_frames(&paths.index)?;
-            if !source.is_current() {
-                continue;
-            }
+        if let Some((source, frames)) = open_with_frames(paths)? {
             refuse_empty(&source)?;
             if let Some(archive) = Archive::streamed_if_current(paths, source, frames, false)? {
                 return Ok(archive);
             }
-            break;
         }
         Archive::open(paths, notices)
     }
@@ -266,9 +260,7 @@ impl Archive {
         let Some(last) = frames.runs.last() else {
             return Ok(None);
         };
-        let file_len = source.len()?;
-        check_signature(&source, file_len)?;
-        if file_len != last.end || !marker_matches(&source, last, &frames.archive_id) {
+        if !ends_with_run(&source, last, &frames.archive_id)? {
             return Ok(None);
         }
         let index_len = if for_writer { frames.len } else { 0 };
@@ -549,6 +541,34 @@ impl Archive {
 /// Opens the archive and reads its index so that both belong to one generation: the archive is
 /// opened first, and if a compaction renamed a new one into place before the index was read,
 /// both are read again. A reader that keeps losing that race scans without the index.
+/// The archive and its index read as frames (`None` when the index does not read whole), of one
+/// generation: `None` when a compaction renamed a new archive over the name three times over.
+pub(super) fn open_with_frames(
+    paths: &ArchivePaths,
+) -> Result<Option<(ArchiveHandle, Option<sidecar::Frames>)>> {
+    for _ in 0..3 {
+        let source = ArchiveHandle::open(&paths.archive)?;
+        let frames = sidecar::read_frames(&paths.index)?;
+        if source.is_current() {
+            return Ok(Some((source, frames)));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `source` is a mailpack archive that ends where `last` (an index's last run) does,
+/// with that run's commit marker there: then the index describes it whole. A file that is not
+/// an archive, or whose first member is damaged, is an error.
+pub(super) fn ends_with_run(
+    source: &ArchiveHandle,
+    last: &CommittedRun,
+    archive_id: &ArchiveId,
+) -> Result<bool> {
+    let len = source.len()?;
+    check_signature(source, len)?;
+    Ok(len == last.end && marker_matches(source, last, archive_id))
+}
+
 pub(super) fn open_consistent(paths: &ArchivePaths) -> Result<(ArchiveHandle, IndexRead)> {
     for _ in 0..3 {
         let source = ArchiveHandle::open(&paths.archive)?;

@@ -522,7 +522,7 @@ pub struct Frames {
 /// `HELD_MAX` bytes, what most owners' indexes are) from the bytes read and checked then, a
 /// larger one from the open file, a window at a time.
 pub struct IndexFile {
-    file: File,
+    file: std::sync::Arc<File>,
     held: Option<Vec<u8>>,
 }
 
@@ -598,7 +598,10 @@ fn stream_blocks(
             runs,
             blocks,
             len,
-            file: IndexFile { file, held },
+            file: IndexFile {
+                file: std::sync::Arc::new(file),
+                held,
+            },
         }))
 }
 
@@ -660,10 +663,7 @@ impl IndexFile {
             // At explicit offsets: cursors and passes share the file, never its position.
             None => Box::new(io::BufReader::with_capacity(
                 window,
-                ReadAt {
-                    file: &self.file,
-                    at: block.offset,
-                },
+                crate::io::ReadAt::new(self.file.clone(), block.offset),
             )),
         };
         let mut cursor = BlockCursor {
@@ -703,21 +703,6 @@ impl IndexFile {
             visit(entry)?;
         }
         Ok(())
-    }
-}
-
-/// A reader of a file from an offset on, by `pread`.
-struct ReadAt<'a> {
-    file: &'a File,
-    at: u64,
-}
-
-impl Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let n = self.file.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
     }
 }
 
@@ -776,6 +761,29 @@ impl<R: Read> Chunks<R> {
         Ok(self.end - self.start >= want)
     }
 
+    /// The next entry record of the current block: where it lies in `buf` (until the next
+    /// fill), the window moved past it. `None` when the block holds no whole record there.
+    fn next_record(&mut self) -> io::Result<Option<std::ops::Range<usize>>> {
+        let window = MAX_RECORD.min((self.end - self.start) + self.block_left as usize);
+        if !self.fill(window)? {
+            return Ok(None);
+        }
+        let Some(len) = record_len(&self.buf[self.start..self.end]) else {
+            return Ok(None);
+        };
+        self.start += len;
+        Ok(Some(self.start - len..self.start))
+    }
+
+    /// After a block's last record: whether the block ends there and its CRC matches.
+    fn end_block(&mut self) -> io::Result<bool> {
+        if self.start != self.end || self.block_left != 0 {
+            return Ok(false);
+        }
+        let crc = std::mem::replace(&mut self.crc, crc32fast::Hasher::new()).finalize();
+        Ok(matches!(self.raw(4)?, Some(stored) if LE::read_u32(&stored) == crc))
+    }
+
     /// `n` bytes outside any block body (lengths and CRCs), `None` at a clean end of file.
     fn raw(&mut self, n: usize) -> io::Result<Option<Vec<u8>>> {
         debug_assert_eq!(self.end, self.start, "block fully consumed");
@@ -804,27 +812,14 @@ fn scan_block<R: Read>(
         return Ok(None);
     };
     for _ in 0..count {
-        let window = MAX_RECORD.min((c.end - c.start) + c.block_left as usize);
-        if !c.fill(window)? {
-            return Ok(None);
-        }
-        let rec = &c.buf[c.start..c.end];
-        let Some(len) = record_len(rec) else {
+        let Some(rec) = c.next_record()? else {
             return Ok(None);
         };
-        if !visit(&rec[..len]) {
+        if !visit(&c.buf[rec]) {
             return Ok(None);
         }
-        c.start += len;
     }
-    if c.start != c.end || c.block_left != 0 {
-        return Ok(None);
-    }
-    let crc = std::mem::replace(&mut c.crc, crc32fast::Hasher::new()).finalize();
-    match c.raw(4)? {
-        Some(stored) if LE::read_u32(&stored) == crc => Ok(Some((frame, count))),
-        _ => Ok(None),
-    }
+    Ok(c.end_block()?.then_some((frame, count)))
 }
 
 /// Starts reading a block body of `body_len` bytes: its frame (without entries) and entry
@@ -885,30 +880,24 @@ impl BlockCursor<'_> {
             return Ok(None);
         }
         let read = |e| Error::io("read", self.path, e);
-        let c = &mut self.chunks;
         if self.left == 0 {
             self.done = true;
-            let crc = std::mem::replace(&mut c.crc, crc32fast::Hasher::new()).finalize();
-            let whole = c.start == c.end && c.block_left == 0;
-            return match c.raw(4).map_err(read)? {
-                Some(stored) if whole && LE::read_u32(&stored) == crc => Ok(None),
-                _ => Err(self.damaged("fails its check (CRC, length or entry count)")),
+            return match self.chunks.end_block().map_err(read)? {
+                true => Ok(None),
+                false => Err(self.damaged("fails its check (CRC, length or entry count)")),
             };
         }
-        let window = MAX_RECORD.min((c.end - c.start) + c.block_left as usize);
-        let rec = if c.fill(window).map_err(read)? {
-            let rec = &c.buf[c.start..c.end];
-            record_len(rec).map(|len| (len, decode_entry(&mut &rec[..len])))
-        } else {
-            None
-        };
-        match rec {
-            Some((len, Ok(entry))) => {
-                self.chunks.start += len;
+        let decoded = self
+            .chunks
+            .next_record()
+            .map_err(read)?
+            .map(|rec| decode_entry(&mut &self.chunks.buf[rec]));
+        match decoded {
+            Some(Ok(entry)) => {
                 self.left -= 1;
                 Ok(Some(entry))
             }
-            Some((_, Err(e))) => {
+            Some(Err(e)) => {
                 self.done = true;
                 Err(self.damaged(&format!("holds a bad entry ({e})")))
             }

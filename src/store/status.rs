@@ -125,7 +125,6 @@ pub fn beside(archive: &Path, suffix: &str) -> PathBuf {
 /// file when it is unreadable.
 pub fn read(archive: &Path) -> Result<Option<OwnerStatus>> {
     use fs2::FileExt;
-    use std::io::Read;
     let path = status_path(archive);
     let file = match crate::io::open_own(&path) {
         Ok(f) => f,
@@ -134,18 +133,7 @@ pub fn read(archive: &Path) -> Result<Option<OwnerStatus>> {
     };
     // Shared with other readers, not with `update`, which rewrites the file in place.
     FileExt::lock_shared(&file).map_err(|e| Error::io("lock", &path, e))?;
-    let mut bytes = Vec::new();
-    (&file)
-        .take(MAX_STATUS + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", &path, e))?;
-    if bytes.len() as u64 > MAX_STATUS {
-        return Err(Error::corrupt(
-            &path,
-            MAX_STATUS,
-            format!("larger than the {MAX_STATUS} bytes a status file may hold"),
-        ));
-    }
+    let bytes = crate::io::read_capped(&file, &path, MAX_STATUS)?;
     decode(&path, &bytes).map(Some)
 }
 
@@ -181,17 +169,15 @@ pub fn update(
     change: impl FnOnce(&mut OwnerStatus),
 ) -> Result<()> {
     use fs2::FileExt;
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Seek, SeekFrom, Write};
     let path = status_path(archive);
     let mut file = crate::io::open_own_or_create(&path)?;
     file.lock_exclusive()
         .map_err(|e| Error::io("lock", &path, e))?;
-    let mut old = Vec::new();
-    (&file)
-        .take(MAX_STATUS + 1)
-        .read_to_end(&mut old)
-        .map_err(|e| Error::io("read", &path, e))?;
-    let mut status = decode(&path, &old).unwrap_or_default();
+    // An old file too large to read is as unreadable as a torn one, and is cut below.
+    let old = crate::io::read_capped(&file, &path, MAX_STATUS);
+    let old_len = old.as_ref().map_or(u64::MAX, |b| b.len() as u64);
+    let mut status = old.and_then(|b| decode(&path, &b)).unwrap_or_default();
     status.version = VERSION;
     status.owner = owner;
     change(&mut status);
@@ -208,7 +194,7 @@ pub fn update(
     file.seek(SeekFrom::Start(0))
         .and_then(|_| file.write_all(&bytes))
         .map_err(|e| Error::io("write", &path, e))?;
-    if (bytes.len() as u64) < old.len() as u64 {
+    if (bytes.len() as u64) < old_len {
         file.set_len(bytes.len() as u64)
             .map_err(|e| Error::io("truncate", &path, e))?;
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::open::{
-    check_signature, check_tail, marker_matches, open_consistent, refuse_empty, scan_runs_with,
+    check_tail, ends_with_run, open_consistent, open_with_frames, refuse_empty, scan_runs_with,
 };
 use super::sidecar::{BlockCursor, Frames, IndexRead};
 use super::{Archive, ArchiveHandle, ArchivePaths};
@@ -41,10 +41,11 @@ pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
     // (issue 19); any other goes the full way, which says what is wrong with it. One
     // generation, one handle: the open and the scan read the same bytes even if a compaction
     // renames a new archive over the name meanwhile.
-    if let Some((source, frames)) = open_consistent_frames(paths)? {
-        let current = frames.runs.last().is_some_and(|last| {
-            is_current(&source, last, &frames.archive_id, frames.len, frames.len)
-        });
+    if let Some((source, Some(frames))) = open_with_frames(paths)? {
+        let current = frames
+            .runs
+            .last()
+            .is_some_and(|last| is_current(&source, last, &frames.archive_id, true));
         if current {
             return verify_scanned(
                 paths,
@@ -58,39 +59,19 @@ pub fn verify(paths: &ArchivePaths) -> Result<VerifyReport> {
     verify_opened(paths, source, index)
 }
 
-/// As `open_consistent`, reading the index as frames: `None` when it does not read as a
-/// good index from its first byte to its last (missing, torn, damaged).
-fn open_consistent_frames(paths: &ArchivePaths) -> Result<Option<(ArchiveHandle, Frames)>> {
-    for _ in 0..3 {
-        let source = ArchiveHandle::open(&paths.archive)?;
-        let Some(frames) = super::sidecar::read_frames(&paths.index)? else {
-            return Ok(None);
-        };
-        if source.is_current() {
-            return Ok(Some((source, frames)));
-        }
-    }
-    Ok(None)
-}
-
-/// Whether the index ends where the archive does, at the run it names: then an open would
-/// repair nothing and report nothing. Anything amiss (an empty or foreign file, a damaged
-/// first member) is not current, and goes the full way, which says what it is.
+/// Whether an index that reads `whole` (every byte a good block) ends where the archive does, at
+/// the run it names: then an open would repair nothing and report nothing. Anything amiss (an
+/// empty or foreign file, a damaged first member) is not current, and goes the full way, which
+/// says what it is.
 fn is_current(
     source: &ArchiveHandle,
     last: &crate::archive::CommittedRun,
     archive_id: &crate::archive::ArchiveId,
-    good_len: u64,
-    file_len: u64,
+    whole: bool,
 ) -> bool {
-    let Ok(len) = source.len() else {
-        return false;
-    };
-    refuse_empty(source).is_ok()
-        && check_signature(source, len).is_ok()
-        && good_len == file_len
-        && len == last.end
-        && marker_matches(source, last, archive_id)
+    whole
+        && refuse_empty(source).is_ok()
+        && ends_with_run(source, last, archive_id).unwrap_or(false)
 }
 
 /// The index `verify` compares the archive with.
@@ -177,7 +158,7 @@ fn verify_opened(
             file_len,
         } => runs
             .last()
-            .is_some_and(|last| is_current(&source, last, archive_id, *good_len, *file_len)),
+            .is_some_and(|last| is_current(&source, last, archive_id, good_len == file_len)),
         _ => false,
     };
     if !current {
