@@ -366,7 +366,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8], faults: &Faults) -> Result<()> {
     result
 }
 
-/// Renames `from` over `to`, through the fault plan.
 /// Replaces `path` with `bytes` through a temporary file and a rename, without syncing: for
 /// records that a crash may lose or leave empty (they are rebuilt or ignored, never trusted),
 /// written by every run and so kept off its fsyncs.
@@ -437,6 +436,7 @@ impl Drop for ScratchDir {
     }
 }
 
+/// Renames `from` over `to`, through the fault plan.
 pub fn rename(from: &Path, to: &Path, faults: &Faults) -> Result<()> {
     if faults.fires(FaultOn::Rename) {
         return Err(Error::io("rename", from, injected()));
